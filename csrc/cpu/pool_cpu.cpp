@@ -1,0 +1,176 @@
+// Fused cross-layer pooling on the CPU. See crosslayer/pool.h for the contract.
+//
+// Per image b:  xp = (X_b^T - mean) W            [positions x Dt]   (one GEMM; skipped without PCA)
+//               P  = G_b xp                       [Dk x Dt]          (one GEMM)
+//               epilogue on P in cache: L2 + signed sqrt (float) or sign packing (codes).
+// Batches with at least as many images as threads run one image per worker with single-threaded BLAS (no
+// batch-sized scratch); smaller batches split each image's guidance channels across the workers instead.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "crosslayer/blas.h"
+#include "crosslayer/codes.h"
+#include "crosslayer/pool.h"
+#include "crosslayer/sign_pack.h"
+
+namespace crosslayer {
+namespace {
+
+struct Plan {
+  const PoolArgs& args;
+  std::int64_t n, dt_in, dt, dk, positions;
+  bool has_pca;
+};
+
+// xp[positions][dt] = (X^T - mean) W for image b. Centring before the GEMM (not subtracting mean@W after) keeps
+// float32 accuracy when activations have a large mean, as post-ReLU layers do. `centred` is [dt_in][positions].
+void project_local(const Plan& plan, std::int64_t b, float* centred, float* xp) {
+  const float* x = plan.args.local + b * plan.dt_in * plan.positions;
+  for (std::int64_t c = 0; c < plan.dt_in; ++c) {
+    const float m = plan.args.pca_mean[c];
+    const float* src = x + c * plan.positions;
+    float* dst = centred + c * plan.positions;
+    for (std::int64_t i = 0; i < plan.positions; ++i) dst[i] = src[i] - m;
+  }
+  blas::sgemm(true, false, static_cast<int>(plan.positions), static_cast<int>(plan.dt), static_cast<int>(plan.dt_in),
+              1.0f, centred, static_cast<int>(plan.positions), plan.args.pca_proj, static_cast<int>(plan.dt), 0.0f, xp,
+              static_cast<int>(plan.dt));
+}
+
+// p[k_count][dt] = G_b[k_begin : k_begin+k_count] @ local features of image b.
+void pool_channels(const Plan& plan, std::int64_t b, const float* xp, std::int64_t k_begin, std::int64_t k_count,
+                   float* p) {
+  const float* g = plan.args.guidance + (b * plan.dk + k_begin) * plan.positions;
+  const int m = static_cast<int>(k_count), nn = static_cast<int>(plan.dt), kk = static_cast<int>(plan.positions);
+  if (plan.has_pca) {
+    blas::sgemm(false, false, m, nn, kk, 1.0f, g, kk, xp, nn, 0.0f, p, nn);
+  } else {
+    const float* x = plan.args.local + b * plan.dt_in * plan.positions;  // [dt][positions]
+    blas::sgemm(false, true, m, nn, kk, 1.0f, g, kk, x, kk, 0.0f, p, nn);
+  }
+}
+
+void finish_channels(const Plan& plan, std::int64_t b, std::int64_t k_begin, std::int64_t k_count, float* p) {
+  const std::int64_t dt = plan.dt;
+  if (plan.args.output == PoolOutput::Float) {
+    for (std::int64_t k = 0; k < k_count; ++k) {
+      float* v = p + k * dt;
+      double sq = 0.0;
+      for (std::int64_t j = 0; j < dt; ++j) sq += static_cast<double>(v[j]) * v[j];
+      if (sq == 0.0) continue;  // all-zero channel stays zero (no NaN)
+      const float inv = static_cast<float>(1.0 / std::sqrt(sq));
+      for (std::int64_t j = 0; j < dt; ++j) {
+        const float u = v[j] * inv;
+        v[j] = std::copysign(std::sqrt(std::fabs(u)), u);
+      }
+    }
+  } else {
+    const std::int64_t wpp = words_per_plane(dt);
+    std::uint64_t* out = plan.args.out_bits + (b * plan.dk + k_begin) * kPlanes * wpp;
+    for (std::int64_t k = 0; k < k_count; ++k) {
+      std::uint64_t* channel = out + k * kPlanes * wpp;
+      pack_signs(p + k * dt, dt, channel, channel + wpp);
+    }
+  }
+}
+
+void write_channel_mean(const Plan& plan, std::int64_t b) {
+  if (!plan.args.channel_mean) return;
+  const float* g = plan.args.guidance + b * plan.dk * plan.positions;
+  float* out = plan.args.channel_mean + b * plan.dk;
+  const double inv = 1.0 / static_cast<double>(plan.positions);
+  for (std::int64_t k = 0; k < plan.dk; ++k) {
+    double s = 0.0;
+    const float* row = g + k * plan.positions;
+    for (std::int64_t i = 0; i < plan.positions; ++i) s += row[i];
+    out[k] = static_cast<float>(s * inv);
+  }
+}
+
+float* float_output_for(const Plan& plan, std::int64_t b, std::int64_t k_begin) {
+  return plan.args.out_float + (b * plan.dk + k_begin) * plan.dt;
+}
+
+void run_image_parallel(const Plan& plan, int threads) {
+  const bool to_float = plan.args.output == PoolOutput::Float;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> xp(plan.has_pca ? plan.positions * plan.dt : 0);
+    std::vector<float> centred(plan.has_pca ? plan.positions * plan.dt_in : 0);
+    std::vector<float> p(to_float ? 0 : plan.dk * plan.dt);
+#pragma omp for schedule(dynamic, 1)
+    for (std::int64_t b = 0; b < plan.n; ++b) {
+      if (plan.has_pca) project_local(plan, b, centred.data(), xp.data());
+      float* dst = to_float ? float_output_for(plan, b, 0) : p.data();
+      pool_channels(plan, b, xp.data(), 0, plan.dk, dst);
+      finish_channels(plan, b, 0, plan.dk, dst);
+      write_channel_mean(plan, b);
+    }
+  }
+}
+
+void run_channel_parallel(const Plan& plan, int threads) {
+  const bool to_float = plan.args.output == PoolOutput::Float;
+  // Projected local features of the (few) images in this batch.
+  std::vector<float> xp(plan.has_pca ? plan.n * plan.positions * plan.dt : 0);
+  if (plan.has_pca) {
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<float> centred(plan.positions * plan.dt_in);
+#pragma omp for schedule(static)
+      for (std::int64_t b = 0; b < plan.n; ++b)
+        project_local(plan, b, centred.data(), xp.data() + b * plan.positions * plan.dt);
+    }
+  }
+  // Blocks of channels: enough tasks to balance, each still a GEMM of >= 64 rows.
+  const std::int64_t blocks_per_image =
+      std::max<std::int64_t>(1, std::min<std::int64_t>((plan.dk + 63) / 64, (2 * threads + plan.n - 1) / plan.n));
+  const std::int64_t block = (plan.dk + blocks_per_image - 1) / blocks_per_image;
+  const std::int64_t tasks = plan.n * blocks_per_image;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> p(to_float ? 0 : block * plan.dt);
+#pragma omp for schedule(dynamic, 1)
+    for (std::int64_t t = 0; t < tasks; ++t) {
+      const std::int64_t b = t / blocks_per_image;
+      const std::int64_t k_begin = (t % blocks_per_image) * block;
+      const std::int64_t k_count = std::min(block, plan.dk - k_begin);
+      if (k_count <= 0) continue;
+      float* dst = to_float ? float_output_for(plan, b, k_begin) : p.data();
+      pool_channels(plan, b, xp.data() + (plan.has_pca ? b * plan.positions * plan.dt : 0), k_begin, k_count, dst);
+      finish_channels(plan, b, k_begin, k_count, dst);
+      if (k_begin == 0) write_channel_mean(plan, b);
+    }
+  }
+}
+
+}  // namespace
+
+const char* pool_cpu(const PoolArgs& args) {
+  const PoolShape& s = args.shape;
+  if (s.n < 0 || s.dt_in <= 0 || s.dt <= 0 || s.dk <= 0 || s.positions <= 0) return "pool_cpu: invalid shape";
+  if (!args.local || !args.guidance) {
+    if (s.n > 0) return "pool_cpu: null input pointer";
+  }
+  if ((args.pca_mean == nullptr) != (args.pca_proj == nullptr)) return "pool_cpu: pca mean and projection go together";
+  if (!args.pca_proj && s.dt != s.dt_in) return "pool_cpu: without PCA, dt must equal dt_in";
+  if (args.output == PoolOutput::Float && !args.out_float && s.n > 0) return "pool_cpu: null float output";
+  if (args.output == PoolOutput::Codes && !args.out_bits && s.n > 0) return "pool_cpu: null code output";
+  if (s.n == 0) return "";
+
+  blas::use_single_threaded_blas();
+  const Plan plan{args, s.n, s.dt_in, s.dt, s.dk, s.positions, args.pca_proj != nullptr};
+  const int threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
+  if (plan.n >= threads) {
+    run_image_parallel(plan, threads);
+  } else {
+    run_channel_parallel(plan, threads);
+  }
+  return "";
+}
+
+}  // namespace crosslayer

@@ -1,0 +1,54 @@
+// crosslayer/pool.h — fused cross-layer pooling (Liu, Shen, van den Hengel, TPAMI 2017, eq. 2).
+//
+// Contract (every pointer is C-contiguous, float32 unless stated):
+//   local     [n][Dt_in][H*W]   layer t activations, as onnxruntime returns them (N, C, H, W)
+//   guidance  [n][Dk][H*W]      layer t+1 activations at the same H, W
+//   pca_mean  [Dt_in]           optional (nullptr = no PCA); subtracted from every local feature
+//   pca_proj  [Dt_in][Dt]       optional (nullptr = identity, Dt == Dt_in); x' = (x - mean) @ proj
+//   For image b and channel k:  P[b][k][:] = sum_i guidance[b][k][i] * x'_i   (x'_i in R^Dt, i over H*W)
+//
+//   output FLOAT: out_float [n][Dk*Dt], channel-major (channel k occupies [k*Dt, (k+1)*Dt)):
+//       each P[b][k] is L2-normalised (an all-zero channel stays all-zero), then every value v -> sign(v)*sqrt(|v|).
+//   output CODES: out_bits [n][Dk][2][ceil(Dt/64)] uint64 in the layout of codes.h; sign(P) needs neither the
+//       normalisation nor the square root (both preserve sign), and no float representation of the batch exists:
+//       each worker holds one image's P (Dk*Dt floats) at a time.
+//   channel_mean [n][Dk] (optional, nullptr to skip): mean over the H*W positions of guidance[b][k][:].
+//
+//   n may be 0. H*W >= 1. Threads: `num_threads` <= 0 means the OpenMP default.
+#pragma once
+#include <cstdint>
+
+namespace crosslayer {
+
+enum class PoolOutput : int { Float = 0, Codes = 1 };
+
+struct PoolShape {
+  std::int64_t n = 0;        // images in the batch
+  std::int64_t dt_in = 0;    // local-feature channels before PCA
+  std::int64_t dt = 0;       // local-feature dimension after PCA (== dt_in without PCA)
+  std::int64_t dk = 0;       // guidance channels
+  std::int64_t positions = 0;  // H*W
+};
+
+struct PoolArgs {
+  PoolShape shape;
+  const float* local = nullptr;
+  const float* guidance = nullptr;
+  const float* pca_mean = nullptr;
+  const float* pca_proj = nullptr;
+  PoolOutput output = PoolOutput::Float;
+  float* out_float = nullptr;
+  std::uint64_t* out_bits = nullptr;
+  float* channel_mean = nullptr;
+  int num_threads = 0;
+};
+
+// Returns an empty string on success, otherwise what was wrong with the arguments.
+const char* pool_cpu(const PoolArgs& args);
+
+#ifdef CROSSLAYER_WITH_CUDA
+// Same contract with device pointers, enqueued on `stream` (a cudaStream_t). Issue 7.
+const char* pool_cuda(const PoolArgs& args, void* stream);
+#endif
+
+}  // namespace crosslayer

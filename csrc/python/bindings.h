@@ -1,0 +1,12 @@
+// Each operation family registers its Python bindings from its own file; module.cpp calls them all.
+// This is the only layer that knows pybind11: everything below takes plain structs and raw pointers.
+#pragma once
+#include <pybind11/pybind11.h>
+
+namespace crosslayer::python {
+
+void register_pool(pybind11::module_& m);
+// Adds entries to the dict returned by _core.build_info().
+void describe_build(pybind11::dict& info);
+
+}  // namespace crosslayer::python

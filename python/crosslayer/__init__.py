@@ -1,0 +1,23 @@
+"""crosslayer: cross-convolutional-layer pooling (Liu, Shen, van den Hengel, TPAMI 2017), fast.
+
+Images -> two consecutive conv layers -> P_k = sum_i a_ik x_i per guidance channel -> per-channel L2 and signed
+square root (float) or 2-bit sign codes for popcount retrieval and classification.
+"""
+
+from crosslayer._native import core as _core
+from crosslayer.codes import Codes, CodesFormatError
+from crosslayer.pooling import pool
+
+__version__ = "0.1.0"
+
+
+def build_info() -> dict:
+    """What the compiled core was built with: version, CUDA and its archs, threads, BLAS."""
+    import scipy_openblas32
+
+    info = dict(_core.build_info())
+    info["blas"] = scipy_openblas32.get_openblas_config()
+    return info
+
+
+__all__ = ["Codes", "CodesFormatError", "pool", "build_info", "__version__"]

@@ -1,0 +1,45 @@
+"""Argument checks shared by the public API: every failure names the argument and what was expected."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def as_float32_array(value, name: str, ndim: int | None = None, allow_copy: bool = True) -> np.ndarray:
+    """Returns `value` as a C-contiguous float32 ndarray, rejecting wrong types, dimensions and non-finite values."""
+    if hasattr(value, "__cuda_array_interface__") or _is_gpu_dlpack(value):
+        raise TypeError(f"{name}: a GPU array was given to a CPU operation; pass a numpy array (or use a CUDA build)")
+    if not isinstance(value, np.ndarray):
+        try:
+            value = np.asarray(value)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the argument's name
+            raise TypeError(f"{name}: expected an array of float32, got {type(value).__name__}") from exc
+    if value.dtype.kind != "f":
+        raise TypeError(f"{name}: expected a floating-point array (float32), got dtype {value.dtype}")
+    if ndim is not None and value.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-d array, got shape {value.shape}")
+    if value.dtype != np.float32 or not value.flags.c_contiguous:
+        if not allow_copy:
+            raise ValueError(f"{name}: expected a C-contiguous float32 array")
+        value = np.ascontiguousarray(value, dtype=np.float32)
+    if value.size and not np.isfinite(value).all():
+        raise ValueError(f"{name}: contains NaN or Inf")
+    return value
+
+
+def _is_gpu_dlpack(value) -> bool:
+    device = getattr(value, "__dlpack_device__", None)
+    if device is None or isinstance(value, np.ndarray):
+        return False
+    try:
+        return int(device()[0]) != 1  # kDLCPU == 1
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)

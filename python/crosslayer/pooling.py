@@ -1,0 +1,59 @@
+"""`pool`: the cross-layer pooling operation, validated and dispatched to the compiled kernel."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from crosslayer._native import core
+from crosslayer._validate import as_float32_array
+from crosslayer.codes import Codes, words_per_plane
+
+OUTPUTS = ("float", "codes")
+
+
+def _check_pca(pca, dt_in: int):
+    if pca is None:
+        return None, None
+    if not isinstance(pca, (tuple, list)) or len(pca) != 2:
+        raise TypeError("pca: expected a (mean, projection) pair or None")
+    mean = as_float32_array(pca[0], "pca[0] (mean)", ndim=1)
+    proj = as_float32_array(pca[1], "pca[1] (projection)", ndim=2)
+    if mean.shape[0] != dt_in:
+        raise ValueError(f"pca[0] (mean): expected length {dt_in} (channels of x_t), got {mean.shape[0]}")
+    if proj.shape[0] != dt_in or proj.shape[1] < 1:
+        raise ValueError(f"pca[1] (projection): expected shape ({dt_in}, Dt) with Dt >= 1, got {proj.shape}")
+    return mean, proj
+
+
+def pool(x_t, a_t1, pca=None, output: str = "float", return_channel_mean: bool = False, num_threads: int = 0):
+    """Cross-layer pooling of local features `x_t` guided by the next layer's activations `a_t1`.
+
+    x_t:  (n, Dt_in, H, W) float32 — layer t, as onnxruntime returns it.
+    a_t1: (n, Dk, H, W) float32 — layer t+1 at the same H, W.
+    pca:  optional (mean (Dt_in,), projection (Dt_in, Dt)); the projection may reduce (Dt < Dt_in).
+    output: "float" -> (n, Dk*Dt) float32, channel-major, per-channel L2 then signed square root;
+            "codes" -> `Codes` (2-bit signs plus per-channel mean guidance activation).
+    return_channel_mean: with output="float", also return the (n, Dk) mean guidance activations.
+    """
+    if output not in OUTPUTS:
+        raise ValueError(f"output: expected one of {OUTPUTS}, got {output!r}")
+    x_t = as_float32_array(x_t, "x_t", ndim=4)
+    a_t1 = as_float32_array(a_t1, "a_t1", ndim=4)
+    n, dt_in, h, w = x_t.shape
+    if a_t1.shape[0] != n:
+        raise ValueError(f"a_t1: batch size {a_t1.shape[0]} differs from x_t's {n}")
+    if a_t1.shape[2:] != (h, w):
+        raise ValueError(f"a_t1: spatial size {a_t1.shape[2:]} differs from x_t's {(h, w)}; the layers must share a layout")
+    if dt_in < 1 or a_t1.shape[1] < 1 or h * w < 1:
+        raise ValueError(f"x_t/a_t1: need at least one channel and one position, got {x_t.shape} and {a_t1.shape}")
+    mean, proj = _check_pca(pca, dt_in)
+    dk = a_t1.shape[1]
+    dt = dt_in if proj is None else proj.shape[1]
+    channel_mean = np.empty((n, dk), dtype=np.float32)
+    if output == "float":
+        out = np.empty((n, dk * dt), dtype=np.float32)
+        core.pool_cpu(x_t, a_t1, mean, proj, out, None, channel_mean, num_threads)
+        return (out, channel_mean) if return_channel_mean else out
+    bits = np.empty((n, dk, 2, words_per_plane(dt)), dtype=np.uint64)
+    core.pool_cpu(x_t, a_t1, mean, proj, None, bits, channel_mean, num_threads)
+    return Codes(bits, channel_mean, dt)

@@ -1,0 +1,143 @@
+"""Clear, slow numpy reference of every kernel. Tests compare the compiled kernels against these functions.
+
+Everything is computed in float64 unless a function says otherwise. Shapes follow the kernels' contracts
+(csrc/include/crosslayer/*.h):
+
+    local      (n, Dt_in, H, W)   layer t activations
+    guidance   (n, Dk, H, W)      layer t+1 activations
+    P          (n, Dk, Dt)        cross-layer pooled representation, before normalisation
+    bits       (n, Dk, 2, ceil(Dt/64)) uint64: plane 0 = nonzero, plane 1 = negative, little-endian bits
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+WORD_BITS = 64
+
+
+# ---- PCA on local features -------------------------------------------------------------------------------------
+
+def local_features(local: np.ndarray) -> np.ndarray:
+    """(n, Dt, H, W) -> (n*H*W, Dt): one row per spatial position."""
+    n, dt = local.shape[:2]
+    positions = int(np.prod(local.shape[2:]))
+    return np.asarray(local, dtype=np.float64).reshape(n, dt, positions).transpose(0, 2, 1).reshape(-1, dt)
+
+
+def pca_fit(features: np.ndarray, n_components: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decorrelating PCA: returns (mean (Dt,), projection (Dt, n_components)), components by decreasing variance.
+
+    Without n_components the projection is a full rotation (decorrelation without reduction, as the paper does for
+    OConv layers). Each component's sign is fixed so its largest-magnitude coefficient is positive (deterministic).
+    """
+    x = np.asarray(features, dtype=np.float64)
+    mean = x.mean(axis=0)
+    centred = x - mean
+    cov = centred.T @ centred / max(len(x) - 1, 1)
+    eigvals, eigvecs = np.linalg.eigh(cov)
+    order = np.argsort(eigvals)[::-1]
+    eigvecs = eigvecs[:, order]
+    k = x.shape[1] if n_components is None else n_components
+    proj = eigvecs[:, :k]
+    flip = np.sign(proj[np.abs(proj).argmax(axis=0), np.arange(k)])
+    flip[flip == 0] = 1
+    return mean, proj * flip
+
+
+def pca_apply(features: np.ndarray, mean: np.ndarray, projection: np.ndarray) -> np.ndarray:
+    """(M, Dt_in) -> (M, Dt): centre, then project."""
+    return (np.asarray(features, dtype=np.float64) - mean) @ np.asarray(projection, dtype=np.float64)
+
+
+# ---- cross-layer pooling -----------------------------------------------------------------------------------------
+
+def cross_layer_pool(local: np.ndarray, guidance: np.ndarray, pca: tuple | None = None) -> np.ndarray:
+    """P[b, k] = sum_i guidance[b, k, i] * x'_i, with x'_i the (PCA-applied) local feature at position i.
+
+    Returns (n, Dk, Dt) float64.
+    """
+    local = np.asarray(local, dtype=np.float64)
+    guidance = np.asarray(guidance, dtype=np.float64)
+    n, dt_in = local.shape[:2]
+    dk = guidance.shape[1]
+    positions = int(np.prod(local.shape[2:]))
+    x = local.reshape(n, dt_in, positions).transpose(0, 2, 1)  # (n, positions, Dt_in)
+    if pca is not None:
+        mean, proj = pca
+        x = (x - np.asarray(mean, dtype=np.float64)) @ np.asarray(proj, dtype=np.float64)
+    a = guidance.reshape(n, dk, positions)
+    return np.einsum("bki,bij->bkj", a, x)
+
+
+def channel_mean(guidance: np.ndarray) -> np.ndarray:
+    """Mean guidance activation of every channel over the spatial positions: (n, Dk)."""
+    g = np.asarray(guidance, dtype=np.float64)
+    return g.reshape(g.shape[0], g.shape[1], int(np.prod(g.shape[2:]))).mean(axis=2)
+
+
+def l2_normalize_channels(pooled: np.ndarray) -> np.ndarray:
+    """Each P[b, k] scaled to unit L2 norm; an all-zero channel stays zero."""
+    norms = np.linalg.norm(pooled, axis=-1, keepdims=True)
+    return np.divide(pooled, norms, out=np.zeros_like(pooled), where=norms > 0)
+
+
+def signed_sqrt(values: np.ndarray) -> np.ndarray:
+    return np.sign(values) * np.sqrt(np.abs(values))
+
+
+def representation(local, guidance, pca=None) -> np.ndarray:
+    """The float representation (n, Dk*Dt), channel-major: pooled, per-channel L2, then signed square root."""
+    pooled = cross_layer_pool(local, guidance, pca)
+    out = signed_sqrt(l2_normalize_channels(pooled))
+    return out.reshape(out.shape[0], out.shape[1] * out.shape[2])
+
+
+# ---- sign codes -------------------------------------------------------------------------------------------------
+
+def sign_quantize(values: np.ndarray) -> np.ndarray:
+    """sign(P) in {-1, 0, +1} as int8."""
+    return np.sign(values).astype(np.int8)
+
+
+def words_per_plane(dt: int) -> int:
+    return (dt + WORD_BITS - 1) // WORD_BITS
+
+
+def pack_ternary(signs: np.ndarray) -> np.ndarray:
+    """(..., Dt) ternary int8 -> (..., 2, ceil(Dt/64)) uint64 bit-planes (nonzero, negative); padding bits zero."""
+    signs = np.asarray(signs)
+    dt = signs.shape[-1]
+    words = words_per_plane(dt)
+    padded = np.zeros(signs.shape[:-1] + (words * WORD_BITS,), dtype=np.int8)
+    padded[..., :dt] = signs
+    weights = np.left_shift(np.uint64(1), np.arange(WORD_BITS, dtype=np.uint64))
+    planes = []
+    for plane in (padded != 0, padded < 0):
+        grouped = plane.reshape(plane.shape[:-1] + (words, WORD_BITS)).astype(np.uint64)
+        planes.append((grouped * weights).sum(axis=-1, dtype=np.uint64))
+    return np.stack(planes, axis=-2)
+
+
+def unpack_ternary(bits: np.ndarray, dt: int) -> np.ndarray:
+    """Inverse of pack_ternary: (..., 2, words) uint64 -> (..., Dt) int8."""
+    bits = np.asarray(bits, dtype=np.uint64)
+    shifts = np.arange(WORD_BITS, dtype=np.uint64)
+    expanded = (bits[..., None] >> shifts) & np.uint64(1)  # (..., 2, words, 64)
+    flat = expanded.reshape(bits.shape[:-2] + (2, -1))[..., :dt].astype(np.int8)
+    nonzero, negative = flat[..., 0, :], flat[..., 1, :]
+    return nonzero * (1 - 2 * negative)
+
+
+def encode_codes(local, guidance, pca=None) -> np.ndarray:
+    """Packed sign codes (n, Dk, 2, words) of the pooled representation (normalisation does not change signs)."""
+    return pack_ternary(sign_quantize(cross_layer_pool(local, guidance, pca)))
+
+
+def ternary_dot(bits_q: np.ndarray, bits_x: np.ndarray, dt: int, channels=None) -> int:
+    """Dot product of two single-image codes (Dk, 2, words) over `channels` (all when None)."""
+    q = unpack_ternary(bits_q, dt).astype(np.int64)
+    x = unpack_ternary(bits_x, dt).astype(np.int64)
+    if channels is not None:
+        q, x = q[list(channels)], x[list(channels)]
+    return int((q * x).sum())
