@@ -124,7 +124,7 @@ def unpack_ternary(bits: np.ndarray, dt: int) -> np.ndarray:
     bits = np.asarray(bits, dtype=np.uint64)
     shifts = np.arange(WORD_BITS, dtype=np.uint64)
     expanded = (bits[..., None] >> shifts) & np.uint64(1)  # (..., 2, words, 64)
-    flat = expanded.reshape(bits.shape[:-2] + (2, -1))[..., :dt].astype(np.int8)
+    flat = expanded.reshape(bits.shape[:-2] + (2, bits.shape[-1] * WORD_BITS))[..., :dt].astype(np.int8)
     nonzero, negative = flat[..., 0, :], flat[..., 1, :]
     return nonzero * (1 - 2 * negative)
 

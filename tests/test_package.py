@@ -1,0 +1,25 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import crosslayer
+
+
+def test_build_info_reports_build():
+    info = crosslayer.build_info()
+    assert isinstance(info["cuda"], bool)
+    assert "OpenBLAS" in info["blas"]
+    assert info["openmp_max_threads"] >= 1
+
+
+def test_import_without_extension_explains_how_to_build(tmp_path):
+    package = Path(crosslayer.__file__).parent
+    copy = tmp_path / "crosslayer"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("_core*", "__pycache__"))
+    result = subprocess.run(
+        [sys.executable, "-c", "import crosslayer"],
+        cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "ImportError" in result.stderr and "pip install ." in result.stderr

@@ -1,0 +1,196 @@
+"""The fused pooling kernel against the float64 numpy reference.
+
+Tolerance rule (float32 kernel vs float64 reference). Each pooled value P[k, j] is a sum of N products, and with PCA
+each projected feature x'[i, j] is itself a sum of Dt_in products; float32 accumulation errs by at most
+(N + Dt_in + 2) * u times the sum of absolute terms, u = 2**-24 (Higham's gamma_n bound, first order):
+
+    bound[k, j] = (N + Dt_in + 2) * u * sum_i |a[i, k]| * (sum_c |x[i, c] - mean[c]| * |W[c, j]|)
+
+The float output is out = sign(v) * sqrt(|v|) with v = P / ||P||, so we compare v_kernel = sign(out) * out**2 with the
+reference's v (comparing after the square root would amplify errors near zero without bound). Normalising by a norm
+that itself carries the error adds |v| * ||bound_k|| / ||P_k||, and the epilogue's own roundings a few u:
+
+    |v_kernel - v_ref| <= (bound[k, j] + |v_ref[k, j]| * ||bound[k, :]||) / ||P_ref[k, :]|| + 8u
+
+Codes: a sign can only flip where the reference value is within bound[k, j] of zero, so code values must equal the
+reference's signs wherever |P_ref| > bound, and may differ only where |P_ref| <= bound.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import crosslayer
+from crosslayer import reference as ref
+
+U = 2.0**-24
+
+
+def rounding_bound(local, guidance, pca):
+    """bound[b, k, j] of the module docstring (float64)."""
+    n, dt_in = local.shape[:2]
+    dk = guidance.shape[1]
+    positions = int(np.prod(local.shape[2:]))
+    x = np.abs(local.astype(np.float64).reshape(n, dt_in, positions).transpose(0, 2, 1))
+    if pca is not None:
+        mean, proj = pca
+        x = np.abs(local.astype(np.float64).reshape(n, dt_in, positions).transpose(0, 2, 1) - mean) @ np.abs(
+            proj.astype(np.float64)
+        )
+    a = np.abs(guidance.astype(np.float64).reshape(n, dk, positions))
+    return (positions + dt_in + 2) * U * np.einsum("bki,bij->bkj", a, x)
+
+
+@st.composite
+def pooling_inputs(draw):
+    n = draw(st.integers(0, 3))
+    dt_in = draw(st.integers(1, 150))
+    dk = draw(st.integers(1, 24))
+    h, w = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    pca_mode = draw(st.sampled_from(["none", "full", "reduce"]))
+    offset = draw(st.sampled_from([0.0, 5.0]))  # post-ReLU layers have a large mean: exercises centring
+    zero_channels = draw(st.lists(st.integers(0, dk - 1), max_size=3))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    local = (rng.standard_normal((n, dt_in, h, w)) + offset).astype(np.float32)
+    guidance = np.maximum(rng.standard_normal((n, dk, h, w)), 0).astype(np.float32)
+    guidance[:, zero_channels] = 0
+    pca = None
+    if pca_mode != "none":
+        dims = dt_in if pca_mode == "full" else draw(st.integers(1, dt_in))
+        sample = rng.standard_normal((max(2 * dt_in, 8), dt_in)) + offset
+        mean, proj = ref.pca_fit(sample, dims)
+        pca = (mean.astype(np.float32), proj.astype(np.float32))
+    threads = draw(st.sampled_from([1, 2, 3]))  # n >= threads: image-parallel path, else channel-split path
+    return local, guidance, pca, threads
+
+
+@given(pooling_inputs())
+def test_float_output_matches_reference_within_rounding(inputs):
+    local, guidance, pca, threads = inputs
+    out, channel_mean = crosslayer.pool(local, guidance, pca, return_channel_mean=True, num_threads=threads)
+    n, dk = guidance.shape[:2]
+    dt = local.shape[1] if pca is None else pca[1].shape[1]
+    assert out.shape == (n, dk * dt) and out.dtype == np.float32
+    assert np.isfinite(out).all()
+    pooled = ref.cross_layer_pool(local, guidance, pca)
+    norms = np.linalg.norm(pooled, axis=2, keepdims=True)
+    v_ref = ref.l2_normalize_channels(pooled)
+    out = out.reshape(n, dk, dt).astype(np.float64)
+    v_kernel = np.sign(out) * out**2
+    bound = rounding_bound(local, guidance, pca)
+    bound_norm = np.linalg.norm(bound, axis=2, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tol = np.where(norms > 0, (bound + np.abs(v_ref) * bound_norm) / norms, 0.0) + 8 * U
+    assert (np.abs(v_kernel - v_ref) <= tol).all()
+    zero = (guidance.reshape(n, dk, guidance.shape[2] * guidance.shape[3]) == 0).all(axis=2)
+    assert (out[zero] == 0).all(), "an all-zero guidance channel must give exact zeros, not NaN"
+    np.testing.assert_allclose(channel_mean, ref.channel_mean(guidance), rtol=1e-6, atol=1e-7)
+
+
+@given(pooling_inputs())
+def test_codes_equal_reference_signs_outside_rounding(inputs):
+    local, guidance, pca, threads = inputs
+    codes = crosslayer.pool(local, guidance, pca, output="codes", num_threads=threads)
+    n, dk = guidance.shape[:2]
+    dt = local.shape[1] if pca is None else pca[1].shape[1]
+    assert (len(codes), codes.Dk, codes.Dt) == (n, dk, dt)
+    pooled = ref.cross_layer_pool(local, guidance, pca)
+    decided = np.abs(pooled) > rounding_bound(local, guidance, pca)
+    signs = codes.signs()
+    assert np.array_equal(signs[decided], ref.sign_quantize(pooled)[decided])
+    # Undecided values may go either way, but the planes stay well formed (this also re-checks padding bits).
+    assert np.array_equal(ref.pack_ternary(signs), codes.bits)
+    np.testing.assert_allclose(codes.channel_mean, ref.channel_mean(guidance), rtol=1e-6, atol=1e-7)
+
+
+def test_codes_exact_on_integer_inputs(rng):
+    """Small integers make every float32 sum exact, so codes must equal the reference bit for bit, zeros included."""
+    local = rng.integers(-3, 4, size=(4, 130, 3, 5)).astype(np.float32)
+    guidance = rng.integers(0, 3, size=(4, 7, 3, 5)).astype(np.float32)
+    guidance[:, 2] = 0
+    codes = crosslayer.pool(local, guidance, output="codes")
+    assert np.array_equal(codes.bits, ref.encode_codes(local, guidance))
+    assert not codes.bits[:, 2].any()
+
+
+def test_float_and_codes_agree(rng):
+    local = rng.standard_normal((3, 70, 4, 4)).astype(np.float32)
+    guidance = rng.random((3, 9, 4, 4)).astype(np.float32)
+    out = crosslayer.pool(local, guidance)
+    codes = crosslayer.pool(local, guidance, output="codes")
+    assert np.array_equal(codes.signs().reshape(3, -1), np.sign(out).astype(np.int8))
+
+
+def test_mobilenet_shape_thread_paths_agree(rng):
+    """The image-parallel and channel-split schedules compute the same thing."""
+    local = rng.standard_normal((3, 320, 7, 7)).astype(np.float32)
+    guidance = rng.random((3, 1280, 7, 7)).astype(np.float32)
+    one = crosslayer.pool(local, guidance, output="codes", num_threads=1)
+    many = crosslayer.pool(local, guidance, output="codes", num_threads=8)
+    assert one == many
+
+
+# ---- argument validation ----------------------------------------------------------------------------------------
+
+def _inputs(rng, n=2, dt=5, dk=3, h=2, w=2):
+    return rng.random((n, dt, h, w)).astype(np.float32), rng.random((n, dk, h, w)).astype(np.float32)
+
+
+def test_rejects_integer_dtype(rng):
+    x, a = _inputs(rng)
+    with pytest.raises(TypeError, match="x_t.*dtype int"):
+        crosslayer.pool(x.astype(np.int32), a)
+
+
+def test_rejects_wrong_rank_and_mismatched_layers(rng):
+    x, a = _inputs(rng)
+    with pytest.raises(ValueError, match="x_t: expected a 4-d array"):
+        crosslayer.pool(x[0], a)
+    with pytest.raises(ValueError, match="a_t1: batch size"):
+        crosslayer.pool(x, a[:1])
+    with pytest.raises(ValueError, match="a_t1: spatial size"):
+        crosslayer.pool(x, a[:, :, :1])
+
+
+def test_rejects_non_finite(rng):
+    x, a = _inputs(rng)
+    a[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="a_t1: contains NaN or Inf"):
+        crosslayer.pool(x, a)
+    x[1, 1, 1, 1] = np.inf
+    with pytest.raises(ValueError, match="x_t: contains NaN or Inf"):
+        crosslayer.pool(x, a)
+
+
+def test_rejects_bad_pca(rng):
+    x, a = _inputs(rng)
+    with pytest.raises(TypeError, match="pca: expected a \\(mean, projection\\) pair"):
+        crosslayer.pool(x, a, pca=np.eye(5))
+    with pytest.raises(ValueError, match="pca\\[0\\] \\(mean\\): expected length 5"):
+        crosslayer.pool(x, a, pca=(np.zeros(4), np.eye(5)))
+    with pytest.raises(ValueError, match="pca\\[1\\] \\(projection\\): expected shape \\(5, Dt\\)"):
+        crosslayer.pool(x, a, pca=(np.zeros(5), np.eye(4)))
+
+
+def test_rejects_unknown_output(rng):
+    x, a = _inputs(rng)
+    with pytest.raises(ValueError, match="output: expected one of"):
+        crosslayer.pool(x, a, output="bits")
+
+
+def test_accepts_float64_and_non_contiguous(rng):
+    x, a = _inputs(rng, dt=6)
+    expected = crosslayer.pool(x, a)
+    np.testing.assert_array_equal(crosslayer.pool(x.astype(np.float64), a), expected)
+    x_strided = np.ascontiguousarray(np.concatenate([x, x], axis=1))[:, ::2]
+    np.testing.assert_array_equal(crosslayer.pool(x_strided, a), crosslayer.pool(np.ascontiguousarray(x_strided), a))
+
+
+def test_rejects_gpu_array_on_cpu_build():
+    class FakeCudaArray:
+        __cuda_array_interface__ = {"shape": (1, 1, 1, 1), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    with pytest.raises((TypeError, RuntimeError), match="x_t"):
+        crosslayer.pool(FakeCudaArray(), FakeCudaArray())
