@@ -24,7 +24,14 @@ def _cmd_info(args) -> int:
     from crosslayer.extract import Store
 
     path = Path(args.path)
-    summary = Store(path).summary() if path.is_dir() else CrossLayerEncoder.read_meta(path)
+    if not path.exists():
+        print(f"crosslayer info: {path} does not exist", file=sys.stderr)
+        return 2
+    try:
+        summary = Store(path).summary() if path.is_dir() else CrossLayerEncoder.read_meta(path)
+    except ValueError as error:  # StoreError, EncoderFormatError
+        print(f"crosslayer info: {error}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=1))
     return 0
 
