@@ -23,7 +23,7 @@ def to_gpu(array):
 
 def random_pca(rng, dt_in, dt):
     mean = rng.standard_normal(dt_in).astype(np.float32)
-    proj = rng.standard_normal((dt_in, dt)).astype(np.float32) / np.sqrt(dt_in)
+    proj = (rng.standard_normal((dt_in, dt)) / np.sqrt(dt_in)).astype(np.float32)
     return mean, proj
 
 

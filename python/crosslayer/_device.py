@@ -39,6 +39,17 @@ def _framework(value) -> str | None:
     return None
 
 
+def _float32(value):
+    """A floating-point GPU array of another precision as float32 in its own framework (the PCA is small; the host
+    path converts it likewise). Anything else is returned as is for `view` to judge."""
+    framework = _framework(value)
+    if framework == "torch" and value.is_floating_point() and str(value.dtype) != "torch.float32":
+        return value.float()
+    if framework == "cupy" and value.dtype.kind == "f" and value.dtype != np.float32:
+        return value.astype(np.float32)
+    return value
+
+
 def is_device_array(value) -> bool:
     """True for a GPU array (torch CUDA tensor, CuPy array, any __cuda_array_interface__ exporter)."""
     return value is not None and _framework(value) is not None
@@ -215,8 +226,8 @@ def pool_device(x_t, a_t1, pca=None, output: str = "float", return_channel_mean:
     if pca is not None:
         if not isinstance(pca, (tuple, list)) or len(pca) != 2:
             raise TypeError("pca: expected a (mean, projection) pair or None")
-        arrays["pca[0] (mean)"] = mean = view(pca[0], "pca[0] (mean)", ("<f4",), ndim=1)
-        arrays["pca[1] (projection)"] = proj = view(pca[1], "pca[1] (projection)", ("<f4",), ndim=2)
+        arrays["pca[0] (mean)"] = mean = view(_float32(pca[0]), "pca[0] (mean)", ("<f4",), ndim=1)
+        arrays["pca[1] (projection)"] = proj = view(_float32(pca[1]), "pca[1] (projection)", ("<f4",), ndim=2)
         if mean.shape[0] != dt_in:
             raise ValueError(f"pca[0] (mean): expected length {dt_in} (channels of x_t), got {mean.shape[0]}")
         if proj.shape[0] != dt_in or proj.shape[1] < 1:
