@@ -124,7 +124,7 @@ def unpack_ternary(bits: np.ndarray, dt: int) -> np.ndarray:
     bits = np.asarray(bits, dtype=np.uint64)
     shifts = np.arange(WORD_BITS, dtype=np.uint64)
     expanded = (bits[..., None] >> shifts) & np.uint64(1)  # (..., 2, words, 64)
-    flat = expanded.reshape(bits.shape[:-2] + (2, -1))[..., :dt].astype(np.int8)
+    flat = expanded.reshape(bits.shape[:-2] + (2, bits.shape[-1] * WORD_BITS))[..., :dt].astype(np.int8)
     nonzero, negative = flat[..., 0, :], flat[..., 1, :]
     return nonzero * (1 - 2 * negative)
 
@@ -147,8 +147,9 @@ def ternary_dot(bits_q: np.ndarray, bits_x: np.ndarray, dt: int, channels=None) 
 
 def gram_reference(bits_a: np.ndarray, bits_b: np.ndarray, dt: int) -> np.ndarray:
     """All-pairs ternary dot products over every channel: (len(a), len(b)) int64."""
-    a = unpack_ternary(bits_a, dt).reshape(len(bits_a), -1).astype(np.int64)
-    b = unpack_ternary(bits_b, dt).reshape(len(bits_b), -1).astype(np.int64)
+    dk = bits_a.shape[1]
+    a = unpack_ternary(bits_a, dt).reshape(len(bits_a), dk * dt).astype(np.int64)
+    b = unpack_ternary(bits_b, dt).reshape(len(bits_b), dk * dt).astype(np.int64)
     return a @ b.T
 
 
