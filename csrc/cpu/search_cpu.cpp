@@ -116,7 +116,7 @@ const char* search_cpu(const SearchArgs& args) {
       for (std::int64_t x0 = begin; x0 < end; x0 += kBlockItems) {
         const std::int64_t count = std::min(kBlockItems, end - x0);
         const std::uint64_t* block = args.database.bits + x0 * stride;
-        for (std::int64_t x = x0 + kBlockItems; x < std::min(x0 + 2 * kBlockItems, end); ++x)
+        for (std::int64_t x = x0 + 2 * kBlockItems; x < std::min(x0 + 3 * kBlockItems, end); ++x)
           prefetch_rows(args.database.bits + x * stride, rows, row_words);
         for (std::int64_t q = 0; q < batch; ++q) {
           for (std::int64_t j = 0; j < count; ++j) scores[j] = 0;
