@@ -232,6 +232,11 @@ def pool_timing(torch, crosslayer, rows, failures, copy_bw, mm_rate, compile_bud
     floor = max(flops / mm_rate, bytes_moved / copy_bw) * 1e3
     rows.append(("pool->codes crosslayer kernel (ms)", f"{t_ours:.3f}", f"floor {floor:.3f}"))
     rows.append(("pool->codes crosslayer.pool incl. NaN check (ms)", f"{t_api:.3f}", ""))
+    # breakdown: the pooling GEMM alone (no PCA) and the float output
+    t_no_pca = time_ms(torch, lambda: _device.pool_device(x, g, None, "codes", check_finite=False))
+    t_float = time_ms(torch, lambda: _device.pool_device(x, g, (mean, proj), "float", check_finite=False))
+    rows.append(("  of which pooling GEMM (same call without PCA, ms)", f"{t_no_pca:.3f}", ""))
+    rows.append(("pool->float crosslayer kernel (ms)", f"{t_float:.3f}", ""))
     rows.append(("pool->codes torch eager TF32 (ms)", f"{t_eager:.3f}", f"x{t_eager / t_ours:.2f}"))
     rows.append(("pool->codes torch.compile TF32 (ms)", f"{t_compiled:.3f}",
                  f"x{t_compiled / t_ours:.2f} (target >= 2) {compile_note}"))

@@ -69,25 +69,32 @@ __global__ void channel_mean_kernel(const T* guidance, std::int64_t rows, std::i
   if (lane == 0) out[row] = static_cast<float>(sum / static_cast<double>(positions));
 }
 
-template <bool A_KMAJOR, bool B_NMAJOR, bool VEC, Epilogue EPILOGUE>
+template <bool A_KMAJOR, bool B_NMAJOR, bool VEC, bool B_IS_TF32, Epilogue EPILOGUE>
 cudaError_t launch_gemm_as(const GemmParams& p, std::int64_t images, cudaStream_t stream) {
-  auto kernel = tf32::gemm_kernel<A_KMAJOR, B_NMAJOR, VEC, EPILOGUE>;
-  // Dynamic shared memory above 48 KiB must be opted into, per kernel (cheap; idempotent).
-  cudaError_t status =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(tf32::kSharedBytes));
-  if (status != cudaSuccess) return status;
+  auto kernel = tf32::gemm_kernel<A_KMAJOR, B_NMAJOR, VEC, B_IS_TF32, EPILOGUE>;
+  constexpr std::size_t kShared = tf32::shared_bytes<A_KMAJOR, B_NMAJOR>();
+  // Dynamic shared memory above 48 KiB must be opted into, per kernel, once.
+  static const cudaError_t opt_in =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kShared));
+  if (opt_in != cudaSuccess) return opt_in;
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, tf32::kBN)), static_cast<unsigned>(ceil_div(p.M, tf32::kBM)),
                   static_cast<unsigned>(images));
-  kernel<<<grid, tf32::kThreads, tf32::kSharedBytes, stream>>>(p);
+  kernel<<<grid, tf32::kThreads, kShared, stream>>>(p);
   return cudaGetLastError();
 }
 
-template <bool A_KMAJOR, bool B_NMAJOR, Epilogue EPILOGUE>
+template <bool A_KMAJOR, bool B_NMAJOR, bool B_IS_TF32, Epilogue EPILOGUE>
 cudaError_t launch_gemm(const GemmParams& p, std::int64_t images, bool vectorized, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0 || images == 0) return cudaSuccess;
   if (ceil_div(p.M, tf32::kBM) > 65535 || images > 65535) return cudaErrorInvalidConfiguration;
-  return vectorized ? launch_gemm_as<A_KMAJOR, B_NMAJOR, true, EPILOGUE>(p, images, stream)
-                    : launch_gemm_as<A_KMAJOR, B_NMAJOR, false, EPILOGUE>(p, images, stream);
+  return vectorized ? launch_gemm_as<A_KMAJOR, B_NMAJOR, true, B_IS_TF32, EPILOGUE>(p, images, stream)
+                    : launch_gemm_as<A_KMAJOR, B_NMAJOR, false, B_IS_TF32, EPILOGUE>(p, images, stream);
+}
+
+__global__ void round_to_tf32_kernel(const float* in, float* out, std::int64_t count) {
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < count;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x)
+    out[i] = tf32::tf32_value(in[i]);
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
@@ -107,12 +114,12 @@ cudaError_t launch_pooling(const PoolShape& s, const float* guidance, const floa
     p.b = xp;
     p.b_batch = s.positions * s.dt;
     p.ldb = s.dt;
-    return launch_gemm<true, true, EPILOGUE>(p, images, vectorized, stream);
+    return launch_gemm<true, true, true, EPILOGUE>(p, images, vectorized, stream);  // xp is stored as TF32
   }
   p.b = local;
   p.b_batch = s.dt_in * s.positions;
   p.ldb = s.positions;
-  return launch_gemm<true, false, EPILOGUE>(p, images, vectorized, stream);
+  return launch_gemm<true, false, false, EPILOGUE>(p, images, vectorized, stream);
 }
 
 const char* pool_float32(const PoolArgs& args, const float* local, const float* guidance, cudaStream_t stream) {
@@ -120,8 +127,7 @@ const char* pool_float32(const PoolArgs& args, const float* local, const float* 
   const bool has_pca = args.pca_proj != nullptr;
   const bool to_float = args.output == PoolOutput::Float;
   // 16-byte copies need every leading dimension (positions, dt) to be a multiple of 4 floats and 16-byte bases.
-  const bool vectorized = s.positions % 4 == 0 && s.dt % 4 == 0 && aligned16(local) && aligned16(guidance) &&
-                          (!has_pca || aligned16(args.pca_proj)) && (to_float ? aligned16(args.out_float) : true);
+  const bool vectorized = s.positions % 4 == 0 && s.dt % 4 == 0 && aligned16(local) && aligned16(guidance);
 
   if (args.channel_mean) {
     const std::int64_t rows = s.n * s.dk;
@@ -142,8 +148,17 @@ const char* pool_float32(const PoolArgs& args, const float* local, const float* 
     chunk = std::min<std::int64_t>(chunk, std::max<std::int64_t>(1, (std::int64_t(64) << 20) / xp_floats_per_image));
     chunk = std::min<std::int64_t>(chunk, std::max<std::int64_t>(1, (std::int64_t(65535) * tf32::kBM) / s.positions));
   }
-  cuda_detail::StreamScratch xp_scratch(stream), norm_scratch(stream);
-  if (has_pca) CROSSLAYER_CUDA_TRY(xp_scratch.allocate(sizeof(float) * chunk * xp_floats_per_image));
+  cuda_detail::StreamScratch xp_scratch(stream), norm_scratch(stream), proj_scratch(stream);
+  if (has_pca) {
+    CROSSLAYER_CUDA_TRY(xp_scratch.allocate(sizeof(float) * chunk * xp_floats_per_image));
+    // The projection is read by every tile of the PCA GEMM: round it to TF32 once.
+    const std::int64_t count = s.dt_in * s.dt;
+    CROSSLAYER_CUDA_TRY(proj_scratch.allocate(sizeof(float) * count));
+    const std::int64_t blocks = std::min<std::int64_t>(ceil_div(count, 256), 4096);
+    round_to_tf32_kernel<<<static_cast<unsigned>(blocks), 256, 0, stream>>>(args.pca_proj, proj_scratch.as<float>(),
+                                                                            count);
+    CROSSLAYER_CUDA_TRY(cudaGetLastError());
+  }
   if (to_float) {
     CROSSLAYER_CUDA_TRY(norm_scratch.allocate(sizeof(float) * s.n * s.dk));
     CROSSLAYER_CUDA_TRY(cudaMemsetAsync(norm_scratch.as<float>(), 0, sizeof(float) * s.n * s.dk, stream));
@@ -166,13 +181,13 @@ const char* pool_float32(const PoolArgs& args, const float* local, const float* 
       p.lda = s.positions;
       p.a_rows_per_image = static_cast<int>(s.positions);
       p.a_k_offset = args.pca_mean;
-      p.b = args.pca_proj;
+      p.b = proj_scratch.as<float>();
       p.b_batch = 0;
       p.ldb = s.dt;
       p.c = xp;
       p.c_batch = 0;
       p.ldc = s.dt;
-      CROSSLAYER_CUDA_TRY((launch_gemm<false, true, Epilogue::StoreFloat>(p, 1, vectorized, stream)));
+      CROSSLAYER_CUDA_TRY((launch_gemm<false, true, true, Epilogue::StoreTf32>(p, 1, vectorized, stream)));
     }
     GemmParams p{};
     if (to_float) {
