@@ -198,6 +198,23 @@ def parity(torch, crosslayer, rows, failures, n=16):
         failures.append("gram parity")
 
 
+def print_kernel_profile(torch, label, fn, calls=5):
+    """GPU time per kernel (CUPTI, through torch.profiler) of `calls` calls: where the time goes."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        print(f"--- {label}: GPU time per kernel over {calls} calls")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=60))
+    except Exception as exc:  # noqa: BLE001 - diagnostics only
+        print(f"--- {label}: profiler unavailable ({type(exc).__name__}: {exc})")
+
+
 def pool_timing(torch, crosslayer, rows, failures, copy_bw, mm_rate, compile_budget_s):
     from crosslayer import _device
 
@@ -225,6 +242,7 @@ def pool_timing(torch, crosslayer, rows, failures, copy_bw, mm_rate, compile_bud
         compile_note = f"compile {compile_s:.0f}s"
         if compile_s <= compile_budget_s:
             t_compiled = time_ms(torch, compiled)
+            print_kernel_profile(torch, "torch.compile pool->codes", compiled)
     except Exception as exc:  # noqa: BLE001 - reported, not fatal
         compile_note = f"torch.compile failed: {type(exc).__name__}"
     flops = 2 * n * h * w * dt_in * dt_in + 2 * n * dk * h * w * dt_in
@@ -237,6 +255,9 @@ def pool_timing(torch, crosslayer, rows, failures, copy_bw, mm_rate, compile_bud
     t_float = time_ms(torch, lambda: _device.pool_device(x, g, (mean, proj), "float", check_finite=False))
     rows.append(("  of which pooling GEMM (same call without PCA, ms)", f"{t_no_pca:.3f}", ""))
     rows.append(("pool->float crosslayer kernel (ms)", f"{t_float:.3f}", ""))
+    t_loop = time_ms(torch, lambda: [ours() for _ in range(10)]) / 10
+    rows.append(("pool->codes, 10 calls back to back (ms per call)", f"{t_loop:.3f}", "host gaps amortised"))
+    print_kernel_profile(torch, "crosslayer pool->codes", ours)
     rows.append(("pool->codes torch eager TF32 (ms)", f"{t_eager:.3f}", f"x{t_eager / t_ours:.2f}"))
     rows.append(("pool->codes torch.compile TF32 (ms)", f"{t_compiled:.3f}",
                  f"x{t_compiled / t_ours:.2f} (target >= 2) {compile_note}"))

@@ -133,7 +133,8 @@ def dots(q_bits, x_bits, dt, channels=None):
     x = reference.unpack_ternary(x_bits, dt).astype(np.int64)
     if channels is None:
         return np.einsum("akj,bkj->ab", q, x)
-    return np.stack([np.einsum("kj,bkj->b", q[i][channels[i]], x[:, channels[i]]) for i in range(len(q))])
+    rows = [np.einsum("kj,bkj->b", q[i][channels[i]], x[:, channels[i]]) for i in range(len(q))]
+    return np.stack(rows) if rows else np.zeros((0, len(x)), np.int64)
 
 
 def top_k(scores, k, id_base=0):
