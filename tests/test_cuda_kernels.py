@@ -196,3 +196,19 @@ def test_search_rejects_bad_channels_and_k(rng):
         _device.search_device(q, db, 64, bad, 3)
     with pytest.raises(ValueError, match="k: expected"):
         _device.search_device(q, db, 64, to_gpu(np.zeros((2, 1), np.int32)), 6)
+
+
+def test_public_gram_and_search_on_gpu_codes_equal_host(rng):
+    local = rng.standard_normal((6, 70, 4, 4)).astype(np.float32)
+    guidance = np.maximum(rng.standard_normal((6, 9, 4, 4)), 0).astype(np.float32)
+    gpu_codes = crosslayer.pool(to_gpu(local), to_gpu(guidance), output="codes")
+    host_codes = gpu_codes.to_host()
+    np.testing.assert_array_equal(crosslayer.gram(gpu_codes).cpu().numpy(), crosslayer.gram(host_codes))
+    np.testing.assert_allclose(crosslayer.gram(gpu_codes, normalize=True).cpu().numpy(),
+                               crosslayer.gram(host_codes, normalize=True), rtol=1e-12, atol=1e-12)
+    scores, ids = crosslayer.search(gpu_codes[:2], gpu_codes, k=4, channels=5)
+    want_scores, want_ids = crosslayer.search(host_codes[:2], host_codes, k=4, channels=5)
+    np.testing.assert_array_equal(scores.cpu().numpy(), want_scores)
+    np.testing.assert_array_equal(ids.cpu().numpy(), want_ids)
+    with pytest.raises(TypeError, match="on the GPU but codes_b on the host"):
+        crosslayer.gram(gpu_codes, host_codes)

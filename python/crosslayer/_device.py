@@ -193,6 +193,11 @@ class DeviceCodes:
     def __len__(self) -> int:
         return int(self.bits.shape[0])
 
+    def __getitem__(self, index) -> "DeviceCodes":
+        if isinstance(index, (int, np.integer)):
+            index = slice(index, index + 1 if index != -1 else None)
+        return DeviceCodes(self.bits[index], self.channel_mean[index], self.Dt)
+
     def to_host(self):
         from crosslayer.codes import Codes
 
@@ -270,6 +275,37 @@ def gram_device(a_bits, b_bits, dt: int):
     core.gram_cuda(a.address, a.shape[0], b.address, b.shape[0], a.shape[1], dt, _address(out),
                    current_stream(framework, device), device)
     return out
+
+
+def nonzero_counts_device(bits):
+    """Nonzero values of each GPU code (popcount of its nonzero plane): (n,) int64 in the codes' framework."""
+    framework = _framework(bits)
+    if framework == "torch":
+        import torch
+
+        table = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64, device=bits.device)
+        planes = bits[:, :, 0, :].contiguous().view(torch.uint8)
+        return table[planes.long()].reshape(bits.shape[0], -1).sum(dim=1)
+    import cupy
+
+    table = cupy.asarray([bin(i).count("1") for i in range(256)], dtype=cupy.int64)
+    planes = cupy.ascontiguousarray(bits[:, :, 0, :]).view(cupy.uint8)
+    return table[planes].reshape(bits.shape[0], -1).sum(axis=1)
+
+
+def select_channels_device(channel_mean, channels: int):
+    """`search.select_channels` on the GPU: per row the `channels` largest means (ties to the smaller index), in
+    increasing index order, int32."""
+    framework = _framework(channel_mean)
+    if framework == "torch":
+        import torch
+
+        ranked = torch.sort(-channel_mean, dim=1, stable=True).indices[:, :channels]
+        return torch.sort(ranked, dim=1).values.to(torch.int32).contiguous()
+    import cupy
+
+    ranked = cupy.argsort(-channel_mean, axis=1)[:, :channels]  # CuPy's sort is stable
+    return cupy.ascontiguousarray(cupy.sort(ranked, axis=1).astype(cupy.int32))
 
 
 def search_device(query_bits, database_bits, dt: int, channels, k: int, id_base: int = 0, existing=None):

@@ -45,6 +45,22 @@ def _check_codes(value, name: str) -> Codes:
     return value
 
 
+def _on_device(**codes) -> bool:
+    """True when the codes are GPU codes (`DeviceCodes`), False when host `Codes`; mixing them is a TypeError."""
+    from crosslayer._device import DeviceCodes
+
+    given = {name: value for name, value in codes.items() if value is not None}
+    on_gpu = [name for name, value in given.items() if isinstance(value, DeviceCodes)]
+    if on_gpu and len(on_gpu) != len(given):
+        on_host = [name for name in given if name not in on_gpu]
+        raise TypeError(f"{', '.join(on_gpu)} on the GPU but {', '.join(on_host)} on the host; pass codes on one device")
+    if on_gpu:
+        from crosslayer._device import require_cuda_build
+
+        require_cuda_build("gram/search")
+    return bool(on_gpu)
+
+
 def _check_same_layout(a: Codes, b: Codes, name_a: str, name_b: str) -> None:
     if (a.Dk, a.Dt) != (b.Dk, b.Dt):
         raise ValueError(f"{name_b}: Dk={b.Dk}, Dt={b.Dt} differs from {name_a} (Dk={a.Dk}, Dt={a.Dt})")
@@ -62,6 +78,8 @@ def gram(codes_a: Codes, codes_b: Codes | None = None, normalize: bool = False, 
     With ``normalize=True`` each entry is divided by sqrt(nnz_a * nnz_b) (cosine of the ternary vectors; 0 where a
     code is all zero) and the result is float64. Feed it to ``sklearn.svm.SVC(kernel="precomputed")``.
     """
+    if _on_device(codes_a=codes_a, codes_b=codes_b):
+        return _gram_on_device(codes_a, codes_b, normalize)
     codes_a = _check_codes(codes_a, "codes_a")
     if codes_b is not None:
         codes_b = _check_codes(codes_b, "codes_b")
@@ -74,6 +92,22 @@ def gram(codes_a: Codes, codes_b: Codes | None = None, normalize: bool = False, 
     norm_b = norm_a if codes_b is None else np.sqrt(nonzero_counts(codes_b).astype(np.float64))
     scale = np.outer(norm_a, norm_b)
     return np.divide(out, scale, out=np.zeros(out.shape, np.float64), where=scale > 0)
+
+
+def _gram_on_device(codes_a, codes_b, normalize: bool):
+    from crosslayer import _device
+
+    other = codes_a if codes_b is None else codes_b
+    _check_same_layout(codes_a, other, "codes_a", "codes_b")
+    out = _device.gram_device(codes_a.bits, other.bits, codes_a.Dt)
+    if not normalize:
+        return out
+    norm_a = _device.nonzero_counts_device(codes_a.bits) ** 0.5
+    norm_b = norm_a if codes_b is None else _device.nonzero_counts_device(codes_b.bits) ** 0.5
+    scale = norm_a[:, None] * norm_b[None, :]
+    result = out / scale
+    result[scale == 0] = 0
+    return result
 
 
 def select_channels(channel_mean: np.ndarray, channels: int) -> np.ndarray:
@@ -122,8 +156,20 @@ def search(queries: Codes, database: Codes, k: int = 10, channels: int | None = 
     Per query only its `channels` guidance channels of largest mean activation (``Codes.channel_mean``; ties to the
     smaller channel) are compared; ``channels=None`` compares all. Scores are exact ternary dot products.
     Returns (scores (nq, min(k, len(database))) int32 by decreasing score, ids int64; ties to the smaller id).
+    GPU codes (`pool` of torch/CuPy arrays with output="codes") are searched on the GPU, results in their framework.
     """
+    if _on_device(queries=queries, database=database):
+        return _search_on_device(queries, database, k, channels)
     queries = _check_codes(queries, "queries")
     database = _check_codes(database, "database")
     _check_same_layout(queries, database, "queries", "database")
     return search_segments(queries, [(database.bits, 0)], k, channels, num_threads)
+
+
+def _search_on_device(queries, database, k, channels):
+    from crosslayer import _device
+
+    _check_same_layout(queries, database, "queries", "database")
+    k, channels = check_search_args(queries, k, channels, queries.Dk)
+    selection = _device.select_channels_device(queries.channel_mean, channels)
+    return _device.search_device(queries.bits, database.bits, queries.Dt, selection, min(k, len(database)))
