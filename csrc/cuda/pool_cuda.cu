@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 
 #include "crosslayer/codes.h"
 #include "crosslayer/pool.h"
@@ -69,26 +70,39 @@ __global__ void channel_mean_kernel(const T* guidance, std::int64_t rows, std::i
   if (lane == 0) out[row] = static_cast<float>(sum / static_cast<double>(positions));
 }
 
-template <bool A_KMAJOR, bool B_NMAJOR, bool VEC, bool B_IS_TF32, Epilogue EPILOGUE>
+template <bool A_KMAJOR, bool B_NMAJOR, bool VEC, bool B_IS_TF32, Epilogue EPILOGUE, int MT>
 cudaError_t launch_gemm_as(const GemmParams& p, std::int64_t images, cudaStream_t stream) {
-  auto kernel = tf32::gemm_kernel<A_KMAJOR, B_NMAJOR, VEC, B_IS_TF32, EPILOGUE>;
-  constexpr std::size_t kShared = tf32::shared_bytes<A_KMAJOR, B_NMAJOR>();
-  // Dynamic shared memory above 48 KiB must be opted into, per kernel, once.
-  static const cudaError_t opt_in =
+  auto kernel = tf32::gemm_kernel<A_KMAJOR, B_NMAJOR, VEC, B_IS_TF32, EPILOGUE, MT>;
+  constexpr std::size_t kShared = tf32::shared_bytes<A_KMAJOR, B_NMAJOR, MT>();
+  // Dynamic shared memory above 48 KiB must be opted into per kernel (and device: so on every call; it is cheap).
+  const cudaError_t opt_in =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kShared));
   if (opt_in != cudaSuccess) return opt_in;
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, tf32::kBN)), static_cast<unsigned>(ceil_div(p.M, tf32::kBM)),
+  const std::int64_t tiles_m = ceil_div(p.M, tf32::block_m<MT>());
+  if (tiles_m > 65535 || images > 65535) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, tf32::kBN)), static_cast<unsigned>(tiles_m),
                   static_cast<unsigned>(images));
   kernel<<<grid, tf32::kThreads, kShared, stream>>>(p);
   return cudaGetLastError();
 }
 
+// CTA rows of the TF32 GEMMs: 256 (default) or 128; CROSSLAYER_TF32_TILE_M overrides it (tuning experiments).
+int tile_rows() {
+  static const int rows = [] {
+    const char* text = std::getenv("CROSSLAYER_TF32_TILE_M");
+    return text && std::atoi(text) == 128 ? 128 : 256;
+  }();
+  return rows;
+}
+
 template <bool A_KMAJOR, bool B_NMAJOR, bool B_IS_TF32, Epilogue EPILOGUE>
 cudaError_t launch_gemm(const GemmParams& p, std::int64_t images, bool vectorized, cudaStream_t stream) {
   if (p.M == 0 || p.N == 0 || images == 0) return cudaSuccess;
-  if (ceil_div(p.M, tf32::kBM) > 65535 || images > 65535) return cudaErrorInvalidConfiguration;
-  return vectorized ? launch_gemm_as<A_KMAJOR, B_NMAJOR, true, B_IS_TF32, EPILOGUE>(p, images, stream)
-                    : launch_gemm_as<A_KMAJOR, B_NMAJOR, false, B_IS_TF32, EPILOGUE>(p, images, stream);
+  if (tile_rows() == 128)
+    return vectorized ? launch_gemm_as<A_KMAJOR, B_NMAJOR, true, B_IS_TF32, EPILOGUE, 2>(p, images, stream)
+                      : launch_gemm_as<A_KMAJOR, B_NMAJOR, false, B_IS_TF32, EPILOGUE, 2>(p, images, stream);
+  return vectorized ? launch_gemm_as<A_KMAJOR, B_NMAJOR, true, B_IS_TF32, EPILOGUE, 4>(p, images, stream)
+                    : launch_gemm_as<A_KMAJOR, B_NMAJOR, false, B_IS_TF32, EPILOGUE, 4>(p, images, stream);
 }
 
 __global__ void round_to_tf32_kernel(const float* in, float* out, std::int64_t count) {
@@ -146,7 +160,7 @@ const char* pool_float32(const PoolArgs& args, const float* local, const float* 
   std::int64_t chunk = std::min<std::int64_t>(s.n, 65535);
   if (has_pca) {
     chunk = std::min<std::int64_t>(chunk, std::max<std::int64_t>(1, (std::int64_t(64) << 20) / xp_floats_per_image));
-    chunk = std::min<std::int64_t>(chunk, std::max<std::int64_t>(1, (std::int64_t(65535) * tf32::kBM) / s.positions));
+    chunk = std::min<std::int64_t>(chunk, std::max<std::int64_t>(1, (std::int64_t(65535) * 128) / s.positions));
   }
   cuda_detail::StreamScratch xp_scratch(stream), norm_scratch(stream), proj_scratch(stream);
   if (has_pca) {

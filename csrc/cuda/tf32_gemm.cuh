@@ -29,14 +29,19 @@
 
 namespace crosslayer::tf32 {
 
-constexpr int kBM = 128, kBN = 128, kBK = 32, kStages = 3, kThreads = 256;
+// MT (template parameter): m16 tiles per warp, 2 or 4. The CTA is 4 x 2 warps, so its tile is (64 * MT) x 128:
+// 128 x 128 (MT = 2, two CTAs per SM) or 256 x 128 (MT = 4: half the shared-memory and L2 traffic per mma, one CTA
+// per SM).
+constexpr int kBN = 128, kBK = 32, kStages = 3, kThreads = 256;
+template <int MT>
+__host__ __device__ constexpr int block_m() { return 64 * MT; }
 // Shared pitches (floats). Fragment reads are vectorised (64- or 128-bit) and bank-conflict free with these, rows stay
 // 16-byte aligned for cp.async: [rows][k] tiles use 40 (= 8 mod 32); [k][rows] tiles use 136 (= 8 mod 32), except a
 // [k][n] B tile read with paired k (A K-major), which uses 132 (= 4 mod 32). See the fragment loads below.
 constexpr int kPitchKContig = kBK + 8;
-constexpr int kPitchRowContig = kBM + 8;
-constexpr int kPitchRowContigPairedK = kBM + 4;
-static_assert(kBM == kBN, "one pitch serves both row-contiguous tiles");
+template <int ROWS>
+__host__ __device__ constexpr int pitch_row_contig() { return ROWS + 8; }   // = 8 mod 32 for ROWS = 128, 256
+constexpr int kPitchBPairedK = kBN + 4;                                      // = 4 mod 32
 static_assert(kBN / 2 == kBitsPerWord, "a warp's 64 columns must be exactly one code word");
 
 enum class Epilogue : int { StoreFloat, StoreTf32, SumSquares, PackSigns };
@@ -58,17 +63,23 @@ struct GemmParams {
 };
 
 template <bool A_KMAJOR>
-__host__ __device__ constexpr int b_nmajor_pitch() { return A_KMAJOR ? kPitchRowContigPairedK : kPitchRowContig; }
+__host__ __device__ constexpr int b_nmajor_pitch() { return A_KMAJOR ? kPitchBPairedK : pitch_row_contig<kBN>(); }
 // Shared floats of one pipeline stage's A and B tiles, and the kernel's dynamic shared memory (the pooling GEMM's
 // 112 KiB lets two CTAs share an SM).
-template <bool A_KMAJOR>
-__host__ __device__ constexpr int a_tile_floats() { return A_KMAJOR ? kBM * kPitchKContig : kBK * kPitchRowContig; }
+template <bool A_KMAJOR, int MT>
+__host__ __device__ constexpr int a_tile_floats() {
+  return A_KMAJOR ? block_m<MT>() * kPitchKContig : kBK * pitch_row_contig<block_m<MT>()>();
+}
 template <bool A_KMAJOR, bool B_NMAJOR>
 __host__ __device__ constexpr int b_tile_floats() { return B_NMAJOR ? kBK * b_nmajor_pitch<A_KMAJOR>() : kBN * kPitchKContig; }
-template <bool A_KMAJOR, bool B_NMAJOR>
-__host__ __device__ constexpr int stage_floats() { return a_tile_floats<A_KMAJOR>() + b_tile_floats<A_KMAJOR, B_NMAJOR>(); }
-template <bool A_KMAJOR, bool B_NMAJOR>
-__host__ __device__ constexpr std::size_t shared_bytes() { return sizeof(float) * stage_floats<A_KMAJOR, B_NMAJOR>() * kStages; }
+template <bool A_KMAJOR, bool B_NMAJOR, int MT>
+__host__ __device__ constexpr int stage_floats() {
+  return a_tile_floats<A_KMAJOR, MT>() + b_tile_floats<A_KMAJOR, B_NMAJOR>();
+}
+template <bool A_KMAJOR, bool B_NMAJOR, int MT>
+__host__ __device__ constexpr std::size_t shared_bytes() {
+  return sizeof(float) * stage_floats<A_KMAJOR, B_NMAJOR, MT>() * kStages;
+}
 
 // float32 -> TF32 operand, rounded to nearest (ties away from zero): the tensor core ignores the low 13 mantissa
 // bits, so adding half of that range first turns its truncation into rounding (CUTLASS's round_half_ulp_truncate);
@@ -136,16 +147,16 @@ __device__ __forceinline__ void copy_tile(float* dst, int rows_valid, int cols_v
 }
 
 
-// One K step of A (kBM x kBK) and B (kBK x kBN) into a pipeline stage.
-template <bool A_KMAJOR, bool B_NMAJOR, bool VEC>
+// One K step of A (block_m x kBK) and B (kBK x kBN) into a pipeline stage.
+template <bool A_KMAJOR, bool B_NMAJOR, bool VEC, int MT>
 __device__ __forceinline__ void load_stage(const GemmParams& p, std::int64_t z, int m0, int n0, int k0, float* a_s,
                                            float* b_s) {
   const int m_left = p.M - m0, n_left = p.N - n0, k_left = p.K - k0;
   if (A_KMAJOR)
-    copy_tile<kBM, kBK, kPitchKContig, VEC>(a_s, m_left, k_left,
+    copy_tile<block_m<MT>(), kBK, kPitchKContig, VEC>(a_s, m_left, k_left,
                                            [&](int r, int c) { return a_address<true>(p, z, m0 + r, k0 + c); });
   else
-    copy_tile<kBK, kBM, kPitchRowContig, VEC>(a_s, k_left, m_left,
+    copy_tile<kBK, block_m<MT>(), pitch_row_contig<block_m<MT>()>(), VEC>(a_s, k_left, m_left,
                                              [&](int r, int c) { return a_address<false>(p, z, m0 + c, k0 + r); });
   if (B_NMAJOR)
     copy_tile<kBK, kBN, b_nmajor_pitch<A_KMAJOR>(), VEC>(
@@ -159,36 +170,39 @@ __device__ __forceinline__ void load_stage(const GemmParams& p, std::int64_t z, 
 // within the warp's 32 rows and its column order within the warp's 64 columns are free (a consistent permutation of
 // a sum, and relabelled outputs), so they are chosen to make each thread's operands contiguous in shared memory:
 //   A K-major:  the two k of a fragment register pair are adjacent (k = 2t, 2t+1)  -> one 64-bit read per row pair
-//   A M-major:  a thread's 4 rows (2 m-tiles x 2 halves) are adjacent              -> one 128-bit read per k
+//   A M-major:  a thread's rows of m-tiles 2p, 2p+1 (x 2 halves) are adjacent      -> one 128-bit read per k and p
 //   B N-major:  a thread's columns of n-tiles j = 0..3 (and 4..7) are adjacent     -> one 128-bit read per k
 //   B K-major:  natural columns, paired k as for A K-major                         -> one 64-bit read per column
-template <bool A_KMAJOR>
+template <bool A_KMAJOR, int MT>
 __device__ __forceinline__ int tile_row(int warp_m, int g, int i, int h) {
-  return A_KMAJOR ? warp_m * 32 + i * 16 + h * 8 + g : warp_m * 32 + g * 4 + i * 2 + h;
+  return A_KMAJOR ? warp_m * 16 * MT + i * 16 + h * 8 + g
+                  : warp_m * 16 * MT + (i / 2) * 32 + g * 4 + (i % 2) * 2 + h;
 }
 template <bool B_NMAJOR>
 __device__ __forceinline__ int tile_col(int warp_n, int j, int n_in_tile) {
   return B_NMAJOR ? warp_n * 64 + (j / 4) * 32 + n_in_tile * 4 + (j % 4) : warp_n * 64 + j * 8 + n_in_tile;
 }
 
-template <bool A_KMAJOR, bool B_NMAJOR, bool VEC, bool B_IS_TF32, Epilogue EPILOGUE>
-__global__ void __launch_bounds__(kThreads, 2) gemm_kernel(GemmParams p) {
+template <bool A_KMAJOR, bool B_NMAJOR, bool VEC, bool B_IS_TF32, Epilogue EPILOGUE, int MT>
+__global__ void __launch_bounds__(kThreads, MT == 2 ? 2 : 1) gemm_kernel(GemmParams p) {
+  static_assert(MT == 2 || MT == 4, "a warp holds 2 or 4 m16 tiles");
   // A K-major B read pairs adjacent k, which only a K-major A provides (checked by emulating the indexing).
   static_assert(A_KMAJOR || B_NMAJOR, "an M-major A needs an N-major B");
   extern __shared__ __align__(16) float shared[];
   const std::int64_t z = blockIdx.z;
-  const int m0 = blockIdx.y * kBM, n0 = blockIdx.x * kBN;
+  const int m0 = blockIdx.y * block_m<MT>(), n0 = blockIdx.x * kBN;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int warp_m = warp / 2, warp_n = warp % 2;
   const int g = lane / 4, t = lane % 4;  // mma fragment coordinates: group and thread-in-group
   constexpr int kPitchB = B_NMAJOR ? b_nmajor_pitch<A_KMAJOR>() : kPitchKContig;
-  constexpr int kATile = a_tile_floats<A_KMAJOR>(), kStage = stage_floats<A_KMAJOR, B_NMAJOR>();
+  constexpr int kATile = a_tile_floats<A_KMAJOR, MT>(), kStage = stage_floats<A_KMAJOR, B_NMAJOR, MT>();
+  constexpr int kPitchA = A_KMAJOR ? kPitchKContig : pitch_row_contig<block_m<MT>()>();
   // k (within a k8 step) of fragment registers {a0, a1, b0} and {a2, a3, b1}
   const int k_lo = A_KMAJOR ? 2 * t : t, k_hi = A_KMAJOR ? 2 * t + 1 : t + 4;
 
-  float acc[2][8][4];
+  float acc[MT][8][4];
 #pragma unroll
-  for (int i = 0; i < 2; ++i)
+  for (int i = 0; i < MT; ++i)
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
@@ -199,7 +213,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(GemmParams p) {
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < k_tiles) {
       float* stage = shared + s * kStage;
-      load_stage<A_KMAJOR, B_NMAJOR, VEC>(p, z, m0, n0, s * kBK, stage, stage + kATile);
+      load_stage<A_KMAJOR, B_NMAJOR, VEC, MT>(p, z, m0, n0, s * kBK, stage, stage + kATile);
     }
     cp_async_commit();
   }
@@ -211,7 +225,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(GemmParams p) {
       const int next = kt + kStages - 1;
       if (next < k_tiles) {
         float* stage = shared + (next % kStages) * kStage;
-        load_stage<A_KMAJOR, B_NMAJOR, VEC>(p, z, m0, n0, next * kBK, stage, stage + kATile);
+        load_stage<A_KMAJOR, B_NMAJOR, VEC, MT>(p, z, m0, n0, next * kBK, stage, stage + kATile);
       }
       cp_async_commit();
     }
@@ -226,29 +240,34 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(GemmParams p) {
         off_lo = klo < p.K ? __ldg(p.a_k_offset + klo) : 0.0f;
         off_hi = khi < p.K ? __ldg(p.a_k_offset + khi) : 0.0f;
       }
-      std::uint32_t a_frag[2][4];
+      std::uint32_t a_frag[MT][4];
       if (A_KMAJOR) {
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          const float2 top = *reinterpret_cast<const float2*>(a_s + tile_row<true>(warp_m, g, i, 0) * kPitchKContig + kk + k_lo);
-          const float2 bottom = *reinterpret_cast<const float2*>(a_s + tile_row<true>(warp_m, g, i, 1) * kPitchKContig + kk + k_lo);
+        for (int i = 0; i < MT; ++i) {
+          const float2 top = *reinterpret_cast<const float2*>(a_s + tile_row<true, MT>(warp_m, g, i, 0) * kPitchA + kk + k_lo);
+          const float2 bottom = *reinterpret_cast<const float2*>(a_s + tile_row<true, MT>(warp_m, g, i, 1) * kPitchA + kk + k_lo);
           a_frag[i][0] = tf32_operand(top.x - off_lo);
           a_frag[i][1] = tf32_operand(bottom.x - off_lo);
           a_frag[i][2] = tf32_operand(top.y - off_hi);
           a_frag[i][3] = tf32_operand(bottom.y - off_hi);
         }
       } else {
-        const float* base = a_s + tile_row<false>(warp_m, g, 0, 0);
-        const float4 lo = *reinterpret_cast<const float4*>(base + (kk + k_lo) * kPitchRowContig);
-        const float4 hi = *reinterpret_cast<const float4*>(base + (kk + k_hi) * kPitchRowContig);
-        a_frag[0][0] = tf32_operand(lo.x - off_lo);
-        a_frag[0][1] = tf32_operand(lo.y - off_lo);
-        a_frag[1][0] = tf32_operand(lo.z - off_lo);
-        a_frag[1][1] = tf32_operand(lo.w - off_lo);
-        a_frag[0][2] = tf32_operand(hi.x - off_hi);
-        a_frag[0][3] = tf32_operand(hi.y - off_hi);
-        a_frag[1][2] = tf32_operand(hi.z - off_hi);
-        a_frag[1][3] = tf32_operand(hi.w - off_hi);
+#pragma unroll
+        for (int pair = 0; pair < MT / 2; ++pair) {
+          const float* base = a_s + tile_row<false, MT>(warp_m, g, 2 * pair, 0);
+          const float4 lo = *reinterpret_cast<const float4*>(base + (kk + k_lo) * kPitchA);
+          const float4 hi = *reinterpret_cast<const float4*>(base + (kk + k_hi) * kPitchA);
+          std::uint32_t* first = a_frag[2 * pair];
+          std::uint32_t* second = a_frag[2 * pair + 1];
+          first[0] = tf32_operand(lo.x - off_lo);
+          first[1] = tf32_operand(lo.y - off_lo);
+          second[0] = tf32_operand(lo.z - off_lo);
+          second[1] = tf32_operand(lo.w - off_lo);
+          first[2] = tf32_operand(hi.x - off_hi);
+          first[3] = tf32_operand(hi.y - off_hi);
+          second[2] = tf32_operand(hi.z - off_hi);
+          second[3] = tf32_operand(hi.w - off_hi);
+        }
       }
       auto b_bits = [](float v) { return B_IS_TF32 ? __float_as_uint(v) : tf32_operand(v); };
       if (B_NMAJOR) {
@@ -262,7 +281,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(GemmParams p) {
           for (int jj = 0; jj < 4; ++jj) {
             const std::uint32_t b0 = b_bits(lo_v[jj]), b1 = b_bits(hi_v[jj]);
 #pragma unroll
-            for (int i = 0; i < 2; ++i) mma_tf32(acc[i][q * 4 + jj], a_frag[i], b0, b1);
+            for (int i = 0; i < MT; ++i) mma_tf32(acc[i][q * 4 + jj], a_frag[i], b0, b1);
           }
         }
       } else {
@@ -271,7 +290,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(GemmParams p) {
           const float2 v = *reinterpret_cast<const float2*>(b_s + tile_col<false>(warp_n, j, g) * kPitchB + kk + k_lo);
           const std::uint32_t b0 = b_bits(v.x), b1 = b_bits(v.y);
 #pragma unroll
-          for (int i = 0; i < 2; ++i) mma_tf32(acc[i][j], a_frag[i], b0, b1);
+          for (int i = 0; i < MT; ++i) mma_tf32(acc[i][j], a_frag[i], b0, b1);
         }
       }
     }
@@ -283,10 +302,10 @@ __global__ void __launch_bounds__(kThreads, 2) gemm_kernel(GemmParams p) {
   const int col_base = n0 + warp_n * 64;
   if (col_base >= p.N) return;
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < MT; ++i) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int m = m0 + tile_row<A_KMAJOR>(warp_m, g, i, h);
+      const int m = m0 + tile_row<A_KMAJOR, MT>(warp_m, g, i, h);
       if (EPILOGUE == Epilogue::PackSigns) {
         std::uint64_t nz = 0, neg = 0;
 #pragma unroll
