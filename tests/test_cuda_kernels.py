@@ -72,11 +72,18 @@ def test_pool_float_matches_cpu(shape, seed):
     expected = reference.representation(local, guidance, pca)
     got = out.cpu().numpy().astype(np.float64)
     assert got.shape == expected.shape
-    squared = lambda v: v * np.abs(v)  # undoes the signed square root, which amplifies rounding near zero
-    for b in range(n):
-        err = np.linalg.norm(squared(got[b]) - squared(expected[b]))
-        assert err <= 2e-3 * max(np.linalg.norm(squared(expected[b])), 1e-30)
     dt_eff = dt_in if dt is None else dt
+    # Compare v = P / ||P|| (undoing the signed square root, which amplifies rounding near zero). Each pooled value
+    # errs by at most reference.tf32_sign_bound; normalising by a norm that errs likewise adds |v| ||bound|| / ||P||
+    # (the same derivation as tests/test_pool.py, with the TF32 bound), plus float32 roundings of the epilogue.
+    pooled = reference.cross_layer_pool(local, guidance, pca)
+    norms = np.linalg.norm(pooled, axis=2, keepdims=True)
+    bound = reference.tf32_sign_bound(local, guidance, pca)
+    v_ref = reference.l2_normalize_channels(pooled)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tol = np.where(norms > 0, (bound + np.abs(v_ref) * np.linalg.norm(bound, axis=2, keepdims=True)) / norms, 0.0)
+    v_gpu = (got * np.abs(got)).reshape(n, dk, dt_eff)
+    assert np.all(np.abs(v_gpu - v_ref) <= tol + 1e-6)
     assert np.all(got.reshape(n, dk, dt_eff)[:, -1] == 0)
     np.testing.assert_allclose(mean.cpu().numpy(), reference.channel_mean(guidance), rtol=1e-6, atol=1e-7)
 

@@ -277,6 +277,15 @@ def gram_device(a_bits, b_bits, dt: int):
     return out
 
 
+def as_float64(array):
+    """A GPU array converted to float64 in its own framework."""
+    if _framework(array) == "torch":
+        import torch
+
+        return array.to(torch.float64)
+    return array.astype(np.float64)
+
+
 def nonzero_counts_device(bits):
     """Nonzero values of each GPU code (popcount of its nonzero plane): (n,) int64 in the codes' framework."""
     framework = _framework(bits)

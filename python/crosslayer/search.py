@@ -102,10 +102,11 @@ def _gram_on_device(codes_a, codes_b, normalize: bool):
     out = _device.gram_device(codes_a.bits, other.bits, codes_a.Dt)
     if not normalize:
         return out
-    norm_a = _device.nonzero_counts_device(codes_a.bits) ** 0.5
-    norm_b = norm_a if codes_b is None else _device.nonzero_counts_device(codes_b.bits) ** 0.5
+    # float64 like the host path (an int32 / float32 division would round to float32)
+    norm_a = _device.as_float64(_device.nonzero_counts_device(codes_a.bits)) ** 0.5
+    norm_b = norm_a if codes_b is None else _device.as_float64(_device.nonzero_counts_device(codes_b.bits)) ** 0.5
     scale = norm_a[:, None] * norm_b[None, :]
-    result = out / scale
+    result = _device.as_float64(out) / scale
     result[scale == 0] = 0
     return result
 
