@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from crosslayer._native import core
+from crosslayer._validate import check_layer_pair
 
 _INPUT_TYPES = {"<f4": 0, "bfloat16": 1, "<f2": 2}
 
@@ -220,13 +221,8 @@ def pool_device(x_t, a_t1, pca=None, output: str = "float", return_channel_mean:
     x, a = arrays["x_t"], arrays["a_t1"]
     if x.dtype != a.dtype:
         raise TypeError(f"a_t1: dtype {a.dtype} differs from x_t's {x.dtype}")
+    check_layer_pair(x.shape, a.shape)
     n, dt_in, h, w = x.shape
-    if a.shape[0] != n:
-        raise ValueError(f"a_t1: batch size {a.shape[0]} differs from x_t's {n}")
-    if a.shape[2:] != (h, w):
-        raise ValueError(f"a_t1: spatial size {a.shape[2:]} differs from x_t's {(h, w)}; the layers must share a layout")
-    if dt_in < 1 or a.shape[1] < 1 or h * w < 1:
-        raise ValueError(f"x_t/a_t1: need at least one channel and one position, got {x.shape} and {a.shape}")
     dt, mean_address, proj_address = dt_in, 0, 0
     if pca is not None:
         if not isinstance(pca, (tuple, list)) or len(pca) != 2:

@@ -43,3 +43,14 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
     return int(value)
+
+
+def check_layer_pair(x_shape: tuple, a_shape: tuple) -> None:
+    """The two layers of a pooling call: (n, Dt, H, W) and (n, Dk, H, W), same n and spatial layout, non-empty."""
+    n, dt_in, h, w = x_shape
+    if a_shape[0] != n:
+        raise ValueError(f"a_t1: batch size {a_shape[0]} differs from x_t's {n}")
+    if tuple(a_shape[2:]) != (h, w):
+        raise ValueError(f"a_t1: spatial size {tuple(a_shape[2:])} differs from x_t's {(h, w)}; the layers must share a layout")
+    if dt_in < 1 or a_shape[1] < 1 or h * w < 1:
+        raise ValueError(f"x_t/a_t1: need at least one channel and one position, got {tuple(x_shape)} and {tuple(a_shape)}")

@@ -6,7 +6,7 @@ import numpy as np
 
 from crosslayer import _device
 from crosslayer._native import core
-from crosslayer._validate import as_float32_array
+from crosslayer._validate import as_float32_array, check_layer_pair
 from crosslayer.codes import Codes, words_per_plane
 
 OUTPUTS = ("float", "codes")
@@ -47,13 +47,8 @@ def pool(x_t, a_t1, pca=None, output: str = "float", return_channel_mean: bool =
         return _device.pool_device(x_t, a_t1, pca, output, return_channel_mean)
     x_t = as_float32_array(x_t, "x_t", ndim=4)
     a_t1 = as_float32_array(a_t1, "a_t1", ndim=4)
-    n, dt_in, h, w = x_t.shape
-    if a_t1.shape[0] != n:
-        raise ValueError(f"a_t1: batch size {a_t1.shape[0]} differs from x_t's {n}")
-    if a_t1.shape[2:] != (h, w):
-        raise ValueError(f"a_t1: spatial size {a_t1.shape[2:]} differs from x_t's {(h, w)}; the layers must share a layout")
-    if dt_in < 1 or a_t1.shape[1] < 1 or h * w < 1:
-        raise ValueError(f"x_t/a_t1: need at least one channel and one position, got {x_t.shape} and {a_t1.shape}")
+    check_layer_pair(x_t.shape, a_t1.shape)
+    n, dt_in = x_t.shape[:2]
     mean, proj = _check_pca(pca, dt_in)
     dk = a_t1.shape[1]
     dt = dt_in if proj is None else proj.shape[1]
