@@ -40,6 +40,12 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _add_eval(sub) -> None:
+    from crosslayer.eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crosslayer", description="Cross-convolutional-layer pooling.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--images", type=int, default=8)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
+    _add_eval(sub)
     return parser
 
 
