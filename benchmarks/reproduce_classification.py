@@ -39,7 +39,8 @@ def table_rows(spec, groups):
     for pair in ((previous, local), (before, previous)):
         if spec.stride[pair[0]] == spec.stride[pair[1]]:
             rows.append(("Table 6", dict(method="crosslayer", layers=pair)))
-    rows.append(("max vs sum", dict(method="crosslayer-max", layers=(previous, local))))
+    if "max" in groups:
+        rows.append(("max vs sum", dict(method="crosslayer-max", layers=(previous, local))))
     if "ablations" in groups:
         for flags in (dict(pca=False), dict(l2=False), dict(power=False), dict(l2=False, power=False)):
             rows.append(("Table 7", dict(method="crosslayer", **flags)))
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--side", type=int, default=448)
     parser.add_argument("--groups", default="ablations,aconv-fast",
-                        help="optional rows: ablations, aconv-fast, jitter, crosslayer-max-default")
+                        help="optional rows: ablations, max (crosslayer-max on the previous pair), aconv-fast, jitter, crosslayer-max-default")
     parser.add_argument("--cache", default=None)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--limit-per-class", type=int, default=None)

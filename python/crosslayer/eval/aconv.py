@@ -62,7 +62,7 @@ def train_guidance(regions: np.ndarray, labels: np.ndarray, classes: int, filter
             loss = loss_fn(model(data[index]), target[index])
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(index)
+            total += loss.item() * len(index)
         losses.append(total / len(data))
     return model.eval(), losses
 

@@ -13,11 +13,12 @@ MAX_CHUNK_ELEMENTS = 1 << 24  # guidance channels handled at once by the max var
 
 def _positions(local, guidance, pca):
     n, dt_in = local.shape[:2]
-    x = np.asarray(local, np.float32).reshape(n, dt_in, -1).transpose(0, 2, 1)  # (n, N, Dt_in)
+    positions = int(np.prod(local.shape[2:]))
+    x = np.asarray(local, np.float32).reshape(n, dt_in, positions).transpose(0, 2, 1)  # (n, N, Dt_in)
     if pca is not None:
         mean, projection = pca
         x = (x - np.asarray(mean, np.float32)) @ np.asarray(projection, np.float32)
-    a = np.asarray(guidance, np.float32).reshape(n, guidance.shape[1], -1)  # (n, Dk, N)
+    a = np.asarray(guidance, np.float32).reshape(n, guidance.shape[1], positions)  # (n, Dk, N)
     return x, a
 
 
@@ -29,7 +30,7 @@ def normalize(pooled: np.ndarray, l2: bool, power: bool) -> np.ndarray:
         out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
     if power:
         out = np.sign(out) * np.sqrt(np.abs(out))
-    return out.reshape(out.shape[0], -1)
+    return out.reshape(out.shape[0], out.shape[1] * out.shape[2])
 
 
 def cross_layer_sum(local, guidance, pca=None, l2: bool = True, power: bool = True) -> np.ndarray:
