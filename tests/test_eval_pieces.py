@@ -124,7 +124,7 @@ def test_streaming_gram_equals_the_dense_gram(n, dim, block, seed):
     columns = rng.permutation(n)[: rng.integers(0, n + 1)]
     got = streaming_gram(rows, columns, block_bytes=block)
     dense = rows.astype(np.float64) @ rows.astype(np.float64)[columns].T
-    np.testing.assert_allclose(got, dense, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, dense, rtol=1e-5, atol=1e-4)  # float32 accumulation of float16 rows
 
 
 def test_streaming_gram_reads_a_memmap_store(tmp_path, rng):
@@ -133,7 +133,7 @@ def test_streaming_gram_reads_a_memmap_store(tmp_path, rng):
     store.append(0, values)
     flat = values.reshape(10, -1).astype(np.float64)
     np.testing.assert_allclose(streaming_gram(store.read().reshape(10, -1), [3, 1, 8], block_bytes=600),
-                               flat @ flat[[3, 1, 8]].T, rtol=1e-5)
+                               flat @ flat[[3, 1, 8]].T, rtol=1e-5, atol=1e-4)
 
 
 def test_codes_gram_equals_the_numpy_reference(rng):
@@ -238,7 +238,7 @@ def test_window_mean_matches_explicit_windows(rng):
     assert got.shape == (2, 9, 3)
     for r in range(3):
         for c in range(3):
-            np.testing.assert_allclose(got[:, r * 3 + c], maps[:, :, r : r + 4, c : c + 4].mean(axis=(2, 3)), rtol=1e-5)
+            np.testing.assert_allclose(got[:, r * 3 + c], maps[:, :, r : r + 4, c : c + 4].mean(axis=(2, 3)), rtol=1e-5, atol=1e-6)
     assert region_grid(512, 128, 32) == 13
 
 
