@@ -175,6 +175,12 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _add_eval(sub) -> None:
+    from crosslayer.eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crosslayer", description="Cross-convolutional-layer pooling.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=0)
     demo.add_argument("--fit-crops", type=int, default=6, help="random crops per photo to learn the PCA on")
     demo.set_defaults(func=_cmd_demo)
+    _add_eval(sub)
     return parser
 
 

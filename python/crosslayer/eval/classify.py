@@ -1,0 +1,152 @@
+"""`classify`: extract (cached, resumable) -> linear kernel (blockwise / popcount) -> SVM with C by CV -> record."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from pathlib import Path
+
+import numpy as np
+
+from crosslayer._atomic import atomic_write
+from crosslayer.eval.extract import default_cache_root, extract, pass_directory
+from crosslayer.eval.manifest import load_manifest
+from crosslayer.eval.methods import MethodConfig, resolve_layers
+from crosslayer.eval.record import write_record
+from crosslayer.eval.store import RowStore
+from crosslayer.eval.svm import DEFAULT_C_GRID, train_and_test
+
+GRAM_NAME = "gram-vs-train.npy"
+
+
+def _gram(store: RowStore, config: MethodConfig, spec, train_index, progress: bool) -> tuple[np.ndarray, bool]:
+    """K (n, n_train) of the stored rows against the training rows, cached next to the rows. (K, was cached)."""
+    from crosslayer.eval.gram import codes_gram, streaming_gram
+
+    path = store.directory / GRAM_NAME
+    if path.exists():
+        cached = np.load(path)
+        if cached.shape == (store.n, len(train_index)):
+            return cached, True
+    rows = store.read()
+    if config.method == "crosslayer-sign":
+        local, _ = resolve_layers(config, spec)
+        gram = codes_gram(rows, spec.channels[local], train_index)
+    else:
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(desc=f"Gram {config.label()}", unit="block")
+
+        def report(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        gram = streaming_gram(rows.reshape(store.n, -1), train_index, progress=report if bar else None)
+        if bar:
+            bar.close()
+    with atomic_write(path) as handle:
+        np.save(handle, gram)
+    return gram, False
+
+
+def _aconv_store(regions: RowStore, config: MethodConfig, dataset, directory: Path, seed: int, progress: bool):
+    """Trains the guidance layer and stores the guided representation; returns (store, training seconds, losses)."""
+    import hashlib
+    import json
+
+    from crosslayer.eval.aconv import guided_representation, train_guidance
+
+    params = dict(regions=regions.key, filters=config.aconv_filters, epochs=config.aconv_epochs, lr=config.aconv_lr, seed=seed)
+    key = "aconv-guided-" + hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+    dims = config.aconv_filters * regions.row_shape[1]
+    store = RowStore(directory / key, key, regions.n, (dims,), "float16", info={"params": params})
+    if store.complete:
+        return store, store.info.get("seconds_train", 0.0), store.info.get("losses", [])
+    rows = regions.read()
+    train = dataset.indices("train")
+    begin = time.perf_counter()
+    model, losses = train_guidance(rows[train], dataset.labels[train], len(dataset.classes), config.aconv_filters,
+                                   config.aconv_epochs, config.aconv_lr, seed=seed, progress=progress)
+    trained = time.perf_counter() - begin
+    for start in range(store.done, store.n, 256):
+        store.append(start, guided_representation(model, rows[start : start + 256]))
+    store.info.update(seconds_train=trained, losses=losses)
+    store._write_meta()
+    store.close()
+    return store, trained, losses
+
+
+def classify(data_dir, method: str, backbone: str = "mobilenet_v2", side: int = 448, layers=None, pca: bool = True,
+             l2: bool = True, power: bool = True, spm_levels=(0, 1, 2), spm_layer: str = "t1", cache_dir=None,
+             json_path=None, limit_per_class: int | None = None, weights=None, batch_size: int = 16, threads: int = 0,
+             fit_images: int = 256, c_grid=DEFAULT_C_GRID, folds: int = 3, seed: int = 0, n_jobs: int = 1,
+             progress: bool = True, **aconv_options) -> dict:
+    """Evaluates one method on a manifest data set; returns the record (accuracy as a fraction) and, with
+    `json_path`, writes it atomically. Extraction and kernels are cached under `cache_dir` and reused."""
+    from crosslayer import __version__
+    from crosslayer.backbones.registry import get_backbone
+
+    started = time.perf_counter()
+    spec = get_backbone(backbone)
+    config = MethodConfig(method, layers=None if layers is None else tuple(layers), pca=pca, l2=l2, power=power,
+                          spm_levels=tuple(spm_levels), spm_layer=spm_layer, **aconv_options)
+    if config.method in ("crosslayer", "crosslayer-sign", "crosslayer-max", "sum-spm", "max-spm"):
+        resolve_layers(config, spec)  # a bad pair fails before any work
+    dataset = load_manifest(data_dir).subset_per_class(limit_per_class, seed)
+    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+
+    begin = time.perf_counter()
+    store = extract(dataset, [config], spec.name, side, cache_root, weights, batch_size, threads, fit_images, seed, progress)[config]
+    seconds = {"extract_this_run": time.perf_counter() - begin}
+    seconds.update({f"extract_{k}": v for k, v in store.info.get("seconds", {}).items()})
+    aconv_info = {}
+    if config.method in ("aconv", "aconv-fast"):
+        directory = pass_directory(cache_root, dataset, spec.name, side, weights)
+        store, seconds["aconv_train"], losses = _aconv_store(store, config, dataset, directory, seed, progress)
+        aconv_info = {"losses_first_last": [losses[0], losses[-1]] if losses else []}
+
+    train, test = dataset.indices("train"), dataset.indices("test")
+    begin = time.perf_counter()
+    gram, cached = _gram(store, config, spec, train, progress)
+    seconds["gram"] = time.perf_counter() - begin
+    seconds["gram_cached"] = cached
+    result = train_and_test(gram[train], dataset.labels[train], gram[test], dataset.labels[test], c_grid, folds, seed, n_jobs)
+    seconds["select_c"] = result.pop("seconds_select_c")
+    seconds["train_test"] = result.pop("seconds_train_test")
+    seconds["total_this_run"] = time.perf_counter() - started
+
+    if config.method == "crosslayer-sign":
+        local, guidance = resolve_layers(config, spec)
+        dims = spec.channels[local] * spec.channels[guidance]
+        bytes_per_image = int(np.prod(store.row_shape)) * 8
+    else:
+        dims = int(np.prod(store.row_shape))
+        bytes_per_image = dims * 4
+    predictions = result.pop("predictions")
+    record = {
+        "dataset": str(Path(data_dir)),
+        "method": config.method,
+        "label": config.label(),
+        "config": config.as_dict(),
+        "backbone": spec.name,
+        "side": side,
+        "layers": list(resolve_layers(config, spec)) if config.method not in ("global", "jitter", "aconv", "aconv-fast") else None,
+        "weights": weights,
+        "limit_per_class": limit_per_class,
+        "n_train": int(len(train)),
+        "n_test": int(len(test)),
+        "classes": len(dataset.classes),
+        "dims": dims,
+        "bytes_per_image": bytes_per_image,
+        "seconds": seconds,
+        "crosslayer_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "test_predictions": predictions,
+        **aconv_info,
+        **result,
+    }
+    if json_path is not None:
+        write_record(json_path, record)
+    return record

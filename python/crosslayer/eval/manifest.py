@@ -1,0 +1,99 @@
+"""Classification manifests: ``manifest.csv`` with columns ``path,label,split`` (paths relative to its folder or
+absolute; splits ``train``, ``test`` and optionally ``val``). Every error names the file and the line."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+MANIFEST_NAME = "manifest.csv"
+SPLITS = ("train", "val", "test")
+COLUMNS = ("path", "label", "split")
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed, or names no usable split."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One row per image, in manifest order."""
+
+    root: Path
+    paths: tuple  # absolute paths (str)
+    labels: np.ndarray  # int64 class index per image
+    splits: np.ndarray  # str per image: "train" | "val" | "test"
+    classes: tuple  # class names; labels index into this
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def indices(self, split: str) -> np.ndarray:
+        if split not in SPLITS:
+            raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+        return np.flatnonzero(self.splits == split)
+
+    def subset_per_class(self, limit: int | None, seed: int = 0) -> "Dataset":
+        """At most `limit` images per (class, split), chosen with a seeded generator; manifest order is kept."""
+        if limit is None:
+            return self
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+            raise ValueError(f"limit_per_class: expected a positive integer or None, got {limit!r}")
+        rng = np.random.default_rng(seed)
+        keep = []
+        for split in SPLITS:
+            for label in range(len(self.classes)):
+                rows = np.flatnonzero((self.splits == split) & (self.labels == label))
+                if len(rows) > limit:
+                    rows = rng.choice(rows, limit, replace=False)
+                keep.extend(rows.tolist())
+        keep = np.sort(np.asarray(keep, dtype=np.int64))
+        return Dataset(self.root, tuple(self.paths[i] for i in keep), self.labels[keep], self.splits[keep], self.classes)
+
+
+def load_manifest(data_dir) -> Dataset:
+    """Reads ``DIR/manifest.csv`` (or a manifest file given directly)."""
+    data_dir = Path(data_dir)
+    manifest = data_dir / MANIFEST_NAME if data_dir.is_dir() else data_dir
+    root = manifest.parent
+    if not manifest.is_file():
+        raise ManifestError(f"{manifest}: no such manifest (expected a CSV with columns {','.join(COLUMNS)})")
+    paths, labels, splits = [], [], []
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise ManifestError(f"{manifest}:1: empty file; expected the header {','.join(COLUMNS)}")
+        header = [column.strip() for column in header]
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise ManifestError(f"{manifest}:1: header {header} lacks column(s) {missing}")
+        where = {c: header.index(c) for c in COLUMNS}
+        for line_number, row in enumerate(reader, start=2):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise ManifestError(f"{manifest}:{line_number}: expected {len(header)} fields, got {len(row)}")
+            path, label, split = (row[where[c]].strip() for c in COLUMNS)
+            if not path:
+                raise ManifestError(f"{manifest}:{line_number}: empty path")
+            if not label:
+                raise ManifestError(f"{manifest}:{line_number}: empty label")
+            if split not in SPLITS:
+                raise ManifestError(f"{manifest}:{line_number}: split {split!r} is not one of {SPLITS}")
+            full = Path(path) if Path(path).is_absolute() else root / path
+            paths.append(str(full))
+            labels.append(label)
+            splits.append(split)
+    if not paths:
+        raise ManifestError(f"{manifest}: no images listed")
+    splits_array = np.asarray(splits)
+    for needed in ("train", "test"):
+        if not (splits_array == needed).any():
+            raise ManifestError(f"{manifest}: no images in the {needed!r} split")
+    classes = tuple(sorted(set(labels)))
+    index = {name: i for i, name in enumerate(classes)}
+    return Dataset(root, tuple(paths), np.asarray([index[l] for l in labels], np.int64), splits_array, classes)

@@ -1,0 +1,174 @@
+"""Evaluation methods: their parameters, what they need from the backbone, their cache keys, and how one batch of
+backbone outputs becomes their stored rows.
+
+Method families and where their rows come from:
+    global, sum-spm, max-spm, crosslayer*      one network pass over the whole image at `side` ("main" pass)
+    jitter                                     10 crops (4 corners + centre, mirrored) per image ("jitter" pass)
+    aconv-fast / aconv                         region embeddings at `aconv_side` ("aconv-fast" / "aconv" passes),
+                                               then a guidance layer trained on the training split
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+METHODS = ("global", "jitter", "sum-spm", "max-spm", "crosslayer", "crosslayer-sign", "crosslayer-max", "aconv", "aconv-fast")
+CROSSLAYER_METHODS = ("crosslayer", "crosslayer-sign", "crosslayer-max")
+SPM_METHODS = ("sum-spm", "max-spm")
+SPM_LAYERS = ("t", "t1", "both")
+EMBEDDING = "embedding"
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    method: str
+    layers: tuple | None = None  # (layer t, layer t+1); None: the backbone's default pair
+    pca: bool = True
+    l2: bool = True
+    power: bool = True
+    spm_levels: tuple = (0, 1, 2)
+    spm_layer: str = "t1"
+    jitter_crop: float = 0.875  # crop side as a fraction of `side`
+    aconv_side: int = 512
+    aconv_region: int = 128
+    aconv_stride: int = 32
+    aconv_region_side: int = 224  # network input side of one region crop (exact aconv)
+    aconv_pca_dim: int = 256
+    aconv_filters: int = 100
+    aconv_epochs: int = 50
+    aconv_lr: float = 0.01
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.spm_layer not in SPM_LAYERS:
+            raise ValueError(f"spm_layer: expected one of {SPM_LAYERS}, got {self.spm_layer!r}")
+        levels = tuple(int(level) for level in self.spm_levels)
+        if not levels or any(level < 0 or level > 4 for level in levels) or len(set(levels)) != len(levels):
+            raise ValueError(f"spm_levels: expected distinct levels in 0..4, got {self.spm_levels!r}")
+        object.__setattr__(self, "spm_levels", levels)
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(str(layer) for layer in self.layers))
+        if not 0.25 <= self.jitter_crop <= 1.0:
+            raise ValueError(f"jitter_crop: expected a fraction in [0.25, 1], got {self.jitter_crop}")
+        if self.aconv_region > self.aconv_side or self.aconv_region % self.aconv_stride:
+            raise ValueError("aconv_region: must fit in aconv_side and be a multiple of aconv_stride")
+        if (self.aconv_side - self.aconv_region) % self.aconv_stride:
+            raise ValueError("aconv_side: (aconv_side - aconv_region) must be a multiple of aconv_stride")
+
+    # ---- which pass, which keys -----------------------------------------------------------------------------------
+    @property
+    def pass_kind(self) -> str:
+        if self.method == "jitter":
+            return "jitter"
+        if self.method in ("aconv", "aconv-fast"):
+            return self.method
+        return "main"
+
+    def relevant(self) -> dict:
+        """The parameters that change this method's rows (the cache key covers exactly these)."""
+        params = {"method": self.method}
+        if self.method in CROSSLAYER_METHODS:
+            params.update(layers=self.layers, pca=self.pca)
+            if self.method != "crosslayer-sign":
+                params.update(l2=self.l2, power=self.power)
+        elif self.method in SPM_METHODS:
+            params.update(layers=self.layers, spm_levels=list(self.spm_levels), spm_layer=self.spm_layer)
+        elif self.method == "jitter":
+            params.update(jitter_crop=self.jitter_crop)
+        elif self.method in ("aconv", "aconv-fast"):
+            params.update(aconv_side=self.aconv_side, aconv_region=self.aconv_region, aconv_stride=self.aconv_stride,
+                          aconv_pca_dim=self.aconv_pca_dim)
+            if self.method == "aconv":
+                params.update(aconv_region_side=self.aconv_region_side)
+        return params
+
+    def key(self) -> str:
+        text = json.dumps(self.relevant(), sort_keys=True)
+        return f"{self.method}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+    def label(self) -> str:
+        """A short human-readable name with the non-default options."""
+        parts = [self.method]
+        if self.layers is not None and self.method not in ("global", "jitter", "aconv", "aconv-fast"):
+            parts.append("x".join(self.layers))
+        if self.method in SPM_METHODS:
+            parts.append(f"L{''.join(map(str, self.spm_levels))}-{self.spm_layer}")
+        for flag in ("pca", "l2", "power"):
+            if self.method in CROSSLAYER_METHODS and not getattr(self, flag):
+                parts.append(f"no-{flag}")
+        return " ".join(parts)
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("extra")
+        return data
+
+
+def resolve_layers(config: MethodConfig, spec) -> tuple[str, str]:
+    return spec.check_pair(config.layers)
+
+
+def needs_pca(config: MethodConfig) -> bool:
+    return config.method in CROSSLAYER_METHODS and config.pca
+
+
+def main_taps(configs, spec) -> list[str]:
+    """Taps the main pass must output for these methods (in forward order)."""
+    taps = set()
+    for config in configs:
+        if config.method in CROSSLAYER_METHODS or config.method in SPM_METHODS:
+            taps.update(resolve_layers(config, spec))
+    return sorted(taps, key=spec.tap_index)
+
+
+def row_layout(config: MethodConfig, spec) -> tuple[tuple, str]:
+    """(row shape, dtype) of what the method stores per image."""
+    from crosslayer.codes import words_per_plane
+    from crosslayer.eval.spm import spm_dim
+
+    if config.method in ("global", "jitter"):
+        return (spec.channels[spec.taps[-1]],), "float32"
+    if config.method in SPM_METHODS:
+        local, guidance = resolve_layers(config, spec)
+        chosen = {"t": [local], "t1": [guidance], "both": [local, guidance]}[config.spm_layer]
+        return (sum(spm_dim(spec.channels[layer], config.spm_levels) for layer in chosen),), "float32"
+    if config.method in CROSSLAYER_METHODS:
+        local, guidance = resolve_layers(config, spec)
+        dt, dk = spec.channels[local], spec.channels[guidance]
+        if config.method == "crosslayer-sign":
+            return (dk, 2, words_per_plane(dt)), "uint64"
+        return (dk * dt,), "float16"
+    grid = (config.aconv_side - config.aconv_region) // config.aconv_stride + 1
+    return (grid * grid, config.aconv_pca_dim), "float16"
+
+
+def encode_main(config: MethodConfig, spec, outputs: dict, pcas: dict) -> np.ndarray:
+    """One batch of main-pass outputs -> this method's rows."""
+    from crosslayer.eval import variants
+    from crosslayer.eval.spm import l2_normalize_rows, spm_pool
+    from crosslayer.pooling import pool
+
+    if config.method == "global":
+        return l2_normalize_rows(np.asarray(outputs[EMBEDDING], np.float32))
+    local, guidance = resolve_layers(config, spec)
+    if config.method in SPM_METHODS:
+        pooling = "sum" if config.method == "sum-spm" else "max"
+        chosen = {"t": [local], "t1": [guidance], "both": [local, guidance]}[config.spm_layer]
+        parts = [spm_pool(outputs[layer], config.spm_levels, pooling) for layer in chosen]
+        # each layer's vector is unit-norm; scaling keeps the concatenation unit-norm too
+        return np.concatenate(parts, axis=1) / np.float32(np.sqrt(len(parts)))
+    x, a = outputs[local], outputs[guidance]
+    pca = pcas.get((local, guidance)) if config.pca else None
+    if config.method == "crosslayer-sign":
+        return pool(x, a, pca, output="codes").bits
+    if config.method == "crosslayer-max":
+        return variants.cross_layer_max(x, a, pca, config.l2, config.power)
+    if config.l2 and config.power:
+        return pool(x, a, pca)
+    return variants.cross_layer_sum(x, a, pca, config.l2, config.power)

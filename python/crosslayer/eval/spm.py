@@ -1,0 +1,56 @@
+"""Direct pooling of one conv layer over a spatial pyramid: sum pooling (signed square root, then L2) and max
+pooling (then L2). Level l splits the map into 2^l x 2^l cells; the cells' pooled vectors are concatenated."""
+
+from __future__ import annotations
+
+import numpy as np
+
+POOLINGS = ("sum", "max")
+
+
+def cell_edges(size: int, cells: int) -> np.ndarray:
+    """Boundaries of `cells` near-equal cells along an axis of `size` positions (each cell non-empty if possible)."""
+    return np.floor(np.arange(cells + 1) * size / cells + 0.5).astype(np.int64)
+
+
+def spm_dim(channels: int, levels) -> int:
+    return channels * sum(4**level for level in levels)
+
+
+def spm_pool(maps: np.ndarray, levels=(0, 1, 2), pooling: str = "sum") -> np.ndarray:
+    """(n, C, H, W) -> (n, C * sum_l 4^l) float32, cells in row-major order per level, channels inside a cell.
+
+    sum: cell sums, then signed square root, then L2 over the whole vector; max: cell maxima, then L2.
+    An empty cell (map smaller than the grid) pools to zeros.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 4:
+        raise ValueError(f"maps: expected (n, C, H, W), got shape {maps.shape}")
+    levels = tuple(int(level) for level in levels)
+    if not levels or any(level < 0 for level in levels):
+        raise ValueError(f"levels: expected non-negative pyramid levels, got {levels}")
+    n, c, h, w = maps.shape
+    parts = []
+    for level in levels:
+        cells = 2**level
+        rows, cols = cell_edges(h, cells), cell_edges(w, cells)
+        for r in range(cells):
+            for q in range(cells):
+                block = maps[:, :, rows[r] : rows[r + 1], cols[q] : cols[q + 1]]
+                if block.size == 0:
+                    parts.append(np.zeros((n, c), np.float32))
+                elif pooling == "sum":
+                    parts.append(block.sum(axis=(2, 3), dtype=np.float64).astype(np.float32))
+                else:
+                    parts.append(block.max(axis=(2, 3)))
+    out = np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32)
+    if pooling == "sum":
+        out = np.sign(out) * np.sqrt(np.abs(out))
+    return l2_normalize_rows(out)
+
+
+def l2_normalize_rows(values: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(values, axis=1, keepdims=True)
+    return np.divide(values, norms, out=np.zeros_like(values), where=norms > 0).astype(np.float32)
