@@ -6,6 +6,7 @@
 namespace crosslayer::python {
 
 void register_pool(pybind11::module_& m);
+void register_search(pybind11::module_& m);
 // Adds entries to the dict returned by _core.build_info().
 void describe_build(pybind11::dict& info);
 

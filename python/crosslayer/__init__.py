@@ -7,12 +7,14 @@ square root (float) or 2-bit sign codes for popcount retrieval and classificatio
 from crosslayer._native import core as _core
 from crosslayer.codes import Codes, CodesFormatError
 from crosslayer.pooling import pool
+from crosslayer.search import gram, search, popcount_path, popcount_paths, set_popcount_path
+from crosslayer.index import CodeIndex, CodeIndexError
 
 __version__ = "0.1.0"
 
 
 def build_info() -> dict:
-    """What the compiled core was built with: version, CUDA and its archs, threads, BLAS."""
+    """What the compiled core was built with: version, CUDA and its archs, threads, popcount path, BLAS."""
     import scipy_openblas32
 
     info = dict(_core.build_info())
@@ -20,4 +22,7 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["Codes", "CodesFormatError", "pool", "build_info", "__version__"]
+__all__ = [
+    "Codes", "CodesFormatError", "pool", "build_info", "__version__", "gram", "search", "popcount_path",
+    "popcount_paths", "set_popcount_path", "CodeIndex", "CodeIndexError",
+]

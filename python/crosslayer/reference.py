@@ -141,3 +141,45 @@ def ternary_dot(bits_q: np.ndarray, bits_x: np.ndarray, dt: int, channels=None) 
     if channels is not None:
         q, x = q[list(channels)], x[list(channels)]
     return int((q * x).sum())
+
+
+# ---- popcount engine: Gram matrix, channel selection, masked top-k search ----------------------------------------
+
+def gram_reference(bits_a: np.ndarray, bits_b: np.ndarray, dt: int) -> np.ndarray:
+    """All-pairs ternary dot products over every channel: (len(a), len(b)) int64."""
+    dk = bits_a.shape[1]
+    a = unpack_ternary(bits_a, dt).reshape(len(bits_a), dk * dt).astype(np.int64)
+    b = unpack_ternary(bits_b, dt).reshape(len(bits_b), dk * dt).astype(np.int64)
+    return a @ b.T
+
+
+def select_channels_reference(channel_mean: np.ndarray, channels: int) -> np.ndarray:
+    """Per query, the `channels` channels of largest mean, ties to the smaller index, listed in increasing index."""
+    selected = []
+    for means in np.asarray(channel_mean):
+        ranked = sorted(range(len(means)), key=lambda c: (-float(means[c]), c))
+        selected.append(sorted(ranked[:channels]))
+    return np.asarray(selected, dtype=np.int64).reshape(len(selected), channels)
+
+
+def search_reference(query_bits, query_channel_mean, database_bits, dt: int, k: int, channels: int | None):
+    """Masked top-k (paper eq. 3 on sign codes): per query score every database item over that query's selected
+    channels (all when `channels` is None) and keep the k best by decreasing score, ties to the smaller id.
+    Returns (scores (nq, min(k, n)) int32, ids (nq, min(k, n)) int64)."""
+    dk = query_bits.shape[1]
+    n = len(database_bits)
+    keep = min(k, n)
+    if channels is None:
+        selection = np.tile(np.arange(dk), (len(query_bits), 1))
+    else:
+        selection = select_channels_reference(query_channel_mean, channels)
+    database = unpack_ternary(database_bits, dt).astype(np.int64)  # (n, Dk, Dt)
+    scores = np.zeros((len(query_bits), keep), np.int32)
+    ids = np.zeros((len(query_bits), keep), np.int64)
+    for q, (bits, chosen) in enumerate(zip(query_bits, selection)):
+        query = unpack_ternary(bits, dt).astype(np.int64)[chosen]  # (channels, Dt)
+        all_scores = [int((database[i][chosen] * query).sum()) for i in range(n)]
+        order = sorted(range(n), key=lambda i: (-all_scores[i], i))[:keep]
+        scores[q] = [all_scores[i] for i in order]
+        ids[q] = order
+    return scores, ids

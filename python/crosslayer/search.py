@@ -1,0 +1,129 @@
+"""Popcount similarity on sign codes: the Gram matrix (linear kernel for an SVM on a precomputed kernel) and the
+masked top-k search of the paper (eq. 3: per query, only its `channels` guidance channels of largest mean activation
+are compared). Kernels: csrc/cpu/gram_cpu.cpp, csrc/cpu/search_cpu.cpp; contract in csrc/include/crosslayer/search.h.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from crosslayer._native import core as _core
+from crosslayer._validate import check_positive_int
+from crosslayer.codes import Codes
+
+POPCOUNT_ENV = "CROSSLAYER_POPCOUNT"
+
+
+def popcount_paths() -> list[str]:
+    """Popcount implementations this CPU supports, fastest first."""
+    return list(_core.popcount_paths())
+
+
+def popcount_path() -> str:
+    return _core.popcount_path()
+
+
+def set_popcount_path(name: str) -> None:
+    """Forces a popcount implementation (for tests and benchmarks); ValueError when unknown or unsupported here."""
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a str, got {type(name).__name__}")
+    _core.set_popcount_path(name)
+
+
+if os.environ.get(POPCOUNT_ENV):
+    try:
+        set_popcount_path(os.environ[POPCOUNT_ENV])
+    except ValueError as exc:
+        raise ImportError(f"{POPCOUNT_ENV}={os.environ[POPCOUNT_ENV]!r}: {exc}") from exc
+
+
+def _check_codes(value, name: str) -> Codes:
+    if not isinstance(value, Codes):
+        raise TypeError(f"{name}: expected crosslayer.Codes, got {type(value).__name__}")
+    return value
+
+
+def _check_same_layout(a: Codes, b: Codes, name_a: str, name_b: str) -> None:
+    if (a.Dk, a.Dt) != (b.Dk, b.Dt):
+        raise ValueError(f"{name_b}: Dk={b.Dk}, Dt={b.Dt} differs from {name_a} (Dk={a.Dk}, Dt={a.Dt})")
+
+
+def nonzero_counts(codes: Codes) -> np.ndarray:
+    """Number of nonzero values of each code (n,) int64: the squared norm of its ternary vector."""
+    nonzero_plane = codes.bits[:, :, 0, :]
+    return np.bitwise_count(nonzero_plane).reshape(len(codes), -1).sum(axis=1, dtype=np.int64)
+
+
+def gram(codes_a: Codes, codes_b: Codes | None = None, normalize: bool = False, num_threads: int = 0) -> np.ndarray:
+    """Exact ternary dot products of every pair: (len(a), len(b)) int32; ``codes_b=None`` means gram(a, a).
+
+    With ``normalize=True`` each entry is divided by sqrt(nnz_a * nnz_b) (cosine of the ternary vectors; 0 where a
+    code is all zero) and the result is float64. Feed it to ``sklearn.svm.SVC(kernel="precomputed")``.
+    """
+    codes_a = _check_codes(codes_a, "codes_a")
+    if codes_b is not None:
+        codes_b = _check_codes(codes_b, "codes_b")
+        _check_same_layout(codes_a, codes_b, "codes_a", "codes_b")
+    out = np.empty((len(codes_a), len(codes_a) if codes_b is None else len(codes_b)), np.int32)
+    _core.gram_cpu(codes_a.bits, None if codes_b is None else codes_b.bits, codes_a.Dt, out, num_threads)
+    if not normalize:
+        return out
+    norm_a = np.sqrt(nonzero_counts(codes_a).astype(np.float64))
+    norm_b = norm_a if codes_b is None else np.sqrt(nonzero_counts(codes_b).astype(np.float64))
+    scale = np.outer(norm_a, norm_b)
+    return np.divide(out, scale, out=np.zeros(out.shape, np.float64), where=scale > 0)
+
+
+def select_channels(channel_mean: np.ndarray, channels: int) -> np.ndarray:
+    """Per row, the `channels` channel indices of largest mean (ties to the smaller index), in increasing order:
+    (n, channels) int32. Increasing order makes the kernel walk each database code forwards."""
+    means = np.asarray(channel_mean, dtype=np.float32)
+    # A stable sort of the negated means puts equal means in index order.
+    ranked = np.argsort(-means, axis=1, kind="stable")[:, :channels]
+    return np.ascontiguousarray(np.sort(ranked, axis=1), dtype=np.int32)
+
+
+def check_search_args(queries: Codes, k, channels, dk: int) -> tuple[int, int]:
+    """Validates k and channels against a database of `dk` channels; returns (k, channels) as ints."""
+    k = check_positive_int(k, "k")
+    if channels is None:
+        return k, dk
+    channels = check_positive_int(channels, "channels")
+    if channels > dk:
+        raise ValueError(f"channels: expected at most Dk={dk} guidance channels, got {channels}")
+    return k, channels
+
+
+def search_segments(queries: Codes, segments, k, channels=50, num_threads: int = 0):
+    """Top-k over database segments [(bits (n, Dk, 2, words) uint64, id_base), ...] merged as one database.
+
+    Returns (scores (nq, min(k, total)) int32, ids (nq, min(k, total)) int64)."""
+    segments = [(bits, int(base)) for bits, base in segments if len(bits)]
+    total = sum(len(bits) for bits, _ in segments)
+    k, channels = check_search_args(queries, k, channels, queries.Dk)
+    keep = min(k, total)
+    nq = len(queries)
+    if keep == 0 or nq == 0:
+        return np.zeros((nq, keep), np.int32), np.zeros((nq, keep), np.int64)
+    selection = select_channels(queries.channel_mean, channels)
+    # Sentinel entries rank after every real hit (lowest score, largest id), so every segment can merge.
+    scores = np.full((nq, keep), np.iinfo(np.int32).min, np.int32)
+    ids = np.full((nq, keep), np.iinfo(np.int64).max, np.int64)
+    for bits, id_base in segments:
+        _core.search_cpu(queries.bits, bits, queries.Dt, selection, keep, id_base, True, scores, ids, num_threads)
+    return scores, ids
+
+
+def search(queries: Codes, database: Codes, k: int = 10, channels: int | None = 50, num_threads: int = 0):
+    """Masked top-k search of `queries` in `database` (ids are positions in `database`).
+
+    Per query only its `channels` guidance channels of largest mean activation (``Codes.channel_mean``; ties to the
+    smaller channel) are compared; ``channels=None`` compares all. Scores are exact ternary dot products.
+    Returns (scores (nq, min(k, len(database))) int32 by decreasing score, ids int64; ties to the smaller id).
+    """
+    queries = _check_codes(queries, "queries")
+    database = _check_codes(database, "database")
+    _check_same_layout(queries, database, "queries", "database")
+    return search_segments(queries, [(database.bits, 0)], k, channels, num_threads)

@@ -1,0 +1,192 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import crosslayer
+from crosslayer import CodeIndex, CodeIndexError, Codes, reference
+
+DK, DT = 6, 70
+
+
+def random_codes(rng, n, dk=DK, dt=DT):
+    signs = rng.integers(-1, 2, size=(n, dk, dt)).astype(np.int8)
+    return Codes(reference.pack_ternary(signs), rng.integers(0, 3, (n, dk)).astype(np.float32), dt)
+
+
+def test_append_search_reopen_and_keys(tmp_path, rng):
+    parts = [random_codes(rng, n) for n in (3, 0, 8, 1)]
+    everything = Codes.concatenate(parts)
+    queries = random_codes(rng, 4)
+    with CodeIndex.create(tmp_path / "idx", DK, DT) as index:
+        assert len(index) == 0
+        assert index.search(queries, k=5, channels=2)[0].shape == (4, 0)
+        ids = [index.append(part, keys=[f"img{i}_{j}.jpg" for j in range(len(part))] if i != 2 else None)
+               for i, part in enumerate(parts)]
+        np.testing.assert_array_equal(np.concatenate(ids), np.arange(12))
+    with CodeIndex.open(tmp_path / "idx") as index:
+        assert len(index) == 12 and not index.writable
+        for k in (1, 5, 12, 40):
+            scores, found = index.search(queries, k=k, channels=3)
+            expected = crosslayer.search(queries, everything, k=k, channels=3)
+            np.testing.assert_array_equal(scores, expected[0])
+            np.testing.assert_array_equal(found, expected[1])
+        assert index.get([0, 11, 5]) == everything[np.array([0, 11, 5])]
+        assert index.keys([0, 2, 3, 11]) == ["img0_0.jpg", "img0_2.jpg", None, "img3_0.jpg"]
+        with pytest.raises(CodeIndexError, match="read-only"):
+            index.append(parts[0])
+        with pytest.raises(IndexError):
+            index.get([12])
+        with pytest.raises(ValueError, match="channels"):
+            index.search(queries, channels=DK + 1)
+
+
+def test_single_writer_and_reader_snapshots(tmp_path, rng):
+    path = tmp_path / "idx"
+    writer = CodeIndex.create(path, DK, DT)
+    writer.append(random_codes(rng, 4))
+    with pytest.raises(CodeIndexError, match="another process"):
+        CodeIndex.open(path, mode="a")
+    reader = CodeIndex.open(path)
+    writer.append(random_codes(rng, 3))
+    queries = random_codes(rng, 2)
+    assert len(reader) == 4 and reader.search(queries, k=10, channels=3)[1].max() < 4  # the manifest it opened
+    reader.reload()
+    assert len(reader) == 7
+    writer.close()
+    with CodeIndex.open(path, mode="a") as again:
+        again.append(random_codes(rng, 1))
+        assert len(again) == 8
+    reader.close()
+    with pytest.raises(CodeIndexError, match="closed"):
+        reader.search(queries)
+
+
+def test_create_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="Dk"):
+        CodeIndex.create(tmp_path / "a", 0, DT)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x").write_text("x")
+    with pytest.raises(CodeIndexError, match="not an empty directory"):
+        CodeIndex.create(tmp_path / "b", DK, DT)
+    with pytest.raises(CodeIndexError, match="not a crosslayer code index"):
+        CodeIndex.open(tmp_path / "b")
+    with CodeIndex.create(tmp_path / "c", DK, DT) as index:
+        with pytest.raises(ValueError, match="codes: Dk=5"):
+            index.append(random_codes(np.random.default_rng(0), 2, dk=5))
+        with pytest.raises(ValueError, match="keys"):
+            index.append(random_codes(np.random.default_rng(0), 2), keys=["only one"])
+
+
+@pytest.fixture
+def committed_index(tmp_path, rng):
+    path = tmp_path / "idx"
+    with CodeIndex.create(path, DK, DT) as index:
+        index.append(random_codes(rng, 5), keys=list("abcde"))
+        index.append(random_codes(rng, 4))
+    return path
+
+
+def test_truncated_segment_is_a_clear_error(committed_index):
+    segment = committed_index / "seg-00000001.xlc"
+    segment.write_bytes(segment.read_bytes()[:-7])
+    with pytest.raises(CodeIndexError, match="truncated"):
+        CodeIndex.open(committed_index, verify=False)
+
+
+def test_tampered_payload_manifest_and_keys_are_clear_errors(committed_index):
+    segment = committed_index / "seg-00000000.xlc"
+    original = segment.read_bytes()
+    tampered = bytearray(original)
+    tampered[100] ^= 0x10
+    segment.write_bytes(bytes(tampered))
+    with pytest.raises(CodeIndexError, match="checksum mismatch"):
+        CodeIndex.open(committed_index)
+    segment.write_bytes(original)
+
+    keys = committed_index / "seg-00000000.keys.json"
+    keys.write_text(json.dumps(list("abcdX")))
+    with pytest.raises(CodeIndexError, match="key table is damaged"):
+        CodeIndex.open(committed_index)
+    keys.write_text(json.dumps(list("abcde")))
+
+    manifest = committed_index / "MANIFEST.json"
+    good = manifest.read_text()
+    manifest.write_text(good.replace('"count": 9', '"count": 10'))
+    with pytest.raises(CodeIndexError, match="manifest is damaged"):
+        CodeIndex.open(committed_index)
+    manifest.write_text(good[: len(good) // 2])
+    with pytest.raises(CodeIndexError, match="unreadable manifest"):
+        CodeIndex.open(committed_index)
+    document = json.loads(good)
+    document["body"]["version"] = 99
+    manifest.write_text(json.dumps(document))
+    with pytest.raises(CodeIndexError, match="version 99"):
+        CodeIndex.open(committed_index)
+    manifest.write_text(good)
+    (committed_index / "seg-00000001.xlc").unlink()
+    with pytest.raises(CodeIndexError, match="missing"):
+        CodeIndex.open(committed_index)
+
+
+# A child appends deterministic batches in a loop and reports each commit; the parent kills it with SIGKILL.
+_WRITER_CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from crosslayer import CodeIndex, Codes, reference
+
+    def batch(i):
+        rng = np.random.default_rng(i)
+        n = 1 + i % 7
+        signs = rng.integers(-1, 2, size=(n, {dk}, {dt})).astype(np.int8)
+        return Codes(reference.pack_ternary(signs), rng.random((n, {dk}), dtype=np.float32), {dt})
+
+    index = CodeIndex.open(sys.argv[1], mode="a")
+    i = len(index._manifest["segments"])
+    while True:
+        index.append(batch(i), keys=[f"{{i}}/{{j}}" for j in range(1 + i % 7)])
+        print(i, flush=True)
+        i += 1
+    """
+).format(dk=DK, dt=DT)
+
+
+def _expected_batch(i):
+    rng = np.random.default_rng(i)
+    n = 1 + i % 7
+    signs = rng.integers(-1, 2, size=(n, DK, DT)).astype(np.int8)
+    return Codes(reference.pack_ternary(signs), rng.random((n, DK), dtype=np.float32), DT)
+
+
+def test_killed_writer_leaves_every_committed_item_and_nothing_corrupt(tmp_path, rng):
+    path = tmp_path / "idx"
+    CodeIndex.create(path, DK, DT).close()
+    env = dict(os.environ, PYTHONPATH=str(Path(crosslayer.__file__).resolve().parent.parent))
+    for _ in range(2):
+        child = subprocess.Popen([sys.executable, "-c", _WRITER_CHILD, str(path)], stdout=subprocess.PIPE, env=env, text=True)
+        committed = int(child.stdout.readline())  # at least one append committed
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        committed = max([committed] + [int(line) for line in child.stdout.read().split()])
+        child.stdout.close()
+        with CodeIndex.open(path, verify=True) as index:
+            segments = len(index._manifest["segments"])
+            assert segments >= committed + 1  # every reported commit survived (the next may have, too)
+            expected = Codes.concatenate([_expected_batch(i) for i in range(segments)])
+            assert len(index) == len(expected)
+            assert index.get(np.arange(len(index))) == expected
+            assert index.keys([len(index) - 1]) == [f"{segments - 1}/{len(_expected_batch(segments - 1)) - 1}"]
+    with CodeIndex.open(path, mode="a") as index:  # the writer removes what the crash left behind
+        index.append(_expected_batch(0))
+        named = {s["file"] for s in index._manifest["segments"]} | {s.get("keys") for s in index._manifest["segments"]}
+        leftovers = [p.name for p in path.iterdir() if p.name not in named and p.name not in ("MANIFEST.json", "WRITER.lock")]
+        assert leftovers == []

@@ -1,0 +1,164 @@
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import crosslayer
+from crosslayer import Codes, reference
+from crosslayer.search import search_segments, select_channels
+
+
+def random_codes(rng, n, dk, dt, zero_fraction=0.5):
+    """Codes with many zeros and integer channel means, so equal scores and equal means (ties) are common."""
+    signs = rng.choice(np.array([-1, 0, 1], np.int8), size=(n, dk, dt), p=[(1 - zero_fraction) / 2, zero_fraction, (1 - zero_fraction) / 2])
+    if n and dk > 1:
+        signs[:, rng.integers(dk)] = 0  # an all-zero channel
+    return Codes(reference.pack_ternary(signs), rng.integers(0, 3, (n, dk)).astype(np.float32), dt)
+
+
+@pytest.fixture
+def restore_popcount_path():
+    before = crosslayer.popcount_path()
+    yield
+    crosslayer.set_popcount_path(before)
+
+
+def for_each_popcount_path(check):
+    before = crosslayer.popcount_path()
+    try:
+        for path in crosslayer.popcount_paths():
+            crosslayer.set_popcount_path(path)
+            check(path)
+    finally:
+        crosslayer.set_popcount_path(before)
+
+
+def test_popcount_paths_are_reported_and_switchable(restore_popcount_path):
+    paths = crosslayer.popcount_paths()
+    assert paths[-1] == "portable" and crosslayer.build_info()["popcount"] == paths[0]
+    for path in paths:
+        crosslayer.set_popcount_path(path)
+        assert crosslayer.build_info()["popcount"] == path
+    with pytest.raises(ValueError, match="unknown popcount path"):
+        crosslayer.set_popcount_path("sse9")
+
+
+shapes = st.tuples(st.integers(0, 7), st.integers(0, 9), st.integers(1, 5), st.integers(1, 200))
+
+
+@given(shapes, st.integers(0, 2**32 - 1))
+def test_gram_matches_reference(shape, seed):
+    n_a, n_b, dk, dt = shape
+    rng = np.random.default_rng(seed)
+    a, b = random_codes(rng, n_a, dk, dt), random_codes(rng, n_b, dk, dt)
+    expected_ab = reference.gram_reference(a.bits, b.bits, dt)
+    expected_aa = reference.gram_reference(a.bits, a.bits, dt)
+
+    def check(path):
+        got = crosslayer.gram(a, b)
+        assert got.dtype == np.int32 and got.shape == (n_a, n_b)
+        np.testing.assert_array_equal(got, expected_ab, err_msg=path)
+        np.testing.assert_array_equal(crosslayer.gram(a), expected_aa, err_msg=path)
+
+    for_each_popcount_path(check)
+
+
+def test_gram_across_blocks_and_slabs(rng):
+    # > 64 images (row/column blocks, mirrored lower triangle) and > 64 channels (channel slabs).
+    a = random_codes(rng, 150, 3, 70)
+    np.testing.assert_array_equal(crosslayer.gram(a), reference.gram_reference(a.bits, a.bits, 70))
+    wide = random_codes(rng, 6, 130, 9)
+    other = random_codes(rng, 5, 130, 9)
+    np.testing.assert_array_equal(crosslayer.gram(wide, other), reference.gram_reference(wide.bits, other.bits, 9))
+
+
+def test_gram_normalized_is_cosine_and_feeds_an_svm(rng):
+    codes = random_codes(rng, 20, 4, 50)
+    codes.bits[3] = 0  # an all-zero code: its row and column are 0, not NaN
+    dense = codes.signs().reshape(20, -1).astype(np.float64)
+    norms = np.linalg.norm(dense, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.nan_to_num(dense @ dense.T / np.outer(norms, norms))
+    got = crosslayer.gram(codes, normalize=True)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+
+    from sklearn.svm import SVC
+
+    labels = np.arange(20) % 2
+    model = SVC(kernel="precomputed", C=100.0).fit(crosslayer.gram(codes).astype(np.float64), labels)
+    assert (model.predict(crosslayer.gram(codes).astype(np.float64)) == labels).mean() > 0.9
+
+
+def test_gram_rejects_bad_input(rng):
+    a = random_codes(rng, 2, 3, 10)
+    with pytest.raises(TypeError, match="codes_a"):
+        crosslayer.gram(a.bits)
+    with pytest.raises(ValueError, match="codes_b"):
+        crosslayer.gram(a, random_codes(rng, 2, 4, 10))
+
+
+@given(st.integers(0, 6), st.integers(0, 3), st.integers(2, 40))
+def test_select_channels_matches_reference_with_ties(dk_extra, n, seed):
+    rng = np.random.default_rng(seed)
+    dk = 1 + dk_extra
+    means = rng.integers(0, 3, (n, dk)).astype(np.float32)
+    for channels in range(1, dk + 1):
+        np.testing.assert_array_equal(select_channels(means, channels), reference.select_channels_reference(means, channels))
+
+
+search_shapes = st.tuples(st.integers(0, 4), st.integers(0, 13), st.integers(1, 6), st.integers(1, 150))
+
+
+@given(search_shapes, st.integers(1, 16), st.data())
+def test_search_matches_reference_exactly(shape, k, data):
+    nq, n, dk, dt = shape
+    channels = data.draw(st.one_of(st.none(), st.integers(1, dk)), label="channels")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    queries, database = random_codes(rng, nq, dk, dt, 0.7), random_codes(rng, n, dk, dt, 0.7)
+    expected_scores, expected_ids = reference.search_reference(
+        queries.bits, queries.channel_mean, database.bits, dt, k, channels
+    )
+
+    def check(path):
+        scores, ids = crosslayer.search(queries, database, k=k, channels=channels)
+        assert scores.dtype == np.int32 and ids.dtype == np.int64 and scores.shape == (nq, min(k, n))
+        np.testing.assert_array_equal(scores, expected_scores, err_msg=path)
+        np.testing.assert_array_equal(ids, expected_ids, err_msg=path)  # the tie rule is deterministic
+
+    for_each_popcount_path(check)
+
+
+def test_search_many_queries_and_items_with_ties(rng):
+    # > 64 queries (several query batches), items split over threads and 4-item blocks, heavy ties.
+    queries, database = random_codes(rng, 70, 5, 20, 0.9), random_codes(rng, 57, 5, 20, 0.9)
+    scores, ids = crosslayer.search(queries, database, k=9, channels=2)
+    expected = reference.search_reference(queries.bits, queries.channel_mean, database.bits, 20, 9, 2)
+    np.testing.assert_array_equal(scores, expected[0])
+    np.testing.assert_array_equal(ids, expected[1])
+
+
+def test_search_over_segments_equals_search_over_their_concatenation(rng):
+    queries, database = random_codes(rng, 5, 4, 33, 0.8), random_codes(rng, 23, 4, 33, 0.8)
+    cuts = [0, 2, 2, 11, 23]  # includes an empty segment and segments smaller than k
+    segments = [(database.bits[lo:hi], lo) for lo, hi in zip(cuts, cuts[1:])]
+    merged = search_segments(queries, segments, k=7, channels=3)
+    whole = crosslayer.search(queries, database, k=7, channels=3)
+    np.testing.assert_array_equal(merged[0], whole[0])
+    np.testing.assert_array_equal(merged[1], whole[1])
+
+
+def test_search_rejects_bad_arguments(rng):
+    queries, database = random_codes(rng, 2, 4, 10), random_codes(rng, 3, 4, 10)
+    with pytest.raises(ValueError, match="channels: expected at most Dk=4"):
+        crosslayer.search(queries, database, channels=5)
+    with pytest.raises(ValueError, match="k: expected an integer >= 1"):
+        crosslayer.search(queries, database, k=0, channels=2)
+    with pytest.raises(TypeError, match="k: expected an integer"):
+        crosslayer.search(queries, database, k=2.5, channels=2)
+    with pytest.raises(ValueError, match="channels"):
+        crosslayer.search(queries, database, channels=0)
+    with pytest.raises(ValueError, match="database"):
+        crosslayer.search(queries, random_codes(rng, 3, 5, 10), channels=2)
+    with pytest.raises(TypeError, match="queries"):
+        crosslayer.search(queries.bits, database)
