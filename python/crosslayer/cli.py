@@ -49,12 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--images", type=int, default=8)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
+    from crosslayer.retrieval.cli import register as register_retrieval
+
+    register_retrieval(sub)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as error:
+        # bad input (arguments, files, index mismatch) gets one clear line, not a traceback
+        parser.exit(2, f"crosslayer {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

@@ -152,7 +152,9 @@ def evaluate(cache: FeatureCache, rset, distractors=(), channel_counts=DEFAULT_C
 
     for channels in channel_counts:
         scores = _codes_score_matrix(query_codes, segments, total, channels)
-        search_s = _time_per_query(lambda: search_segments(query_codes[:1], segments, 10, channels), 5)
+        # one query, one thread: the latency a single interactive search sees (OpenMP threads on a shared 2-core
+        # machine add ~15 ms of contention for a search this small)
+        search_s = _time_per_query(lambda: search_segments(query_codes[:1], segments, 10, channels, num_threads=1), 5)
         records.append(record("crosslayer-codes", channels, scores, bytes_per_code, search_s, post_s))
     return records
 
