@@ -169,3 +169,31 @@ def markdown_table(records: list[dict]) -> str:
             f"{r['search_ms']:.2f} |"
         )
     return "\n".join(lines)
+
+
+def result_sheet(cache: FeatureCache, rset, out, distractors=(), channels=50, queries: int = 8, top: int = 5,
+                 seed: int = 0):
+    """A contact sheet of the sign-code search for a seeded sample of queries, hits marked correct/wrong from the
+    ground truth. Returns the sampled query paths."""
+    from crosslayer.retrieval.sheet import SheetHit, SheetRow, render_sheet
+    from crosslayer.search import search_segments
+
+    query_set = cache.load("queries", rset.queries.paths)
+    parts = [cache.load("database", rset.database.paths)] + [cache.load(distractor_name(f)) for f in distractors]
+    paths, segments, base = [], [], 0
+    for part in parts:
+        segments.append((part["codes"].bits, base))
+        paths += part["paths"]
+        base += len(part["paths"])
+    item_of = dict(zip(rset.database.paths, rset.database.items))
+    query_item = dict(zip(rset.queries.paths, rset.queries.items))
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(query_set["paths"]), min(queries, len(query_set["paths"])), replace=False))
+    scores, ids = search_segments(query_set["codes"][chosen], segments, top, channels)
+    rows = []
+    for row, q in enumerate(chosen):
+        query = query_set["paths"][q]
+        hits = [SheetHit(paths[i], int(s), item_of.get(paths[i]) == query_item[query]) for s, i in zip(scores[row], ids[row])]
+        rows.append(SheetRow(query, hits))
+    render_sheet(rows, out)
+    return [query_set["paths"][q] for q in chosen]
