@@ -41,7 +41,7 @@ def plot(records, out) -> None:
             y = [r["map"] for r in chosen if r["method"] == method]
             if y:
                 axis.plot(x, y, style, label=method)
-        for method, colour in (("spoc", "tab:red"), ("embedding", "tab:grey")):
+        for method, colour in (("spoc", "tab:red"), ("spoc-sign", "tab:pink"), ("embedding", "tab:grey")):
             value = [r["map"] for r in chosen if r["method"] == method]
             if value:
                 axis.axhline(value[0], color=colour, linestyle=":", label=method)
@@ -96,7 +96,8 @@ def main(argv=None) -> int:
         "those images are also among the distractors). mAP equals mean reciprocal rank here (one relevant image per "
         "query); ties are ranked against the method.",
         "",
-        "Methods: `spoc` sum-pooled guidance layer + L2 + PCA-whitening + L2; `embedding` the average-pooled guidance "
+        "Methods: `spoc` sum-pooled guidance layer + L2 + PCA-whitening + L2; `spoc-sign` its signs (1 bit a "
+        "dimension); `embedding` the average-pooled guidance "
         "layer + L2 (SPoC without whitening); `crosslayer-float` cosine of float cross-layer representations over the "
         "query's selected channels (`all`: dot of the L2-normalised full representation); `crosslayer-codes` masked "
         "popcount score of the 2-bit sign codes (paper eq. 3), channels = guidance channels of largest mean activation "
