@@ -113,3 +113,38 @@ def test_search_of_a_missing_index_is_a_clear_error(tmp_path, capsys):
         main(["search", str(tmp_path / "nothing"), "q.jpg"])
     assert exit_info.value.code == 2
     assert "not a crosslayer image index" in capsys.readouterr().err
+
+
+def test_eval_retrieve_end_to_end_on_identical_queries(tmp_path, model_cache, capsys):
+    """Queries that are the database images themselves must be found first by every full-representation method."""
+    import json
+
+    pytest.importorskip("torch")
+    images = _write_images(tmp_path / "set", 5)
+    learn = _write_images(tmp_path / "learn", 8, seed=2)
+    rows = "path,item\n" + "".join(f"set/{p.name},{p.stem}\n" for p in images)
+    (tmp_path / "queries.csv").write_text(rows)
+    (tmp_path / "database.csv").write_text(rows)
+    out = tmp_path / "eval.json"
+    argv = ["eval", "retrieve", "--data", str(tmp_path), "--learn", str(tmp_path / "learn"), "--learn-images", "8",
+            "--distractors", str(tmp_path / "learn"), "--channels", "3,all", "--spoc-dim", "4",
+            "--cache", str(tmp_path / "cache"), "--json", str(out), *TINY]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| crosslayer-codes | 3 | 8 |" in table
+    records = json.loads(out.read_text())["records"]
+    found = {(r["method"], r["channels"]) for r in records}
+    assert found == {("spoc", "all"), ("spoc-sign", "all"), ("embedding", "all"), ("crosslayer-float", "3"),
+                     ("crosslayer-float", "all"), ("crosslayer-codes", "3"), ("crosslayer-codes", "all")}
+    for r in records:
+        assert (r["queries"], r["database"], r["distractors"]) == (5, 5, 8)
+        assert set(r) >= {"map", "recall@1", "recall@5", "recall@10", "bytes_per_image", "search_ms", "encode_ms"}
+        # (spoc-sign has 4 bits here: ties are likely and ranked against it)
+        if r["method"] != "spoc-sign" and (r["method"] in ("spoc", "embedding") or r["channels"] == "all"):
+            assert r["map"] == pytest.approx(1.0), r
+    # a rerun reads the cache (same answer) and channel counts above Dk are refused
+    assert main(argv) == 0
+    assert json.loads(out.read_text())["records"][0]["map"] == records[0]["map"]
+    with pytest.raises(SystemExit):
+        main(argv[:-len(TINY)] + ["--channels", "2000", *TINY])
+    assert "at most Dk=1280" in capsys.readouterr().err
