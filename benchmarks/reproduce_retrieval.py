@@ -108,9 +108,10 @@ def main(argv=None) -> int:
         "",
         "Latency: `encode ms` = backbone at batch 1 + the method's pooling/projection for one query; `search ms` = one "
         "query against the whole database (+ distractors), one thread for the codes (the OpenMP default on this "
-        "shared 2-core machine adds ~15 ms of thread contention); float search is the streamed cost (the float "
-        "representations are not stored). Bytes/image = what an index holds per image. Machine: 2 shared cores "
-        "with other jobs running, so absolute times are noisy.",
+        "shared 2-core machine adds ~15 ms of thread contention); float search is the scoring cost with all float "
+        "representations in memory (an index would have to hold 1.6 MB/image for it; the evaluation streamed them). "
+        "Bytes/image = what an index holds per image. Machine: 2 shared cores with other jobs running, so absolute "
+        "times are noisy.",
         "",
         markdown_table(records),
         "",
