@@ -192,5 +192,7 @@ def test_rejects_gpu_array_on_cpu_build():
     class FakeCudaArray:
         __cuda_array_interface__ = {"shape": (1, 1, 1, 1), "typestr": "<f4", "data": (0, False), "version": 3}
 
-    with pytest.raises((TypeError, RuntimeError), match="x_t"):
+    if crosslayer.build_info()["cuda"]:
+        pytest.skip("a CUDA build routes GPU arrays to the device kernels")
+    with pytest.raises(RuntimeError, match="built without CUDA, so pool cannot take GPU arrays"):
         crosslayer.pool(FakeCudaArray(), FakeCudaArray())

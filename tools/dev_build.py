@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """In-place development build: compiles crosslayer._core into python/crosslayer/ so `PYTHONPATH=python` works.
 
-    python tools/dev_build.py [--cuda AUTO|ON|OFF] [--werror] [--build-dir build/dev]
+    python tools/dev_build.py [--cuda AUTO|ON|OFF] [--cuda-archs 80;90] [--werror] [--build-dir build/dev]
 """
 
 import argparse
@@ -19,6 +19,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cuda", default=os.environ.get("CROSSLAYER_CUDA", "AUTO"), choices=["AUTO", "ON", "OFF"])
     parser.add_argument("--werror", action="store_true")
+    parser.add_argument("--cuda-archs", default=None, help="CUDA architectures, e.g. 90 or '80;90' (CMake default)")
     parser.add_argument("--build-dir", default=None)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
@@ -30,6 +31,8 @@ def main() -> int:
         f"-DPython_EXECUTABLE={sys.executable}", f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
         f"-DCROSSLAYER_CUDA={args.cuda}", f"-DCROSSLAYER_WERROR={'ON' if args.werror else 'OFF'}",
     ]
+    if args.cuda_archs:
+        configure.append(f"-DCROSSLAYER_CUDA_ARCHS={args.cuda_archs}")
     subprocess.run(configure, check=True)
     subprocess.run(["cmake", "--build", str(build), "-j", str(args.jobs)], check=True)
     built = glob.glob(str(build / "_core*.so"))

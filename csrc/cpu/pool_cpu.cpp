@@ -156,6 +156,7 @@ const char* pool_cpu(const PoolArgs& args) {
   if (!args.local || !args.guidance) {
     if (s.n > 0) return "pool_cpu: null input pointer";
   }
+  if (args.input_type != PoolInputType::Float32) return "pool_cpu: inputs must be float32";
   if ((args.pca_mean == nullptr) != (args.pca_proj == nullptr)) return "pool_cpu: pca mean and projection go together";
   if (!args.pca_proj && s.dt != s.dt_in) return "pool_cpu: without PCA, dt must equal dt_in";
   if (args.output == PoolOutput::Float && !args.out_float && s.n > 0) return "pool_cpu: null float output";

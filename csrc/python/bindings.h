@@ -7,6 +7,8 @@ namespace crosslayer::python {
 
 void register_pool(pybind11::module_& m);
 void register_search(pybind11::module_& m);
+// pool_cuda / gram_cuda / search_cuda on raw device addresses; registers nothing in a CPU-only build.
+void register_cuda(pybind11::module_& m);
 // Adds entries to the dict returned by _core.build_info().
 void describe_build(pybind11::dict& info);
 

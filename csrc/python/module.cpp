@@ -26,6 +26,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "crosslayer native core (C++/CUDA kernels). Use the Python API in `crosslayer`, not this module.";
   crosslayer::python::register_pool(m);
   crosslayer::python::register_search(m);
+  crosslayer::python::register_cuda(m);
   m.def("build_info", [] {
     py::dict info;
     crosslayer::python::describe_build(info);

@@ -5,49 +5,223 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
+
 
 def _cmd_info(args) -> int:
+    """Build info; with a path, what a store directory or an encoder file holds."""
+    import json
+
     import crosslayer
 
-    for key, value in crosslayer.build_info().items():
-        print(f"{key:>20}: {value}")
+    if args.path is None:
+        for key, value in crosslayer.build_info().items():
+            print(f"{key:>20}: {value}")
+        return 0
+    from pathlib import Path
+
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.extract import Store
+
+    path = Path(args.path)
+    if not path.exists():
+        print(f"crosslayer info: {path} does not exist", file=sys.stderr)
+        return 2
+    try:
+        summary = Store(path).summary() if path.is_dir() else CrossLayerEncoder.read_meta(path)
+    except ValueError as error:  # StoreError, EncoderFormatError
+        print(f"crosslayer info: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
     return 0
 
 
-def _cmd_demo(args) -> int:
-    """Encodes synthetic activations of the MobileNetV2 layer pair and prints what came out."""
-    import time
+def _cmd_export(args) -> int:
+    from crosslayer.backbones.export import export
 
-    import numpy as np
+    path = export(args.backbone, args.layers, args.weights, with_embedding=True, with_logits=args.logits,
+                  opset=args.opset, force=args.force)
+    print(path)
+    return 0
 
-    import crosslayer
+
+def _encoder_from_args(args):
+    from crosslayer.encoder import CrossLayerEncoder
+
+    if args.encoder:
+        return CrossLayerEncoder.load(args.encoder, batch_size=args.batch_size, threads=args.threads,
+                                      decode_workers=args.decode_workers)
+    return CrossLayerEncoder(args.backbone, args.layers, args.side, args.pca_dim, args.policy, args.weights,
+                             batch_size=args.batch_size, threads=args.threads, decode_workers=args.decode_workers,
+                             fit_images=args.fit_images)
+
+
+def _cmd_extract(args) -> int:
+    from pathlib import Path
+
+    from crosslayer.extract import StoreError, extract, list_images, read_manifest
+
+    source = Path(args.source)
+    sources = list_images(source) if source.is_dir() else read_manifest(source)
+    if not sources:
+        print(f"crosslayer extract: no images found in {source}", file=sys.stderr)
+        return 2
+    store = Path(args.store)
+    # an existing store keeps its own encoder; a new one is configured from the arguments
+    encoder = None if (store / "store.json").exists() and not args.encoder else _encoder_from_args(args)
+    try:
+        report = extract(sources, store, encoder, chunk_size=args.chunk_size, save_embedding=not args.no_embedding,
+                         on_error=args.on_error, progress=not args.quiet)
+    except StoreError as error:
+        print(f"crosslayer extract: {error}", file=sys.stderr)
+        return 2
+    rate = report.done / report.seconds if report.seconds else 0.0
+    print(f"encoded {report.done} images ({rate:.1f} images/s), {report.skipped} already in {store}, "
+          f"{len(report.failed)} failed")
+    for path, reason in report.failed:
+        print(f"  failed: {path}: {reason}")
+    return 0
+
+
+def demo_photos():
+    """(name, HxWx3 uint8) photos shipped with installed packages, plus a crop of the cat as a near-duplicate."""
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    photos = [(name, getattr(data, name)()) for name in ("chelsea", "astronaut", "coffee", "rocket")]
+    samples = load_sample_images()
+    photos += [(name.rsplit(".", 1)[0], image) for name, image in zip(samples.filenames, samples.images)]
+    chelsea = photos[0][1]
+    height, width = chelsea.shape[:2]
+    photos.append(("chelsea cropped", chelsea[height // 8 :, width // 8 :].copy()))
+    return [(name.rsplit("/", 1)[-1], image) for name, image in photos]
+
+
+def random_crops(images, per_image: int, seed: int = 0):
+    """Seeded random crops (30-60% of each side, half of them mirrored): a varied set to learn the PCA on.
+
+    Fitting the PCA on the very photos being compared (7 here) makes its low-variance components separate the most
+    similar photos, and sign codes weigh every component alike; a varied fitting set avoids that."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for image in images:
+        height, width = image.shape[:2]
+        for _ in range(per_image):
+            scale = rng.uniform(0.3, 0.6)
+            crop_h, crop_w = int(height * scale), int(width * scale)
+            top, left = rng.integers(0, height - crop_h + 1), rng.integers(0, width - crop_w + 1)
+            crop = image[top : top + crop_h, left : left + crop_w]
+            crops.append(np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop))
+    return crops
+
+
+def code_similarity(codes, query: int, channels: int):
+    """Masked popcount similarity of code `query` to every code: the `channels` guidance channels with the largest
+    mean activation in the query. (Reference implementation; the popcount engine replaces this one call.)"""
     from crosslayer import reference
 
-    rng = np.random.default_rng(args.seed)
-    n, dt, dk, side = args.images, 320, 1280, 14
-    x_t = rng.standard_normal((n, dt, side, side), dtype=np.float32)
-    a_t1 = np.maximum(rng.standard_normal((n, dk, side, side), dtype=np.float32), 0)
-    pca = tuple(np.asarray(v, np.float32) for v in reference.pca_fit(reference.local_features(x_t[:2])))
+    selected = sorted(np.argsort(-codes.channel_mean[query], kind="stable")[:channels].tolist())
+    return [reference.ternary_dot(codes.bits[query], codes.bits[i], codes.Dt, selected) for i in range(len(codes))]
+
+
+def _imagenet_names():
+    from importlib import resources
+
+    text = resources.files("crosslayer.data").joinpath("imagenet_classes.txt").read_text()
+    return [line for line in text.splitlines() if not line.startswith("#")]
+
+
+def _cmd_demo(args) -> int:
+    """A pretrained MobileNetV2 on photos from installed packages: classes, code sizes, nearest neighbours."""
+    import time
+
+    from crosslayer.encoder import CrossLayerEncoder
+
+    photos = demo_photos()
+    names = [name for name, _ in photos]
+    images = [image for _, image in photos]
+    encoder = CrossLayerEncoder(args.backbone, side=args.side, threads=args.threads, logits=True, batch_size=8)
     start = time.perf_counter()
-    rep = crosslayer.pool(x_t, a_t1, pca)
-    mid = time.perf_counter()
-    codes = crosslayer.pool(x_t, a_t1, pca, output="codes")
-    end = time.perf_counter()
-    print(f"synthetic activations: {n} images, layer t {dt}x{side}x{side}, layer t+1 {dk}x{side}x{side}")
-    print(f"float representation: {rep.shape} float32, {rep[0].nbytes / 1e6:.2f} MB/image, {mid - start:.3f} s")
-    print(f"sign codes:           {codes!r}, {end - mid:.3f} s")
-    print(f"compression: {rep[0].nbytes / (codes.nbytes / n):.1f}x")
+    encoder.fit(random_crops(images[:-1], args.fit_crops))
+    classes = _imagenet_names()
+    print(f"backbone {encoder.backbone}, layers {encoder.layers[0]} (Dt={encoder.Dt}) x {encoder.layers[1]} "
+          f"(Dk={encoder.Dk}), images resized to {encoder.side}x{encoder.side}")
+    print(f"PCA learnt on {args.fit_crops} random crops of each photo")
+    print("\ntop ImageNet classes (softmax probability):")
+    parts = []
+    for batch in encoder.activations(images):
+        logits = batch.outputs["logits"].astype(np.float64)
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        for row, position in enumerate(batch.positions):
+            top = np.argsort(-probs[row])[:3]
+            shown = ", ".join(f"{classes[c]} {probs[row, c]:.2f}" for c in top)
+            print(f"  {names[position]:>26}: {shown}")
+        parts.append(encoder.pool_batch(batch.outputs, "codes"))
+    from crosslayer.codes import Codes
+
+    codes = Codes.concatenate(parts)
+    elapsed = time.perf_counter() - start
+    float_bytes = encoder.Dk * encoder.Dt * 4
+    code_bytes = codes.nbytes / len(codes)
+    print(f"\nper image: float representation {float_bytes / 1e6:.2f} MB, sign code {code_bytes / 1e3:.1f} kB "
+          f"({float_bytes / code_bytes:.1f}x smaller); {len(codes)} photos (and the PCA) in {elapsed:.1f} s")
+    print(f"\nnearest neighbour by popcount similarity on the top {args.channels} guidance channels:")
+    for query in range(len(codes)):
+        scores = code_similarity(codes, query, args.channels)
+        scores[query] = -(1 << 62)
+        best = int(np.argmax(scores))
+        print(f"  {names[query]:>26} -> {names[best]} (score {scores[best]})")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crosslayer", description="Cross-convolutional-layer pooling.")
     sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="what the compiled core was built with")
+    info = sub.add_parser("info", help="build info, or what a store directory / encoder file holds")
+    info.add_argument("path", nargs="?", default=None, help="a store directory or an encoder file")
     info.set_defaults(func=_cmd_info)
-    demo = sub.add_parser("demo", help="the built-in default job")
-    demo.add_argument("--images", type=int, default=8)
-    demo.add_argument("--seed", type=int, default=0)
+
+    from crosslayer.backbones.registry import BACKBONES, DEFAULT_BACKBONE
+    from crosslayer.images import RESIZE_POLICIES
+
+    def backbone_options(p):
+        p.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=sorted(BACKBONES))
+        p.add_argument("--layers", nargs=2, default=None, metavar=("LAYER_T", "LAYER_T1"),
+                       help="tap names of the layer pair (default: the backbone's)")
+        p.add_argument("--weights", default=None, help="state-dict file (.pth); default: the pinned packaged weights")
+
+    export = sub.add_parser("export", help="export a backbone's layer pair to ONNX (cached)")
+    backbone_options(export)
+    export.add_argument("--logits", action="store_true", help="also output ImageNet logits")
+    export.add_argument("--opset", type=int, default=17)
+    export.add_argument("--force", action="store_true", help="export again even if cached")
+    export.set_defaults(func=_cmd_export)
+
+    extract = sub.add_parser("extract", help="encode a folder or a manifest CSV (path,...) into a resumable store")
+    extract.add_argument("source", help="an image folder, or a CSV whose first column is 'path'")
+    extract.add_argument("store", help="the store directory (created, or resumed)")
+    backbone_options(extract)
+    extract.add_argument("--encoder", default=None, help="a fitted encoder file to use instead of fitting one")
+    extract.add_argument("--side", type=int, default=448)
+    extract.add_argument("--policy", default="square", choices=RESIZE_POLICIES)
+    extract.add_argument("--pca-dim", type=int, default=None)
+    extract.add_argument("--fit-images", type=int, default=256, help="images sampled to learn the PCA")
+    extract.add_argument("--batch-size", type=int, default=16)
+    extract.add_argument("--threads", type=int, default=0, help="onnxruntime/pooling threads (0: all cores)")
+    extract.add_argument("--decode-workers", type=int, default=2)
+    extract.add_argument("--chunk-size", type=int, default=128, help="images per committed chunk file")
+    extract.add_argument("--no-embedding", action="store_true", help="do not store the pooled embeddings")
+    extract.add_argument("--on-error", default="skip", choices=("skip", "raise"), help="bad images: record and go on, or stop")
+    extract.add_argument("--quiet", action="store_true")
+    extract.set_defaults(func=_cmd_extract)
+
+    demo = sub.add_parser("demo", help="pretrained backbone on bundled photos: classes, code sizes, neighbours")
+    demo.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=sorted(n for n, s in BACKBONES.items() if s.weights.package))
+    demo.add_argument("--side", type=int, default=448)
+    demo.add_argument("--channels", type=int, default=64, help="guidance channels kept per query")
+    demo.add_argument("--threads", type=int, default=0)
+    demo.add_argument("--fit-crops", type=int, default=6, help="random crops per photo to learn the PCA on")
     demo.set_defaults(func=_cmd_demo)
     from crosslayer.retrieval.cli import register as register_retrieval
 

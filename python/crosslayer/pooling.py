@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from crosslayer import _device
 from crosslayer._native import core
 from crosslayer._validate import as_float32_array
 from crosslayer.codes import Codes, words_per_plane
@@ -34,9 +35,16 @@ def pool(x_t, a_t1, pca=None, output: str = "float", return_channel_mean: bool =
     output: "float" -> (n, Dk*Dt) float32, channel-major, per-channel L2 then signed square root;
             "codes" -> `Codes` (2-bit signs plus per-channel mean guidance activation).
     return_channel_mean: with output="float", also return the (n, Dk) mean guidance activations.
+
+    GPU arrays (torch CUDA tensors, CuPy arrays; float32, bfloat16 or float16 activations) run the CUDA kernel on
+    the caller's current stream and return arrays of the same framework ("codes" -> `DeviceCodes`); the tensor
+    cores compute in TF32, so values within TF32 rounding of zero may get another sign than on the CPU.
     """
     if output not in OUTPUTS:
         raise ValueError(f"output: expected one of {OUTPUTS}, got {output!r}")
+    pca_parts = tuple(pca) if isinstance(pca, (tuple, list)) and len(pca) == 2 else (None, None)
+    if _device.route("pool", x_t=x_t, a_t1=a_t1, **{"pca[0] (mean)": pca_parts[0], "pca[1] (projection)": pca_parts[1]}):
+        return _device.pool_device(x_t, a_t1, pca, output, return_channel_mean)
     x_t = as_float32_array(x_t, "x_t", ndim=4)
     a_t1 = as_float32_array(a_t1, "a_t1", ndim=4)
     n, dt_in, h, w = x_t.shape

@@ -203,3 +203,34 @@ def spoc(activations_learn: np.ndarray, activations: np.ndarray, dim: int) -> np
     eigvecs = eigvecs * np.sign(eigvecs[np.abs(eigvecs).argmax(axis=0), np.arange(dim)])
     whitened = (pooled_l2(activations) - mean) @ eigvecs / np.sqrt(eigvals)
     return whitened / np.linalg.norm(whitened, axis=1, keepdims=True)
+
+
+# ---- TF32 tolerance of the GPU kernel (parity checks) ------------------------------------------------------------
+#
+# The CUDA pooling kernel multiplies on the tensor cores in TF32: each operand is rounded to a 10-bit mantissa
+# (unit roundoff u = 2^-11), products accumulate in float32. With PCA, x' = (x - mean) W is computed that way and
+# rounded again before the second product. Propagating the roundings gives, for every pooled value,
+#   |P_gpu - P| <= (4u + K * 2^-24) * sum_i |a_ik| S_ij,   S_ij = sum_c (|x_ic| + |mean_c|) |W_cj|  (|x_ij| without PCA)
+# We use TF32_SIGN_TOLERANCE = 2^-8 (twice 4u, which also covers the float32 accumulation terms for K <= 10^4):
+# a code bit may differ from the float64 sign only where |P| <= TF32_SIGN_TOLERANCE * sum_i |a_ik| S_ij.
+
+TF32_SIGN_TOLERANCE = 2.0 ** -8
+
+
+def tf32_sign_bound(local: np.ndarray, guidance: np.ndarray, pca: tuple | None = None) -> np.ndarray:
+    """Per pooled value (n, Dk, Dt) float64: how far from zero a value must be for its TF32 sign to be certain."""
+    local = np.abs(np.asarray(local, dtype=np.float64))
+    guidance = np.abs(np.asarray(guidance, dtype=np.float64))
+    n, dt_in = local.shape[:2]
+    positions = int(np.prod(local.shape[2:]))
+    x = local.reshape(n, dt_in, positions).transpose(0, 2, 1)
+    if pca is not None:
+        mean, proj = pca
+        x = (x + np.abs(np.asarray(mean, dtype=np.float64))) @ np.abs(np.asarray(proj, dtype=np.float64))
+    a = guidance.reshape(n, guidance.shape[1], positions)
+    return TF32_SIGN_TOLERANCE * np.einsum("bki,bij->bkj", a, x)
+
+
+def sign_violations(signs: np.ndarray, pooled: np.ndarray, bound: np.ndarray) -> int:
+    """Count of values whose sign differs from sign(pooled) although |pooled| exceeds the rounding bound."""
+    return int(np.count_nonzero((np.asarray(signs) != np.sign(pooled)) & (np.abs(pooled) > bound)))

