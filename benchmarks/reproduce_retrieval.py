@@ -24,7 +24,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path("/work/shared/data")
 
 
-def plot(records, out) -> None:
+def plot(records, out, dk_of_records: int, pair: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,7 +35,7 @@ def plot(records, out) -> None:
     for axis, n_distractors in zip(axes[0], settings):
         chosen = [r for r in records if r["distractors"] == n_distractors]
         counts = [r["channels"] for r in chosen if r["method"] == "crosslayer-codes"]
-        dk = 1280
+        dk = dk_of_records
         x = [dk if c == "all" else int(c) for c in counts]
         for method, style in (("crosslayer-codes", "o-"), ("crosslayer-float", "s--")):
             y = [r["map"] for r in chosen if r["method"] == method]
@@ -49,7 +49,7 @@ def plot(records, out) -> None:
         axis.set_xticks(x, [str(c) for c in counts])
         axis.set_xlabel("guidance channels compared per query")
         axis.set_ylabel("mAP")
-        axis.set_title(f"SMVS, {chosen[0]['database']} database + {n_distractors} distractors")
+        axis.set_title(f"SMVS {pair}: {chosen[0]['database']} database + {n_distractors} distractors", fontsize=10)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
@@ -69,10 +69,13 @@ def main(argv=None) -> int:
     parser.add_argument("--learn-images", type=int, default=800)
     parser.add_argument("--cache", default=str(Path.home() / ".cache" / "crosslayer" / "retrieval-eval"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layers", nargs=2, default=None, metavar=("LAYER_T", "LAYER_T1"),
+                        help="the backbone's layer pair (default: mobilenet_v2 features.17, features.18)")
+    parser.add_argument("--tag", default="", help="suffix of the output file names, e.g. _f16_f17")
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
-    options = dict(threads=args.threads, batch_size=16, fit_images=256)
+    options = dict(threads=args.threads, batch_size=16, fit_images=256, layers=args.layers)
     settings = [[]] if args.no_distractors else [[], args.distractors]
     records = []
     for distractors in settings:
@@ -82,9 +85,9 @@ def main(argv=None) -> int:
         print(markdown_table([r for r in records if r["distractors"] == records[-1]["distractors"]]), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sheet_queries = result_sheet(cache, rset, out / "retrieval_sheet.png", settings[-1], channels=200, queries=8, top=5)
-    plot(records, out / "retrieval_channels.png")
-    (out / "retrieval.json").write_text(json.dumps({"data": args.data, "distractors": settings[-1],
+    sheet_queries = result_sheet(cache, rset, out / f"retrieval_sheet{args.tag}.png", settings[-1], channels=200, queries=8, top=5)
+    plot(records, out / f"retrieval_channels{args.tag}.png", cache.encoder.Dk, "/".join(cache.encoder.layers))
+    (out / f"retrieval{args.tag}.json").write_text(json.dumps({"data": args.data, "distractors": settings[-1],
                                                      "records": records}, indent=1))
     encoder = cache.encoder
     text = [
@@ -109,16 +112,17 @@ def main(argv=None) -> int:
         "Latency: `encode ms` = backbone at batch 1 + the method's pooling/projection for one query; `search ms` = one "
         "query against the whole database (+ distractors), one thread for the codes (the OpenMP default on this "
         "shared 2-core machine adds ~15 ms of thread contention); float search is the scoring cost with all float "
-        "representations in memory (an index would have to hold 1.6 MB/image for it; the evaluation streamed them). "
+        "representations in memory (an index would have to hold "
+        f"{encoder.Dk * encoder.Dt * 4 / 1e6:.2f} MB/image for it; the evaluation streamed them). "
         "Bytes/image = what an index holds per image. Machine: 2 shared cores with other jobs running, so absolute "
         "times are noisy.",
         "",
         markdown_table(records),
         "",
-        f"Contact sheet (`retrieval_sheet.png`, codes, 200 channels, {len(settings[-1]) and 'with distractors' or 'no distractors'}): "
+        f"Contact sheet (`retrieval_sheet{args.tag}.png`, codes, 200 channels, {len(settings[-1]) and 'with distractors' or 'no distractors'}): "
         + ", ".join(Path(p).name for p in sheet_queries),
     ]
-    (out / "retrieval.md").write_text("\n".join(text) + "\n")
+    (out / f"retrieval{args.tag}.md").write_text("\n".join(text) + "\n")
     print(f"wrote {out}")
     return 0
 

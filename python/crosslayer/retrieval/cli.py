@@ -137,7 +137,7 @@ def register(sub) -> None:
     add = index.add_parser("add", help="add images to an existing index (already indexed paths are skipped)")
     add.add_argument("db_dir")
     add.add_argument("--images", nargs="+", required=True)
-    add.add_argument("--weights", default=None, help="as given to 'index build' (needed for --weights PATH/random)")
+    add.add_argument("--weights", default=None, help="override the weights recorded at build time (a moved state-dict file)")
     _runtime_arguments(add)
     add.set_defaults(func=_cmd_index_add)
 
@@ -147,7 +147,7 @@ def register(sub) -> None:
     search.add_argument("--top", type=int, default=10)
     search.add_argument("--channels", default="50", help="guidance channels compared per query, or 'all'")
     search.add_argument("--sheet", help="write a contact sheet of the results (.png or .html)")
-    search.add_argument("--weights", default=None, help="as given to 'index build' (needed for --weights PATH/random)")
+    search.add_argument("--weights", default=None, help="override the weights recorded at build time (a moved state-dict file)")
     search.add_argument("--threads", type=int, default=0)
     search.set_defaults(func=_cmd_search)
 
