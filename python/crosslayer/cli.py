@@ -175,12 +175,6 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _add_eval(sub) -> None:
-    from crosslayer.eval.cli import add_eval_parser
-
-    add_eval_parser(sub)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crosslayer", description="Cross-convolutional-layer pooling.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -229,13 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=0)
     demo.add_argument("--fit-crops", type=int, default=6, help="random crops per photo to learn the PCA on")
     demo.set_defaults(func=_cmd_demo)
-    _add_eval(sub)
+    evaluation = sub.add_parser("eval", help="evaluations: classification accuracy, retrieval mAP")
+    eval_sub = evaluation.add_subparsers(dest="eval_command", required=True)
+    from crosslayer.eval.cli import add_classify_parser
+    from crosslayer.retrieval.cli import register as register_retrieval
+
+    add_classify_parser(eval_sub)
+    register_retrieval(sub, eval_sub)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as error:
+        # bad input (arguments, files, index mismatch) gets one clear line, not a traceback
+        parser.exit(2, f"crosslayer {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":

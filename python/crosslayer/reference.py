@@ -185,6 +185,26 @@ def search_reference(query_bits, query_channel_mean, database_bits, dt: int, k: 
     return scores, ids
 
 
+# ---- retrieval baselines (SPoC, Babenko & Lempitsky 2015) ---------------------------------------------------------
+
+def spoc(activations_learn: np.ndarray, activations: np.ndarray, dim: int) -> np.ndarray:
+    """SPoC descriptors of `activations` (n, C, H, W), whitening learnt on `activations_learn`: sum-pool, L2,
+    PCA-whitening to `dim` components (covariance eigenvectors, largest coefficient positive), L2."""
+    def pooled_l2(acts):
+        pooled = np.asarray(acts, dtype=np.float64).sum(axis=(2, 3))
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+    learn = pooled_l2(activations_learn)
+    mean = learn.mean(axis=0)
+    cov = (learn - mean).T @ (learn - mean) / (len(learn) - 1)
+    eigvals, eigvecs = np.linalg.eigh(cov)
+    order = np.argsort(eigvals)[::-1][:dim]
+    eigvals, eigvecs = eigvals[order], eigvecs[:, order]
+    eigvecs = eigvecs * np.sign(eigvecs[np.abs(eigvecs).argmax(axis=0), np.arange(dim)])
+    whitened = (pooled_l2(activations) - mean) @ eigvecs / np.sqrt(eigvals)
+    return whitened / np.linalg.norm(whitened, axis=1, keepdims=True)
+
+
 # ---- TF32 tolerance of the GPU kernel (parity checks) ------------------------------------------------------------
 #
 # The CUDA pooling kernel multiplies on the tensor cores in TF32: each operand is rounded to a 10-bit mantissa

@@ -47,9 +47,8 @@ def cmd_classify(args) -> int:
     return 0
 
 
-def add_eval_parser(sub) -> None:
-    evaluate = sub.add_parser("eval", help="evaluation harness (classification)")
-    eval_sub = evaluate.add_subparsers(dest="eval_command", required=True)
+def add_classify_parser(eval_sub) -> None:
+    """Adds `crosslayer eval classify` to the `eval` subcommands."""
     p = eval_sub.add_parser("classify", help="linear-SVM classification accuracy of one method on a manifest data set")
     p.add_argument("--data", required=True, help="folder holding manifest.csv (path,label,split)")
     p.add_argument("--method", required=True, choices=METHODS)

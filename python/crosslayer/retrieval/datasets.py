@@ -1,0 +1,62 @@
+"""Reading retrieval sets (`queries.csv` + `database.csv`, columns `path,item`) and distractor image sets."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from crosslayer.extract import list_images
+
+
+@dataclass
+class LabelledImages:
+    paths: list  # absolute (or as given) image paths
+    items: list  # the item each image shows; images of one item are relevant to each other
+
+
+@dataclass
+class RetrievalSet:
+    name: str
+    queries: LabelledImages
+    database: LabelledImages
+
+
+def read_labelled_csv(path, label_column: str) -> LabelledImages:
+    """Rows of a CSV with columns `path` and `label_column`; relative paths are taken from the CSV's folder."""
+    path = Path(path)
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"path", label_column} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: expected columns 'path' and {label_column!r}, missing {sorted(missing)}")
+        rows = list(reader)
+    paths = [row["path"] if Path(row["path"]).is_absolute() else str(path.parent / row["path"]) for row in rows]
+    return LabelledImages(paths, [row[label_column] for row in rows])
+
+
+def read_retrieval_set(folder) -> RetrievalSet:
+    folder = Path(folder)
+    for name in ("queries.csv", "database.csv"):
+        if not (folder / name).is_file():
+            raise ValueError(f"data: {folder} has no {name} (expected queries.csv and database.csv, columns path,item)")
+    return RetrievalSet(
+        folder.name or str(folder),
+        read_labelled_csv(folder / "queries.csv", "item"),
+        read_labelled_csv(folder / "database.csv", "item"),
+    )
+
+
+def image_paths(source) -> list[str]:
+    """Image paths of a folder (its `manifest.csv` when it has one, else every image file under it) or a CSV
+    manifest whose header starts with `path`."""
+    from crosslayer.extract import read_manifest
+
+    source = Path(source)
+    if source.is_file():
+        return read_manifest(source)
+    if (source / "manifest.csv").is_file():
+        return read_manifest(source / "manifest.csv")
+    if source.is_dir():
+        return list_images(source)
+    raise ValueError(f"images: {source} is neither an image folder nor a CSV manifest")

@@ -1,0 +1,174 @@
+"""An image index on disk: the fitted encoder (backbone, layers, side, PCA) plus a `CodeIndex` of the images' sign
+codes keyed by path. Building resumes: images whose path is already indexed are skipped, and every chunk of images
+is committed as one CodeIndex append, so an interrupted build loses at most the chunk being gathered.
+
+Layout:
+    DB_DIR/image-index.json    format, version
+    DB_DIR/encoder.xle         the encoder queries must be encoded with
+    DB_DIR/codes/              the CodeIndex (string keys = image paths)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crosslayer._atomic import atomic_write
+from crosslayer.encoder import CrossLayerEncoder
+from crosslayer.index import CodeIndex
+from crosslayer.retrieval.channels import check_channel_count
+
+INDEX_FORMAT = "crosslayer-image-index"
+INDEX_VERSION = 1
+_RUNTIME_OPTIONS = ("batch_size", "threads", "decode_workers", "cache", "weights")
+
+
+class ImageIndexError(ValueError):
+    """DB_DIR is not an image index, is of another version, or was built with another encoder."""
+
+
+@dataclass
+class AddReport:
+    added: int = 0
+    skipped: int = 0  # already indexed
+    failed: list = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+
+
+@dataclass
+class Hit:
+    rank: int
+    path: str
+    score: int
+    id: int
+
+
+class ImageIndex:
+    def __init__(self, directory: Path, encoder: CrossLayerEncoder, codes: CodeIndex):
+        self.directory, self.encoder, self.codes = directory, encoder, codes
+
+    # ---- opening -------------------------------------------------------------------------------------------------
+    @classmethod
+    def exists(cls, directory) -> bool:
+        return (Path(directory) / "image-index.json").is_file()
+
+    @classmethod
+    def create(cls, directory, encoder: CrossLayerEncoder, fit_sources=None) -> "ImageIndex":
+        """A new index in `directory` (absent or empty); an unfitted encoder learns its PCA on `fit_sources`."""
+        directory = Path(directory)
+        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+            raise ImageIndexError(f"{directory}: exists and is not an empty directory (use 'index add' to extend an index)")
+        if encoder.pca_ is None:
+            if not fit_sources:
+                raise ValueError("images: need at least one image to learn the encoder's PCA on")
+            encoder.fit(fit_sources)
+        directory.mkdir(parents=True, exist_ok=True)
+        encoder.save(directory / "encoder.xle")
+        codes = CodeIndex.create(directory / "codes", encoder.Dk, encoder.Dt)
+        # the marker is written last: a directory without it is an interrupted creation, safe to delete
+        with atomic_write(directory / "image-index.json", "w") as handle:
+            json.dump({"format": INDEX_FORMAT, "version": INDEX_VERSION}, handle)
+        return cls(directory, encoder, codes)
+
+    @classmethod
+    def open(cls, directory, mode: str = "r", **runtime_options) -> "ImageIndex":
+        """Opens an index for searching ("r") or adding ("a"); runtime_options (threads, batch_size...) apply to
+        the stored encoder."""
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / "image-index.json").read_text())
+        except (OSError, ValueError):
+            raise ImageIndexError(f"{directory}: not a crosslayer image index (no readable image-index.json); "
+                                  "build one with 'crosslayer index build'") from None
+        if meta.get("format") != INDEX_FORMAT:
+            raise ImageIndexError(f"{directory}: not a crosslayer image index")
+        if meta.get("version") != INDEX_VERSION:
+            raise ImageIndexError(f"{directory}: image index version {meta.get('version')}, this crosslayer reads {INDEX_VERSION}")
+        options = {k: v for k, v in runtime_options.items() if k in _RUNTIME_OPTIONS and v is not None}
+        encoder = CrossLayerEncoder.load(directory / "encoder.xle", **options)
+        codes = CodeIndex.open(directory / "codes", mode, verify=False)
+        if (codes.Dk, codes.Dt) != (encoder.Dk, encoder.Dt):
+            raise ImageIndexError(f"{directory}: codes (Dk={codes.Dk}, Dt={codes.Dt}) do not match the encoder")
+        return cls(directory, encoder, codes)
+
+    def check_encoder(self, requested: CrossLayerEncoder) -> None:
+        """Refuses to resume a build with another backbone/layers/side/PCA size than the index was made with."""
+        keys = ("backbone", "layers", "side", "pca_dim", "policy")
+        mine, theirs = requested.config(), self.encoder.config()
+        if any(mine[k] != theirs[k] for k in keys):
+            raise ImageIndexError(f"{self.directory}: built with {[theirs[k] for k in keys]}, requested "
+                                  f"{[mine[k] for k in keys]}; use another DB_DIR")
+
+    def close(self) -> None:
+        self.codes.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def paths(self) -> list[str]:
+        return self.codes.keys(range(len(self.codes))) if len(self.codes) else []
+
+    # ---- adding --------------------------------------------------------------------------------------------------
+    def add(self, sources, chunk_size: int = 128, progress: bool = True) -> AddReport:
+        """Encodes and appends the images not yet indexed (by path); bad images are reported, not indexed."""
+        from tqdm.auto import tqdm
+
+        from crosslayer.codes import Codes
+
+        start = time.perf_counter()
+        sources = [str(Path(s).resolve()) for s in sources]
+        indexed = set(self.paths())
+        todo, seen = [], set()
+        for source in sources:
+            if source not in indexed and source not in seen:
+                todo.append(source)
+                seen.add(source)
+        report = AddReport(skipped=len(sources) - len(todo))
+        pending_codes, pending_paths = [], []
+
+        def commit():
+            if pending_paths:
+                self.codes.append(Codes.concatenate(pending_codes), pending_paths)
+                pending_codes.clear()
+                pending_paths.clear()
+
+        with tqdm(total=len(todo), unit="img", desc="index", disable=not progress) as bar:
+            try:
+                for batch in self.encoder.activations(todo, on_error="skip"):
+                    report.failed += [(str(e.path), e.reason) for _, e in batch.errors]
+                    if batch.positions:
+                        pending_codes.append(self.encoder.pool_batch(batch.outputs, "codes"))
+                        pending_paths.extend(str(s) for s in batch.sources)
+                        report.added += len(batch.positions)
+                    bar.update(len(batch.positions) + len(batch.errors))
+                    if len(pending_paths) >= chunk_size:
+                        commit()
+            finally:
+                commit()
+        report.seconds = time.perf_counter() - start
+        return report
+
+    # ---- searching -----------------------------------------------------------------------------------------------
+    def search(self, queries, top: int = 10, channels: int | None = 50):
+        """Encodes the query images and returns, per query, its `top` hits (ranked `Hit`s) and timings (seconds)."""
+        channels = check_channel_count(channels, self.encoder.Dk)
+        start = time.perf_counter()
+        query_codes = self.encoder.encode([str(q) for q in queries])
+        encoded = time.perf_counter()
+        scores, ids = self.codes.search(query_codes, top, channels)
+        searched = time.perf_counter()
+        all_ids = sorted({int(i) for row in ids for i in row})
+        path_of = dict(zip(all_ids, self.codes.keys(all_ids))) if all_ids else {}
+        results = [
+            [Hit(rank + 1, path_of[int(i)], int(s), int(i)) for rank, (s, i) in enumerate(zip(score_row, id_row))]
+            for score_row, id_row in zip(scores, ids)
+        ]
+        return results, {"encode_s": encoded - start, "search_s": searched - encoded}

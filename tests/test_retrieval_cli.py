@@ -1,0 +1,150 @@
+"""Contact sheets and the index/search command line end to end on tiny generated images (random-weight backbone)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from crosslayer.cli import main
+from crosslayer.retrieval.sheet import SheetHit, SheetRow, render_sheet, sheet_size
+
+
+def _write_images(folder, count, seed=0, side=72):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(count):
+        # distinct blocky patterns, so every image has its own code
+        blocks = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        image = Image.fromarray(np.kron(blocks, np.ones((side // 4, side // 4, 1), np.uint8)))
+        path = folder / f"img{i:02d}.png"
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def test_png_sheet_has_the_expected_size(tmp_path):
+    from PIL import Image
+
+    images = _write_images(tmp_path / "imgs", 4)
+    rows = [SheetRow(str(images[0]), [SheetHit(str(images[1]), 12, True), SheetHit(str(images[2]), 7, False),
+                                      SheetHit(str(tmp_path / "missing.jpg"), 3)]),
+            SheetRow(str(images[3]), [SheetHit(str(images[0]), 0.5)])]
+    size = render_sheet(rows, tmp_path / "sheet.png", thumb=64)
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        assert sheet.format == "PNG"
+        assert sheet.size == size == sheet_size(2, 3, thumb=64)
+        # the first hit is framed green (correct), the second red (wrong)
+        left, top = 8 + 1 * (64 + 8) + 8, 8
+        assert sheet.getpixel((left - 1, top + 30))[1] > 120
+        assert sheet.getpixel((left + 64 + 8 - 1, top + 30))[0] > 180
+
+
+def test_html_sheet_inlines_every_thumbnail(tmp_path):
+    images = _write_images(tmp_path / "imgs", 3)
+    render_sheet([SheetRow(str(images[0]), [SheetHit(str(p), 1) for p in images])], tmp_path / "sheet.html")
+    assert (tmp_path / "sheet.html").read_text().count("data:image/jpeg;base64,") == 4
+
+
+def test_sheet_rejects_unknown_formats(tmp_path):
+    with pytest.raises(ValueError, match=".png or .html"):
+        render_sheet([SheetRow("q.jpg", [])], tmp_path / "sheet.gif")
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory):
+    previous = os.environ.get("CROSSLAYER_CACHE")
+    os.environ["CROSSLAYER_CACHE"] = str(tmp_path_factory.mktemp("models"))
+    yield
+    if previous is None:
+        del os.environ["CROSSLAYER_CACHE"]
+    else:
+        os.environ["CROSSLAYER_CACHE"] = previous
+
+
+TINY = ["--weights", "random", "--side", "64", "--fit-images", "6", "--batch-size", "4", "--threads", "1"]
+
+
+def test_index_build_search_add_end_to_end(tmp_path, model_cache, capsys):
+    pytest.importorskip("torch")
+    images = _write_images(tmp_path / "db", 6)
+    db = tmp_path / "index"
+    assert main(["index", "build", str(db), "--images", str(tmp_path / "db"), *TINY]) == 0
+    assert "indexed 6 images (0 already there" in capsys.readouterr().out
+
+    # a rerun resumes: nothing is encoded twice
+    assert main(["index", "build", str(db), "--images", str(tmp_path / "db"), *TINY]) == 0
+    assert "indexed 0 images (6 already there" in capsys.readouterr().out
+
+    sheet = tmp_path / "hits.png"
+    query = images[3]
+    assert main(["search", str(db), str(query), "--top", "3", "--channels", "50", "--weights", "random",
+                 "--threads", "1", "--sheet", str(sheet)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"query {query}"
+    hits = [line.split() for line in lines[1:4]]
+    assert [h[0] for h in hits] == ["1", "2", "3"]
+    top_score = int(hits[0][1])
+    # the query itself is indexed: it reaches the top score (another image may tie with it)
+    assert any(h[2] == str(query.resolve()) and int(h[1]) == top_score for h in hits)
+    assert sheet.stat().st_size > 0
+
+    more = _write_images(tmp_path / "more", 2, seed=1)
+    assert main(["index", "add", str(db), "--images", *map(str, more), "--weights", "random", "--threads", "1"]) == 0
+    assert "indexed 2 images" in capsys.readouterr().out
+
+
+def test_search_rejects_more_channels_than_the_encoder_has(tmp_path, model_cache, capsys):
+    pytest.importorskip("torch")
+    _write_images(tmp_path / "db", 3)
+    db = tmp_path / "index"
+    assert main(["index", "build", str(db), "--images", str(tmp_path / "db"), *TINY]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", str(db), str(tmp_path / "db" / "img00.png"), "--channels", "5000", "--weights", "random"])
+    assert exit_info.value.code == 2
+    assert "channels: expected at most Dk=1280 guidance channels" in capsys.readouterr().err
+
+
+def test_search_of_a_missing_index_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", str(tmp_path / "nothing"), "q.jpg"])
+    assert exit_info.value.code == 2
+    assert "not a crosslayer image index" in capsys.readouterr().err
+
+
+def test_eval_retrieve_end_to_end_on_identical_queries(tmp_path, model_cache, capsys):
+    """Queries that are the database images themselves must be found first by every full-representation method."""
+    import json
+
+    pytest.importorskip("torch")
+    images = _write_images(tmp_path / "set", 5)
+    learn = _write_images(tmp_path / "learn", 8, seed=2)
+    rows = "path,item\n" + "".join(f"set/{p.name},{p.stem}\n" for p in images)
+    (tmp_path / "queries.csv").write_text(rows)
+    (tmp_path / "database.csv").write_text(rows)
+    out = tmp_path / "eval.json"
+    argv = ["eval", "retrieve", "--data", str(tmp_path), "--learn", str(tmp_path / "learn"), "--learn-images", "8",
+            "--distractors", str(tmp_path / "learn"), "--channels", "3,all", "--spoc-dim", "4",
+            "--cache", str(tmp_path / "cache"), "--json", str(out), *TINY]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| crosslayer-codes | 3 | 8 |" in table
+    records = json.loads(out.read_text())["records"]
+    found = {(r["method"], r["channels"]) for r in records}
+    assert found == {("spoc", "all"), ("spoc-sign", "all"), ("embedding", "all"), ("crosslayer-float", "3"),
+                     ("crosslayer-float", "all"), ("crosslayer-codes", "3"), ("crosslayer-codes", "all")}
+    for r in records:
+        assert (r["queries"], r["database"], r["distractors"]) == (5, 5, 8)
+        assert set(r) >= {"map", "recall@1", "recall@5", "recall@10", "bytes_per_image", "search_ms", "encode_ms"}
+        # (spoc-sign has 4 bits here: ties are likely and ranked against it)
+        if r["method"] != "spoc-sign" and (r["method"] in ("spoc", "embedding") or r["channels"] == "all"):
+            assert r["map"] == pytest.approx(1.0), r
+    # a rerun reads the cache (same answer) and channel counts above Dk are refused
+    assert main(argv) == 0
+    assert json.loads(out.read_text())["records"][0]["map"] == records[0]["map"]
+    with pytest.raises(SystemExit):
+        main(argv[:-len(TINY)] + ["--channels", "2000", *TINY])
+    assert "at most Dk=1280" in capsys.readouterr().err

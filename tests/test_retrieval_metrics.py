@@ -1,0 +1,98 @@
+"""Retrieval metrics, SPoC, channel selection and float cross-layer scoring against hand-made or numpy references."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crosslayer import reference
+from crosslayer.retrieval.channels import check_channel_count, parse_channel_list, selection_masks
+from crosslayer.retrieval.float_scores import FloatQueryScorer
+from crosslayer.retrieval.metrics import (
+    average_precision, evaluate_scores, relevance_matrix, relevant_ranks,
+)
+from crosslayer.retrieval.spoc import SpocWhitening, sum_pool
+
+
+def test_hand_made_rankings():
+    # query 0: relevant items ranked 1st and 3rd -> AP = (1/1 + 2/3) / 2; query 1: relevant ranked 4th -> 1/4
+    scores = np.array([[0.9, 0.5, 0.7, 0.1], [0.4, 0.3, 0.2, 0.1]])
+    relevant = np.array([[True, True, False, False], [False, False, False, True]])
+    ranks = relevant_ranks(scores, relevant)
+    assert [list(r) for r in ranks] == [[1, 3], [4]]
+    result = evaluate_scores(scores, relevant, ks=(1, 3, 5))
+    assert result["map"] == pytest.approx(((1 + 2 / 3) / 2 + 1 / 4) / 2)
+    assert result["recall@1"] == pytest.approx((0.5 + 0) / 2)
+    assert result["recall@3"] == pytest.approx((1 + 0) / 2)
+    assert result["recall@5"] == pytest.approx(1.0)
+
+
+def test_ties_are_broken_against_the_relevant_item():
+    scores = np.array([[3, 3, 3, 1]])
+    relevant = np.array([[False, True, False, False]])
+    assert list(relevant_ranks(scores, relevant)[0]) == [3]
+    assert average_precision([3]) == pytest.approx(1 / 3)
+
+
+def test_query_without_relevant_items_is_an_error():
+    with pytest.raises(ValueError, match="no average precision"):
+        evaluate_scores(np.zeros((1, 3)), np.zeros((1, 3), bool))
+
+
+def test_relevance_matrix_never_matches_distractors():
+    matrix = relevance_matrix(["a", "b"], ["b", None, "a", "a"])
+    assert matrix.tolist() == [[False, False, True, True], [True, False, False, False]]
+
+
+def test_spoc_matches_numpy_reference(rng):
+    learn = rng.random((40, 24, 3, 4))
+    test = rng.random((7, 24, 3, 4))
+    whitening = SpocWhitening(dim=10).fit(sum_pool(learn))
+    ours = whitening.transform(sum_pool(test))
+    expected = reference.spoc(learn, test, dim=10)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-6)
+
+
+def test_spoc_refuses_more_components_than_images(rng):
+    with pytest.raises(ValueError, match="dim"):
+        SpocWhitening(dim=8).fit(rng.random((5, 20)))
+
+
+def test_selection_masks_pick_largest_means_ties_to_smaller_index():
+    means = np.array([[0.1, 0.5, 0.5, 0.2, 0.0]])
+    masks = selection_masks(means, [1, 3, None])
+    assert masks[0, 0].tolist() == [False, True, False, False, False]
+    assert masks[1, 0].tolist() == [False, True, True, True, False]
+    assert masks[2].all()
+
+
+def test_channel_count_checks():
+    assert check_channel_count("all", 8) is None
+    assert parse_channel_list("2, 8,all", 8) == [2, 8, None]
+    with pytest.raises(ValueError, match="at most Dk=8"):
+        check_channel_count(9, 8)
+    with pytest.raises(ValueError, match="integer or 'all'"):
+        parse_channel_list("ten", 8)
+
+
+@given(nq=st.integers(1, 3), n=st.integers(0, 4), dk=st.integers(1, 6), dt=st.integers(1, 5), seed=st.integers(0, 99))
+def test_float_scores_match_direct_masked_cosine(nq, n, dk, dt, seed):
+    rng = np.random.default_rng(seed)
+    queries = rng.standard_normal((nq, dk * dt)).astype(np.float32)
+    images = rng.standard_normal((n, dk * dt)).astype(np.float32)
+    if dk > 1 and n:
+        images[0, :dt] = 0  # an all-zero channel
+    counts = [1, dk, None]
+    masks = selection_masks(rng.random((nq, dk)), counts)
+    scores = FloatQueryScorer(queries, dk, masks).score(images)
+    assert scores.shape == (nq, n, len(counts))
+    for s in range(len(counts)):
+        for q in range(nq):
+            chosen = np.flatnonzero(masks[s, q])
+            a = queries[q].reshape(dk, dt)[chosen].ravel().astype(np.float64)
+            for i in range(n):
+                b = images[i].reshape(dk, dt)[chosen].ravel().astype(np.float64)
+                denominator = np.linalg.norm(a) * np.linalg.norm(b)
+                expected = a @ b / denominator if denominator > 0 else 0.0
+                assert scores[q, i, s] == pytest.approx(expected, abs=1e-5)
