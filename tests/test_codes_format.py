@@ -65,3 +65,14 @@ def test_constructor_rejects_inconsistent_shapes(rng):
         Codes(np.zeros((1, 2, 2, 2), np.uint64), np.zeros((1, 2), np.float32), 130)
     with pytest.raises(ValueError, match="channel_mean"):
         Codes(np.zeros((1, 2, 2, 1), np.uint64), np.zeros((2, 2), np.float32), 10)
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path, rng):
+    import os
+    import stat
+
+    codes, _ = random_codes(rng, 2, 2, 10)
+    codes.save(tmp_path / "c.xlc")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(os.stat(tmp_path / "c.xlc").st_mode) == 0o666 & ~mask
