@@ -22,7 +22,16 @@ def build_info() -> dict:
     return info
 
 
+def __getattr__(name):
+    # The encoder pulls in onnxruntime and Pillow: imported on first use, so `import crosslayer` stays light.
+    if name == "CrossLayerEncoder":
+        from crosslayer.encoder import CrossLayerEncoder
+
+        return CrossLayerEncoder
+    raise AttributeError(f"module 'crosslayer' has no attribute {name!r}")
+
+
 __all__ = [
     "Codes", "CodesFormatError", "pool", "build_info", "__version__", "gram", "search", "popcount_path",
-    "popcount_paths", "set_popcount_path", "CodeIndex", "CodeIndexError",
+    "popcount_paths", "set_popcount_path", "CodeIndex", "CodeIndexError", "CrossLayerEncoder",
 ]
