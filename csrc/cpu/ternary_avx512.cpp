@@ -1,4 +1,4 @@
-// Ternary dot kernels with AVX-512 VPOPCNTDQ: 8 words per vector, masked loads for short planes (Dt=320 -> 5 words).
+// Ternary dot kernels with AVX-512 VPOPCNTDQ: 8 words per vector, masked loads for short rows (Dt=320 -> 5 words).
 #include <immintrin.h>
 
 #include <cstdint>
@@ -18,11 +18,15 @@ struct Ops {
     const __mmask8 mask = static_cast<__mmask8>(valid >= 8 ? 0xFF : (1u << valid) - 1);
     return _mm512_maskz_loadu_epi64(mask, p);
   }
+  XL_TARGET static inline Vec load_full(const std::uint64_t* p) { return _mm512_loadu_si512(p); }
   XL_TARGET static inline Acc zero() { return _mm512_setzero_si512(); }
-  XL_TARGET static inline void accumulate(Acc& pairs, Acc& opposite, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
+  // Ternary-logic immediates over (both, neg_a, neg_b) = (0xF0, 0xCC, 0xAA): both & (neg_a ^ neg_b) = 0x60 picks
+  // opposite signs, both & ~(neg_a ^ neg_b) = 0x90 equal signs; one instruction each, independent of each other.
+  XL_TARGET static inline void accumulate_dot(Acc& dot, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
     const __m512i both = _mm512_and_si512(nz_a, nz_b);
-    pairs = _mm512_add_epi64(pairs, _mm512_popcnt_epi64(both));
-    opposite = _mm512_add_epi64(opposite, _mm512_popcnt_epi64(_mm512_and_si512(both, _mm512_xor_si512(neg_a, neg_b))));
+    const __m512i same = _mm512_ternarylogic_epi64(both, neg_a, neg_b, 0x90);
+    const __m512i opposite = _mm512_ternarylogic_epi64(both, neg_a, neg_b, 0x60);
+    dot = _mm512_sub_epi64(_mm512_add_epi64(dot, _mm512_popcnt_epi64(same)), _mm512_popcnt_epi64(opposite));
   }
   XL_TARGET static inline std::int64_t reduce(Acc acc) { return _mm512_reduce_add_epi64(acc); }
 };
@@ -39,7 +43,7 @@ bool supported() {
 }  // namespace
 
 const TernaryKernels& kernels_avx512_vpopcntdq() {
-  static const TernaryKernels table{"avx512_vpopcntdq", &supported, &dot_row};
+  static const TernaryKernels table{"avx512_vpopcntdq", &supported, &gram_tile, &search_block};
   return table;
 }
 

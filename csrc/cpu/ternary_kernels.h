@@ -4,16 +4,46 @@
 
 namespace crosslayer::detail {
 
-// out[j] += dot(a, b_j) for j in [0, nb), b_j = b + j * b_stride (uint64 words); both point at image starts.
-// Channels compared: channels[0 .. n_channels) when `channels` is non-null, else channel_begin + [0, n_channels).
-using DotRowFn = void (*)(const std::uint64_t* a, const std::uint64_t* b, std::int64_t nb, std::int64_t b_stride,
-                          const std::int32_t* channels, std::int64_t channel_begin, std::int64_t n_channels,
-                          std::int64_t words_per_plane, std::int32_t* out);
+// Rows of a packed Gram operand come in groups of this many (callers pad with zero rows).
+constexpr std::int64_t kGramRowGroup = 4;
+// Packed plane lengths are multiples of this many words, so every ISA loads whole vectors.
+constexpr std::int64_t kPackedWordMultiple = 8;
+
+// Gram tile on packed operands. A packed row is two planes of `plane_words` words (nonzero words of a run of
+// channels back to back, zero padded, then the negative words the same way); rows follow each other. a_rows and
+// b_rows are multiples of kGramRowGroup. Writes tile[i * b_rows + j] = dot(a_i, b_j).
+using GramTileFn = void (*)(const std::uint64_t* a, std::int64_t a_rows, const std::uint64_t* b, std::int64_t b_rows,
+                            std::int64_t plane_words, std::int32_t* tile);
+
+// Which query rows a batch compares against each channel, grouped by channel so every database row is loaded once
+// per batch. For union channel u (channels[u], increasing): entries [entry_begin[u], entry_begin[u + 1]) name the
+// query (entry_query, index within the batch) and that query's row of channel channels[u] (entry_row).
+struct ChannelPlan {
+  const std::int32_t* channels = nullptr;
+  std::int64_t n_channels = 0;
+  const std::int64_t* entry_begin = nullptr;
+  const std::int32_t* entry_query = nullptr;
+  const std::uint64_t* const* entry_row = nullptr;
+  std::int64_t n_queries = 0;
+};
+
+// Items scored together by search_block.
+constexpr std::int64_t kSearchItemBlock = 4;
+// Bytes of accumulator workspace search_block needs per query (kSearchItemBlock vector accumulators of <= 64 bytes).
+constexpr std::int64_t kSearchWorkspacePerQuery = kSearchItemBlock * 64;
+
+// Scores kSearchItemBlock database images (items[j], full codes of words_per_plane(dt) = wpp) against the plan's
+// queries: scores[q * kSearchItemBlock + j] = dot(query q, items[j]) over that query's channels. `workspace` is
+// 64-byte aligned, kSearchWorkspacePerQuery * plan.n_queries bytes. The rows of `prefetch[j]` (null: none) that the
+// plan reads are prefetched along the way, so the next block arrives while this one is scored.
+using SearchBlockFn = void (*)(const std::uint64_t* const* items, const ChannelPlan& plan, std::int64_t wpp,
+                               const std::uint64_t* const* prefetch, void* workspace, std::int32_t* scores);
 
 struct TernaryKernels {
   const char* name;
   bool (*supported)();
-  DotRowFn dot_row;
+  GramTileFn gram_tile;
+  SearchBlockFn search_block;
 };
 
 const TernaryKernels& kernels_avx512_vpopcntdq();
