@@ -11,7 +11,7 @@ constexpr std::int64_t kPackedWordMultiple = 8;
 
 // Gram tile on packed operands. A packed row is two planes of `plane_words` words (nonzero words of a run of
 // channels back to back, zero padded, then the negative words the same way); rows follow each other. a_rows and
-// b_rows are multiples of kGramRowGroup. Writes tile[i * b_rows + j] = dot(a_i, b_j).
+// b_rows are multiples of kGramRowGroup. Adds dot(a_i, b_j) to tile[i * b_rows + j].
 using GramTileFn = void (*)(const std::uint64_t* a, std::int64_t a_rows, const std::uint64_t* b, std::int64_t b_rows,
                             std::int64_t plane_words, std::int32_t* tile);
 
