@@ -44,6 +44,8 @@ struct Ops {
   }
 };
 
+using SearchOps = Ops;
+
 #include "ternary_kernels_impl.inc"
 
 #undef XL_TARGET

@@ -8,7 +8,7 @@
 namespace crosslayer::detail {
 namespace {
 
-#define XL_TARGET __attribute__((target("avx512f,avx512vpopcntdq")))
+#define XL_TARGET __attribute__((target("avx512f,avx512vl,avx512vpopcntdq")))
 
 struct Ops {
   static constexpr int W = 8;
@@ -31,13 +31,16 @@ struct Ops {
   XL_TARGET static inline std::int64_t reduce(Acc acc) { return _mm512_reduce_add_epi64(acc); }
 };
 
+using SearchOps = Ops;
+
 #include "ternary_kernels_impl.inc"
 
 #undef XL_TARGET
 
 bool supported() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512vpopcntdq");
 }
 
 }  // namespace

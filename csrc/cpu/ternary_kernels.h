@@ -28,7 +28,7 @@ struct ChannelPlan {
 };
 
 // Items scored together by search_block.
-constexpr std::int64_t kSearchItemBlock = 4;
+constexpr std::int64_t kSearchItemBlock = 8;
 // Bytes of accumulator workspace search_block needs per query (kSearchItemBlock vector accumulators of <= 64 bytes).
 constexpr std::int64_t kSearchWorkspacePerQuery = kSearchItemBlock * 64;
 

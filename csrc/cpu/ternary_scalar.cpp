@@ -26,6 +26,8 @@ struct Ops {
   XL_TARGET static inline std::int64_t reduce(Acc acc) { return acc; }
 };
 
+using SearchOps = Ops;
+
 #include "ternary_kernels_impl.inc"
 
 #undef XL_TARGET
@@ -64,6 +66,8 @@ struct Ops {
   }
   static inline std::int64_t reduce(Acc acc) { return acc; }
 };
+
+using SearchOps = Ops;
 
 #include "ternary_kernels_impl.inc"
 
