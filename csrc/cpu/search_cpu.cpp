@@ -20,6 +20,8 @@ namespace crosslayer {
 namespace {
 
 constexpr std::int64_t kQueryBatch = 64;
+// Items a thread takes at a time (a multiple of kSearchItemBlock).
+constexpr std::int64_t kRangeItems = 256;
 
 struct Hit {
   std::int32_t score;
@@ -109,18 +111,59 @@ void build_plan(const std::uint64_t* query_bits, std::int64_t stride, std::int64
                plan.entry_query.data(), plan.entry_row.data(), n_queries};
 }
 
+// Scores consecutive ranges of database items for one thread, kSearchItemBlock items at a time, offering every
+// score to the thread's top-k lists.
+struct RangeScanner {
+  RangeScanner(const CodeMatrix& database_, const detail::ChannelPlan& plan_, detail::SearchBlockFn search_block_,
+               std::int64_t id_base_, std::vector<TopK>& best_)
+      : database(database_), plan(plan_), search_block(search_block_), id_base(id_base_), best(best_) {}
+
+  const CodeMatrix& database;
+  const detail::ChannelPlan& plan;
+  detail::SearchBlockFn search_block;
+  std::int64_t id_base;
+  std::vector<TopK>& best;
+  alignas(64) unsigned char workspace[detail::kSearchWorkspacePerQuery * kQueryBatch];  // 32 KB
+  std::int32_t scores[detail::kSearchItemBlock * kQueryBatch];
+
+  // A short last block repeats its first item in the missing slots (read, scored, never offered).
+  void block_items(std::int64_t x0, std::int64_t end, const std::uint64_t** items) const {
+    const std::int64_t stride = words_per_image(database.dk, database.dt);
+    for (std::int64_t j = 0; j < detail::kSearchItemBlock; ++j)
+      items[j] = database.bits + (x0 + j < end ? x0 + j : x0) * stride;
+  }
+
+  void scan(std::int64_t begin, std::int64_t end) {
+    constexpr std::int64_t kBlock = detail::kSearchItemBlock;
+    const std::uint64_t* items[kBlock];
+    const std::uint64_t* next_items[kBlock];
+    const std::int64_t wpp = words_per_plane(database.dt);
+    for (std::int64_t x0 = begin; x0 < end; x0 += kBlock) {
+      block_items(x0, end, items);
+      const bool has_next = x0 + kBlock < end;
+      if (has_next) block_items(x0 + kBlock, end, next_items);
+      search_block(items, plan, wpp, has_next ? next_items : nullptr, workspace, scores);
+      const std::int64_t count = std::min(kBlock, end - x0);
+      for (std::int64_t q = 0; q < plan.n_queries; ++q) {
+        TopK& top = best[static_cast<std::size_t>(q)];
+        for (std::int64_t j = 0; j < count; ++j) top.offer(scores[q * kBlock + j], id_base + x0 + j);
+      }
+    }
+  }
+};
+
 }  // namespace
 
 const char* search_cpu(const SearchArgs& args) {
   if (const char* err = check_args(args); *err) return err;
   const std::int64_t nq = args.queries.n, n_items = args.database.n, k = args.k, nc = args.n_channels;
   if (nq == 0 || n_items == 0) return "";  // an empty segment leaves a merged result as it was
-  const std::int64_t dk = args.database.dk, wpp = words_per_plane(args.database.dt);
+  const std::int64_t dk = args.database.dk;
   const std::int64_t stride = words_per_image(dk, args.database.dt), row_words = words_per_channel(args.database.dt);
   const detail::SearchBlockFn search_block = detail::active_kernels().search_block;
-  constexpr std::int64_t kBlock = detail::kSearchItemBlock;
+  const std::int64_t n_ranges = (n_items + kRangeItems - 1) / kRangeItems;
   int threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
-  threads = static_cast<int>(std::min<std::int64_t>(threads, (n_items + kBlock - 1) / kBlock));
+  threads = static_cast<int>(std::min<std::int64_t>(threads, n_ranges));
   BatchPlan plan;
 
   for (std::int64_t q0 = 0; q0 < nq; q0 += kQueryBatch) {
@@ -130,30 +173,13 @@ const char* search_cpu(const SearchArgs& args) {
 
 #pragma omp parallel num_threads(threads)
     {
-      const int t = omp_get_thread_num();
-      std::vector<TopK>& best = per_thread[static_cast<std::size_t>(t)];
+      std::vector<TopK>& best = per_thread[static_cast<std::size_t>(omp_get_thread_num())];
       best.assign(static_cast<std::size_t>(batch), TopK(k));
-      alignas(64) unsigned char workspace[detail::kSearchWorkspacePerQuery * kQueryBatch];  // 16 KB: stays in L1
-      std::vector<std::int32_t> scores(static_cast<std::size_t>(batch * kBlock));
-      const std::int64_t begin = n_items * t / threads, end = n_items * (t + 1) / threads;
-      // A short last block repeats its first item in the missing slots (read, scored, never offered).
-      const auto block_items = [&](std::int64_t x0, const std::uint64_t** items) {
-        for (std::int64_t j = 0; j < kBlock; ++j)
-          items[j] = args.database.bits + (x0 + j < end ? x0 + j : x0) * stride;
-      };
-      const std::uint64_t* items[kBlock];
-      const std::uint64_t* next_items[kBlock];
-      for (std::int64_t x0 = begin; x0 < end; x0 += kBlock) {
-        block_items(x0, items);
-        const bool has_next = x0 + kBlock < end;
-        if (has_next) block_items(x0 + kBlock, next_items);
-        search_block(items, plan.view, wpp, has_next ? next_items : nullptr, workspace, scores.data());
-        const std::int64_t count = std::min(kBlock, end - x0);
-        for (std::int64_t q = 0; q < batch; ++q) {
-          TopK& top = best[static_cast<std::size_t>(q)];
-          for (std::int64_t j = 0; j < count; ++j) top.offer(scores[static_cast<std::size_t>(q * kBlock + j)], args.id_base + x0 + j);
-        }
-      }
+      RangeScanner scanner(args.database, plan.view, search_block, args.id_base, best);
+      // Ranges are handed out dynamically: on a shared machine a descheduled thread must not hold up the others.
+#pragma omp for schedule(dynamic, 1)
+      for (std::int64_t range = 0; range < n_ranges; ++range)
+        scanner.scan(range * kRangeItems, std::min(n_items, (range + 1) * kRangeItems));
     }
 
     for (std::int64_t q = 0; q < batch; ++q) {
