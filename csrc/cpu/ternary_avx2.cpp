@@ -8,18 +8,13 @@
 namespace crosslayer::detail {
 namespace {
 
-#define XL_TARGET __attribute__((target("avx2")))
+#define XL_TARGET __attribute__((target("popcnt,avx2")))
 
 struct Ops {
   static constexpr int W = 4;
   using Vec = __m256i;
   using Acc = __m256i;
-  XL_TARGET static inline Vec load(const std::uint64_t* p, std::int64_t valid) {
-    if (valid >= 4) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(valid), _mm256_setr_epi64x(0, 1, 2, 3));
-    return _mm256_maskload_epi64(reinterpret_cast<const long long*>(p), mask);
-  }
-  XL_TARGET static inline Vec load_full(const std::uint64_t* p) {
+  XL_TARGET static inline Vec load(const std::uint64_t* p) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   }
   XL_TARGET static inline Acc zero() { return _mm256_setzero_si256(); }
@@ -52,7 +47,7 @@ using SearchOps = Ops;
 
 bool supported() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2");
+  return __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("avx2");
 }
 
 }  // namespace

@@ -30,7 +30,7 @@ struct ChannelPlan {
 // Items scored together by search_block.
 constexpr std::int64_t kSearchItemBlock = 8;
 // Bytes of accumulator workspace search_block needs per query (kSearchItemBlock vector accumulators of <= 64 bytes).
-constexpr std::int64_t kSearchWorkspacePerQuery = kSearchItemBlock * 64;
+constexpr std::int64_t kSearchWorkspacePerQuery = kSearchItemBlock * (64 + 8);
 
 // Scores kSearchItemBlock database images (items[j], full codes of words_per_plane(dt) = wpp) against the plan's
 // queries: scores[q * kSearchItemBlock + j] = dot(query q, items[j]) over that query's channels. `workspace` is

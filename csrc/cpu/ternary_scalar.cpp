@@ -15,8 +15,7 @@ struct Ops {
   static constexpr int W = 1;
   using Vec = std::uint64_t;
   using Acc = std::int64_t;
-  XL_TARGET static inline Vec load(const std::uint64_t* p, std::int64_t) { return *p; }
-  XL_TARGET static inline Vec load_full(const std::uint64_t* p) { return *p; }
+  XL_TARGET static inline Vec load(const std::uint64_t* p) { return *p; }
   XL_TARGET static inline Acc zero() { return 0; }
   XL_TARGET static inline void accumulate_dot(Acc& dot, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
     const std::uint64_t both = nz_a & nz_b, opposite = both & (neg_a ^ neg_b);
@@ -56,8 +55,7 @@ struct Ops {
   static constexpr int W = 1;
   using Vec = std::uint64_t;
   using Acc = std::int64_t;
-  static inline Vec load(const std::uint64_t* p, std::int64_t) { return *p; }
-  static inline Vec load_full(const std::uint64_t* p) { return *p; }
+  static inline Vec load(const std::uint64_t* p) { return *p; }
   static inline Acc zero() { return 0; }
   static inline void accumulate_dot(Acc& dot, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
     const std::uint64_t both = nz_a & nz_b, opposite = both & (neg_a ^ neg_b);
