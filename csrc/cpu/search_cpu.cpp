@@ -72,13 +72,14 @@ const char* check_args(const SearchArgs& a) {
 }
 
 // The batch's channel plan (ternary_kernels.h): the sorted union of the channels its queries selected and, per
-// union channel, the queries that selected it with their rows. Built by counting sort, so entries of a channel keep
-// query order.
+// union channel, the queries that selected it with copies of their rows, back to back in scan order: the kernel
+// then reads them as one sequential stream instead of chasing a pointer into 32 scattered query codes per row.
+// Built by counting sort, so entries of a channel keep query order.
 struct BatchPlan {
   std::vector<std::int32_t> channels;
   std::vector<std::int64_t> entry_begin;
   std::vector<std::int32_t> entry_query;
-  std::vector<const std::uint64_t*> entry_row;
+  std::vector<std::uint64_t> entry_rows;
   detail::ChannelPlan view;
 };
 
@@ -98,17 +99,17 @@ void build_plan(const std::uint64_t* query_bits, std::int64_t stride, std::int64
   }
   const std::size_t entries = static_cast<std::size_t>(n_queries * n_channels);
   plan.entry_query.assign(entries, 0);
-  plan.entry_row.assign(entries, nullptr);
+  plan.entry_rows.assign(entries * static_cast<std::size_t>(row_words), 0);
   std::vector<std::int64_t> next(plan.entry_begin.begin(), plan.entry_begin.end() - 1);
   for (std::int64_t q = 0; q < n_queries; ++q)
     for (std::int64_t i = 0; i < n_channels; ++i) {
       const std::int32_t c = channels[q * n_channels + i];
       const std::size_t e = static_cast<std::size_t>(next[static_cast<std::size_t>(union_index[static_cast<std::size_t>(c)])]++);
       plan.entry_query[e] = static_cast<std::int32_t>(q);
-      plan.entry_row[e] = query_bits + q * stride + c * row_words;
+      std::copy_n(query_bits + q * stride + c * row_words, row_words, plan.entry_rows.data() + e * row_words);
     }
   plan.view = {plan.channels.data(), static_cast<std::int64_t>(plan.channels.size()), plan.entry_begin.data(),
-               plan.entry_query.data(), plan.entry_row.data(), n_queries};
+               plan.entry_query.data(), plan.entry_rows.data(), n_queries};
 }
 
 // Scores consecutive ranges of database items for one thread, kSearchItemBlock items at a time, offering every

@@ -17,13 +17,14 @@ using GramTileFn = void (*)(const std::uint64_t* a, std::int64_t a_rows, const s
 
 // Which query rows a batch compares against each channel, grouped by channel so every database row is loaded once
 // per batch. For union channel u (channels[u], increasing): entries [entry_begin[u], entry_begin[u + 1]) name the
-// query (entry_query, index within the batch) and that query's row of channel channels[u] (entry_row).
+// query (entry_query, index within the batch) and hold a copy of that query's row of channel channels[u]: entry e's
+// row is entry_rows[e * 2 * words_per_plane ...] (nonzero plane, then negative plane).
 struct ChannelPlan {
   const std::int32_t* channels = nullptr;
   std::int64_t n_channels = 0;
   const std::int64_t* entry_begin = nullptr;
   const std::int32_t* entry_query = nullptr;
-  const std::uint64_t* const* entry_row = nullptr;
+  const std::uint64_t* entry_rows = nullptr;
   std::int64_t n_queries = 0;
 };
 
