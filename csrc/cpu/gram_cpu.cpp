@@ -8,7 +8,8 @@
 // Threads then take kTile x kTile tiles of `out`, each on its own from start to end (no barrier between chunks: on a
 // shared machine a descheduled thread would stall the other at every barrier). Per chunk, a tile's `b` rows
 // (kTile x 4 KB) stay in L2 while 4 `a` rows at a time (L1) meet them in a 4 x 4 register-blocked kernel.
-// gram(a, a) scores only the tiles on and above the diagonal and writes each one to both places.
+// gram(a, a) scores only the tiles on and above the diagonal (of a diagonal tile, only its upper triangle) and writes
+// each one to both places.
 #include <omp.h>
 
 #include <climits>
@@ -96,12 +97,17 @@ std::vector<std::pair<std::int64_t, std::int64_t>> tiles_to_score(std::int64_t n
 }
 
 // Copies the valid part of a tile (rows x cols, row stride cols) to out[i0.., j0..], and for gram(a, a) also to
-// its mirror position out[j0.., i0..].
+// its mirror position out[j0.., i0..]. A diagonal tile of gram(a, a) holds only its upper triangle (upper_only).
 void store_tile(const std::int32_t* tile, std::int64_t cols, std::int64_t i0, std::int64_t j0, std::int64_t valid_rows,
                 std::int64_t valid_cols, bool mirror, std::int32_t* out, std::int64_t nb) {
+  if (mirror && i0 == j0) {
+    for (std::int64_t i = 0; i < valid_rows; ++i)
+      for (std::int64_t j = i; j < valid_cols; ++j) out[(i0 + i) * nb + j0 + j] = out[(j0 + j) * nb + i0 + i] = tile[i * cols + j];
+    return;
+  }
   for (std::int64_t i = 0; i < valid_rows; ++i)
     std::memcpy(out + (i0 + i) * nb + j0, tile + i * cols, sizeof(std::int32_t) * valid_cols);
-  if (!mirror || i0 == j0) return;
+  if (!mirror) return;
   for (std::int64_t j = 0; j < valid_cols; ++j)
     for (std::int64_t i = 0; i < valid_rows; ++i) out[(j0 + j) * nb + i0 + i] = tile[i * cols + j];
 }
@@ -148,7 +154,7 @@ const char* gram_cpu(const GramArgs& args) {
       for (std::int64_t chunk = 0; chunk < layout_a.chunks; ++chunk)
         gram_tile(packed_a.get() + chunk * layout_a.chunk_words() + i0 * layout_a.row_words(), rows,
                   b_base + chunk * layout_b.chunk_words() + j0 * layout_b.row_words(), cols, layout_a.plane_words,
-                  tile.data());
+                  symmetric && i0 == j0, tile.data());
       store_tile(tile.data(), cols, i0, j0, i0 + rows < na ? rows : na - i0, j0 + cols < nb ? cols : nb - j0,
                  symmetric, args.out, nb);
     }

@@ -27,6 +27,11 @@ struct Ops {
     const __m256i bytes = _mm256_add_epi8(_mm256_shuffle_epi8(lookup, lo), _mm256_shuffle_epi8(lookup, hi));
     return _mm256_sad_epu8(bytes, _mm256_setzero_si256());
   }
+  XL_TARGET static inline void accumulate(Acc& pairs, Acc& opposite, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
+    const __m256i both = _mm256_and_si256(nz_a, nz_b);
+    pairs = _mm256_add_epi64(pairs, popcount(both));
+    opposite = _mm256_add_epi64(opposite, popcount(_mm256_and_si256(both, _mm256_xor_si256(neg_a, neg_b))));
+  }
   XL_TARGET static inline void accumulate_dot(Acc& dot, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
     const __m256i both = _mm256_and_si256(nz_a, nz_b);
     const __m256i opposite = _mm256_and_si256(both, _mm256_xor_si256(neg_a, neg_b));

@@ -17,7 +17,12 @@ struct Ops {
   XL_TARGET static inline Vec load(const std::uint64_t* p) { return _mm512_loadu_si512(p); }
   XL_TARGET static inline Acc zero() { return _mm512_setzero_si512(); }
   // Ternary-logic immediates over (both, neg_a, neg_b) = (0xF0, 0xCC, 0xAA): both & (neg_a ^ neg_b) = 0x60 picks
-  // opposite signs, both & ~(neg_a ^ neg_b) = 0x90 equal signs; one instruction each, independent of each other.
+  // opposite signs, both & ~(neg_a ^ neg_b) = 0x90 equal signs; one instruction each.
+  XL_TARGET static inline void accumulate(Acc& pairs, Acc& opposite, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
+    const __m512i both = _mm512_and_si512(nz_a, nz_b);
+    pairs = _mm512_add_epi64(pairs, _mm512_popcnt_epi64(both));
+    opposite = _mm512_add_epi64(opposite, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(both, neg_a, neg_b, 0x60)));
+  }
   XL_TARGET static inline void accumulate_dot(Acc& dot, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
     const __m512i both = _mm512_and_si512(nz_a, nz_b);
     const __m512i same = _mm512_ternarylogic_epi64(both, neg_a, neg_b, 0x90);

@@ -11,9 +11,10 @@ constexpr std::int64_t kPackedWordMultiple = 8;
 
 // Gram tile on packed operands. A packed row is two planes of `plane_words` words (nonzero words of a run of
 // channels back to back, zero padded, then the negative words the same way); rows follow each other. a_rows and
-// b_rows are multiples of kGramRowGroup. Adds dot(a_i, b_j) to tile[i * b_rows + j].
+// b_rows are multiples of kGramRowGroup. Adds dot(a_i, b_j) to tile[i * b_rows + j]; with upper_only (a tile on the
+// diagonal of gram(a, a)) at least for every j >= i, the rest of the tile being left to the mirror image.
 using GramTileFn = void (*)(const std::uint64_t* a, std::int64_t a_rows, const std::uint64_t* b, std::int64_t b_rows,
-                            std::int64_t plane_words, std::int32_t* tile);
+                            std::int64_t plane_words, bool upper_only, std::int32_t* tile);
 
 // Which query rows a batch compares against each channel, grouped by channel so every database row is loaded once
 // per batch. For union channel u (channels[u], increasing): entries [entry_begin[u], entry_begin[u + 1]) name the

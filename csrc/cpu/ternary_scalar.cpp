@@ -17,6 +17,11 @@ struct Ops {
   using Acc = std::int64_t;
   XL_TARGET static inline Vec load(const std::uint64_t* p) { return *p; }
   XL_TARGET static inline Acc zero() { return 0; }
+  XL_TARGET static inline void accumulate(Acc& pairs, Acc& opposite, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
+    const std::uint64_t both = nz_a & nz_b;
+    pairs += __builtin_popcountll(both);
+    opposite += __builtin_popcountll(both & (neg_a ^ neg_b));
+  }
   XL_TARGET static inline void accumulate_dot(Acc& dot, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
     const std::uint64_t both = nz_a & nz_b, opposite = both & (neg_a ^ neg_b);
     dot += __builtin_popcountll(both ^ opposite);
@@ -57,6 +62,11 @@ struct Ops {
   using Acc = std::int64_t;
   static inline Vec load(const std::uint64_t* p) { return *p; }
   static inline Acc zero() { return 0; }
+  static inline void accumulate(Acc& pairs, Acc& opposite, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
+    const std::uint64_t both = nz_a & nz_b;
+    pairs += popcount64(both);
+    opposite += popcount64(both & (neg_a ^ neg_b));
+  }
   static inline void accumulate_dot(Acc& dot, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
     const std::uint64_t both = nz_a & nz_b, opposite = both & (neg_a ^ neg_b);
     dot += popcount64(both ^ opposite);
