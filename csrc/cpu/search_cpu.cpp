@@ -1,11 +1,12 @@
 // Masked top-k search of sign codes on the CPU (crosslayer/search.h).
 //
-// The scan is bound by memory, not popcounts: an item is 102 KB (Dk=1280, Dt=320) and a batch of 32 queries x 50
-// channels touches about 70% of its rows. So every row is loaded once per batch of queries: threads split the
-// database into contiguous ranges and walk it kSearchItemBlock items at a time, channel by channel over the batch's
-// sorted union of channels (forwards through memory), scoring each loaded row against every query that selected that
-// channel, while the same rows of the next block are prefetched. Each thread keeps its own top-k per query; the
-// per-thread lists (and, when merging, the caller's previous result) are merged at the end.
+// The scan is bound by memory more than by popcounts: an item is 102 KB (Dk=1280, Dt=320) and a batch of 32 queries x
+// 50 channels touches about 70% of its rows (85% of its cache lines). So every row is loaded once per batch of
+// queries: threads take ranges of kRangeItems database items (dynamically) and walk them kSearchItemBlock items at a
+// time, channel by channel over the batch's sorted union of channels (forwards through memory), scoring each loaded
+// row against every query that selected that channel, with the rows a few channels ahead prefetched. Each thread
+// keeps its own top-k per query; the per-thread lists (and, when merging, the caller's previous result) are merged at
+// the end.
 #include <omp.h>
 
 #include <algorithm>
@@ -124,7 +125,7 @@ struct RangeScanner {
   detail::SearchBlockFn search_block;
   std::int64_t id_base;
   std::vector<TopK>& best;
-  alignas(64) unsigned char workspace[detail::kSearchWorkspacePerQuery * kQueryBatch];  // 32 KB
+  alignas(64) unsigned char workspace[detail::kSearchWorkspacePerQuery * kQueryBatch];  // 20 KB: stays in L1
   std::int32_t scores[detail::kSearchItemBlock * kQueryBatch];
 
   // A short last block repeats its first item in the missing slots (read, scored, never offered).

@@ -31,13 +31,14 @@ struct ChannelPlan {
 
 // Items scored together by search_block.
 constexpr std::int64_t kSearchItemBlock = 8;
-// Bytes of accumulator workspace search_block needs per query (kSearchItemBlock vector accumulators of <= 64 bytes).
-constexpr std::int64_t kSearchWorkspacePerQuery = kSearchItemBlock * (64 + 8);
+// Bytes of accumulator workspace search_block needs per query: per item one vector accumulator of at most 256 bits
+// and one int64 for the words after the last whole vector of a row.
+constexpr std::int64_t kSearchWorkspacePerQuery = kSearchItemBlock * (32 + 8);
 
 // Scores kSearchItemBlock database images (items[j], full codes of words_per_plane(dt) = wpp) against the plan's
 // queries: scores[q * kSearchItemBlock + j] = dot(query q, items[j]) over that query's channels. `workspace` is
-// 64-byte aligned, kSearchWorkspacePerQuery * plan.n_queries bytes. The rows of `prefetch[j]` (null: none) that the
-// plan reads are prefetched along the way, so the next block arrives while this one is scored.
+// 64-byte aligned, kSearchWorkspacePerQuery * plan.n_queries bytes. Rows are prefetched a few union channels ahead,
+// running on into the next block, `prefetch[j]` (null: none).
 using SearchBlockFn = void (*)(const std::uint64_t* const* items, const ChannelPlan& plan, std::int64_t wpp,
                                const std::uint64_t* const* prefetch, void* workspace, std::int32_t* scores);
 
