@@ -22,7 +22,7 @@ import numpy as np
 import crosslayer
 from crosslayer import reference
 
-from _common import memory_bandwidth_gbs, random_codes
+from _common import memory_bandwidth_gbs, random_codes, read_bandwidth_gbs
 
 
 def timed(fn):
@@ -57,11 +57,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    bandwidth = memory_bandwidth_gbs()
+    bandwidth, read_bandwidth = memory_bandwidth_gbs(), read_bandwidth_gbs()
     database = random_codes(rng, args.items, args.dk, args.dt, desc="database")
     queries = random_codes(rng, args.queries, args.dk, args.dt, desc="queries")
     scored_bytes_per_item = args.channels * 2 * ((args.dt + 63) // 64) * 8
-    print(f"\nmachine: copy bandwidth {bandwidth:.1f} GB/s (numpy copy of 1 GiB, read + write), "
+    print(f"\nmachine: copy bandwidth {bandwidth:.1f} GB/s (numpy copy of 1 GiB, read + write), one-thread read "
+          f"bandwidth {read_bandwidth:.1f} GB/s (numpy sum of 1 GiB), "
           f"{crosslayer.build_info()['openmp_max_threads']} threads, popcount path {crosslayer.popcount_path()}")
     print(f"database: {args.items} items x Dk={args.dk} x Dt={args.dt} ({database.bits.nbytes / 1e9:.2f} GB of codes); "
           f"{args.queries} queries, channels={args.channels}, k={args.k}; {scored_bytes_per_item} bytes scored per item")
