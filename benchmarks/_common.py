@@ -39,3 +39,14 @@ def memory_bandwidth_gbs(megabytes: int = 1024, repeats: int = 3) -> float:
         np.copyto(target, source)
         best = min(best, time.perf_counter() - start)
     return 2 * source.nbytes / best / 1e9
+
+
+def read_bandwidth_gbs(megabytes: int = 1024, repeats: int = 3) -> float:
+    """Read bandwidth of one thread (numpy sum of `megabytes` of uint64), best of `repeats`, in GB/s."""
+    source = np.ones(megabytes * 2**20 // 8, np.uint64)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        source.sum()
+        best = min(best, time.perf_counter() - start)
+    return source.nbytes / best / 1e9

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import crosslayer
@@ -72,6 +72,35 @@ def test_gram_across_blocks_and_slabs(rng):
     np.testing.assert_array_equal(crosslayer.gram(wide, other), reference.gram_reference(wide.bits, other.bits, 9))
 
 
+# The Gram kernel packs channels into chunks of about 256 words per plane (padded to whole vectors) and scores
+# 128 x 128 output tiles in 4 x 4 row groups; these shapes cross every one of those boundaries.
+gram_packing_shapes = st.tuples(
+    st.sampled_from([0, 1, 3, 5, 130]),  # n_a: empty, one image, partial row groups, more than one tile
+    st.sampled_from([0, 1, 6, 131]),  # n_b
+    st.sampled_from([1, 2, 60, 300]),  # Dk: one channel, one partial chunk, several chunks
+    st.sampled_from([1, 63, 64, 65, 300, 600]),  # Dt: words per plane 1, 1, 1, 2, 5, 10 (chunks not filling a vector)
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(gram_packing_shapes, st.integers(0, 2**32 - 1))
+def test_gram_packed_tiles_match_reference_on_every_path(shape, seed):
+    n_a, n_b, dk, dt = shape
+    if max(n_a, n_b) > 100 and dk * dt > 20000:
+        dk = 2  # keep the example small: large n with few channels still crosses the tile boundaries
+    rng = np.random.default_rng(seed)
+    a, b = random_codes(rng, n_a, dk, dt), random_codes(rng, n_b, dk, dt)
+    expected_ab = reference.gram_reference(a.bits, b.bits, dt)
+    expected_aa = reference.gram_reference(a.bits, a.bits, dt)
+
+    def check(path):
+        np.testing.assert_array_equal(crosslayer.gram(a, b), expected_ab, err_msg=path)
+        np.testing.assert_array_equal(crosslayer.gram(a), expected_aa, err_msg=path)
+        np.testing.assert_array_equal(crosslayer.gram(a, num_threads=1), expected_aa, err_msg=path)
+
+    for_each_popcount_path(check)
+
+
 def test_gram_normalized_is_cosine_and_feeds_an_svm(rng):
     codes = random_codes(rng, 20, 4, 50)
     codes.bits[3] = 0  # an all-zero code: its row and column are 0, not NaN
@@ -136,6 +165,33 @@ def test_search_many_queries_and_items_with_ties(rng):
     expected = reference.search_reference(queries.bits, queries.channel_mean, database.bits, 20, 9, 2)
     np.testing.assert_array_equal(scores, expected[0])
     np.testing.assert_array_equal(ids, expected[1])
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from([1, 65, 257, 300, 330, 520]), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_search_rows_with_vector_and_word_tails_on_every_path(dt, n_items, seed):
+    # Rows of 1..9 words per plane: whole 256-bit vectors, scalar tail words, or both; item counts that leave a
+    # partial 8-item block; queries sharing channels (one row scored for several queries).
+    rng = np.random.default_rng(seed)
+    queries, database = random_codes(rng, 6, 7, dt, 0.6), random_codes(rng, n_items, 7, dt, 0.6)
+    expected = reference.search_reference(queries.bits, queries.channel_mean, database.bits, dt, 5, 3)
+
+    def check(path):
+        scores, ids = crosslayer.search(queries, database, k=5, channels=3)
+        np.testing.assert_array_equal(scores, expected[0], err_msg=path)
+        np.testing.assert_array_equal(ids, expected[1], err_msg=path)
+
+    for_each_popcount_path(check)
+
+
+def test_search_spans_several_item_ranges_and_threads(rng):
+    # > 256 items: several ranges handed out to threads; the per-thread top-k lists merge.
+    queries, database = random_codes(rng, 3, 3, 70, 0.8), random_codes(rng, 600, 3, 70, 0.8)
+    expected = reference.search_reference(queries.bits, queries.channel_mean, database.bits, 70, 12, 2)
+    for threads in (1, 2, 3):
+        scores, ids = crosslayer.search(queries, database, k=12, channels=2, num_threads=threads)
+        np.testing.assert_array_equal(scores, expected[0])
+        np.testing.assert_array_equal(ids, expected[1])
 
 
 def test_search_over_segments_equals_search_over_their_concatenation(rng):

@@ -1,9 +1,12 @@
 // Masked top-k search of sign codes on the CPU (crosslayer/search.h).
 //
-// Threads split the database into contiguous ranges; each scans its range once per batch of queries, kBlockItems
-// database images at a time: every query of the batch scores the block (which stays in L2) over its own channels,
-// and the rows the batch will touch in the next block are prefetched meanwhile. Each thread keeps its own top-k per
-// query; the per-thread lists (and, when merging, the caller's previous result) are merged at the end.
+// The scan is bound by memory more than by popcounts: an item is 102 KB (Dk=1280, Dt=320) and a batch of 32 queries x
+// 50 channels touches about 70% of its rows (85% of its cache lines). So every row is loaded once per batch of
+// queries: threads take ranges of kRangeItems database items (dynamically) and walk them kSearchItemBlock items at a
+// time, channel by channel over the batch's sorted union of channels (forwards through memory), scoring each loaded
+// row against every query that selected that channel, with the rows a few channels ahead prefetched. Each thread
+// keeps its own top-k per query; the per-thread lists (and, when merging, the caller's previous result) are merged at
+// the end.
 #include <omp.h>
 
 #include <algorithm>
@@ -17,8 +20,9 @@
 namespace crosslayer {
 namespace {
 
-constexpr std::int64_t kBlockItems = 4;
 constexpr std::int64_t kQueryBatch = 64;
+// Items a thread takes at a time (a multiple of kSearchItemBlock).
+constexpr std::int64_t kRangeItems = 256;
 
 struct Hit {
   std::int32_t score;
@@ -68,25 +72,87 @@ const char* check_args(const SearchArgs& a) {
   return "";
 }
 
-// Sorted distinct channels the batch's queries use: what the next block's prefetch touches.
-std::vector<std::int32_t> channel_union(const std::int32_t* channels, std::int64_t n_queries, std::int64_t n_channels,
-                                        std::int64_t dk) {
-  std::vector<char> used(static_cast<std::size_t>(dk), 0);
-  for (std::int64_t i = 0; i < n_queries * n_channels; ++i) used[channels[i]] = 1;
-  std::vector<std::int32_t> out;
-  for (std::int64_t c = 0; c < dk; ++c)
-    if (used[c]) out.push_back(static_cast<std::int32_t>(c));
-  return out;
+// The batch's channel plan (ternary_kernels.h): the sorted union of the channels its queries selected and, per
+// union channel, the queries that selected it with copies of their rows, back to back in scan order: the kernel
+// then reads them as one sequential stream instead of chasing a pointer into 32 scattered query codes per row.
+// Built by counting sort, so entries of a channel keep query order.
+struct BatchPlan {
+  std::vector<std::int32_t> channels;
+  std::vector<std::int64_t> entry_begin;
+  std::vector<std::int32_t> entry_query;
+  std::vector<std::uint64_t> entry_rows;
+  detail::ChannelPlan view;
+};
+
+void build_plan(const std::uint64_t* query_bits, std::int64_t stride, std::int64_t row_words,
+                const std::int32_t* channels, std::int64_t n_queries, std::int64_t n_channels, std::int64_t dk,
+                BatchPlan& plan) {
+  std::vector<std::int64_t> count(static_cast<std::size_t>(dk), 0);
+  for (std::int64_t i = 0; i < n_queries * n_channels; ++i) ++count[static_cast<std::size_t>(channels[i])];
+  std::vector<std::int64_t> union_index(static_cast<std::size_t>(dk), -1);
+  plan.channels.clear();
+  plan.entry_begin.assign(1, 0);
+  for (std::int64_t c = 0; c < dk; ++c) {
+    if (count[static_cast<std::size_t>(c)] == 0) continue;
+    union_index[static_cast<std::size_t>(c)] = static_cast<std::int64_t>(plan.channels.size());
+    plan.channels.push_back(static_cast<std::int32_t>(c));
+    plan.entry_begin.push_back(plan.entry_begin.back() + count[static_cast<std::size_t>(c)]);
+  }
+  const std::size_t entries = static_cast<std::size_t>(n_queries * n_channels);
+  plan.entry_query.assign(entries, 0);
+  plan.entry_rows.assign(entries * static_cast<std::size_t>(row_words), 0);
+  std::vector<std::int64_t> next(plan.entry_begin.begin(), plan.entry_begin.end() - 1);
+  for (std::int64_t q = 0; q < n_queries; ++q)
+    for (std::int64_t i = 0; i < n_channels; ++i) {
+      const std::int32_t c = channels[q * n_channels + i];
+      const std::size_t e = static_cast<std::size_t>(next[static_cast<std::size_t>(union_index[static_cast<std::size_t>(c)])]++);
+      plan.entry_query[e] = static_cast<std::int32_t>(q);
+      std::copy_n(query_bits + q * stride + c * row_words, row_words, plan.entry_rows.data() + e * row_words);
+    }
+  plan.view = {plan.channels.data(), static_cast<std::int64_t>(plan.channels.size()), plan.entry_begin.data(),
+               plan.entry_query.data(), plan.entry_rows.data(), n_queries};
 }
 
-inline void prefetch_rows(const std::uint64_t* image, const std::vector<std::int32_t>& rows, std::int64_t row_words) {
-  const std::int64_t row_bytes = row_words * 8;
-  for (std::int32_t c : rows) {
-    const char* row = reinterpret_cast<const char*>(image + c * row_words);
-    for (std::int64_t offset = 0; offset < row_bytes; offset += 64) __builtin_prefetch(row + offset, 0, 0);
-    __builtin_prefetch(row + row_bytes - 1, 0, 0);
+// Scores consecutive ranges of database items for one thread, kSearchItemBlock items at a time, offering every
+// score to the thread's top-k lists.
+struct RangeScanner {
+  RangeScanner(const CodeMatrix& database_, const detail::ChannelPlan& plan_, detail::SearchBlockFn search_block_,
+               std::int64_t id_base_, std::vector<TopK>& best_)
+      : database(database_), plan(plan_), search_block(search_block_), id_base(id_base_), best(best_) {}
+
+  const CodeMatrix& database;
+  const detail::ChannelPlan& plan;
+  detail::SearchBlockFn search_block;
+  std::int64_t id_base;
+  std::vector<TopK>& best;
+  alignas(64) unsigned char workspace[detail::kSearchWorkspacePerQuery * kQueryBatch];  // 20 KB: stays in L1
+  std::int32_t scores[detail::kSearchItemBlock * kQueryBatch];
+
+  // A short last block repeats its first item in the missing slots (read, scored, never offered).
+  void block_items(std::int64_t x0, std::int64_t end, const std::uint64_t** items) const {
+    const std::int64_t stride = words_per_image(database.dk, database.dt);
+    for (std::int64_t j = 0; j < detail::kSearchItemBlock; ++j)
+      items[j] = database.bits + (x0 + j < end ? x0 + j : x0) * stride;
   }
-}
+
+  void scan(std::int64_t begin, std::int64_t end) {
+    constexpr std::int64_t kBlock = detail::kSearchItemBlock;
+    const std::uint64_t* items[kBlock];
+    const std::uint64_t* next_items[kBlock];
+    const std::int64_t wpp = words_per_plane(database.dt);
+    for (std::int64_t x0 = begin; x0 < end; x0 += kBlock) {
+      block_items(x0, end, items);
+      const bool has_next = x0 + kBlock < end;
+      if (has_next) block_items(x0 + kBlock, end, next_items);
+      search_block(items, plan, wpp, has_next ? next_items : nullptr, workspace, scores);
+      const std::int64_t count = std::min(kBlock, end - x0);
+      for (std::int64_t q = 0; q < plan.n_queries; ++q) {
+        TopK& top = best[static_cast<std::size_t>(q)];
+        for (std::int64_t j = 0; j < count; ++j) top.offer(scores[q * kBlock + j], id_base + x0 + j);
+      }
+    }
+  }
+};
 
 }  // namespace
 
@@ -94,38 +160,28 @@ const char* search_cpu(const SearchArgs& args) {
   if (const char* err = check_args(args); *err) return err;
   const std::int64_t nq = args.queries.n, n_items = args.database.n, k = args.k, nc = args.n_channels;
   if (nq == 0 || n_items == 0) return "";  // an empty segment leaves a merged result as it was
-  const std::int64_t dk = args.database.dk, wpp = words_per_plane(args.database.dt);
+  const std::int64_t dk = args.database.dk;
   const std::int64_t stride = words_per_image(dk, args.database.dt), row_words = words_per_channel(args.database.dt);
-  const detail::DotRowFn dot_row = detail::active_kernels().dot_row;
+  const detail::SearchBlockFn search_block = detail::active_kernels().search_block;
+  const std::int64_t n_ranges = (n_items + kRangeItems - 1) / kRangeItems;
   int threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
-  threads = static_cast<int>(std::min<std::int64_t>(threads, (n_items + kBlockItems - 1) / kBlockItems));
+  threads = static_cast<int>(std::min<std::int64_t>(threads, n_ranges));
+  BatchPlan plan;
 
   for (std::int64_t q0 = 0; q0 < nq; q0 += kQueryBatch) {
     const std::int64_t batch = std::min(kQueryBatch, nq - q0);
-    const std::int32_t* batch_channels = args.channels + q0 * nc;
-    const std::vector<std::int32_t> rows = channel_union(batch_channels, batch, nc, dk);
+    build_plan(args.queries.bits + q0 * stride, stride, row_words, args.channels + q0 * nc, batch, nc, dk, plan);
     std::vector<std::vector<TopK>> per_thread(static_cast<std::size_t>(threads));
 
 #pragma omp parallel num_threads(threads)
     {
-      const int t = omp_get_thread_num();
-      std::vector<TopK>& best = per_thread[static_cast<std::size_t>(t)];
+      std::vector<TopK>& best = per_thread[static_cast<std::size_t>(omp_get_thread_num())];
       best.assign(static_cast<std::size_t>(batch), TopK(k));
-      const std::int64_t begin = n_items * t / threads, end = n_items * (t + 1) / threads;
-      std::int32_t scores[kBlockItems];
-      for (std::int64_t x0 = begin; x0 < end; x0 += kBlockItems) {
-        const std::int64_t count = std::min(kBlockItems, end - x0);
-        const std::uint64_t* block = args.database.bits + x0 * stride;
-        for (std::int64_t x = x0 + 2 * kBlockItems; x < std::min(x0 + 3 * kBlockItems, end); ++x)
-          prefetch_rows(args.database.bits + x * stride, rows, row_words);
-        for (std::int64_t q = 0; q < batch; ++q) {
-          for (std::int64_t j = 0; j < count; ++j) scores[j] = 0;
-          dot_row(args.queries.bits + (q0 + q) * stride, block, count, stride, batch_channels + q * nc, 0, nc, wpp,
-                  scores);
-          TopK& top = best[static_cast<std::size_t>(q)];
-          for (std::int64_t j = 0; j < count; ++j) top.offer(scores[j], args.id_base + x0 + j);
-        }
-      }
+      RangeScanner scanner(args.database, plan.view, search_block, args.id_base, best);
+      // Ranges are handed out dynamically: on a shared machine a descheduled thread must not hold up the others.
+#pragma omp for schedule(dynamic, 1)
+      for (std::int64_t range = 0; range < n_ranges; ++range)
+        scanner.scan(range * kRangeItems, std::min(n_items, (range + 1) * kRangeItems));
     }
 
     for (std::int64_t q = 0; q < batch; ++q) {

@@ -8,16 +8,14 @@
 namespace crosslayer::detail {
 namespace {
 
-#define XL_TARGET __attribute__((target("avx2")))
+#define XL_TARGET __attribute__((target("popcnt,avx2")))
 
 struct Ops {
   static constexpr int W = 4;
   using Vec = __m256i;
   using Acc = __m256i;
-  XL_TARGET static inline Vec load(const std::uint64_t* p, std::int64_t valid) {
-    if (valid >= 4) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(valid), _mm256_setr_epi64x(0, 1, 2, 3));
-    return _mm256_maskload_epi64(reinterpret_cast<const long long*>(p), mask);
+  XL_TARGET static inline Vec load(const std::uint64_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   }
   XL_TARGET static inline Acc zero() { return _mm256_setzero_si256(); }
   XL_TARGET static inline __m256i popcount(__m256i v) {
@@ -34,11 +32,19 @@ struct Ops {
     pairs = _mm256_add_epi64(pairs, popcount(both));
     opposite = _mm256_add_epi64(opposite, popcount(_mm256_and_si256(both, _mm256_xor_si256(neg_a, neg_b))));
   }
+  XL_TARGET static inline void accumulate_dot(Acc& dot, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
+    const __m256i both = _mm256_and_si256(nz_a, nz_b);
+    const __m256i opposite = _mm256_and_si256(both, _mm256_xor_si256(neg_a, neg_b));
+    const __m256i same = _mm256_xor_si256(both, opposite);
+    dot = _mm256_sub_epi64(_mm256_add_epi64(dot, popcount(same)), popcount(opposite));
+  }
   XL_TARGET static inline std::int64_t reduce(Acc acc) {
     const __m128i sum = _mm_add_epi64(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
     return _mm_cvtsi128_si64(sum) + _mm_extract_epi64(sum, 1);
   }
 };
+
+using SearchOps = Ops;
 
 #include "ternary_kernels_impl.inc"
 
@@ -46,13 +52,13 @@ struct Ops {
 
 bool supported() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2");
+  return __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("avx2");
 }
 
 }  // namespace
 
 const TernaryKernels& kernels_avx2() {
-  static const TernaryKernels table{"avx2", &supported, &dot_row};
+  static const TernaryKernels table{"avx2", &supported, &gram_tile, &search_block};
   return table;
 }
 

@@ -15,15 +15,22 @@ struct Ops {
   static constexpr int W = 1;
   using Vec = std::uint64_t;
   using Acc = std::int64_t;
-  XL_TARGET static inline Vec load(const std::uint64_t* p, std::int64_t) { return *p; }
+  XL_TARGET static inline Vec load(const std::uint64_t* p) { return *p; }
   XL_TARGET static inline Acc zero() { return 0; }
   XL_TARGET static inline void accumulate(Acc& pairs, Acc& opposite, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
     const std::uint64_t both = nz_a & nz_b;
     pairs += __builtin_popcountll(both);
     opposite += __builtin_popcountll(both & (neg_a ^ neg_b));
   }
+  XL_TARGET static inline void accumulate_dot(Acc& dot, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
+    const std::uint64_t both = nz_a & nz_b, opposite = both & (neg_a ^ neg_b);
+    dot += __builtin_popcountll(both ^ opposite);
+    dot -= __builtin_popcountll(opposite);
+  }
   XL_TARGET static inline std::int64_t reduce(Acc acc) { return acc; }
 };
+
+using SearchOps = Ops;
 
 #include "ternary_kernels_impl.inc"
 
@@ -53,15 +60,22 @@ struct Ops {
   static constexpr int W = 1;
   using Vec = std::uint64_t;
   using Acc = std::int64_t;
-  static inline Vec load(const std::uint64_t* p, std::int64_t) { return *p; }
+  static inline Vec load(const std::uint64_t* p) { return *p; }
   static inline Acc zero() { return 0; }
   static inline void accumulate(Acc& pairs, Acc& opposite, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
     const std::uint64_t both = nz_a & nz_b;
     pairs += popcount64(both);
     opposite += popcount64(both & (neg_a ^ neg_b));
   }
+  static inline void accumulate_dot(Acc& dot, Vec nz_a, Vec neg_a, Vec nz_b, Vec neg_b) {
+    const std::uint64_t both = nz_a & nz_b, opposite = both & (neg_a ^ neg_b);
+    dot += popcount64(both ^ opposite);
+    dot -= popcount64(opposite);
+  }
   static inline std::int64_t reduce(Acc acc) { return acc; }
 };
+
+using SearchOps = Ops;
 
 #include "ternary_kernels_impl.inc"
 
@@ -73,12 +87,13 @@ bool supported() { return true; }
 }  // namespace portable
 
 const TernaryKernels& kernels_popcnt() {
-  static const TernaryKernels table{"popcnt", &hardware_popcnt::supported, &hardware_popcnt::dot_row};
+  static const TernaryKernels table{"popcnt", &hardware_popcnt::supported, &hardware_popcnt::gram_tile,
+                                      &hardware_popcnt::search_block};
   return table;
 }
 
 const TernaryKernels& kernels_portable() {
-  static const TernaryKernels table{"portable", &portable::supported, &portable::dot_row};
+  static const TernaryKernels table{"portable", &portable::supported, &portable::gram_tile, &portable::search_block};
   return table;
 }
 
