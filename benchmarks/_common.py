@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: random codes generated without dense intermediates, and a bandwidth probe."""
+"""Helpers shared by the benchmarks: random codes generated without dense intermediates, bandwidth probes, and
+best-of-k timing with a ratio line."""
 
 from __future__ import annotations
 
@@ -50,3 +51,19 @@ def read_bandwidth_gbs(megabytes: int = 1024, repeats: int = 3) -> float:
         source.sum()
         best = min(best, time.perf_counter() - start)
     return source.nbytes / best / 1e9
+
+
+def best_time(fn, repeat: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def ratio_line(label: str, kernel_s: float, reference_s: float, reference_name: str) -> str:
+    return (f"{label:<34} kernel {kernel_s * 1e3:9.2f} ms   {reference_name} {reference_s * 1e3:9.2f} ms   "
+            f"ratio {reference_s / kernel_s:6.2f}x")

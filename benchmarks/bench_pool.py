@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import best_time, ratio_line  # noqa: E402
+from _common import best_time, ratio_line  # noqa: E402
 
 SHAPES = {
     "a: MobileNetV2 17/18 @448": dict(dt=320, dk=1280, side=14, pca_dim=320),

@@ -27,6 +27,19 @@ from crosslayer.encoder import CrossLayerEncoder
 STORE_FORMAT = "crosslayer-store"
 STORE_VERSION = 1
 _CHUNK = re.compile(r"^chunk-(\d{6})\.json$")
+
+
+def committed_chunks(folder: Path) -> list[dict]:
+    """The records of the committed chunks in `folder` (a chunk's JSON is written last, so its presence commits the
+    chunk), in index order, each with its "index"."""
+    found = []
+    for path in sorted(Path(folder).iterdir()):
+        match = _CHUNK.match(path.name)
+        if match:
+            record = json.loads(path.read_text())
+            record["index"] = int(match.group(1))
+            found.append(record)
+    return found
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -75,14 +88,7 @@ class Store:
         return self.directory / "encoder.xle"
 
     def chunks(self) -> list[dict]:
-        found = []
-        for path in sorted(self.directory.iterdir()):
-            match = _CHUNK.match(path.name)
-            if match:
-                record = json.loads(path.read_text())
-                record["index"] = int(match.group(1))
-                found.append(record)
-        return found
+        return committed_chunks(self.directory)
 
     def paths(self) -> list[str]:
         return [p for chunk in self.chunks() for p in chunk["paths"]]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +22,10 @@ import numpy as np
 from crosslayer._atomic import atomic_write
 from crosslayer.codes import Codes
 from crosslayer.encoder import CrossLayerEncoder
+from crosslayer.extract import committed_chunks
 
 CACHE_FORMAT = "crosslayer-retrieval-features"
 CACHE_VERSION = 1
-_CHUNK = re.compile(r"^chunk-(\d{6})\.json$")
 
 
 class FeatureCacheError(ValueError):
@@ -72,16 +71,7 @@ class FeatureCache:
     # ---- reading -------------------------------------------------------------------------------------------------
     def _records(self, name: str) -> list[dict]:
         folder = self.directory / name
-        if not folder.is_dir():
-            return []
-        records = []
-        for path in sorted(folder.iterdir()):
-            match = _CHUNK.match(path.name)
-            if match:
-                record = json.loads(path.read_text())
-                record["index"] = int(match.group(1))
-                records.append(record)
-        return records
+        return committed_chunks(folder) if folder.is_dir() else []
 
     def load(self, name: str, paths=None) -> dict:
         """The cached features of set `name`: paths, codes, embedding, float_scores/float_reps (or None), errors.
