@@ -3,7 +3,7 @@
     PYTHONPATH=python python benchmarks/bench_search.py [--items 20000] [--queries 32] [--channels 50]
 
 Database: --items codes of Dk=1280 x Dt=320 (MobileNetV2 layout; 102 KB of codes per item, so the default 20,000
-items = 2 GB: the paper-sized 100,000 items = 10 GB does not fit comfortably on a shared 24 GiB machine; kernel time
+items = 2 GB; the paper-sized --items 100000 = 10 GB ran in results/search_100k.md; kernel time
 scales linearly with --items). A masked search scores channels * 2 * ceil(Dt/64) * 8 bytes of codes per item and
 query; FAISS scans a random binary database of that many bytes per item (same bits per comparison). The numpy
 reference runs on a subset (--reference-items, --reference-queries) and is scaled linearly. The kernel's result is

@@ -20,8 +20,13 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+
+from crosslayer._atomic import atomic_write  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path("/work/shared/data")
+RESULTS_VERSION = 1  # of retrieval*.json: {"format", "version", "data", "distractors", "records"}
 
 
 def plot(records, out, dk_of_records: int, pair: str) -> None:
@@ -53,11 +58,11 @@ def plot(records, out, dk_of_records: int, pair: str) -> None:
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(out, dpi=110)
+    with atomic_write(out, "wb") as handle:
+        figure.savefig(handle, dpi=110, format="png")
 
 
 def main(argv=None) -> int:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
     from crosslayer.retrieval.evaluate import (DEFAULT_CHANNELS, compute_features, evaluate, markdown_table,
                                                result_sheet)
 
@@ -87,8 +92,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sheet_queries = result_sheet(cache, rset, out / f"retrieval_sheet{args.tag}.png", settings[-1], channels=200, queries=8, top=5)
     plot(records, out / f"retrieval_channels{args.tag}.png", cache.encoder.Dk, "/".join(cache.encoder.layers))
-    (out / f"retrieval{args.tag}.json").write_text(json.dumps({"data": args.data, "distractors": settings[-1],
-                                                     "records": records}, indent=1))
+    with atomic_write(out / f"retrieval{args.tag}.json", "w") as handle:
+        json.dump({"format": "crosslayer-retrieval-results", "version": RESULTS_VERSION, "data": args.data,
+                   "distractors": settings[-1], "records": records}, handle, indent=1)
     encoder = cache.encoder
     text = [
         "# Retrieval on SMVS (book covers + museum paintings), paper Section 4.4",
@@ -122,7 +128,8 @@ def main(argv=None) -> int:
         f"Contact sheet (`retrieval_sheet{args.tag}.png`, codes, 200 channels, {len(settings[-1]) and 'with distractors' or 'no distractors'}): "
         + ", ".join(Path(p).name for p in sheet_queries),
     ]
-    (out / f"retrieval{args.tag}.md").write_text("\n".join(text) + "\n")
+    with atomic_write(out / f"retrieval{args.tag}.md", "w") as handle:
+        handle.write("\n".join(text) + "\n")
     print(f"wrote {out}")
     return 0
 
