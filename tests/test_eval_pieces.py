@@ -65,6 +65,19 @@ def test_manifest_parses_relative_and_absolute_paths(tmp_path):
     assert data.indices("train").tolist() == [0, 2]
 
 
+def test_dataset_key_does_not_depend_on_how_the_folder_is_spelled(tmp_path, monkeypatch):
+    """The extraction cache is keyed by the dataset: `data`, `./data/` and an absolute path must share it."""
+    from crosslayer.eval.extract import dataset_key
+
+    (tmp_path / "data").mkdir()
+    _write(tmp_path / "data" / "manifest.csv", "path,label,split\na.jpg,cat,train\nb.jpg,dog,test\n")
+    monkeypatch.chdir(tmp_path)
+    keys = {dataset_key(load_manifest(spelling)) for spelling in ("data", "./data/", tmp_path / "data",
+                                                                  "data/../data/manifest.csv")}
+    assert len(keys) == 1
+    assert load_manifest("data").paths[0] == str((tmp_path / "data" / "a.jpg").resolve())
+
+
 @pytest.mark.parametrize(
     "text, line, what",
     [

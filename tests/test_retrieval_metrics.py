@@ -96,3 +96,17 @@ def test_float_scores_match_direct_masked_cosine(nq, n, dk, dt, seed):
                 denominator = np.linalg.norm(a) * np.linalg.norm(b)
                 expected = a @ b / denominator if denominator > 0 else 0.0
                 assert scores[q, i, s] == pytest.approx(expected, abs=1e-5)
+
+
+def test_retrieval_set_paths_do_not_depend_on_how_the_folder_is_spelled(tmp_path, monkeypatch):
+    """Feature caches are keyed by image paths: `smvs`, `./smvs/` and an absolute path must give the same ones."""
+    from crosslayer.retrieval.datasets import read_retrieval_set
+
+    folder = tmp_path / "smvs"
+    folder.mkdir()
+    (folder / "queries.csv").write_text("path,item\nq/a.jpg,1\n")
+    (folder / "database.csv").write_text("path,item\nd/a.jpg,1\n")
+    monkeypatch.chdir(tmp_path)
+    sets = [read_retrieval_set(spelling) for spelling in ("smvs", "./smvs/", folder)]
+    assert {tuple(s.queries.paths) for s in sets} == {(str(folder.resolve() / "q" / "a.jpg"),)}
+    assert {s.name for s in sets} == {"smvs"}

@@ -57,7 +57,8 @@ class Dataset:
 def load_manifest(data_dir) -> Dataset:
     """Reads ``DIR/manifest.csv`` (or a manifest file given directly)."""
     data_dir = Path(data_dir)
-    manifest = data_dir / MANIFEST_NAME if data_dir.is_dir() else data_dir
+    # Resolved, so that image paths (and the cache keys made from them) do not depend on how the folder was spelled.
+    manifest = (data_dir / MANIFEST_NAME if data_dir.is_dir() else data_dir).resolve()
     root = manifest.parent
     if not manifest.is_file():
         raise ManifestError(f"{manifest}: no such manifest (expected a CSV with columns {','.join(COLUMNS)})")

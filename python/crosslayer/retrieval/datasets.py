@@ -23,8 +23,9 @@ class RetrievalSet:
 
 
 def read_labelled_csv(path, label_column: str) -> LabelledImages:
-    """Rows of a CSV with columns `path` and `label_column`; relative paths are taken from the CSV's folder."""
-    path = Path(path)
+    """Rows of a CSV with columns `path` and `label_column`; relative paths are taken from the CSV's folder (resolved,
+    so that feature caches keyed by image paths do not depend on how the folder was spelled)."""
+    path = Path(path).resolve()
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         missing = {"path", label_column} - set(reader.fieldnames or ())
@@ -41,7 +42,7 @@ def read_retrieval_set(folder) -> RetrievalSet:
         if not (folder / name).is_file():
             raise ValueError(f"data: {folder} has no {name} (expected queries.csv and database.csv, columns path,item)")
     return RetrievalSet(
-        folder.name or str(folder),
+        folder.resolve().name or str(folder),
         read_labelled_csv(folder / "queries.csv", "item"),
         read_labelled_csv(folder / "database.csv", "item"),
     )
