@@ -164,6 +164,17 @@ def test_rejects_non_finite(rng):
         crosslayer.pool(x, a)
 
 
+@pytest.mark.parametrize("output", ["float", "codes"])
+@pytest.mark.parametrize("threads", [1, 8])  # image-parallel and channel-split schedules
+def test_finite_inputs_that_overflow_float32_are_an_error(rng, output, threads):
+    """|P| beyond FLT_MAX would give NaN floats or meaningless signs: the call must fail, not return them."""
+    x, a = _inputs(rng)
+    x[1] *= 1e20
+    a[1] *= 1e20
+    with pytest.raises(ValueError, match="x_t, a_t1: the pooled values overflow float32"):
+        crosslayer.pool(x, a, output=output, num_threads=threads)
+
+
 def test_rejects_bad_pca(rng):
     x, a = _inputs(rng)
     with pytest.raises(TypeError, match="pca: expected a \\(mean, projection\\) pair"):

@@ -8,6 +8,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -24,7 +26,16 @@ struct Plan {
   const PoolArgs& args;
   std::int64_t n, dt_in, dt, dk, positions;
   bool has_pca;
+  // Finite inputs can still overflow float32 in the GEMMs (|P| > FLT_MAX, or inf - inf = NaN); the sign of such a
+  // value, or its normalisation, would be garbage, so the call fails instead. Set by any worker, read at the end.
+  std::atomic<bool>* overflowed;
 };
+
+bool all_finite(const float* values, std::int64_t count) {
+  bool finite = true;
+  for (std::int64_t j = 0; j < count; ++j) finite &= std::fabs(values[j]) <= FLT_MAX;  // false for inf and NaN
+  return finite;
+}
 
 // xp[positions][dt] = (X^T - mean) W for image b. Centring before the GEMM (not subtracting mean@W after) keeps
 // float32 accuracy when activations have a large mean, as post-ReLU layers do. `centred` is [dt_in][positions].
@@ -61,10 +72,15 @@ void finish_channels(const Plan& plan, std::int64_t b, std::int64_t k_begin, std
       float* v = p + k * dt;
       double sq = 0.0;
       for (std::int64_t j = 0; j < dt; ++j) sq += static_cast<double>(v[j]) * v[j];
+      if (!std::isfinite(sq)) {  // a float32 square of a finite value always fits a double: an inf or NaN is in v
+        plan.overflowed->store(true, std::memory_order_relaxed);
+        continue;
+      }
       if (sq == 0.0) continue;  // all-zero channel stays zero (no NaN)
-      const float inv = static_cast<float>(1.0 / std::sqrt(sq));
+      // In double: for |P| near FLT_MAX, 1/||P|| is below FLT_MIN and would lose precision as a float32 denormal.
+      const double inv = 1.0 / std::sqrt(sq);
       for (std::int64_t j = 0; j < dt; ++j) {
-        const float u = v[j] * inv;
+        const float u = static_cast<float>(v[j] * inv);
         v[j] = std::copysign(std::sqrt(std::fabs(u)), u);
       }
     }
@@ -73,6 +89,7 @@ void finish_channels(const Plan& plan, std::int64_t b, std::int64_t k_begin, std
     std::uint64_t* out = plan.args.out_bits + (b * plan.dk + k_begin) * kPlanes * wpp;
     for (std::int64_t k = 0; k < k_count; ++k) {
       std::uint64_t* channel = out + k * kPlanes * wpp;
+      if (!all_finite(p + k * dt, dt)) plan.overflowed->store(true, std::memory_order_relaxed);
       pack_signs(p + k * dt, dt, channel, channel + wpp);
     }
   }
@@ -164,13 +181,15 @@ const char* pool_cpu(const PoolArgs& args) {
   if (s.n == 0) return "";
 
   blas::use_single_threaded_blas();
-  const Plan plan{args, s.n, s.dt_in, s.dt, s.dk, s.positions, args.pca_proj != nullptr};
+  std::atomic<bool> overflowed{false};
+  const Plan plan{args, s.n, s.dt_in, s.dt, s.dk, s.positions, args.pca_proj != nullptr, &overflowed};
   const int threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
   if (plan.n >= threads) {
     run_image_parallel(plan, threads);
   } else {
     run_channel_parallel(plan, threads);
   }
+  if (overflowed.load()) return kPoolOverflow;
   return "";
 }
 

@@ -49,13 +49,18 @@ struct PoolArgs {
   int num_threads = 0;
 };
 
-// Returns an empty string on success, otherwise what was wrong with the arguments.
+// Returns an empty string on success, otherwise what was wrong with the arguments, or kPoolOverflow when finite
+// inputs pooled to values float32 cannot hold (|P| > FLT_MAX): the outputs are then unspecified.
+inline constexpr const char* kPoolOverflow =
+    "x_t, a_t1: the pooled values overflow float32 (|P| > 3.4e38) although the inputs are finite; scale the inputs "
+    "down";
 const char* pool_cpu(const PoolArgs& args);
 
 #ifdef CROSSLAYER_WITH_CUDA
 // Same contract with device pointers, enqueued on `stream` (a cudaStream_t); nothing is synchronised. Products run
 // on the tensor cores in TF32 (10-bit mantissa operands, float32 accumulation), so float outputs and code bits of
-// values within TF32 rounding of zero may differ from pool_cpu. `num_threads` is ignored.
+// values within TF32 rounding of zero may differ from pool_cpu. `num_threads` is ignored. Overflow is not
+// reported (that would need a host synchronisation): outputs are then unspecified, as with non-finite inputs.
 const char* pool_cuda(const PoolArgs& args, void* stream);
 #endif
 
