@@ -164,6 +164,22 @@ def test_rejects_non_finite(rng):
         crosslayer.pool(x, a)
 
 
+def test_check_finite_false_skips_the_check_and_keeps_finite_results(rng):
+    x, a = _inputs(rng)
+    mean, proj = np.zeros(5, np.float32), np.eye(5, dtype=np.float32)[:, :3]
+    for output in ("float", "codes"):
+        checked = crosslayer.pool(x, a, pca=(mean, proj), output=output)
+        unchecked = crosslayer.pool(x, a, pca=(mean, proj), output=output, check_finite=False)
+        np.testing.assert_array_equal(getattr(unchecked, "bits", unchecked), getattr(checked, "bits", checked))
+    x[0, 0, 0, 0], mean[1] = np.nan, np.inf
+    out = crosslayer.pool(x, a, pca=(mean, proj), check_finite=False)  # unspecified values, but no error
+    assert out.shape == (len(x), a.shape[1] * 3)
+    with pytest.raises(ValueError, match="x_t: contains NaN or Inf"):
+        crosslayer.pool(x, a, pca=(mean, proj), check_finite=True)
+    with pytest.raises(TypeError, match="check_finite: expected a bool"):
+        crosslayer.pool(x, a, check_finite="no")
+
+
 def test_rejects_bad_pca(rng):
     x, a = _inputs(rng)
     with pytest.raises(TypeError, match="pca: expected a \\(mean, projection\\) pair"):
