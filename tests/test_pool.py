@@ -171,8 +171,25 @@ def test_finite_inputs_that_overflow_float32_are_an_error(rng, output, threads):
     x, a = _inputs(rng)
     x[1] *= 1e20
     a[1] *= 1e20
-    with pytest.raises(ValueError, match="x_t, a_t1: the pooled values overflow float32"):
+    with pytest.raises(ValueError, match="x_t, a_t1: the pooled values are not finite in float32"):
         crosslayer.pool(x, a, output=output, num_threads=threads)
+
+
+def test_check_finite_false_skips_the_check_and_keeps_finite_results(rng):
+    x, a = _inputs(rng)
+    mean, proj = np.zeros(5, np.float32), np.eye(5, dtype=np.float32)[:, :3]
+    for output in ("float", "codes"):
+        checked = crosslayer.pool(x, a, pca=(mean, proj), output=output)
+        unchecked = crosslayer.pool(x, a, pca=(mean, proj), output=output, check_finite=False)
+        np.testing.assert_array_equal(getattr(unchecked, "bits", unchecked), getattr(checked, "bits", checked))
+    x[0, 0, 0, 0], mean[1] = np.nan, np.inf
+    # no input scan; the CPU kernel still refuses to return the non-finite pooled values that NaN input gives
+    with pytest.raises(ValueError, match="pooled values are not finite.*check_finite=False"):
+        crosslayer.pool(x, a, pca=(mean, proj), check_finite=False)
+    with pytest.raises(ValueError, match="x_t: contains NaN or Inf"):
+        crosslayer.pool(x, a, pca=(mean, proj), check_finite=True)
+    with pytest.raises(TypeError, match="check_finite: expected a bool"):
+        crosslayer.pool(x, a, check_finite="no")
 
 
 def test_rejects_bad_pca(rng):

@@ -26,9 +26,10 @@ struct Plan {
   const PoolArgs& args;
   std::int64_t n, dt_in, dt, dk, positions;
   bool has_pca;
-  // Finite inputs can still overflow float32 in the GEMMs (|P| > FLT_MAX, or inf - inf = NaN); the sign of such a
-  // value, or its normalisation, would be garbage, so the call fails instead. Set by any worker, read at the end.
-  std::atomic<bool>* overflowed;
+  // Finite inputs can still overflow float32 in the GEMMs (|P| > FLT_MAX, or inf - inf = NaN), and unscanned NaN/Inf
+  // inputs propagate; the sign of such a value, or its normalisation, would be garbage, so the call fails instead.
+  // Set by any worker, read at the end.
+  std::atomic<bool>* not_finite;
 };
 
 bool all_finite(const float* values, std::int64_t count) {
@@ -73,7 +74,7 @@ void finish_channels(const Plan& plan, std::int64_t b, std::int64_t k_begin, std
       double sq = 0.0;
       for (std::int64_t j = 0; j < dt; ++j) sq += static_cast<double>(v[j]) * v[j];
       if (!std::isfinite(sq)) {  // a float32 square of a finite value always fits a double: an inf or NaN is in v
-        plan.overflowed->store(true, std::memory_order_relaxed);
+        plan.not_finite->store(true, std::memory_order_relaxed);
         continue;
       }
       if (sq == 0.0) continue;  // all-zero channel stays zero (no NaN)
@@ -89,7 +90,7 @@ void finish_channels(const Plan& plan, std::int64_t b, std::int64_t k_begin, std
     std::uint64_t* out = plan.args.out_bits + (b * plan.dk + k_begin) * kPlanes * wpp;
     for (std::int64_t k = 0; k < k_count; ++k) {
       std::uint64_t* channel = out + k * kPlanes * wpp;
-      if (!all_finite(p + k * dt, dt)) plan.overflowed->store(true, std::memory_order_relaxed);
+      if (!all_finite(p + k * dt, dt)) plan.not_finite->store(true, std::memory_order_relaxed);
       pack_signs(p + k * dt, dt, channel, channel + wpp);
     }
   }
@@ -181,15 +182,15 @@ const char* pool_cpu(const PoolArgs& args) {
   if (s.n == 0) return "";
 
   blas::use_single_threaded_blas();
-  std::atomic<bool> overflowed{false};
-  const Plan plan{args, s.n, s.dt_in, s.dt, s.dk, s.positions, args.pca_proj != nullptr, &overflowed};
+  std::atomic<bool> not_finite{false};
+  const Plan plan{args, s.n, s.dt_in, s.dt, s.dk, s.positions, args.pca_proj != nullptr, &not_finite};
   const int threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
   if (plan.n >= threads) {
     run_image_parallel(plan, threads);
   } else {
     run_channel_parallel(plan, threads);
   }
-  if (overflowed.load()) return kPoolOverflow;
+  if (not_finite.load()) return kPoolNotFinite;
   return "";
 }
 

@@ -4,7 +4,9 @@ Accepts PyTorch CUDA tensors and CuPy arrays (anything with ``__cuda_array_inter
 allocate with) without linking either: torch tensors are read through ``data_ptr()`` (their
 ``__cuda_array_interface__`` has no bfloat16), others through ``__cuda_array_interface__``. Kernels run on the
 caller's current stream of the arrays' device; outputs are allocated by the inputs' framework on that device.
-Nothing here synchronises except the optional finiteness check of `pool_device` (one reduction read back).
+Two checks synchronise, each with a single device->host read: `pool_device`'s finiteness check (every input reduced
+on the device, the flags read back together; skipped with ``check_finite=False``) and `search_device`'s range check
+of the channel indices.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from crosslayer._native import core
-from crosslayer._validate import check_layer_pair
+from crosslayer._validate import check_layer_pair, is_gpu_dlpack, unsupported_gpu_array
 
 _INPUT_TYPES = {"<f4": 0, "bfloat16": 1, "<f2": 2}
 
@@ -37,7 +39,8 @@ def _framework(value) -> str | None:
         return "torch" if getattr(value, "is_cuda", False) else None
     if hasattr(value, "__cuda_array_interface__"):
         return "cupy" if module == "cupy" else "other"
-    return None
+    # Routed to the device path so that it is rejected there with what to pass instead, not read as a host array.
+    return "dlpack" if is_gpu_dlpack(value) else None
 
 
 def _float32(value):
@@ -52,7 +55,8 @@ def _float32(value):
 
 
 def is_device_array(value) -> bool:
-    """True for a GPU array (torch CUDA tensor, CuPy array, any __cuda_array_interface__ exporter)."""
+    """True for a GPU array (torch CUDA tensor, any __cuda_array_interface__ exporter, a DLPack exporter of device
+    memory); `view` accepts only the first two, and of the second only CuPy."""
     return value is not None and _framework(value) is not None
 
 
@@ -105,7 +109,7 @@ def view(value, name: str, dtypes: tuple, ndim: int | None = None) -> DeviceArra
             value = value.contiguous()
         dtype = _TORCH_DTYPES.get(str(value.dtype).replace("torch.", ""), str(value.dtype))
         shape, address, device = tuple(value.shape), int(value.data_ptr()), int(value.device.index or 0)
-    elif framework is not None:
+    elif framework in ("cupy", "other"):
         if framework == "cupy" and not value.flags.c_contiguous:
             import cupy
 
@@ -117,8 +121,10 @@ def view(value, name: str, dtypes: tuple, ndim: int | None = None) -> DeviceArra
             if tuple(strides) != _c_strides(shape, np.dtype(dtype).itemsize):
                 raise ValueError(f"{name}: expected a C-contiguous array, got strides {tuple(strides)}")
         if framework != "cupy":
-            raise TypeError(f"{name}: GPU arrays of {type(value).__module__} are not supported; pass torch or CuPy")
+            raise unsupported_gpu_array(name, value)
         address, device = int(interface["data"][0]), int(value.device.id)
+    elif framework == "dlpack":
+        raise unsupported_gpu_array(name, value)
     else:
         raise TypeError(f"{name}: expected a GPU array (torch CUDA tensor or CuPy array), got {type(value).__name__}")
     if dtype not in dtypes:
@@ -168,14 +174,28 @@ def _address(array) -> int:
     return int(array.__cuda_array_interface__["data"][0])
 
 
-def _all_finite(arr: DeviceArray) -> bool:
-    if arr.framework == "torch":
+def _read_back(framework: str, scalars: list) -> list:
+    """0-d device arrays of one framework and device as Python values, in one device->host copy (one sync)."""
+    if framework == "torch":
         import torch
 
-        return bool(torch.isfinite(arr.value).all())
+        return torch.stack(scalars).tolist()
     import cupy
 
-    return bool(cupy.isfinite(arr.value).all())
+    return cupy.stack(scalars).tolist()
+
+
+def _non_finite(arrays: dict, framework: str) -> list[str]:
+    """Names of the arrays holding NaN or Inf; one sync for all of them."""
+    if framework == "torch":
+        import torch
+
+        flags = [torch.isfinite(arr.value).all() for arr in arrays.values()]
+    else:
+        import cupy
+
+        flags = [cupy.isfinite(arr.value).all() for arr in arrays.values()]
+    return [name for name, finite in zip(arrays, _read_back(framework, flags)) if not finite]
 
 
 @dataclass(frozen=True)
@@ -236,9 +256,9 @@ def pool_device(x_t, a_t1, pca=None, output: str = "float", return_channel_mean:
         dt, mean_address, proj_address = proj.shape[1], mean.address, proj.address
     framework, device = same_device(arrays)
     if check_finite:
-        for name, arr in arrays.items():
-            if not _all_finite(arr):
-                raise ValueError(f"{name}: contains NaN or Inf")
+        bad = _non_finite(arrays, framework)
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: contains NaN or Inf")
     dk = a.shape[1]
     stream = current_stream(framework, device)
     channel_mean = empty(framework, device, (n, dk), "<f4")
@@ -343,7 +363,7 @@ def search_device(query_bits, database_bits, dt: int, channels, k: int, id_base:
         scores[...] = prev_scores.value
         ids[...] = prev_ids.value
     if chans.shape[1] and nq:
-        low, high = int(chans.value.min()), int(chans.value.max())
+        low, high = _read_back(framework, [chans.value.min(), chans.value.max()])
         if low < 0 or high >= dk:
             raise ValueError(f"channels: expected channel indices in [0, {dk}), got values in [{low}, {high}]")
     core.search_cuda(queries.address, nq, database.address, database.shape[0], dk, dt, chans.address,

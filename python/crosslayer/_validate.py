@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def as_float32_array(value, name: str, ndim: int | None = None, allow_copy: bool = True) -> np.ndarray:
-    """Returns `value` as a C-contiguous float32 ndarray, rejecting wrong types, dimensions and non-finite values."""
-    if hasattr(value, "__cuda_array_interface__") or _is_gpu_dlpack(value):
-        raise TypeError(f"{name}: a GPU array was given to a CPU operation; pass a numpy array (or use a CUDA build)")
+def as_float32_array(value, name: str, ndim: int | None = None, allow_copy: bool = True,
+                     check_finite: bool = True) -> np.ndarray:
+    """Returns `value` as a C-contiguous float32 ndarray, rejecting wrong types, dimensions and (unless
+    ``check_finite=False``) non-finite values."""
+    if hasattr(value, "__cuda_array_interface__") or is_gpu_dlpack(value):
+        raise TypeError(f"{name}: a GPU array ({_type_name(value)}) was given where a host array is needed; "
+                        "pass a numpy array")
     if not isinstance(value, np.ndarray):
         try:
             value = np.asarray(value)
@@ -22,12 +25,26 @@ def as_float32_array(value, name: str, ndim: int | None = None, allow_copy: bool
         if not allow_copy:
             raise ValueError(f"{name}: expected a C-contiguous float32 array")
         value = np.ascontiguousarray(value, dtype=np.float32)
-    if value.size and not np.isfinite(value).all():
+    if check_finite and value.size and not np.isfinite(value).all():
         raise ValueError(f"{name}: contains NaN or Inf")
     return value
 
 
-def _is_gpu_dlpack(value) -> bool:
+def _type_name(value) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def unsupported_gpu_array(name: str, value) -> TypeError:
+    """The error for a GPU array of a kind the CUDA boundary cannot read (e.g. one that exports only DLPack)."""
+    return TypeError(
+        f"{name}: GPU arrays of type {_type_name(value)} are not supported; GPU inputs must be torch CUDA tensors or "
+        "CuPy arrays (read through __cuda_array_interface__). Convert it first, e.g. torch.from_dlpack(array) or "
+        "cupy.from_dlpack(array)"
+    )
+
+
+def is_gpu_dlpack(value) -> bool:
+    """True for a DLPack exporter whose data is not in host memory."""
     device = getattr(value, "__dlpack_device__", None)
     if device is None or isinstance(value, np.ndarray):
         return False

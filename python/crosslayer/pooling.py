@@ -12,13 +12,13 @@ from crosslayer.codes import Codes, words_per_plane
 OUTPUTS = ("float", "codes")
 
 
-def _check_pca(pca, dt_in: int):
+def _check_pca(pca, dt_in: int, check_finite: bool):
     if pca is None:
         return None, None
     if not isinstance(pca, (tuple, list)) or len(pca) != 2:
         raise TypeError("pca: expected a (mean, projection) pair or None")
-    mean = as_float32_array(pca[0], "pca[0] (mean)", ndim=1)
-    proj = as_float32_array(pca[1], "pca[1] (projection)", ndim=2)
+    mean = as_float32_array(pca[0], "pca[0] (mean)", ndim=1, check_finite=check_finite)
+    proj = as_float32_array(pca[1], "pca[1] (projection)", ndim=2, check_finite=check_finite)
     if mean.shape[0] != dt_in:
         raise ValueError(f"pca[0] (mean): expected length {dt_in} (channels of x_t), got {mean.shape[0]}")
     if proj.shape[0] != dt_in or proj.shape[1] < 1:
@@ -26,7 +26,8 @@ def _check_pca(pca, dt_in: int):
     return mean, proj
 
 
-def pool(x_t, a_t1, pca=None, output: str = "float", return_channel_mean: bool = False, num_threads: int = 0):
+def pool(x_t, a_t1, pca=None, output: str = "float", return_channel_mean: bool = False, num_threads: int = 0,
+         check_finite: bool = True):
     """Cross-layer pooling of local features `x_t` guided by the next layer's activations `a_t1`.
 
     x_t:  (n, Dt_in, H, W) float32 — layer t, as onnxruntime returns it.
@@ -35,6 +36,10 @@ def pool(x_t, a_t1, pca=None, output: str = "float", return_channel_mean: bool =
     output: "float" -> (n, Dk*Dt) float32, channel-major, per-channel L2 then signed square root;
             "codes" -> `Codes` (2-bit signs plus per-channel mean guidance activation).
     return_channel_mean: with output="float", also return the (n, Dk) mean guidance activations.
+    check_finite: reject NaN/Inf in x_t, a_t1 and pca with a ValueError (the default). False skips that pass over
+            the inputs, on the GPU also its device->host synchronisation (one per call). On the CPU the kernel still
+            raises a ValueError when a pooled value is not finite (NaN/Inf input, or |P| overflowing float32 from
+            finite input); on the GPU such output is unspecified (never a crash).
 
     GPU arrays (torch CUDA tensors, CuPy arrays; float32, bfloat16 or float16 activations) run the CUDA kernel on
     the caller's current stream and return arrays of the same framework ("codes" -> `DeviceCodes`); the tensor
@@ -42,14 +47,17 @@ def pool(x_t, a_t1, pca=None, output: str = "float", return_channel_mean: bool =
     """
     if output not in OUTPUTS:
         raise ValueError(f"output: expected one of {OUTPUTS}, got {output!r}")
+    if not isinstance(check_finite, (bool, np.bool_)):
+        raise TypeError(f"check_finite: expected a bool, got {type(check_finite).__name__}")
+    check_finite = bool(check_finite)
     pca_parts = tuple(pca) if isinstance(pca, (tuple, list)) and len(pca) == 2 else (None, None)
     if _device.route("pool", x_t=x_t, a_t1=a_t1, **{"pca[0] (mean)": pca_parts[0], "pca[1] (projection)": pca_parts[1]}):
-        return _device.pool_device(x_t, a_t1, pca, output, return_channel_mean)
-    x_t = as_float32_array(x_t, "x_t", ndim=4)
-    a_t1 = as_float32_array(a_t1, "a_t1", ndim=4)
+        return _device.pool_device(x_t, a_t1, pca, output, return_channel_mean, check_finite=check_finite)
+    x_t = as_float32_array(x_t, "x_t", ndim=4, check_finite=check_finite)
+    a_t1 = as_float32_array(a_t1, "a_t1", ndim=4, check_finite=check_finite)
     check_layer_pair(x_t.shape, a_t1.shape)
     n, dt_in = x_t.shape[:2]
-    mean, proj = _check_pca(pca, dt_in)
+    mean, proj = _check_pca(pca, dt_in, check_finite)
     dk = a_t1.shape[1]
     dt = dt_in if proj is None else proj.shape[1]
     channel_mean = np.empty((n, dk), dtype=np.float32)

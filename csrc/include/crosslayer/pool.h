@@ -49,11 +49,12 @@ struct PoolArgs {
   int num_threads = 0;
 };
 
-// Returns an empty string on success, otherwise what was wrong with the arguments, or kPoolOverflow when finite
-// inputs pooled to values float32 cannot hold (|P| > FLT_MAX): the outputs are then unspecified.
-inline constexpr const char* kPoolOverflow =
-    "x_t, a_t1: the pooled values overflow float32 (|P| > 3.4e38) although the inputs are finite; scale the inputs "
-    "down";
+// Returns an empty string on success, otherwise what was wrong with the arguments, or kPoolNotFinite when a pooled
+// value is not finite (|P| > FLT_MAX from finite inputs, or NaN/Inf inputs, which the kernel does not scan for
+// itself): the outputs are then unspecified.
+inline constexpr const char* kPoolNotFinite =
+    "x_t, a_t1: the pooled values are not finite in float32: either |P| overflowed 3.4e38 (scale the inputs down) "
+    "or the inputs hold NaN/Inf (check_finite=False skipped their check)";
 const char* pool_cpu(const PoolArgs& args);
 
 #ifdef CROSSLAYER_WITH_CUDA
