@@ -1,8 +1,15 @@
+import struct
+import zlib
+
 import numpy as np
 import pytest
 
+import crosslayer
 from crosslayer import Codes, CodesFormatError
 from crosslayer.reference import pack_ternary, unpack_ternary
+
+# the header's fields and their byte offsets: magic 0, version 8, header size 12, n 16, Dk 24, Dt 28, words 32, crc 36
+HEADER = struct.Struct("<8sIIQIIII")
 
 
 def random_codes(rng, n, dk, dt):
@@ -30,6 +37,93 @@ def test_save_load_roundtrip(tmp_path, rng):
     assert len(Codes.load(tmp_path / "e.xlc")) == 0
 
 
+def code_file(bits, mean, dt, version=2):
+    """A code file's bytes written independently of `Codes.save`: version 2 checksums the header (but its crc field)
+    and the payload, version 1 the payload alone."""
+    n, dk, _, words = bits.shape
+    payload = bits.astype("<u8").tobytes() + np.asarray(mean, "<f4").tobytes()
+    fields = (b"XLCODES\0", version, HEADER.size, n, dk, dt, words)
+    crc = zlib.crc32(payload, zlib.crc32(HEADER.pack(*fields, 0)[:-4]) if version == 2 else 0)
+    return HEADER.pack(*fields, crc) + payload
+
+
+def test_version_1_files_still_load(tmp_path, rng):
+    codes, _ = random_codes(rng, 3, 2, 70)
+    (tmp_path / "v1.xlc").write_bytes(code_file(codes.bits, codes.channel_mean, 70, version=1))
+    assert Codes.load(tmp_path / "v1.xlc") == codes
+    codes.save(tmp_path / "v2.xlc")
+    assert (tmp_path / "v2.xlc").read_bytes() == code_file(codes.bits, codes.channel_mean, 70, version=2)
+
+
+def with_padding_bit(bits, dt):
+    bits = bits.copy()
+    bits[1, 0, 0, -1] |= np.uint64(1) << np.uint64(dt % 64)  # item 1, nonzero plane, first position past Dt
+    return bits
+
+
+def with_stray_negative_bit(bits):
+    bits = bits.copy()
+    bits[2, 1, 0, 0] &= ~np.uint64(1)  # item 2: value 0 cleared in the nonzero plane ...
+    bits[2, 1, 1, 0] |= np.uint64(1)  # ... but set in the negative one
+    return bits
+
+
+def test_invalid_bits_are_rejected_not_scored(rng):
+    codes, signs = random_codes(rng, 3, 2, 70)
+    # A set padding bit used to pass and shift every Gram entry it touches away from the reference.
+    with pytest.raises(ValueError, match=r"bits: item 1 has padding bits set"):
+        Codes(with_padding_bit(codes.bits, 70), codes.channel_mean, 70)
+    with pytest.raises(ValueError, match=r"bits: item 2 has a negative bit where its nonzero bit is clear"):
+        Codes(with_stray_negative_bit(codes.bits), codes.channel_mean, 70)
+    # Dt a multiple of 64 has no padding; the subset rule still holds
+    full, _ = random_codes(rng, 3, 2, 128)
+    Codes(full.bits, full.channel_mean, 128)
+    with pytest.raises(ValueError, match="negative bit"):
+        Codes(with_stray_negative_bit(full.bits), full.channel_mean, 128)
+    flat = signs.reshape(len(signs), -1).astype(np.int64)
+    np.testing.assert_array_equal(crosslayer.gram(codes), flat @ flat.T)
+
+
+def test_load_rejects_invalid_bits_behind_a_valid_checksum(tmp_path, rng):
+    codes, _ = random_codes(rng, 3, 2, 70)
+    for version in (1, 2):
+        for bits in (with_padding_bit(codes.bits, 70), with_stray_negative_bit(codes.bits)):
+            (tmp_path / "c.xlc").write_bytes(code_file(bits, codes.channel_mean, 70, version))
+            with pytest.raises(CodesFormatError, match="c.xlc: bits: item"):
+                Codes.load(tmp_path / "c.xlc")
+
+
+def test_save_rechecks_bits_changed_in_place(tmp_path, rng):
+    codes, _ = random_codes(rng, 3, 2, 70)
+    codes.bits[...] = with_padding_bit(codes.bits, 70)
+    with pytest.raises(ValueError, match="bits: item 1 has padding bits set"):
+        codes.save(tmp_path / "c.xlc")
+    assert not list(tmp_path.iterdir())
+
+
+def test_codes_of_our_kernels_and_their_parts_skip_the_scan(monkeypatch, rng):
+    codes, _ = random_codes(rng, 4, 2, 70)
+    x, a = rng.standard_normal((2, 5, 3, 3)).astype(np.float32), rng.random((2, 3, 3, 3)).astype(np.float32)
+
+    def fail(*args):
+        raise AssertionError("bits scanned on a path that produces valid bits")
+
+    monkeypatch.setattr(crosslayer.codes, "invalid_bits_reason", fail)
+    assert len(crosslayer.pool(x, a, output="codes")) == 2
+    assert len(codes[1:3]) == 2 and len(codes[0]) == 1 and len(codes[np.array([0, 3])]) == 2
+    assert len(Codes.concatenate([codes, codes])) == 8 and len(Codes.empty(2, 70)) == 0
+
+
+def test_integer_index_out_of_range_raises(rng):
+    codes, signs = random_codes(rng, 2, 2, 65)
+    for position in (2, 5, -3, np.int64(7)):
+        with pytest.raises(IndexError, match="out of range for 2 items"):
+            codes[position]
+    for position in (0, 1, -1, -2, np.int64(1)):
+        assert np.array_equal(codes[position].signs(), signs[[position]])
+    assert len(codes[5:]) == 0 and len(codes[-3:]) == 2 and len(codes[::-1]) == 2
+
+
 def test_slicing_and_concatenation(rng):
     codes, signs = random_codes(rng, 6, 2, 65)
     assert len(codes[1:4]) == 3 and np.array_equal(codes[1:4].signs(), signs[1:4])
@@ -49,6 +143,11 @@ def test_slicing_and_concatenation(rng):
         (lambda b: b + b"\0", "truncated or extended"),
         (lambda b: b[:40] + bytes([b[40] ^ 1]) + b[41:], "checksum"),
         (lambda b: b[:10], "truncated header"),
+        # header fields that keep the file size: Dt within the same word count, n and Dk swapped (4*3 == 3*4)
+        (lambda b: b[:28] + bytes([b[28] ^ 1]) + b[29:], "checksum"),
+        (lambda b: b[:28] + bytes([b[28] ^ 2]) + b[29:], "checksum"),
+        (lambda b: b[:16] + (3).to_bytes(8, "little") + (4).to_bytes(4, "little") + b[28:], "checksum"),
+        (lambda b: b[:36] + bytes([b[36] ^ 1]) + b[37:], "checksum"),
     ],
 )
 def test_corrupt_files_are_rejected(tmp_path, rng, damage, message):
@@ -65,6 +164,14 @@ def test_constructor_rejects_inconsistent_shapes(rng):
         Codes(np.zeros((1, 2, 2, 2), np.uint64), np.zeros((1, 2), np.float32), 130)
     with pytest.raises(ValueError, match="channel_mean"):
         Codes(np.zeros((1, 2, 2, 1), np.uint64), np.zeros((2, 2), np.float32), 10)
+    # no guidance channel: such codes could be saved but never loaded
+    with pytest.raises(ValueError, match=r"bits: expected at least one guidance channel \(Dk >= 1\)"):
+        Codes(np.zeros((1, 0, 2, 1), np.uint64), np.zeros((1, 0), np.float32), 10)
+    with pytest.raises(ValueError, match="Dk >= 1"):
+        Codes.empty(0, 10)
+    with pytest.raises(ValueError, match="Dt: expected a positive integer"):
+        Codes(np.zeros((1, 2, 2, 0), np.uint64), np.zeros((1, 2), np.float32), 0)
+    assert len(Codes(np.zeros((0, 2, 2, 1), np.uint64), np.zeros((0, 2), np.float32), 10)) == 0  # an empty batch
 
 
 def test_saved_files_get_ordinary_permissions(tmp_path, rng):
@@ -76,3 +183,27 @@ def test_saved_files_get_ordinary_permissions(tmp_path, rng):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(os.stat(tmp_path / "c.xlc").st_mode) == 0o666 & ~mask
+
+
+def test_umask_is_read_without_changing_it(monkeypatch):
+    import os
+
+    from crosslayer import _atomic
+
+    mask = os.umask(0o027)
+    try:
+        expected = _atomic._current_umask()
+        assert expected == 0o027
+        if os.path.exists("/proc/self/status"):
+            # setting the umask, even briefly, races with files other threads create
+            monkeypatch.setattr(_atomic.os, "umask", lambda value: pytest.fail("umask changed to read it"))
+            assert _atomic._current_umask() == 0o027
+            monkeypatch.undo()
+
+        def no_proc(*args, **kwargs):
+            raise OSError("no /proc here")
+
+        monkeypatch.setattr(_atomic, "open", no_proc, raising=False)
+        assert _atomic._current_umask() == 0o027
+    finally:
+        os.umask(mask)

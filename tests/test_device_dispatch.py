@@ -113,3 +113,14 @@ def test_tf32_bound_flags_only_values_beyond_it(rng):
     assert reference.sign_violations(np.sign(pooled), pooled, bound) == 0
     flipped = -np.sign(pooled)
     assert reference.sign_violations(flipped, pooled, bound) == np.count_nonzero(np.abs(pooled) > bound) > 0
+
+
+def test_device_codes_integer_index_out_of_range_raises():
+    # DeviceCodes only indexes its arrays; numpy arrays stand in for the framework's here
+    bits, means = np.arange(2 * 3 * 2 * 1, dtype=np.uint64).reshape(2, 3, 2, 1), np.zeros((2, 3), np.float32)
+    codes = _device.DeviceCodes(bits, means, 10)
+    for position in (2, 5, -3):
+        with pytest.raises(IndexError, match="out of range for 2 items"):
+            codes[position]
+    assert np.array_equal(codes[-1].bits, bits[1:]) and np.array_equal(codes[np.int64(0)].bits, bits[:1])
+    assert len(codes[5:]) == 0 and len(codes[:]) == 2

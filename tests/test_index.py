@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,24 @@ def test_create_rejects_bad_arguments(tmp_path):
             index.append(random_codes(np.random.default_rng(0), 2, dk=5))
         with pytest.raises(ValueError, match="keys"):
             index.append(random_codes(np.random.default_rng(0), 2), keys=["only one"])
+        # a bare string used to become one key per character
+        for keys in ("ab", b"ab"):
+            with pytest.raises(TypeError, match="keys: expected a sequence of strings"):
+                index.append(random_codes(np.random.default_rng(0), 2), keys=keys)
+        assert len(index) == 0
+
+
+def test_search_validates_num_threads(committed_index, rng):
+    queries = random_codes(rng, 2)
+    with CodeIndex.open(committed_index) as index:
+        expected = index.search(queries, k=4, channels=3)
+        with pytest.raises(TypeError, match="num_threads: expected an integer >= 0"):
+            index.search(queries, k=4, channels=3, num_threads="2")
+        with pytest.raises(ValueError, match="num_threads"):
+            index.search(queries, k=4, channels=3, num_threads=-1)
+        for threads in (1, 10**10):
+            for got, want in zip(index.search(queries, k=4, channels=3, num_threads=threads), expected):
+                np.testing.assert_array_equal(got, want)
 
 
 @pytest.fixture
@@ -134,6 +153,57 @@ def test_tampered_payload_manifest_and_keys_are_clear_errors(committed_index):
     (committed_index / "seg-00000001.xlc").unlink()
     with pytest.raises(CodeIndexError, match="missing"):
         CodeIndex.open(committed_index)
+
+
+def rewrite_segment(index_path, number, version, bits=None):
+    """Rewrites segment `number` as a code file of `version` (bits replaced when given) with consistent checksums in
+    it and in the manifest, as an older crosslayer or another tool could have written it."""
+    segment = index_path / f"seg-{number:08d}.xlc"
+    data = segment.read_bytes()
+    header = bytearray(data[:40])
+    payload = bytearray(data[40:])
+    if bits is not None:
+        payload[: bits.nbytes] = bits.astype("<u8").tobytes()
+    header[8:12] = version.to_bytes(4, "little")
+    crc = zlib.crc32(bytes(payload), zlib.crc32(bytes(header[:36])) if version == 2 else 0)
+    header[36:40] = crc.to_bytes(4, "little")
+    segment.write_bytes(bytes(header + payload))
+    manifest = index_path / "MANIFEST.json"
+    body = json.loads(manifest.read_text())["body"]
+    body["segments"][number]["crc32"] = crc
+    if version == 1:
+        body["version"] = 1
+    checksum = zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+    manifest.write_text(json.dumps({"body": body, "crc32": checksum}))
+
+
+def test_version_1_index_still_opens_and_appends(committed_index, rng):
+    with CodeIndex.open(committed_index) as index:
+        before = index.get(np.arange(9))
+    rewrite_segment(committed_index, 0, version=1)
+    rewrite_segment(committed_index, 1, version=1)
+    assert json.loads((committed_index / "MANIFEST.json").read_text())["body"]["version"] == 1
+    with CodeIndex.open(committed_index, mode="a") as index:
+        assert index.get(np.arange(9)) == before
+        more = random_codes(rng, 3)
+        index.append(more)
+    assert json.loads((committed_index / "MANIFEST.json").read_text())["body"]["version"] == 2
+    with CodeIndex.open(committed_index) as index:
+        assert index.get(np.arange(12)) == Codes.concatenate([before, more])
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_segment_bits_breaking_the_layout_are_rejected(committed_index, version):
+    with CodeIndex.open(committed_index) as index:
+        bits = index.get(np.arange(5)).bits.copy()
+    bits[3, 0, 0, -1] |= np.uint64(1) << np.uint64(DT % 64)  # a padding bit past Dt, behind a valid checksum
+    rewrite_segment(committed_index, 0, version, bits)
+    with pytest.raises(CodeIndexError, match="seg-00000000.xlc: invalid code bits: item 3 has padding bits set"):
+        CodeIndex.open(committed_index)
+    with CodeIndex.open(committed_index, verify=False) as index:
+        assert len(index.get([4, 6])) == 2
+        with pytest.raises(CodeIndexError, match="bits: item 0 has padding bits set"):
+            index.get([3])
 
 
 # A child appends deterministic batches in a loop and reports each commit; the parent kills it with SIGKILL.

@@ -23,3 +23,15 @@ def test_import_without_extension_explains_how_to_build(tmp_path):
     )
     assert result.returncode != 0
     assert "ImportError" in result.stderr and "pip install ." in result.stderr
+
+
+def test_declared_numpy_minimum_has_bitwise_count():
+    """search.nonzero_counts uses np.bitwise_count, new in numpy 2.0: both dependency lists must ask for it."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("pyproject.toml", "requirements.txt"):
+        minimum = re.search(r"numpy>=([0-9.]+)", (root / name).read_text())
+        assert minimum, f"{name}: no numpy minimum"
+        version = tuple(int(part) for part in minimum.group(1).split(".")[:2])
+        assert version >= (2, 0), f"{name}: numpy>={minimum.group(1)}"

@@ -224,3 +224,15 @@ def test_rejects_gpu_array_on_cpu_build():
         pytest.skip("a CUDA build routes GPU arrays to the device kernels")
     with pytest.raises(RuntimeError, match="built without CUDA, so pool cannot take GPU arrays"):
         crosslayer.pool(FakeCudaArray(), FakeCudaArray())
+
+
+def test_num_threads_is_validated_and_capped(rng):
+    x = rng.standard_normal((2, 5, 3, 3)).astype(np.float32)
+    a = rng.random((2, 4, 3, 3)).astype(np.float32)
+    expected = crosslayer.pool(x, a)
+    with pytest.raises(TypeError, match="num_threads: expected an integer >= 0"):
+        crosslayer.pool(x, a, num_threads="8")
+    with pytest.raises(ValueError, match="num_threads: expected an integer >= 0"):
+        crosslayer.pool(x, a, num_threads=-2)
+    for threads in (1, 10**10):
+        np.testing.assert_allclose(crosslayer.pool(x, a, num_threads=threads), expected, rtol=1e-6, atol=1e-7)

@@ -218,3 +218,23 @@ def test_search_rejects_bad_arguments(rng):
         crosslayer.search(queries, random_codes(rng, 3, 5, 10), channels=2)
     with pytest.raises(TypeError, match="queries"):
         crosslayer.search(queries.bits, database)
+
+
+def test_num_threads_is_validated_and_capped(rng):
+    from crosslayer._validate import MAX_THREADS
+
+    codes = random_codes(rng, 5, 3, 70)
+    gram, found = crosslayer.gram(codes), crosslayer.search(codes, codes, k=3, channels=2)
+    for call in (lambda t: crosslayer.gram(codes, num_threads=t),
+                 lambda t: crosslayer.search(codes, codes, k=3, channels=2, num_threads=t)):
+        for bad in ("4", 2.0, True, None):
+            with pytest.raises(TypeError, match=r"num_threads: expected an integer >= 0 \(0 = the OpenMP default\)"):
+                call(bad)
+        with pytest.raises(ValueError, match="num_threads: expected an integer >= 0"):
+            call(-1)
+    # beyond a C int and far beyond the cores: capped, not handed to pybind11 or OpenMP
+    for threads in (np.int64(2), MAX_THREADS, 10**10):
+        np.testing.assert_array_equal(crosslayer.gram(codes, num_threads=threads), gram)
+        for got, want in zip(crosslayer.search(codes, codes, k=3, channels=2, num_threads=threads), found):
+            np.testing.assert_array_equal(got, want)
+    assert crosslayer._validate.check_num_threads(10**10) == MAX_THREADS

@@ -30,6 +30,15 @@ def atomic_write(path, mode: str = "wb"):
 
 
 def _current_umask() -> int:
+    """The process umask. Linux reports it in /proc/self/status; elsewhere it can only be read by setting it, which
+    briefly gives files other threads create in that moment the permissions of umask 0."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

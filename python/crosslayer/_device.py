@@ -17,6 +17,7 @@ import numpy as np
 
 from crosslayer._native import core
 from crosslayer._validate import check_layer_pair, is_gpu_dlpack, unsupported_gpu_array
+from crosslayer.codes import item_slice
 
 _INPUT_TYPES = {"<f4": 0, "bfloat16": 1, "<f2": 2}
 
@@ -201,7 +202,10 @@ def _non_finite(arrays: dict, framework: str) -> list[str]:
 @dataclass(frozen=True)
 class DeviceCodes:
     """Sign codes on the GPU: ``bits`` (n, Dk, 2, ceil(Dt/64)) uint64 and ``channel_mean`` (n, Dk) float32, both
-    arrays of the input's framework. ``to_host()`` gives the `Codes` of the same values."""
+    arrays of the input's framework. ``to_host()`` gives the `Codes` of the same values.
+
+    Made by the CUDA pooling kernel, whose bits keep the layout's rules, so they are not scanned on the GPU; bits
+    built by hand are checked when they come to the host (`to_host`)."""
 
     bits: object
     channel_mean: object
@@ -215,8 +219,8 @@ class DeviceCodes:
         return int(self.bits.shape[0])
 
     def __getitem__(self, index) -> "DeviceCodes":
-        if isinstance(index, (int, np.integer)):
-            index = slice(index, index + 1 if index != -1 else None)
+        """``codes[i]`` is the batch of item i alone (IndexError out of range); slices select as the framework does."""
+        index = item_slice(index, len(self))
         return DeviceCodes(self.bits[index], self.channel_mean[index], self.Dt)
 
     def to_host(self):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+# More threads than this only adds scheduling overhead; a larger request (10**10, say) is capped rather than handed to
+# OpenMP, which would try to start them all.
+MAX_THREADS = 4 * (os.cpu_count() or 1)
 
 
 def as_float32_array(value, name: str, ndim: int | None = None, allow_copy: bool = True,
@@ -60,6 +66,15 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
     return int(value)
+
+
+def check_num_threads(value) -> int:
+    """A kernel's thread count: an integer >= 0, 0 meaning the OpenMP default; capped at MAX_THREADS."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"num_threads: expected an integer >= 0 (0 = the OpenMP default), got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"num_threads: expected an integer >= 0 (0 = the OpenMP default), got {value}")
+    return min(int(value), MAX_THREADS)
 
 
 def check_layer_pair(x_shape: tuple, a_shape: tuple) -> None:

@@ -1,10 +1,11 @@
 """`CodeIndex`: an append-only, crash-safe on-disk index of sign codes, searched through memory maps.
 
-Directory layout (format version 1)::
+Directory layout (format version 2; version 1, whose segments are all code files of version 1, is still read)::
 
     MANIFEST.json          what is committed: magic, version, Dk, Dt, count, segments (file, count, id_base,
                            size, crc32, optional key table file and its crc32), and a crc32 of all of it
-    seg-00000000.xlc       one segment per append, in the crosslayer code file format (`Codes.save`)
+    seg-00000000.xlc       one segment per append, in the crosslayer code file format (`Codes.save`); its header's
+                           crc32 is the segment's crc32 (version 2 files: header and payload, version 1: payload)
     seg-00000000.keys.json optional string keys of that segment's items (e.g. image paths)
     WRITER.lock            fcntl lock held by the single writer
 
@@ -13,6 +14,10 @@ atomically replaces the manifest; a crash at any moment leaves the previous mani
 only complete, checksummed segments. Files a crash left behind are removed when the next writer opens.
 Readers take no lock: they search the segments of the manifest they opened (a consistent snapshot) while a writer
 appends; `reload()` picks up later commits. Item ids are int64 in append order.
+
+The kernels trust the code layout's rules (zero padding, negative bits within nonzero ones): appended codes are
+checked when saved, `open(verify=True)` checks every segment's bits with its checksum, and `get` checks what it
+returns. An index opened with verify=False is searched as it is on disk.
 """
 
 from __future__ import annotations
@@ -28,13 +33,19 @@ from pathlib import Path
 import numpy as np
 
 from crosslayer._atomic import atomic_write
-from crosslayer.codes import _HEADER, FORMAT_VERSION as CODES_FORMAT_VERSION, MAGIC as CODES_MAGIC, Codes
+from crosslayer.codes import (
+    _HEADER, FORMAT_VERSION as CODES_FORMAT_VERSION, MAGIC as CODES_MAGIC, READABLE_VERSIONS as CODES_READABLE_VERSIONS,
+    Codes, checksum_seed, invalid_bits_reason,
+)
 from crosslayer.search import search_segments
 
 MANIFEST_NAME = "MANIFEST.json"
 LOCK_NAME = "WRITER.lock"
 INDEX_MAGIC = "crosslayer-code-index"
-INDEX_VERSION = 1
+# Version 2 may hold segments in code file version 2, which version-1 readers would call damaged; an append to a
+# version-1 index makes it version 2.
+INDEX_VERSION = 2
+READABLE_INDEX_VERSIONS = (1, 2)
 _SEGMENT_FILE = re.compile(r"^seg-\d{8}\.(xlc|keys\.json)$")
 _CRC_CHUNK = 1 << 24
 
@@ -47,8 +58,13 @@ def _manifest_checksum(body: dict) -> int:
     return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
-def _file_crc(path: Path, start: int) -> int:
-    crc = 0
+def _header_of(path: Path) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(_HEADER.size)
+
+
+def _file_crc(path: Path, start: int, seed: int = 0) -> int:
+    crc = seed
     with open(path, "rb") as handle:
         handle.seek(start)
         while chunk := handle.read(_CRC_CHUNK):
@@ -126,8 +142,10 @@ class CodeIndex:
             raise CodeIndexError(f"{path / MANIFEST_NAME}: unreadable manifest ({exc})") from None
         if not isinstance(body, dict) or body.get("magic") != INDEX_MAGIC:
             raise CodeIndexError(f"{path}: not a crosslayer code index (bad manifest magic)")
-        if body.get("version") != INDEX_VERSION:
-            raise CodeIndexError(f"{path}: index version {body.get('version')}, this crosslayer reads {INDEX_VERSION}")
+        if body.get("version") not in READABLE_INDEX_VERSIONS:
+            raise CodeIndexError(
+                f"{path}: index version {body.get('version')}, this crosslayer reads versions {READABLE_INDEX_VERSIONS}"
+            )
         if _manifest_checksum(body) != checksum:
             raise CodeIndexError(f"{path / MANIFEST_NAME}: checksum mismatch (manifest is damaged)")
         return body
@@ -161,19 +179,23 @@ class CodeIndex:
             if actual != size or segment["size"] != size:
                 raise CodeIndexError(f"{file}: {actual} bytes, the manifest commits {size} (truncated or extended)")
             magic, version, header_size, n, dk, dt, words, crc = _HEADER.unpack(header)
-            if (magic, version, header_size, n, dk, dt, crc) != (
-                CODES_MAGIC, CODES_FORMAT_VERSION, _HEADER.size, segment["count"], self.Dk, self.Dt, segment["crc32"]
+            if version not in CODES_READABLE_VERSIONS or (magic, header_size, n, dk, dt, crc) != (
+                CODES_MAGIC, _HEADER.size, segment["count"], self.Dk, self.Dt, segment["crc32"]
             ):
                 raise CodeIndexError(f"{file}: segment header does not match the manifest (damaged)")
             if verify:
-                self._verify_segment(segment)
+                self._verify_segment(segment, checksum_seed(header, version))
         if expected_base != self._manifest["count"]:
             raise CodeIndexError(f"{self.path}: manifest count {self._manifest['count']} != sum of segments")
 
-    def _verify_segment(self, segment: dict) -> None:
+    def _verify_segment(self, segment: dict, seed: int) -> None:
         file = self.path / segment["file"]
-        if _file_crc(file, _HEADER.size) != segment["crc32"]:
+        if _file_crc(file, _HEADER.size, seed) != segment["crc32"]:
             raise CodeIndexError(f"{file}: checksum mismatch (segment is damaged)")
+        # Segments written before codes were checked on save (or by other tools) may break the layout's rules.
+        reason = invalid_bits_reason(self._segment_arrays(segment)[0], self.Dt)
+        if reason is not None:
+            raise CodeIndexError(f"{file}: invalid code bits: {reason}")
         if segment.get("keys"):
             keys_file = self.path / segment["keys"]
             try:
@@ -233,6 +255,8 @@ class CodeIndex:
             raise TypeError(f"codes: expected crosslayer.Codes, got {type(codes).__name__}")
         if (codes.Dk, codes.Dt) != (self.Dk, self.Dt):
             raise ValueError(f"codes: Dk={codes.Dk}, Dt={codes.Dt} differs from the index (Dk={self.Dk}, Dt={self.Dt})")
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("keys: expected a sequence of strings, one per item, got a single string")
         if keys is not None:
             keys = list(keys)
             if len(keys) != len(codes) or not all(isinstance(key, str) for key in keys):
@@ -242,16 +266,19 @@ class CodeIndex:
             return np.zeros(0, np.int64)
         number = len(self._manifest["segments"])
         segment = {"file": f"seg-{number:08d}.xlc", "count": len(codes), "id_base": id_base}
-        codes.save(self.path / segment["file"])
-        segment["size"] = (self.path / segment["file"]).stat().st_size
-        segment["crc32"] = _file_crc(self.path / segment["file"], _HEADER.size)
+        file = self.path / segment["file"]
+        codes.save(file)  # checks the bits first
+        segment["size"] = file.stat().st_size
+        # the checksum of what reached the disk: a write damaged on its way there fails the header's own checksum
+        segment["crc32"] = _file_crc(file, _HEADER.size, checksum_seed(_header_of(file), CODES_FORMAT_VERSION))
         if keys is not None:
             data = json.dumps(keys).encode()
             segment["keys"] = f"seg-{number:08d}.keys.json"
             segment["keys_crc32"] = zlib.crc32(data)
             with atomic_write(self.path / segment["keys"]) as handle:
                 handle.write(data)
-        body = dict(self._manifest, count=id_base + len(codes), segments=self._manifest["segments"] + [segment])
+        body = dict(self._manifest, version=INDEX_VERSION, count=id_base + len(codes),
+                    segments=self._manifest["segments"] + [segment])
         self._write_manifest(body)
         return np.arange(id_base, id_base + len(codes), dtype=np.int64)
 
@@ -297,7 +324,10 @@ class CodeIndex:
             seg_bits, seg_means = self._segment_arrays(segment)
             bits[row] = seg_bits[item - segment["id_base"]]
             means[row] = seg_means[item - segment["id_base"]]
-        return Codes(bits, means, self.Dt)
+        try:
+            return Codes(bits, means, self.Dt)  # the segments may not have been verified at open
+        except ValueError as exc:
+            raise CodeIndexError(f"{self.path}: {exc}") from None
 
     def keys(self, ids) -> list:
         """The string keys of the given ids (None for items appended without keys)."""

@@ -6,7 +6,7 @@ import numpy as np
 
 from crosslayer import _device
 from crosslayer._native import core
-from crosslayer._validate import as_float32_array, check_layer_pair
+from crosslayer._validate import as_float32_array, check_layer_pair, check_num_threads
 from crosslayer.codes import Codes, words_per_plane
 
 OUTPUTS = ("float", "codes")
@@ -44,7 +44,9 @@ def pool(x_t, a_t1, pca=None, output: str = "float", return_channel_mean: bool =
     GPU arrays (torch CUDA tensors, CuPy arrays; float32, bfloat16 or float16 activations) run the CUDA kernel on
     the caller's current stream and return arrays of the same framework ("codes" -> `DeviceCodes`); the tensor
     cores compute in TF32, so values within TF32 rounding of zero may get another sign than on the CPU.
+    num_threads: CPU threads, 0 for the OpenMP default; at most 4 per CPU core (larger values are capped).
     """
+    num_threads = check_num_threads(num_threads)
     if output not in OUTPUTS:
         raise ValueError(f"output: expected one of {OUTPUTS}, got {output!r}")
     if not isinstance(check_finite, (bool, np.bool_)):
@@ -67,4 +69,4 @@ def pool(x_t, a_t1, pca=None, output: str = "float", return_channel_mean: bool =
         return (out, channel_mean) if return_channel_mean else out
     bits = np.empty((n, dk, 2, words_per_plane(dt)), dtype=np.uint64)
     core.pool_cpu(x_t, a_t1, mean, proj, None, bits, channel_mean, num_threads)
-    return Codes(bits, channel_mean, dt)
+    return Codes._from_valid_bits(bits, channel_mean, dt)  # the kernel keeps padding zero and negative within nonzero

@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from crosslayer._native import core as _core
-from crosslayer._validate import check_positive_int
+from crosslayer._validate import check_num_threads, check_positive_int
 from crosslayer.codes import Codes
 
 POPCOUNT_ENV = "CROSSLAYER_POPCOUNT"
@@ -77,7 +77,9 @@ def gram(codes_a: Codes, codes_b: Codes | None = None, normalize: bool = False, 
 
     With ``normalize=True`` each entry is divided by sqrt(nnz_a * nnz_b) (cosine of the ternary vectors; 0 where a
     code is all zero) and the result is float64. Feed it to ``sklearn.svm.SVC(kernel="precomputed")``.
+    num_threads: CPU threads, 0 for the OpenMP default; at most 4 per CPU core (larger values are capped).
     """
+    num_threads = check_num_threads(num_threads)
     if _on_device(codes_a=codes_a, codes_b=codes_b):
         return _gram_on_device(codes_a, codes_b, normalize)
     codes_a = _check_codes(codes_a, "codes_a")
@@ -135,6 +137,7 @@ def search_segments(queries: Codes, segments, k, channels=50, num_threads: int =
     """Top-k over database segments [(bits (n, Dk, 2, words) uint64, id_base), ...] merged as one database.
 
     Returns (scores (nq, min(k, total)) int32, ids (nq, min(k, total)) int64)."""
+    num_threads = check_num_threads(num_threads)
     segments = [(bits, int(base)) for bits, base in segments if len(bits)]
     total = sum(len(bits) for bits, _ in segments)
     k, channels = check_search_args(queries, k, channels, queries.Dk)
@@ -158,7 +161,9 @@ def search(queries: Codes, database: Codes, k: int = 10, channels: int | None = 
     smaller channel) are compared; ``channels=None`` compares all. Scores are exact ternary dot products.
     Returns (scores (nq, min(k, len(database))) int32 by decreasing score, ids int64; ties to the smaller id).
     GPU codes (`pool` of torch/CuPy arrays with output="codes") are searched on the GPU, results in their framework.
+    num_threads: CPU threads, 0 for the OpenMP default; at most 4 per CPU core (larger values are capped).
     """
+    num_threads = check_num_threads(num_threads)
     if _on_device(queries=queries, database=database):
         return _search_on_device(queries, database, k, channels)
     queries = _check_codes(queries, "queries")
