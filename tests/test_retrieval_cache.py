@@ -105,6 +105,11 @@ def test_float_scores_of_other_queries_or_channels_are_not_reused(retrieval_set,
         compute_features(root, [], [root / "learn_a"], root / "cache", [2, None], OPTIONS, learn_images=6,
                          progress=False)
 
+    cache, rset = _features(root, [root / "learn_a"], with_float=True)
+    with pytest.raises(ValueError, match="channel_counts: the cached float scores were computed against other"):
+        evaluate_module.evaluate(cache, rset, channel_counts=[2, None], spoc_dim=4,
+                                 latency_queries=1)
+
 
 def test_an_interrupted_compute_resumes_to_the_uninterrupted_result(retrieval_set, backbone_cache, monkeypatch):
     root = retrieval_set

@@ -99,6 +99,13 @@ def evaluate(cache: FeatureCache, rset, distractors=(), channel_counts=DEFAULT_C
     queries = cache.load("queries", rset.queries.paths)
     database = cache.load("database", rset.database.paths)
     parts = [database] + [cache.load(distractor_name(folder), image_paths(folder)) for folder in distractors]
+    if with_float and all(p["float_scores"] is not None for p in parts):
+        # float scores are columns per (query, channel count) as `compute_features` was asked for: other queries or
+        # channel counts here would label them wrongly
+        expected = {float_key(queries["paths"], channel_counts)}
+        if any(p["float_key"] != expected for p in parts):
+            raise ValueError("channel_counts: the cached float scores were computed against other queries or channel "
+                             "counts; pass the ones given to compute_features")
     item_of = dict(zip(rset.database.paths, rset.database.items))
     labels = [item_of[p] for p in database["paths"]] + [None] * sum(len(p["paths"]) for p in parts[1:])
     query_items = [dict(zip(rset.queries.paths, rset.queries.items))[p] for p in queries["paths"]]

@@ -191,23 +191,26 @@ class FeatureCache:
         folder = self.directory / name
         folder.mkdir(parents=True, exist_ok=True)
         encoder = self.encoder
-        pending = {"paths": [], "errors": [], "parts": []}
+        # parts: (paths, arrays) of each encoded batch, appended in one step so that an interrupt (the flush in
+        # `finally` below) never commits arrays without their paths
+        pending = {"errors": [], "parts": []}
 
         def flush():
             nonlocal index
-            if not pending["paths"] and not pending["errors"]:
+            parts, errors = pending["parts"], pending["errors"]
+            # taken before writing: a flush interrupted here leaves nothing for the final flush to commit twice
+            pending.update(errors=[], parts=[])
+            if not parts and not errors:
                 return
-            if pending["paths"]:
-                parts = pending["parts"]
-                arrays = {key: np.concatenate([p[key] for p in parts], axis=1 if key == "float_scores" else 0)
-                          for key in parts[0]}
+            if parts:
+                arrays = {key: np.concatenate([a[key] for _, a in parts], axis=1 if key == "float_scores" else 0)
+                          for key in parts[0][1]}
                 with atomic_write(folder / f"chunk-{index:06d}.npz") as handle:
                     np.savez(handle, **arrays)
-            record = {"paths": pending["paths"], "errors": pending["errors"], "float_key": scorer_key}
+            record = {"paths": [p for paths, _ in parts for p in paths], "errors": errors, "float_key": scorer_key}
             with atomic_write(folder / f"chunk-{index:06d}.json", "w") as handle:
                 json.dump(record, handle)
             index += 1
-            pending.update(paths=[], errors=[], parts=[])
 
         encoded = 0
         with tqdm(total=len(todo), unit="img", desc=f"features {name}", disable=not progress) as bar:
@@ -224,11 +227,10 @@ class FeatureCache:
                                 part["float_scores"] = scorer.score(reps)
                             if keep_float:
                                 part["float_reps"] = reps
-                        pending["parts"].append(part)
-                        pending["paths"] += [str(s) for s in batch.sources]
+                        pending["parts"].append(([str(s) for s in batch.sources], part))
                         encoded += len(batch.positions)
                     bar.update(len(batch.positions) + len(batch.errors))
-                    if len(pending["paths"]) >= chunk_size:
+                    if sum(len(paths) for paths, _ in pending["parts"]) >= chunk_size:
                         flush()
             finally:
                 flush()
