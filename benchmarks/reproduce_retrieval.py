@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-distractors", action="store_true", help="only the run without distractors")
     parser.add_argument("--learn", nargs="*", default=[str(DATA / "scene15"), str(DATA / "cub100")])
     parser.add_argument("--learn-images", type=int, default=800)
-    parser.add_argument("--cache", default=str(Path.home() / ".cache" / "crosslayer" / "retrieval-eval"))
+    parser.add_argument("--cache", default=None, help="feature cache (default: $CROSSLAYER_CACHE/retrieval-eval)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--layers", nargs=2, default=None, metavar=("LAYER_T", "LAYER_T1"),
                         help="the backbone's layer pair (default: mobilenet_v2 features.17, features.18)")

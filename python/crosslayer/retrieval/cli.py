@@ -161,8 +161,8 @@ def register(sub, eval_sub) -> None:
     retrieve.add_argument("--channels", default="10,20,50,100,200,all")
     retrieve.add_argument("--spoc-dim", type=int, default=256)
     retrieve.add_argument("--no-float", action="store_true", help="skip cross-layer float (the slowest method)")
-    retrieve.add_argument("--cache", default=str(Path.home() / ".cache" / "crosslayer" / "retrieval-eval"),
-                          help="feature cache directory (resumable; one per encoder configuration)")
+    retrieve.add_argument("--cache", default=None, help="feature cache directory (resumable; one per encoder "
+                          "configuration and learn set; default: $CROSSLAYER_CACHE/retrieval-eval)")
     retrieve.add_argument("--json", help="write one record per method and channel count")
     _encoder_arguments(retrieve)
     _runtime_arguments(retrieve)

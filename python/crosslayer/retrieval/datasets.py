@@ -49,15 +49,17 @@ def read_retrieval_set(folder) -> RetrievalSet:
 
 
 def image_paths(source) -> list[str]:
-    """Image paths of a folder (its `manifest.csv` when it has one, else every image file under it) or a CSV
-    manifest whose header starts with `path`."""
+    """Image paths (resolved, as in `read_labelled_csv`) of a folder (its `manifest.csv` when it has one, else every
+    image file under it) or a CSV manifest whose header starts with `path`."""
     from crosslayer.extract import read_manifest
 
     source = Path(source)
     if source.is_file():
-        return read_manifest(source)
-    if (source / "manifest.csv").is_file():
-        return read_manifest(source / "manifest.csv")
-    if source.is_dir():
-        return list_images(source)
-    raise ValueError(f"images: {source} is neither an image folder nor a CSV manifest")
+        paths = read_manifest(source)
+    elif (source / "manifest.csv").is_file():
+        paths = read_manifest(source / "manifest.csv")
+    elif source.is_dir():
+        paths = list_images(source)
+    else:
+        raise ValueError(f"images: {source} is neither an image folder nor a CSV manifest")
+    return [str(Path(p).resolve()) for p in paths]

@@ -10,6 +10,7 @@ Methods, each ranked over the whole database (+ distractors):
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -35,14 +36,26 @@ def sample_paths(folders, count: int, seed: int = 0) -> list[str]:
 
 
 def distractor_name(folder) -> str:
-    return "distractors-" + (Path(folder).resolve().name or "root")
+    """The cache set of a distractor folder: its name for reading, a hash of its resolved path so that two folders
+    of one name (/a/images, /b/images) are two sets."""
+    resolved = Path(folder).resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:8]
+    return f"distractors-{resolved.name or 'root'}-{digest}"
+
+
+def default_cache_dir() -> Path:
+    from crosslayer.backbones.export import cache_dir
+
+    return cache_dir() / "retrieval-eval"
 
 
 def compute_features(data, distractors, learn, cache_dir, channel_counts, encoder_options, learn_images=800,
                      with_float=True, progress=True):
-    """Runs (or resumes) every backbone pass the evaluation needs; returns the open cache and the retrieval set."""
+    """Runs (or resumes) every backbone pass the evaluation needs; returns the open cache and the retrieval set.
+    cache_dir None: `default_cache_dir()` ($CROSSLAYER_CACHE/retrieval-eval)."""
     rset = read_retrieval_set(data)
     learn_paths = sample_paths(learn, learn_images)
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     cache = FeatureCache(cache_dir, CrossLayerEncoder(**encoder_options), fit_sources=learn_paths)
     cache.compute("learn", learn_paths, progress=progress)
     cache.compute("queries", rset.queries.paths, keep_float=with_float, on_error="raise", progress=progress)
@@ -85,7 +98,14 @@ def evaluate(cache: FeatureCache, rset, distractors=(), channel_counts=DEFAULT_C
     encoder = cache.encoder
     queries = cache.load("queries", rset.queries.paths)
     database = cache.load("database", rset.database.paths)
-    parts = [database] + [cache.load(distractor_name(folder)) for folder in distractors]
+    parts = [database] + [cache.load(distractor_name(folder), image_paths(folder)) for folder in distractors]
+    if with_float and all(p["float_scores"] is not None for p in parts):
+        # float scores are columns per (query, channel count) as `compute_features` was asked for: other queries or
+        # channel counts here would label them wrongly
+        expected = {float_key(queries["paths"], channel_counts)}
+        if any(p["float_key"] != expected for p in parts):
+            raise ValueError("channel_counts: the cached float scores were computed against other queries or channel "
+                             "counts; pass the ones given to compute_features")
     item_of = dict(zip(rset.database.paths, rset.database.items))
     labels = [item_of[p] for p in database["paths"]] + [None] * sum(len(p["paths"]) for p in parts[1:])
     query_items = [dict(zip(rset.queries.paths, rset.queries.items))[p] for p in queries["paths"]]
@@ -112,7 +132,9 @@ def evaluate(cache: FeatureCache, rset, distractors=(), channel_counts=DEFAULT_C
     records = []
 
     # SPoC and the global embedding: dense dot products
-    learn = cache.load("learn")
+    if cache.learn_paths is None:
+        raise ValueError("cache: opened without its learn set (fit_sources), which SPoC whitening is learnt on")
+    learn = cache.load("learn", cache.learn_paths)
     whitening = SpocWhitening(spoc_dim).fit(learn["embedding"])
     all_embeddings = np.concatenate([p["embedding"] for p in parts])
     # spoc-sign: the paper's observation that binarising the pooled baseline costs accuracy (cross-layer does not)
@@ -124,7 +146,9 @@ def evaluate(cache: FeatureCache, rset, distractors=(), channel_counts=DEFAULT_C
         query_vectors = transform(queries["embedding"])
         database_vectors = transform(all_embeddings)
         scores = query_vectors @ database_vectors.T
-        search_s = _time_per_query(lambda: np.argpartition(-(query_vectors[:1] @ database_vectors.T), 10, axis=1), 20)
+        # the top 10 (all of a smaller database)
+        top = min(10, len(database_vectors) - 1)
+        search_s = _time_per_query(lambda: np.argpartition(-(query_vectors[:1] @ database_vectors.T), top, axis=1), 20)
         post_s = _time_per_query(lambda: transform(outputs["embedding"]), 20)
         records.append(record(method, None, scores, nbytes, search_s, post_s))
     del all_embeddings
@@ -184,7 +208,8 @@ def result_sheet(cache: FeatureCache, rset, out, distractors=(), channels=50, qu
     from crosslayer.search import search_segments
 
     query_set = cache.load("queries", rset.queries.paths)
-    parts = [cache.load("database", rset.database.paths)] + [cache.load(distractor_name(f)) for f in distractors]
+    parts = [cache.load("database", rset.database.paths)]
+    parts += [cache.load(distractor_name(folder), image_paths(folder)) for folder in distractors]
     paths, segments, base = [], [], 0
     for part in parts:
         segments.append((part["codes"].bits, base))

@@ -6,7 +6,8 @@ against the queries (computed while the image's 1.6 MB float representation is i
 query set only, the float representations themselves.
 
 Layout (each file atomic; the .json commit record is written last):
-    cache.json, encoder.xle                  format/version; the fitted encoder every chunk was made with
+    cache.json, encoder.xle                  format/version, learn_set (see `learn_set_key`); the fitted encoder
+                                             every chunk was made with (its PCA learnt on that learn set)
     <set>/chunk-000000.npz                   bits, channel_mean, embedding[, float_scores][, float_reps]
     <set>/chunk-000000.json                  paths, errors, float_key
 """
@@ -32,6 +33,14 @@ class FeatureCacheError(ValueError):
     """A cache directory is not one, is of another version, or was made with other settings."""
 
 
+def learn_set_key(paths, fit_images, seed) -> str:
+    """Identifies what the encoder's PCA is learnt on: the learn images (resolved, in order, and their count) and the
+    seeded sample of at most `fit_images` of them that `CrossLayerEncoder.fit` draws."""
+    resolved = [str(Path(p).resolve()) for p in paths]
+    text = json.dumps({"count": len(resolved), "paths": resolved, "fit_images": fit_images, "seed": seed})
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def float_key(query_paths, channel_counts) -> str:
     """Identifies the queries and channel settings float scores were computed against."""
     text = json.dumps([list(map(str, query_paths)), [c if c is not None else "all" for c in channel_counts]])
@@ -40,8 +49,14 @@ def float_key(query_paths, channel_counts) -> str:
 
 class FeatureCache:
     def __init__(self, directory, encoder: CrossLayerEncoder, fit_sources=None):
-        """Opens `directory`, or creates it with `encoder` (fitted on `fit_sources` if it is not fitted yet)."""
+        """Opens `directory`, or creates it with `encoder` (fitted on `fit_sources` if it is not fitted yet).
+
+        fit_sources: the learn set. The cache records its `learn_set_key` and refuses to be opened with another one:
+        every cached code depends on the PCA learnt on it. `learn_paths` is this learn set (None when not given)."""
         self.directory = Path(directory)
+        self.learn_paths = None if fit_sources is None else [str(p) for p in fit_sources]
+        requested = (None if fit_sources is None
+                     else learn_set_key(self.learn_paths, encoder.fit_images, encoder.seed))
         meta_path = self.directory / "cache.json"
         runtime = {k: getattr(encoder, k) for k in ("batch_size", "threads", "decode_workers", "cache", "weights")}
         if meta_path.exists():
@@ -57,21 +72,54 @@ class FeatureCache:
                     "use another --cache"
                 )
             self.encoder = stored
+            if requested is not None:
+                self._check_learn_set(meta, requested)
             return
         if encoder.pca_ is None:
             if not fit_sources:
                 raise ValueError("fit_sources: an unfitted encoder needs images to learn its PCA on")
-            encoder.fit(fit_sources)
+            encoder.fit(self.learn_paths)
         self.directory.mkdir(parents=True, exist_ok=True)
         encoder.save(self.directory / "encoder.xle")
-        with atomic_write(meta_path, "w") as handle:
-            json.dump({"format": CACHE_FORMAT, "version": CACHE_VERSION}, handle)
+        self._write_meta(requested)
         self.encoder = encoder
+
+    def _write_meta(self, learn_key) -> None:
+        with atomic_write(self.directory / "cache.json", "w") as handle:
+            json.dump({"format": CACHE_FORMAT, "version": CACHE_VERSION, "learn_set": learn_key}, handle)
+
+    def _check_learn_set(self, meta: dict, requested: str) -> None:
+        """Refuses a learn set other than the one the stored PCA was learnt on (refitting would invalidate every
+        cached code: a new --cache is the same work, and keeps the old results)."""
+        advice = "its PCA was learnt on {}; use a new --cache for this --learn/--learn-images/--fit-images"
+        if "learn_set" in meta:
+            if meta["learn_set"] != requested:
+                raise FeatureCacheError(f"{self.directory}: "
+                                        + advice.format(f"another learn set ({meta['learn_set']}, requested {requested})"))
+            return
+        # A cache made before the learn set was recorded. Its PCA was learnt on the learn set of the run that made
+        # it, and every run added its own learn images to the "learn" set, so a "learn" set holding exactly the
+        # requested images (nothing more, nothing missing) is the evidence that no other learn set was used; it is
+        # then recorded. Anything else is unknown, and refused.
+        records = self._records("learn")
+        cached = {str(Path(p).resolve()) for r in records for p in r["paths"]}
+        cached |= {str(Path(e["path"]).resolve()) for r in records for e in r.get("errors", [])}
+        if cached != {str(Path(p).resolve()) for p in self.learn_paths}:
+            raise FeatureCacheError(
+                f"{self.directory}: made before the learn set was recorded, and its cached learn images "
+                f"({len(cached)}) are not the requested {len(self.learn_paths)}: "
+                + advice.format("an unknown learn set")
+            )
+        self._write_meta(requested)
 
     # ---- reading -------------------------------------------------------------------------------------------------
     def _records(self, name: str) -> list[dict]:
         folder = self.directory / name
         return committed_chunks(folder) if folder.is_dir() else []
+
+    def _has_float_reps(self, name: str, record: dict) -> bool:
+        with np.load(self.directory / name / f"chunk-{record['index']:06d}.npz") as arrays:
+            return "float_reps" in arrays.files
 
     def load(self, name: str, paths=None) -> dict:
         """The cached features of set `name`: paths, codes, embedding, float_scores/float_reps (or None), errors.
@@ -128,6 +176,13 @@ class FeatureCache:
                     f"{self.directory / name}: cached with float scores {record.get('float_key')!r}, requested "
                     f"{scorer_key!r} (other queries or channel counts); use another --cache"
                 )
+        if keep_float:
+            for record in records:
+                if record["paths"] and not self._has_float_reps(name, record):
+                    raise FeatureCacheError(
+                        f"{self.directory / name}: cached without float representations (by a --no-float run); "
+                        "use another --cache, or --no-float"
+                    )
         done = {p for r in records for p in r["paths"]} | {e["path"] for r in records for e in r.get("errors", [])}
         todo = [str(p) for p in paths if str(p) not in done]
         if not todo:
@@ -136,23 +191,26 @@ class FeatureCache:
         folder = self.directory / name
         folder.mkdir(parents=True, exist_ok=True)
         encoder = self.encoder
-        pending = {"paths": [], "errors": [], "parts": []}
+        # parts: (paths, arrays) of each encoded batch, appended in one step so that an interrupt (the flush in
+        # `finally` below) never commits arrays without their paths
+        pending = {"errors": [], "parts": []}
 
         def flush():
             nonlocal index
-            if not pending["paths"] and not pending["errors"]:
+            parts, errors = pending["parts"], pending["errors"]
+            # taken before writing: a flush interrupted here leaves nothing for the final flush to commit twice
+            pending.update(errors=[], parts=[])
+            if not parts and not errors:
                 return
-            if pending["paths"]:
-                parts = pending["parts"]
-                arrays = {key: np.concatenate([p[key] for p in parts], axis=1 if key == "float_scores" else 0)
-                          for key in parts[0]}
+            if parts:
+                arrays = {key: np.concatenate([a[key] for _, a in parts], axis=1 if key == "float_scores" else 0)
+                          for key in parts[0][1]}
                 with atomic_write(folder / f"chunk-{index:06d}.npz") as handle:
                     np.savez(handle, **arrays)
-            record = {"paths": pending["paths"], "errors": pending["errors"], "float_key": scorer_key}
+            record = {"paths": [p for paths, _ in parts for p in paths], "errors": errors, "float_key": scorer_key}
             with atomic_write(folder / f"chunk-{index:06d}.json", "w") as handle:
                 json.dump(record, handle)
             index += 1
-            pending.update(paths=[], errors=[], parts=[])
 
         encoded = 0
         with tqdm(total=len(todo), unit="img", desc=f"features {name}", disable=not progress) as bar:
@@ -169,11 +227,10 @@ class FeatureCache:
                                 part["float_scores"] = scorer.score(reps)
                             if keep_float:
                                 part["float_reps"] = reps
-                        pending["parts"].append(part)
-                        pending["paths"] += [str(s) for s in batch.sources]
+                        pending["parts"].append(([str(s) for s in batch.sources], part))
                         encoded += len(batch.positions)
                     bar.update(len(batch.positions) + len(batch.errors))
-                    if len(pending["paths"]) >= chunk_size:
+                    if sum(len(paths) for paths, _ in pending["parts"]) >= chunk_size:
                         flush()
             finally:
                 flush()
