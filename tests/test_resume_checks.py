@@ -67,6 +67,22 @@ def test_store_refuses_other_weights_naming_both(backbone_cache, tmp_path, other
     assert (report.done, report.skipped) == (2, 2)
 
 
+def test_weights_file_replaced_since_the_encoder_was_saved_is_refused(tmp_path):
+    weights = tmp_path / "net.pth"
+    weights.write_bytes(b"the weights the PCA was learnt with")
+    encoder = CrossLayerEncoder(side=SIDE, pca_dim=4, weights=str(weights))
+    dt_in = encoder.spec.channels[encoder.layers[0]]
+    encoder.pca_ = (np.zeros(dt_in, np.float32), np.eye(dt_in, 4, dtype=np.float32))  # no network needed to save
+    encoder.save(tmp_path / "enc.xle")
+    recorded = file_sha256(weights)
+    assert CrossLayerEncoder.read_meta(tmp_path / "enc.xle")["weights_id"] == recorded
+
+    weights.write_bytes(b"other weights under the same name")
+    loaded = CrossLayerEncoder.load(tmp_path / "enc.xle")
+    with pytest.raises(EncoderMismatchError, match=f"{recorded}.*{file_sha256(weights)}"):
+        loaded._backbone()  # refused before the network is exported or run
+
+
 def _drop_weights_id(path):
     """Rewrites an encoder file as one written before the weights were recorded."""
     with zipfile.ZipFile(path) as archive:

@@ -195,8 +195,8 @@ def _cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crosslayer", description="Cross-convolutional-layer pooling.")
     sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="build info, or what a store directory / encoder file holds")
-    info.add_argument("path", nargs="?", default=None, help="a store directory or an encoder file")
+    info = sub.add_parser("info", help="build info, or what a store directory / image index / encoder file holds")
+    info.add_argument("path", nargs="?", default=None, help="a store directory, an image index directory or an encoder file")
     info.set_defaults(func=_cmd_info)
 
     from crosslayer.backbones.registry import BACKBONES, DEFAULT_BACKBONE

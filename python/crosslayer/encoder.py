@@ -136,9 +136,9 @@ class CrossLayerEncoder:
         if self._weights_id is _UNRESOLVED:
             self._weights_id = actual
         elif actual != self._weights_id:
-            given = "the packaged weights" if self.weights is None else f"weights {self.weights}"
-            raise EncoderMismatchError(where, [f"made with {describe_weights(self._weights_id)}, but {given} are "
-                                               f"{describe_weights(actual)}; pass the weights it was made with"])
+            given = "the packaged weights" if self.weights is None else str(self.weights)
+            raise EncoderMismatchError(where, [f"made with {describe_weights(self._weights_id)}, not {given} "
+                                               f"({describe_weights(actual)}); pass the weights it was made with"])
 
     # ---- backbone ------------------------------------------------------------------------------------------------
     @property
@@ -152,10 +152,10 @@ class CrossLayerEncoder:
     def _backbone(self):
         if self._runner is None:
             from crosslayer.backbones.export import export
-
-            self._check_weights(f"{self.backbone} encoder")
             from crosslayer.backbones.runtime import OnnxBackbone
 
+            # the file recorded (or given) may have been replaced since the PCA was learnt
+            self._check_weights(f"{self.backbone} encoder")
             path = export(self.spec, self.layers, self.weights, with_embedding=True, with_logits=self.logits,
                           cache=self.cache, seed=self.seed)
             self._runner = OnnxBackbone(path, intra_op_threads=self.threads)

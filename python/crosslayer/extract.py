@@ -160,6 +160,7 @@ def _open_store(directory: Path, encoder: CrossLayerEncoder | None, fit_sources)
 
 def resolve_sources(sources) -> tuple[list[str], int]:
     """(the image paths resolved, each once, in order of first occurrence; how many repeats were dropped)."""
+    sources = list(sources)
     unique = list(dict.fromkeys(str(Path(s).resolve()) for s in sources))
     return unique, len(sources) - len(unique)
 
