@@ -122,5 +122,6 @@ def test_cli_extract_and_info(backbone_cache, tmp_path, rng, capsys):
     assert main(["info", str(tmp_path / "store")]) == 0
     out = capsys.readouterr().out
     assert '"images": 3' in out and "mobilenet_v2" in out
-    assert main(["extract", str(tmp_path / "photos"), str(tmp_path / "store"), "--quiet"]) == 0
+    # a rerun with the same settings resumes (other settings are refused: tests/test_resume_checks.py)
+    assert main(["extract", str(tmp_path / "photos"), str(tmp_path / "store"), "--side", str(SIDE), "--quiet"]) == 0
     assert "encoded 0 images" in capsys.readouterr().out

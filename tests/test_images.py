@@ -92,3 +92,53 @@ def test_normalize_matches_formula(rng):
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     expected = (photo.astype(np.float64) / 255 - mean) / std
     np.testing.assert_allclose(normalize(photo, mean, std), expected.transpose(2, 0, 1), atol=1e-5)
+
+
+def _png_claiming(width, height):
+    """A greyscale PNG whose header claims width x height, with no pixel data after it."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+# Pillow still warns on opening an image beyond max_pixels (its limit is raised to ours), which is then refused
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_max_pixels_decides_not_pillows_own_limit(tmp_path, monkeypatch):
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tiny)
+    with pytest.raises(ImageError, match="10x10 pixels exceeds the limit of 99 pixels"):
+        load_image(tiny, max_pixels=99)
+    assert load_image(tiny, max_pixels=100).shape == (10, 10, 3)
+    with pytest.raises(ValueError, match="max_pixels"):
+        load_image(tiny, max_pixels=0)
+
+    # 144M pixels: above Pillow's default warning limit (~89.5M), below twice it
+    claims_144m = tmp_path / "claims.png"
+    claims_144m.write_bytes(_png_claiming(12000, 12000))
+    with pytest.raises(ImageError, match="12000x12000 pixels exceeds the limit of 100000000 pixels"):
+        load_image(claims_144m)
+    with pytest.raises(ImageError, match="cannot decode"):  # allowed through: it fails on its missing pixel data
+        load_image(claims_144m, max_pixels=200_000_000)
+
+    # Pillow's limit lowered below the image's size (it would refuse a 100-pixel image beyond 2 x 20) is not ours,
+    # and stays as it was
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
+    assert load_image(tiny).shape == (10, 10, 3)
+    assert Image.MAX_IMAGE_PIXELS == 20
+
+
+def test_concurrent_decodes_leave_pillows_limit_as_it_was(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.full((10, 10, 3), 7, np.uint8)).save(tiny)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20)
+    with ThreadPoolExecutor(4) as pool:
+        decoded = list(pool.map(lambda limit: load_image(tiny, max_pixels=limit), [100, 1000, 10**9] * 20))
+    assert all(d.shape == (10, 10, 3) and d[0, 0, 0] == 7 for d in decoded)
+    assert Image.MAX_IMAGE_PIXELS == 20

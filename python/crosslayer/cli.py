@@ -9,7 +9,7 @@ import numpy as np
 
 
 def _cmd_info(args) -> int:
-    """Build info; with a path, what a store directory or an encoder file holds."""
+    """Build info; with a path, what a store directory, an image index or an encoder file holds."""
     import json
 
     import crosslayer
@@ -22,14 +22,21 @@ def _cmd_info(args) -> int:
 
     from crosslayer.encoder import CrossLayerEncoder
     from crosslayer.extract import Store
+    from crosslayer.retrieval.image_index import ImageIndex
 
     path = Path(args.path)
     if not path.exists():
         print(f"crosslayer info: {path} does not exist", file=sys.stderr)
         return 2
     try:
-        summary = Store(path).summary() if path.is_dir() else CrossLayerEncoder.read_meta(path)
-    except ValueError as error:  # StoreError, EncoderFormatError
+        if not path.is_dir():
+            summary = CrossLayerEncoder.read_meta(path)
+        elif ImageIndex.exists(path) or ImageIndex.interrupted_creation(path):
+            with ImageIndex.open(path, "r") as index:
+                summary = index.summary()
+        else:
+            summary = Store(path).summary()
+    except ValueError as error:  # StoreError, EncoderFormatError, ImageIndexError, CodeIndexError
         print(f"crosslayer info: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1))
@@ -62,13 +69,18 @@ def _cmd_extract(args) -> int:
     from crosslayer.extract import StoreError, extract, list_images, read_manifest
 
     source = Path(args.source)
+    if not source.exists():
+        print(f"crosslayer extract: {source} does not exist (expected an image folder or a CSV manifest)",
+              file=sys.stderr)
+        return 2
     sources = list_images(source) if source.is_dir() else read_manifest(source)
     if not sources:
         print(f"crosslayer extract: no images found in {source}", file=sys.stderr)
         return 2
     store = Path(args.store)
-    # an existing store keeps its own encoder; a new one is configured from the arguments
-    encoder = None if (store / "store.json").exists() and not args.encoder else _encoder_from_args(args)
+    # an existing store resumes only with the encoder it was made with (StoreError naming the differences), run
+    # with this command's batch size, threads and decode workers
+    encoder = _encoder_from_args(args)
     try:
         report = extract(sources, store, encoder, chunk_size=args.chunk_size, save_embedding=not args.no_embedding,
                          on_error=args.on_error, progress=not args.quiet)
@@ -115,13 +127,21 @@ def random_crops(images, per_image: int, seed: int = 0):
     return crops
 
 
-def code_similarity(codes, query: int, channels: int):
-    """Masked popcount similarity of code `query` to every code: the `channels` guidance channels with the largest
-    mean activation in the query. (Reference implementation; the popcount engine replaces this one call.)"""
-    from crosslayer import reference
+def nearest_neighbours(codes, channels: int) -> list[tuple[int, int]]:
+    """For each code, (the most similar other code, its score): masked popcount similarity on the query's `channels`
+    guidance channels of largest mean activation, by the search engine (`crosslayer.search`); ties go to the
+    smaller index."""
+    from crosslayer.search import search
 
-    selected = sorted(np.argsort(-codes.channel_mean[query], kind="stable")[:channels].tolist())
-    return [reference.ternary_dot(codes.bits[query], codes.bits[i], codes.Dt, selected) for i in range(len(codes))]
+    if len(codes) < 2:
+        raise ValueError(f"codes: need at least two codes to find neighbours, got {len(codes)}")
+    scores, ids = search(codes, codes, k=2, channels=channels)
+    neighbours = []
+    for query, (row_scores, row_ids) in enumerate(zip(scores, ids)):
+        # a code scores at least as high with itself as with any other, so the best other one is in the top two
+        column = 1 if row_ids[0] == query else 0
+        neighbours.append((int(row_ids[column]), int(row_scores[column])))
+    return neighbours
 
 
 def _imagenet_names():
@@ -167,19 +187,16 @@ def _cmd_demo(args) -> int:
     print(f"\nper image: float representation {float_bytes / 1e6:.2f} MB, sign code {code_bytes / 1e3:.1f} kB "
           f"({float_bytes / code_bytes:.1f}x smaller); {len(codes)} photos (and the PCA) in {elapsed:.1f} s")
     print(f"\nnearest neighbour by popcount similarity on the top {args.channels} guidance channels:")
-    for query in range(len(codes)):
-        scores = code_similarity(codes, query, args.channels)
-        scores[query] = -(1 << 62)
-        best = int(np.argmax(scores))
-        print(f"  {names[query]:>26} -> {names[best]} (score {scores[best]})")
+    for query, (best, score) in enumerate(nearest_neighbours(codes, args.channels)):
+        print(f"  {names[query]:>26} -> {names[best]} (score {score})")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crosslayer", description="Cross-convolutional-layer pooling.")
     sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="build info, or what a store directory / encoder file holds")
-    info.add_argument("path", nargs="?", default=None, help="a store directory or an encoder file")
+    info = sub.add_parser("info", help="build info, or what a store directory / image index / encoder file holds")
+    info.add_argument("path", nargs="?", default=None, help="a store directory, an image index directory or an encoder file")
     info.set_defaults(func=_cmd_info)
 
     from crosslayer.backbones.registry import BACKBONES, DEFAULT_BACKBONE
@@ -233,14 +250,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raised_by_an_argument_check(error: BaseException) -> bool:
+    """Whether `error` comes from a `raise` statement in crosslayer's own code (its checks name the argument and
+    what was expected), not from an operation failing inside it: that is a bug, and its traceback must be seen."""
+    import dis
+
+    innermost = error.__traceback__
+    if innermost is None:
+        return False
+    while innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    module = innermost.tb_frame.f_globals.get("__name__", "")
+    if module != "crosslayer" and not module.startswith("crosslayer."):
+        return False
+    return any(instruction.offset == innermost.tb_lasti and instruction.opname == "RAISE_VARARGS"
+               for instruction in dis.get_instructions(innermost.tb_frame.f_code))
+
+
 def main(argv=None) -> int:
+    from crosslayer.backbones.weights import WeightsError
+
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    def fail(message):
+        parser.exit(2, f"crosslayer {args.command}: error: {message}\n")
+
+    # bad input (arguments, files, index mismatch, missing weights) gets one clear line, not a traceback
     try:
         return args.func(args)
-    except ValueError as error:
-        # bad input (arguments, files, index mismatch) gets one clear line, not a traceback
-        parser.exit(2, f"crosslayer {args.command}: error: {error}\n")
+    except (ValueError, WeightsError) as error:
+        fail(error)
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as error:
+        if error.filename is None:
+            raise
+        fail(f"{error.strerror}: {error.filename}")
+    except TypeError as error:
+        if not _raised_by_an_argument_check(error):
+            raise
+        fail(error)
 
 
 if __name__ == "__main__":

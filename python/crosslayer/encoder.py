@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -15,17 +16,33 @@ import numpy as np
 
 from crosslayer._atomic import atomic_write
 from crosslayer.backbones.registry import get_backbone
+from crosslayer.backbones.weights import describe_weights, weights_identity
 from crosslayer.batches import stream_batches
 from crosslayer.codes import Codes
 from crosslayer.images import RESIZE_POLICIES, check_side, prepare
 from crosslayer.pooling import pool
 
 ENCODER_FORMAT = "crosslayer-encoder"
+# Version 1 files written before the weights were recorded lack "weights_id": their weights are unknown. The key is
+# additive (older readers ignore it), so the version stays 1.
 ENCODER_VERSION = 1
+# What must match to add codes to those an encoder made: the same network (these and its weights) and the same PCA.
+COMPARED_SETTINGS = ("backbone", "layers", "side", "pca_dim", "policy")
+# What a resumed run may choose anew: they change speed and memory, not the codes.
+RUNTIME_OPTIONS = ("batch_size", "threads", "decode_workers", "cache")
+_UNRESOLVED = object()  # weights_id not computed yet
 
 
 class EncoderFormatError(ValueError):
     """An encoder file is not one, is of another version, or is damaged."""
+
+
+class EncoderMismatchError(ValueError):
+    """Codes made with one encoder would be mixed with codes of another: ``differences`` says what differs."""
+
+    def __init__(self, where, differences: list[str]):
+        self.differences = list(differences)
+        super().__init__(f"{where}: {'; '.join(self.differences)}")
 
 
 class NotFittedError(RuntimeError):
@@ -100,6 +117,28 @@ class CrossLayerEncoder:
         self.seed = seed
         self.pca_ = None
         self._runner = None
+        self._weights_id = _UNRESOLVED
+
+    @property
+    def weights_id(self) -> str | None:
+        """The network weights' identity (`crosslayer.backbones.weights.weights_identity`): the sha256 of the weights
+        file or "random:SEED"; for an encoder loaded from the file, the weights it was made with (None: a file from
+        before they were recorded)."""
+        if self._weights_id is _UNRESOLVED:
+            self._weights_id = weights_identity(self.spec, self.weights, self.seed)
+        return self._weights_id
+
+    def _check_weights(self, where) -> None:
+        """Refuses weights other than those the PCA (and every code made with this encoder) came from."""
+        if self._weights_id is None:  # unrecorded: `load` has said so
+            return
+        actual = weights_identity(self.spec, self.weights, self.seed)
+        if self._weights_id is _UNRESOLVED:
+            self._weights_id = actual
+        elif actual != self._weights_id:
+            given = "the packaged weights" if self.weights is None else str(self.weights)
+            raise EncoderMismatchError(where, [f"made with {describe_weights(self._weights_id)}, not {given} "
+                                               f"({describe_weights(actual)}); pass the weights it was made with"])
 
     # ---- backbone ------------------------------------------------------------------------------------------------
     @property
@@ -115,6 +154,8 @@ class CrossLayerEncoder:
             from crosslayer.backbones.export import export
             from crosslayer.backbones.runtime import OnnxBackbone
 
+            # the file recorded (or given) may have been replaced since the PCA was learnt
+            self._check_weights(f"{self.backbone} encoder")
             path = export(self.spec, self.layers, self.weights, with_embedding=True, with_logits=self.logits,
                           cache=self.cache, seed=self.seed)
             self._runner = OnnxBackbone(path, intra_op_threads=self.threads)
@@ -173,11 +214,24 @@ class CrossLayerEncoder:
         return self.fit(images).transform(images)
 
     # ---- file format ---------------------------------------------------------------------------------------------
+    def settings(self) -> dict:
+        """The COMPARED_SETTINGS (without the weights, whose identity may take hashing a file)."""
+        return {"backbone": self.backbone, "layers": list(self.layers), "side": self.side, "pca_dim": self.pca_dim,
+                "policy": self.policy}
+
     def config(self) -> dict:
-        return {
-            "backbone": self.backbone, "layers": list(self.layers), "side": self.side, "pca_dim": self.pca_dim,
-            "policy": self.policy, "weights": self.weights, "seed": self.seed, "Dk": self.Dk, "Dt": self.Dt,
-        }
+        return {**self.settings(), "weights": self.weights, "weights_id": self.weights_id, "seed": self.seed,
+                "Dk": self.Dk, "Dt": self.Dt}
+
+    def differences(self, made: dict) -> list[str]:
+        """How this (requested) encoder differs from the one whose `config()` is `made` — [] when codes of both can
+        be mixed. The weights are compared (a file hashed) only when the settings match; unrecorded weights are not."""
+        wanted = self.settings()
+        found = [f"{key} {made[key]!r} (requested {wanted[key]!r})" for key in COMPARED_SETTINGS if made[key] != wanted[key]]
+        if not found and made.get("weights_id") is not None and made["weights_id"] != self.weights_id:
+            given = "the packaged weights" if self.weights is None else f"{self.weights}"
+            found.append(f"{describe_weights(made['weights_id'])} (requested {given}: {describe_weights(self.weights_id)})")
+        return found
 
     def save(self, path) -> None:
         """Writes the fitted encoder atomically (a zip: meta.json + PCA arrays)."""
@@ -207,13 +261,24 @@ class CrossLayerEncoder:
 
     @classmethod
     def load(cls, path, **runtime_options) -> "CrossLayerEncoder":
-        """A fitted encoder from `save`; runtime_options (batch_size, threads, logits, cache, weights...) override."""
+        """A fitted encoder from `save`; runtime_options (batch_size, threads, logits, cache, weights...) override.
+
+        Weights given here (a moved file) must be the ones recorded in the file (EncoderMismatchError otherwise);
+        for a file that did not record them, other weights are accepted with a warning that they cannot be checked."""
         path = Path(path)
         meta = cls.read_meta(path)
         params = {key: meta[key] for key in ("backbone", "side", "pca_dim", "policy", "weights", "seed")}
         params["layers"] = tuple(meta["layers"])
         params.update(runtime_options)
         encoder = cls(**params)
+        encoder._weights_id = meta.get("weights_id")
+        if "weights" in runtime_options:
+            if encoder._weights_id is not None:
+                encoder._check_weights(path)
+            elif encoder.weights != meta["weights"]:
+                warnings.warn(f"{path}: written before encoder files recorded their weights' sha256, so it cannot be "
+                              f"checked that weights {encoder.weights!r} (not {meta['weights']!r} as recorded) are the "
+                              "ones its codes were made with", UserWarning, stacklevel=2)
         try:
             with zipfile.ZipFile(path) as archive:
                 mean = np.load(io.BytesIO(archive.read("pca_mean.npy")), allow_pickle=False)
@@ -225,3 +290,16 @@ class CrossLayerEncoder:
             raise EncoderFormatError(f"{path}: PCA shapes {mean.shape}, {projection.shape} do not match the encoder")
         encoder.pca_ = (mean.astype(np.float32), np.ascontiguousarray(projection, dtype=np.float32))
         return encoder
+
+    @classmethod
+    def load_for_resume(cls, path, requested: "CrossLayerEncoder") -> "CrossLayerEncoder":
+        """The encoder saved at `path`, to add codes to those it made, provided `requested` is the same encoder
+        (EncoderMismatchError naming each difference otherwise; a fitted `requested` must have the same PCA too).
+        It takes requested's RUNTIME_OPTIONS and weights file (checked to be the same weights: it may have moved)."""
+        found = requested.differences(cls.read_meta(path))
+        if found:
+            raise EncoderMismatchError(path, found)
+        stored = cls.load(path, weights=requested.weights, **{key: getattr(requested, key) for key in RUNTIME_OPTIONS})
+        if requested.pca_ is not None and not all(np.array_equal(a, b) for a, b in zip(requested.pca_, stored.pca_)):
+            raise EncoderMismatchError(path, ["another PCA (the same settings, fitted separately)"])
+        return stored

@@ -6,6 +6,7 @@ Store layout (every file written atomically):
     chunk-000000.xlc           Codes of one chunk of images (with channel means)
     chunk-000000.emb.npy       optional: the pooled embeddings of those images (n, C) float32
     chunk-000000.json          the chunk's image paths and failed images, written last: it commits the chunk
+Image paths are stored resolved (absolute, symlinks followed), so one file is one entry however it was named.
 A rerun reads the committed chunks, skips their images and appends new chunks; an interrupted run loses at most the
 chunk being gathered. Memory stays at one batch of activations plus one chunk of codes.
 """
@@ -22,7 +23,7 @@ import numpy as np
 
 from crosslayer._atomic import atomic_write
 from crosslayer.codes import Codes
-from crosslayer.encoder import CrossLayerEncoder
+from crosslayer.encoder import CrossLayerEncoder, EncoderMismatchError
 
 STORE_FORMAT = "crosslayer-store"
 STORE_VERSION = 1
@@ -128,23 +129,24 @@ class Store:
 @dataclass
 class ExtractReport:
     done: int = 0  # images encoded by this run
-    skipped: int = 0  # already in the store
+    skipped: int = 0  # already in the store, or given twice
     failed: list = field(default_factory=list)  # (path, reason)
     seconds: float = 0.0
 
 
 def _open_store(directory: Path, encoder: CrossLayerEncoder | None, fit_sources) -> tuple[Store, CrossLayerEncoder]:
-    """The store's encoder if it exists (checked against `encoder`'s configuration), else a new store."""
+    """The store's encoder if it exists (checked against `encoder`, whose runtime options it takes), else a new
+    store made with `encoder`."""
     meta_path = directory / "store.json"
     if meta_path.exists():
         store = Store(directory)
-        stored = CrossLayerEncoder.load(store.encoder_path, **(_runtime_options(encoder) if encoder else {}))
-        if encoder is not None:
-            mine, theirs = encoder.config(), stored.config()
-            keys = ("backbone", "layers", "side", "pca_dim", "policy")
-            if any(mine[k] != theirs[k] for k in keys) or (encoder.pca_ is not None and not _same_pca(encoder, stored)):
-                raise StoreError(f"{directory}: made with {[theirs[k] for k in keys]}, requested {[mine[k] for k in keys]}; use another store")
-        return store, stored
+        if encoder is None:
+            return store, CrossLayerEncoder.load(store.encoder_path)
+        try:
+            return store, CrossLayerEncoder.load_for_resume(store.encoder_path, encoder)
+        except EncoderMismatchError as error:
+            raise StoreError(f"{directory}: made with another encoder: {'; '.join(error.differences)}; "
+                             "use another store") from None
     if encoder is None:
         encoder = CrossLayerEncoder()
     if encoder.pca_ is None:
@@ -156,12 +158,11 @@ def _open_store(directory: Path, encoder: CrossLayerEncoder | None, fit_sources)
     return Store(directory), encoder
 
 
-def _same_pca(a, b) -> bool:
-    return all(np.array_equal(x, y) for x, y in zip(a.pca_, b.pca_))
-
-
-def _runtime_options(encoder) -> dict:
-    return {k: getattr(encoder, k) for k in ("batch_size", "threads", "decode_workers", "cache", "weights")}
+def resolve_sources(sources) -> tuple[list[str], int]:
+    """(the image paths resolved, each once, in order of first occurrence; how many repeats were dropped)."""
+    sources = list(sources)
+    unique = list(dict.fromkeys(str(Path(s).resolve()) for s in sources))
+    return unique, len(sources) - len(unique)
 
 
 class _ChunkWriter:
@@ -206,13 +207,15 @@ def extract(sources, store_dir, encoder: CrossLayerEncoder | None = None, chunk_
 
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
-    sources = [str(s) for s in sources]
+    sources, repeats = resolve_sources(sources)
     start = time.perf_counter()
     directory = Path(store_dir)
     store, encoder = _open_store(directory, encoder, fit_sources if fit_sources is not None else sources)
-    done = set(store.paths()) | {f["path"] for f in store.failures()} if on_error == "skip" else set(store.paths())
+    recorded = store.paths() + ([f["path"] for f in store.failures()] if on_error == "skip" else [])
+    # stores written before paths were resolved may hold them as given: resolved here against the current folder
+    done = {str(Path(p).resolve()) for p in recorded}
     todo = [s for s in sources if s not in done]
-    report = ExtractReport(skipped=len(sources) - len(todo))
+    report = ExtractReport(skipped=repeats + len(sources) - len(todo))
     chunks = store.chunks()
     writer = _ChunkWriter(store, (chunks[-1]["index"] + 1) if chunks else 0, chunk_size, save_embedding)
     with tqdm(total=len(todo), unit="img", disable=not progress, desc="extract") as bar:

@@ -6,7 +6,8 @@ on white; 16-bit scaled to 8 bits. A file that cannot be used raises `ImageError
 
 from __future__ import annotations
 
-import warnings
+import contextlib
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -49,23 +50,58 @@ def _to_rgb_uint8(image, path) -> np.ndarray:
     return rgb
 
 
+_pillow_limit_lock = threading.Lock()
+_pillow_limit_users = 0  # decodes in progress in this process
+_pillow_limit_saved = None  # Pillow's limit before the first of them
+
+
+@contextlib.contextmanager
+def _pillow_limit_at_least(pixels: int):
+    """Raises Pillow's own decompression-bomb limit (the process-wide Image.MAX_IMAGE_PIXELS, above which it warns,
+    and above twice which it refuses, on opening) to `pixels` while this decode runs, so that `max_pixels` decides.
+
+    Decoding threads overlap: the first of them saves Pillow's value and the last restores it, under a lock, so no
+    thread restores a value another one still relies on. (Warning filters are no way around Pillow's limit:
+    `warnings.catch_warnings` is process-wide state too, and is not thread-safe at all.)"""
+    from PIL import Image
+
+    global _pillow_limit_users, _pillow_limit_saved
+    with _pillow_limit_lock:
+        if _pillow_limit_users == 0:
+            _pillow_limit_saved = Image.MAX_IMAGE_PIXELS
+        _pillow_limit_users += 1
+        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < pixels:
+            Image.MAX_IMAGE_PIXELS = pixels
+    try:
+        yield
+    finally:
+        with _pillow_limit_lock:
+            _pillow_limit_users -= 1
+            if _pillow_limit_users == 0:
+                Image.MAX_IMAGE_PIXELS = _pillow_limit_saved
+
+
 def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decodes an image file to HxWx3 uint8 RGB (EXIF orientation applied). Raises ImageError."""
+    """Decodes an image file to HxWx3 uint8 RGB (EXIF orientation applied). Raises ImageError.
+
+    Images of more than `max_pixels` pixels (by their header) are refused before decoding; Pillow's own limit
+    (Image.MAX_IMAGE_PIXELS) does not apply, higher or lower."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise ValueError(f"max_pixels: expected a positive integer, got {max_pixels!r}")
     path = Path(path)
+    too_large = f"exceeds the limit of {max_pixels} pixels (decompression bomb?)"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageError(path, f"{width}x{height} pixels exceeds the limit of {max_pixels} (decompression bomb?)")
-                if width < 1 or height < 1:
-                    raise ImageError(path, f"empty image ({width}x{height})")
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                return _to_rgb_uint8(image, path)
+        with _pillow_limit_at_least(int(max_pixels)), Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(path, f"{width}x{height} pixels {too_large}")
+            if width < 1 or height < 1:
+                raise ImageError(path, f"empty image ({width}x{height})")
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb_uint8(image, path)
     except ImageError:
         raise
     except FileNotFoundError:
@@ -74,8 +110,10 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         raise ImageError(path, "is a directory") from None
     except UnidentifiedImageError:
         raise ImageError(path, "not a recognised image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(path, f"decompression bomb: {error}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow refused (or, with warnings turned into errors, warned about) a size beyond its limit, which is at
+        # least max_pixels here: beyond ours too
+        raise ImageError(path, f"image size {too_large}") from None
     except (OSError, SyntaxError, ValueError) as error:
         # Pillow reports truncated or corrupt data as OSError/SyntaxError/ValueError
         raise ImageError(path, f"cannot decode: {error}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 from pathlib import Path
@@ -16,6 +17,15 @@ class WeightsError(RuntimeError):
 
 
 def file_sha256(path) -> str:
+    """The file's sha256 hex digest. Remembered per (file, inode, size, mtime): a weights file is hashed by the export,
+    by the encoder's resume checks and when a network is built, and a VGG file takes seconds to hash."""
+    path = Path(path).resolve()
+    status = path.stat()
+    return _sha256_of_version(str(path), status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of_version(path: str, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -51,6 +61,30 @@ def resolve_weights(spec: BackboneSpec, weights=None) -> tuple[Path | None, str]
     if not path.is_file():
         raise WeightsError(f"weights: {path} is not a file")
     return path, file_sha256(path)
+
+
+def weights_identity(spec: BackboneSpec, weights=None, seed: int = 0) -> str:
+    """What identifies the network's weights in an encoder file: the weights file's sha256 hex digest (the pinned one
+    for the packaged weights, which `resolve_weights` verifies when the network is built), or "random:SEED"."""
+    if weights == RANDOM_WEIGHTS:
+        return f"{RANDOM_WEIGHTS}:{seed}"
+    if weights is None:
+        if spec.weights.package is None or spec.weights.sha256 is None:
+            raise WeightsError(f"{spec.name}: no pretrained weights ship with a package; {spec.weights.install_hint}")
+        return spec.weights.sha256
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsError(f"weights: {path} is not a file")
+    return file_sha256(path)
+
+
+def describe_weights(identity: str | None) -> str:
+    """An identity from `weights_identity` in words, for error messages."""
+    if identity is None:
+        return "unrecorded weights"
+    if identity.startswith(f"{RANDOM_WEIGHTS}:"):
+        return f"untrained weights (seed {identity.split(':', 1)[1]})"
+    return f"weights with sha256 {identity}"
 
 
 def available(spec: BackboneSpec) -> bool:

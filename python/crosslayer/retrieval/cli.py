@@ -45,10 +45,10 @@ def _cmd_index_build(args) -> int:
                                 weights=args.weights, fit_images=args.fit_images, batch_size=args.batch_size,
                                 threads=args.threads)
     if ImageIndex.exists(args.db_dir):
-        index = ImageIndex.open(args.db_dir, "a", batch_size=args.batch_size, threads=args.threads, weights=args.weights)
-        index.check_encoder(encoder)
+        index = ImageIndex.resume(args.db_dir, encoder)
         print(f"resuming the build of {args.db_dir} ({len(index)} images indexed)")
     else:
+        # creates, or completes an interrupted creation with its saved encoder
         index = ImageIndex.create(args.db_dir, encoder, fit_sources=sources)
     return _add(index, sources)
 
@@ -72,9 +72,14 @@ def _add(index, sources) -> int:
 
 def _cmd_search(args) -> int:
     from crosslayer.retrieval.image_index import ImageIndex
-    from crosslayer.retrieval.sheet import SheetHit, SheetRow, render_sheet
+    from crosslayer.retrieval.sheet import SheetHit, SheetRow, check_sheet_path, render_sheet
 
+    # every argument is checked before the backbone runs on the queries
     channels = None if args.channels == "all" else _int_argument(args.channels, "--channels")
+    if args.top < 1:
+        raise ValueError(f"--top: expected a positive number of hits, got {args.top}")
+    if args.sheet:
+        check_sheet_path(args.sheet)
     with ImageIndex.open(args.db_dir, "r", threads=args.threads, weights=args.weights) as index:
         results, timing = index.search(args.queries, args.top, channels)
         indexed = len(index)

@@ -5,7 +5,9 @@ is committed as one CodeIndex append, so an interrupted build loses at most the 
 Layout:
     DB_DIR/image-index.json    format, version
     DB_DIR/encoder.xle         the encoder queries must be encoded with
-    DB_DIR/codes/              the CodeIndex (string keys = image paths)
+    DB_DIR/codes/              the CodeIndex (string keys = image paths, resolved)
+The marker image-index.json is written last: a directory holding encoder.xle without it is an interrupted creation,
+which `create` (and so `crosslayer index build`) completes with the saved encoder.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crosslayer._atomic import atomic_write
-from crosslayer.encoder import CrossLayerEncoder
-from crosslayer.index import CodeIndex
+from crosslayer._validate import check_positive_int
+from crosslayer.encoder import CrossLayerEncoder, EncoderMismatchError
+from crosslayer.index import LOCK_NAME, MANIFEST_NAME, CodeIndex
 from crosslayer.retrieval.channels import check_channel_count
 
 INDEX_FORMAT = "crosslayer-image-index"
 INDEX_VERSION = 1
 _RUNTIME_OPTIONS = ("batch_size", "threads", "decode_workers", "cache", "weights")
+_MARKER = "image-index.json"
 
 
 class ImageIndexError(ValueError):
@@ -52,54 +56,106 @@ class ImageIndex:
     # ---- opening -------------------------------------------------------------------------------------------------
     @classmethod
     def exists(cls, directory) -> bool:
-        return (Path(directory) / "image-index.json").is_file()
+        return (Path(directory) / _MARKER).is_file()
+
+    @classmethod
+    def interrupted_creation(cls, directory) -> bool:
+        """Whether `directory` holds what `create` writes before its marker, and nothing else."""
+        directory = Path(directory)
+        if not directory.is_dir() or cls.exists(directory) or not (directory / "encoder.xle").is_file():
+            return False
+        return all(entry.name in ("encoder.xle", "codes") or _is_atomic_write_leftover(entry.name)
+                   for entry in directory.iterdir())
 
     @classmethod
     def create(cls, directory, encoder: CrossLayerEncoder, fit_sources=None) -> "ImageIndex":
-        """A new index in `directory` (absent or empty); an unfitted encoder learns its PCA on `fit_sources`."""
+        """A new index in `directory` (absent or empty); an unfitted encoder learns its PCA on `fit_sources`.
+
+        A directory left by an interrupted creation is completed with its saved encoder, provided `encoder` is the
+        same (ImageIndexError naming the differences otherwise)."""
         directory = Path(directory)
-        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-            raise ImageIndexError(f"{directory}: exists and is not an empty directory (use 'index add' to extend an index)")
-        if encoder.pca_ is None:
-            if not fit_sources:
-                raise ValueError("images: need at least one image to learn the encoder's PCA on")
-            encoder.fit(fit_sources)
-        directory.mkdir(parents=True, exist_ok=True)
-        encoder.save(directory / "encoder.xle")
-        codes = CodeIndex.create(directory / "codes", encoder.Dk, encoder.Dt)
-        # the marker is written last: a directory without it is an interrupted creation, safe to delete
-        with atomic_write(directory / "image-index.json", "w") as handle:
+        if cls.interrupted_creation(directory):
+            encoder = cls._load_checked(directory, encoder)
+            codes = _empty_code_index(directory / "codes", encoder.Dk, encoder.Dt)
+        else:
+            if cls.exists(directory):
+                raise ImageIndexError(f"{directory}: is an image index already (extend it with 'index add')")
+            if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+                raise ImageIndexError(f"{directory}: exists and is not an empty directory")
+            if encoder.pca_ is None:
+                if not fit_sources:
+                    raise ValueError("images: need at least one image to learn the encoder's PCA on")
+                encoder.fit(fit_sources)
+            directory.mkdir(parents=True, exist_ok=True)
+            encoder.save(directory / "encoder.xle")
+            codes = CodeIndex.create(directory / "codes", encoder.Dk, encoder.Dt)
+        with atomic_write(directory / _MARKER, "w") as handle:
             json.dump({"format": INDEX_FORMAT, "version": INDEX_VERSION}, handle)
         return cls(directory, encoder, codes)
 
     @classmethod
-    def open(cls, directory, mode: str = "r", **runtime_options) -> "ImageIndex":
-        """Opens an index for searching ("r") or adding ("a"); runtime_options (threads, batch_size...) apply to
-        the stored encoder."""
-        directory = Path(directory)
+    def _read_marker(cls, directory: Path) -> None:
         try:
-            meta = json.loads((directory / "image-index.json").read_text())
+            meta = json.loads((directory / _MARKER).read_text())
         except (OSError, ValueError):
-            raise ImageIndexError(f"{directory}: not a crosslayer image index (no readable image-index.json); "
+            if cls.interrupted_creation(directory):
+                raise ImageIndexError(f"{directory}: an interrupted 'crosslayer index build'; run the same build "
+                                      "again to complete it") from None
+            raise ImageIndexError(f"{directory}: not a crosslayer image index (no readable {_MARKER}); "
                                   "build one with 'crosslayer index build'") from None
         if meta.get("format") != INDEX_FORMAT:
             raise ImageIndexError(f"{directory}: not a crosslayer image index")
         if meta.get("version") != INDEX_VERSION:
             raise ImageIndexError(f"{directory}: image index version {meta.get('version')}, this crosslayer reads {INDEX_VERSION}")
-        options = {k: v for k, v in runtime_options.items() if k in _RUNTIME_OPTIONS and v is not None}
-        encoder = CrossLayerEncoder.load(directory / "encoder.xle", **options)
+
+    @classmethod
+    def _load_checked(cls, directory: Path, requested: CrossLayerEncoder) -> CrossLayerEncoder:
+        try:
+            return CrossLayerEncoder.load_for_resume(directory / "encoder.xle", requested)
+        except EncoderMismatchError as error:
+            raise ImageIndexError(f"{directory}: built with another encoder: {'; '.join(error.differences)}; "
+                                  "use another DB_DIR") from None
+
+    @classmethod
+    def _with_codes(cls, directory: Path, encoder: CrossLayerEncoder, mode: str) -> "ImageIndex":
         codes = CodeIndex.open(directory / "codes", mode, verify=False)
         if (codes.Dk, codes.Dt) != (encoder.Dk, encoder.Dt):
+            codes.close()
             raise ImageIndexError(f"{directory}: codes (Dk={codes.Dk}, Dt={codes.Dt}) do not match the encoder")
         return cls(directory, encoder, codes)
 
+    @classmethod
+    def open(cls, directory, mode: str = "r", **runtime_options) -> "ImageIndex":
+        """Opens an index for searching ("r") or adding ("a"); runtime_options (threads, batch_size...) apply to
+        the stored encoder (weights given must be the ones it was built with: a moved file)."""
+        directory = Path(directory)
+        cls._read_marker(directory)
+        options = {k: v for k, v in runtime_options.items() if k in _RUNTIME_OPTIONS and v is not None}
+        return cls._with_codes(directory, CrossLayerEncoder.load(directory / "encoder.xle", **options), mode)
+
+    @classmethod
+    def resume(cls, directory, requested: CrossLayerEncoder) -> "ImageIndex":
+        """Opens an index for adding with `requested`'s runtime options and weights file, provided `requested` is
+        the encoder it was built with (ImageIndexError naming the differences otherwise)."""
+        directory = Path(directory)
+        cls._read_marker(directory)
+        return cls._with_codes(directory, cls._load_checked(directory, requested), "a")
+
     def check_encoder(self, requested: CrossLayerEncoder) -> None:
-        """Refuses to resume a build with another backbone/layers/side/PCA size than the index was made with."""
-        keys = ("backbone", "layers", "side", "pca_dim", "policy")
-        mine, theirs = requested.config(), self.encoder.config()
-        if any(mine[k] != theirs[k] for k in keys):
-            raise ImageIndexError(f"{self.directory}: built with {[theirs[k] for k in keys]}, requested "
-                                  f"{[mine[k] for k in keys]}; use another DB_DIR")
+        """Refuses to resume a build with another backbone/layers/side/PCA size/weights than the index was made with."""
+        found = requested.differences(self.encoder.config())
+        if found:
+            raise ImageIndexError(f"{self.directory}: built with another encoder: {'; '.join(found)}; use another DB_DIR")
+
+    def summary(self) -> dict:
+        """What the index holds, for `crosslayer info`."""
+        config = self.encoder.config()
+        return {
+            "image_index": str(self.directory),
+            "images": len(self),
+            "encoder": {k: config[k] for k in ("backbone", "layers", "side", "policy", "pca_dim", "Dk", "Dt",
+                                               "weights", "weights_id")},
+        }
 
     def close(self) -> None:
         self.codes.close()
@@ -159,6 +215,8 @@ class ImageIndex:
     # ---- searching -----------------------------------------------------------------------------------------------
     def search(self, queries, top: int = 10, channels: int | None = 50):
         """Encodes the query images and returns, per query, its `top` hits (ranked `Hit`s) and timings (seconds)."""
+        # checked before the backbone runs on the queries
+        top = check_positive_int(top, "top")
         channels = check_channel_count(channels, self.encoder.Dk)
         start = time.perf_counter()
         query_codes = self.encoder.encode([str(q) for q in queries])
@@ -172,3 +230,27 @@ class ImageIndex:
             for score_row, id_row in zip(scores, ids)
         ]
         return results, {"encode_s": encoded - start, "search_s": searched - encoded}
+
+
+def _is_atomic_write_leftover(name: str) -> bool:
+    """A temporary file `atomic_write` leaves only when the process is killed mid-write."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _empty_code_index(path: Path, Dk: int, Dt: int) -> CodeIndex:
+    """The codes of an interrupted creation, made anew: nothing is appended before the marker exists, so all there
+    can be is an empty index, or the lock and temporary files of a `CodeIndex.create` cut short."""
+    if (path / MANIFEST_NAME).is_file():
+        codes = CodeIndex.open(path, "a", verify=False)
+        if len(codes) == 0 and (codes.Dk, codes.Dt) == (Dk, Dt):
+            return codes
+        codes.close()
+        raise ImageIndexError(f"{path}: holds {len(codes)} codes (Dk={codes.Dk}, Dt={codes.Dt}) but no image index "
+                              "marker; move it away")
+    if path.is_dir():
+        entries = list(path.iterdir())
+        if not all(e.name == LOCK_NAME or _is_atomic_write_leftover(e.name) for e in entries):
+            raise ImageIndexError(f"{path}: holds files of no code index; move it away")
+        for entry in entries:
+            entry.unlink()
+    return CodeIndex.create(path, Dk, Dt)

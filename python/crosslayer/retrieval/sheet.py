@@ -106,11 +106,17 @@ def render_html(rows, out, thumb: int = THUMB) -> None:
         handle.write(page)
 
 
-def render_sheet(rows, out, thumb: int = THUMB):
-    """Writes the sheet to `out`; the suffix picks the format (.png or .html)."""
+def check_sheet_path(out) -> str:
+    """The sheet format (file suffix) of `out`; ValueError unless .png or .html."""
     suffix = Path(out).suffix.lower()
     if suffix not in FORMATS:
         raise ValueError(f"sheet: expected a .png or .html file name, got {str(out)!r}")
+    return suffix
+
+
+def render_sheet(rows, out, thumb: int = THUMB):
+    """Writes the sheet to `out`; the suffix picks the format (.png or .html)."""
+    suffix = check_sheet_path(out)
     rows = list(rows)
     if not rows:
         raise ValueError("rows: expected at least one query to render")
