@@ -19,6 +19,8 @@ def test_registry_pairs_and_validation():
         spec.check_pair(("features.13", "features.18"))
     with pytest.raises(ValueError, match="before"):
         spec.check_pair(("features.18", "features.17"))
+    # documented: any later tap at the same stride may guide, not only the next one
+    assert spec.check_pair(("features.16", "features.18")) == ("features.16", "features.18")
     with pytest.raises(ValueError, match="unknown"):
         get_backbone("resnet9000")
 
@@ -87,7 +89,8 @@ def test_exported_embedding_and_logits_match_the_torchvision_forward(tmp_path, m
     pooled_side = {"alexnet": 6, "vgg16": 7}[name]
     torch.manual_seed(3)
     net = architectures.build(spec.architecture)
-    net.classifier = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Linear(spec.channels[spec.taps[-1]] * pooled_side**2, 10))
+    flat = spec.channels[spec.taps[-1]] * pooled_side**2
+    net.classifier = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Linear(flat, 10))
     net.eval()
     monkeypatch.setattr(architectures, "build", lambda architecture: net)
     path = export(name, spec.default_pair, weights="random", with_embedding=True, with_logits=True, cache=tmp_path)

@@ -22,7 +22,8 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
 
 
 def _adaptive_bins(size, out: int):
-    """(out, size) averaging matrix of adaptive average pooling: bin i spans floor(i*size/out) .. ceil((i+1)*size/out)."""
+    """(out, size) averaging matrix of adaptive average pooling: bin i spans floor(i*size/out) to
+    ceil((i+1)*size/out), as in torch."""
     index = torch.arange(out)
     start = torch.div(index * size, out, rounding_mode="floor")
     end = torch.div((index + 1) * size + out - 1, out, rounding_mode="floor")
