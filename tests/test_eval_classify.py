@@ -20,10 +20,10 @@ def tiny_set(tmp_path_factory):
     rng = np.random.default_rng(0)
     lines = ["path,label,split"]
     for label, colour in enumerate(((220, 40, 40), (40, 40, 220))):
-        for i in range(6):
+        for i in range(7):
             image = np.clip(np.asarray(colour) + rng.normal(0, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(image).save(root / f"c{label}_{i}.png")
-            lines.append(f"c{label}_{i}.png,class{label},{'train' if i < 4 else 'test'}")
+            lines.append(f"c{label}_{i}.png,class{label},{'train' if i < 4 else 'test' if i < 6 else 'val'}")
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
     return root
 
@@ -90,6 +90,7 @@ def _rows_and_directory(tiny_set, cache, config, weights="random"):
     dataset = load_manifest(tiny_set)
     store = extract(dataset, [config], "mobilenet_v2", 64, cache, weights, progress=False, **FIT)[config]
     assert store.complete
+    assert store.n == len(dataset) == 14  # val images are extracted too (one row per manifest image), SVM ignores them
     return dataset, store.read(), pass_directory(cache, dataset, "mobilenet_v2", 64, weights)
 
 

@@ -335,3 +335,18 @@ def test_record_round_trip_and_version_check(tmp_path):
     (tmp_path / "x.json").write_text("not json")
     with pytest.raises(RecordError, match="not JSON"):
         read_record(tmp_path / "x.json")
+
+
+def test_reproduce_classification_notes_name_the_groups_it_did_not_run():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce_classification.py"
+    spec = importlib.util.spec_from_file_location("reproduce_classification", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    note = script.not_run_note(script.parse_groups(script.DEFAULT_GROUPS))
+    assert "CNN-Jitter" in note and "exact AConv" in note and "Table 7" not in note
+    assert "Table 7" in script.not_run_note(script.parse_groups("jitter"))
+    with pytest.raises(SystemExit, match="--groups"):
+        script.parse_groups("ablations,jiter")

@@ -84,7 +84,10 @@ def classify(data_dir, method: str, backbone: str = "mobilenet_v2", side: int = 
              fit_images: int = DEFAULT_FIT_IMAGES, c_grid=DEFAULT_C_GRID, folds: int = 3, seed: int = DEFAULT_SEED,
              n_jobs: int = 1, progress: bool = True, **aconv_options) -> dict:
     """Evaluates one method on a manifest data set; returns the record (accuracy as a fraction) and, with
-    `json_path`, writes it atomically. Extraction and kernels are cached under `cache_dir` and reused."""
+    `json_path`, writes it atomically. Extraction and kernels are cached under `cache_dir` and reused.
+
+    The SVM trains on the train split (C chosen by `folds`-fold cross-validation within it) and reports accuracy on
+    the test split; val images are extracted with the rest (see `crosslayer.eval.extract`) but not used."""
     from crosslayer import __version__
     from crosslayer.backbones.registry import get_backbone
 

@@ -55,7 +55,7 @@ def cmd_classify(args) -> int:
 def add_classify_parser(eval_sub) -> None:
     """Adds `crosslayer eval classify` to the `eval` subcommands."""
     p = eval_sub.add_parser("classify", help="linear-SVM classification accuracy of one method on a manifest data set")
-    p.add_argument("--data", required=True, help="folder holding manifest.csv (path,label,split)")
+    p.add_argument("--data", required=True, help="folder holding manifest.csv (path,label,split); the SVM uses train and test, val is ignored")
     p.add_argument("--method", required=True, choices=METHODS)
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=sorted(BACKBONES))
     p.add_argument("--side", type=int, default=448)

@@ -5,6 +5,10 @@ Pass kinds (see `methods.MethodConfig.pass_kind`): "main" (whole image at `side`
 pooled embedding), "jitter" (10 crops per image), "aconv-fast" and "aconv" (region embeddings at `aconv_side`).
 PCAs (per layer pair for cross-layer pooling, per region setting for AConv) are fitted first on a seeded sample of
 training images and cached next to the stores. Interrupted passes resume from the shortest complete prefix.
+
+Stores hold one row per manifest image, in manifest order, val images included: the classifier uses only the train
+split (C by cross-validation inside it) and the test split, so val rows are computed and ignored. They are kept
+because the store's layout, its resumable prefix and the cache keys of existing stores are all per manifest image.
 """
 
 from __future__ import annotations
