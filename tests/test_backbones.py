@@ -19,6 +19,8 @@ def test_registry_pairs_and_validation():
         spec.check_pair(("features.13", "features.18"))
     with pytest.raises(ValueError, match="before"):
         spec.check_pair(("features.18", "features.17"))
+    # documented: any later tap at the same stride may guide, not only the next one
+    assert spec.check_pair(("features.16", "features.18")) == ("features.16", "features.18")
     with pytest.raises(ValueError, match="unknown"):
         get_backbone("resnet9000")
 
@@ -40,16 +42,16 @@ def test_architectures_have_torchvision_keys_and_registry_shapes(name, params):
     side = 64 if name != "alexnet" else 127
     with torch.inference_mode():
         x = torch.zeros(1, 3, side, side)
-        sizes = {}
+        maps = {}
         for index, module in enumerate(net.features):
             x = module(x)
             tap = f"features.{index}"
             if tap in spec.taps:
                 assert x.shape[1] == spec.channels[tap], tap
-                sizes[tap] = x.shape[2:]
+                maps[tap] = x
         local, guidance = spec.default_pair
-        assert sizes[local] == sizes[guidance]
-        assert net.classify(x).shape == (1, 1000)
+        assert maps[local].shape[2:] == maps[guidance].shape[2:]
+        assert net.classify(maps[spec.taps[-1]]).shape == (1, 1000)
 
 
 def test_onnx_export_matches_torch_and_is_cached(backbone_cache, rng):
@@ -71,6 +73,44 @@ def test_onnx_export_matches_torch_and_is_cached(backbone_cache, rng):
     path.with_suffix(".json").write_text("{}")  # a damaged sidecar forces a fresh export
     assert export("alexnet", layers, weights="random", with_embedding=True) == path
     assert path.stat().st_mtime_ns != stamp
+
+
+@pytest.mark.parametrize("name,side", [("alexnet", 96), ("vgg16", 64)])
+def test_exported_embedding_and_logits_match_the_torchvision_forward(tmp_path, monkeypatch, rng, name, side):
+    """Logits are torchvision's classifier(flatten(adaptive_avg_pool(features(x)))); the embedding is the global
+    average of the last conv's ReLU output (before the final max-pool), as the registry says. The reference forward is
+    written here, not through the tap module. The classifier is narrowed (same structure after avgpool) so the export
+    stays small and fast; the head's wiring is what is under test."""
+    from crosslayer.backbones import architectures
+    from crosslayer.backbones.export import export
+    from crosslayer.backbones.runtime import OnnxBackbone
+
+    spec = get_backbone(name)
+    pooled_side = {"alexnet": 6, "vgg16": 7}[name]
+    torch.manual_seed(3)
+    net = architectures.build(spec.architecture)
+    flat = spec.channels[spec.taps[-1]] * pooled_side**2
+    net.classifier = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Linear(flat, 10))
+    net.eval()
+    monkeypatch.setattr(architectures, "build", lambda architecture: net)
+    path = export(name, spec.default_pair, weights="random", with_embedding=True, with_logits=True, cache=tmp_path)
+    images = rng.standard_normal((2, 3, side, side + 32), dtype=np.float32)  # not the export's dummy size
+    with torch.inference_mode():
+        x = torch.from_numpy(images)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(net.features(x), pooled_side)
+        logits = net.classifier(torch.flatten(pooled, 1)).numpy()
+        relu_outputs = []
+        for module in net.features:
+            x = module(x)
+            if isinstance(module, torch.nn.ReLU):
+                relu_outputs.append(x)
+        embedding = relu_outputs[-1].mean(dim=(2, 3)).numpy()
+    assert spec.embedding.startswith(f"global average of {spec.taps[-1]} ")
+    got = OnnxBackbone(path, intra_op_threads=1).run(images)
+    assert got["embedding"].shape == (2, spec.channels[spec.taps[-1]]) and got["logits"].shape == (2, 10)
+    np.testing.assert_allclose(got["embedding"], embedding, rtol=0, atol=1e-4 * np.abs(embedding).max())
+    np.testing.assert_allclose(got["logits"], logits, rtol=0, atol=1e-4 * np.abs(logits).max())
+    assert np.abs(logits).max() > 0 and np.abs(embedding).max() > 0
 
 
 @pytest.fixture(scope="session")

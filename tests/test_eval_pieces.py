@@ -243,6 +243,60 @@ def test_ablation_flags_change_the_method_key():
         MethodConfig("sum-spm", spm_layer="t2")
 
 
+def test_default_keys_are_those_of_existing_stores():
+    # the names of stores written before seed and fit_images were keyed: they must stay reusable
+    assert MethodConfig("global").key() == "global-3b3a2739ea5a"
+    assert MethodConfig("crosslayer").key() == "crosslayer-3266f3c0bb58"
+    assert MethodConfig("crosslayer-sign").key() == "crosslayer-sign-b9cad8758711"
+    assert MethodConfig("sum-spm", spm_layer="t").key() == "sum-spm-affaca13b757"
+    assert MethodConfig("aconv-fast").key() == "aconv-fast-e8e98ab785f7"
+
+
+def test_seed_and_fit_images_change_the_key_where_they_change_the_rows():
+    default = MethodConfig("crosslayer")
+    assert MethodConfig("crosslayer", fit_images=64).key() != default.key()
+    assert MethodConfig("crosslayer", seed=1).key() != default.key()
+    assert MethodConfig("aconv-fast", fit_images=64).key() != MethodConfig("aconv-fast").key()
+    # no PCA, no fitted sample; the seed still counts (it seeds "random" weights)
+    assert MethodConfig("crosslayer", pca=False, fit_images=64).key() == MethodConfig("crosslayer", pca=False).key()
+    assert MethodConfig("global", seed=1).key() != MethodConfig("global").key()
+
+
+@pytest.mark.parametrize("options,name", [
+    (dict(aconv_stride=0), "aconv_stride"),
+    (dict(aconv_pca_dim=0), "aconv_pca_dim"),
+    (dict(aconv_filters=0), "aconv_filters"),
+    (dict(aconv_epochs=-1), "aconv_epochs"),
+    (dict(aconv_epochs=0), "aconv_epochs"),
+    (dict(aconv_lr=-1.0), "aconv_lr"),
+    (dict(aconv_lr=float("nan")), "aconv_lr"),
+    (dict(aconv_region=0), "aconv_region"),
+    (dict(aconv_side=0), "aconv_side"),
+    (dict(aconv_region_side=0), "aconv_region_side"),
+    (dict(fit_images=0), "fit_images"),
+    (dict(seed=-1), "seed"),
+])
+def test_method_config_rejects_bad_aconv_and_sampling_options(options, name):
+    with pytest.raises(ValueError, match=name):
+        MethodConfig("aconv", **options)
+
+
+def test_aconv_pca_dim_must_fit_the_embedding():
+    from crosslayer.backbones import get_backbone
+
+    spec = get_backbone("mobilenet_v2")
+    MethodConfig("aconv-fast", aconv_pca_dim=1280).check_backbone(spec)
+    with pytest.raises(ValueError, match="aconv_pca_dim.*1280"):
+        MethodConfig("aconv-fast", aconv_pca_dim=1281).check_backbone(spec)
+
+
+@pytest.mark.parametrize("c_grid,folds,name", [((1.0,), 1, "folds"), ((1.0,), 2.5, "folds"), ((), 3, "c_grid"),
+                                                ((1.0, 0.0), 3, "c_grid"), ((float("inf"),), 3, "c_grid")])
+def test_svm_options_are_checked(c_grid, folds, name):
+    with pytest.raises(ValueError, match=name):
+        svm.check_svm_options(c_grid, folds)
+
+
 # ---- regions and AConv -------------------------------------------------------------------------------------------
 
 def test_window_mean_matches_explicit_windows(rng):
@@ -281,3 +335,18 @@ def test_record_round_trip_and_version_check(tmp_path):
     (tmp_path / "x.json").write_text("not json")
     with pytest.raises(RecordError, match="not JSON"):
         read_record(tmp_path / "x.json")
+
+
+def test_reproduce_classification_notes_name_the_groups_it_did_not_run():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce_classification.py"
+    spec = importlib.util.spec_from_file_location("reproduce_classification", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    note = script.not_run_note(script.parse_groups(script.DEFAULT_GROUPS))
+    assert "CNN-Jitter" in note and "exact AConv" in note and "Table 7" not in note
+    assert "Table 7" in script.not_run_note(script.parse_groups("jitter"))
+    with pytest.raises(SystemExit, match="--groups"):
+        script.parse_groups("ablations,jiter")

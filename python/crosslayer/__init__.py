@@ -1,7 +1,8 @@
 """crosslayer: cross-convolutional-layer pooling (Liu, Shen, van den Hengel, TPAMI 2017), fast.
 
-Images -> two consecutive conv layers -> P_k = sum_i a_ik x_i per guidance channel -> per-channel L2 and signed
-square root (float) or 2-bit sign codes for popcount retrieval and classification.
+Images -> two conv layers at one spatial layout (by default consecutive, t and t+1) -> P_k = sum_i a_ik x_i per
+guidance channel -> per-channel L2 and signed square root (float) or 2-bit sign codes for popcount retrieval and
+classification.
 """
 
 from crosslayer._native import core as _core

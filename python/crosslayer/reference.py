@@ -70,6 +70,19 @@ def cross_layer_pool(local: np.ndarray, guidance: np.ndarray, pca: tuple | None 
     return np.einsum("bki,bij->bkj", a, x)
 
 
+def cross_layer_max_pool(local: np.ndarray, guidance: np.ndarray, pca: tuple | None = None) -> np.ndarray:
+    """P[b, k, j] = max_i guidance[b, k, i] * x'_ij: max instead of sum over positions. (n, Dk, Dt) float64."""
+    local = np.asarray(local, dtype=np.float64)
+    guidance = np.asarray(guidance, dtype=np.float64)
+    n, dt_in = local.shape[:2]
+    positions = int(np.prod(local.shape[2:]))
+    x = local.reshape(n, dt_in, positions).transpose(0, 2, 1)
+    if pca is not None:
+        x = (x - np.asarray(pca[0], dtype=np.float64)) @ np.asarray(pca[1], dtype=np.float64)
+    a = guidance.reshape(n, guidance.shape[1], positions)
+    return (a[:, :, :, None] * x[:, None, :, :]).max(axis=2)
+
+
 def channel_mean(guidance: np.ndarray) -> np.ndarray:
     """Mean guidance activation of every channel over the spatial positions: (n, Dk)."""
     g = np.asarray(guidance, dtype=np.float64)

@@ -1,8 +1,11 @@
 """CNN architectures in plain torch whose state-dict keys match torchvision's (torchvision is not a dependency).
 
 Every network exposes ``features`` (an ``nn.Sequential`` whose children are the tap points ``features.N``),
-``embed(last_feature_map)`` (the pooled embedding) and ``classify(last_feature_map)`` (ImageNet logits). Importing this
-module needs torch; only export uses it.
+``embed(last_tap_map)`` (the pooled embedding) and ``classify(last_tap_map)`` (ImageNet logits), both taking the map
+of the backbone's last registered tap. For MobileNetV2 and EfficientNet that is the last module of ``features``; VGG
+and AlexNet end ``features`` with a max-pool after their last conv (the last tap), which only the classifier uses, so
+``classify`` equals torchvision's ``classifier(flatten(avgpool(features(x))))``. Importing this module needs torch;
+only export uses it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,28 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
     if rounded < 0.9 * value:
         rounded += divisor
     return rounded
+
+
+def _adaptive_bins(size, out: int):
+    """(out, size) averaging matrix of adaptive average pooling: bin i spans floor(i*size/out) to
+    ceil((i+1)*size/out), as in torch."""
+    index = torch.arange(out)
+    start = torch.div(index * size, out, rounding_mode="floor")
+    end = torch.div((index + 1) * size + out - 1, out, rounding_mode="floor")
+    position = torch.arange(size)
+    inside = (position[None, :] >= start[:, None]) & (position[None, :] < end[:, None])
+    return inside.to(torch.float32) / (end - start)[:, None].to(torch.float32)
+
+
+class _AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """torch's adaptive average pooling; under ONNX export, the same bins as two matrix products, because the
+    TorchScript exporter cannot export adaptive_avg_pool2d when height and width are dynamic."""
+
+    def forward(self, x):
+        if not torch.onnx.is_in_onnx_export():
+            return super().forward(x)
+        out_h, out_w = self.output_size
+        return _adaptive_bins(x.shape[2], out_h) @ x @ _adaptive_bins(x.shape[3], out_w).transpose(0, 1)
 
 
 class _ConvBNReLU6(nn.Sequential):
@@ -93,18 +118,20 @@ class VGG(nn.Module):
                 layers += [nn.Conv2d(c_in, item, 3, padding=1), nn.ReLU(inplace=True)]
                 c_in = item
         self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.avgpool = _AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
             nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
             nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(),
             nn.Linear(4096, num_classes),
         )
 
-    def embed(self, last_map):
-        return last_map.mean(dim=(2, 3))
+    def embed(self, last_conv_map):
+        return last_conv_map.mean(dim=(2, 3))
 
-    def classify(self, last_map):
-        return self.classifier(torch.flatten(self.avgpool(last_map), 1))
+    def classify(self, last_conv_map):
+        # the tap (conv5's ReLU) stops before features' final max-pool, which torchvision's forward applies
+        pooled = self.features[-1](last_conv_map)
+        return self.classifier(torch.flatten(self.avgpool(pooled), 1))
 
 
 class AlexNet(nn.Module):
@@ -120,19 +147,19 @@ class AlexNet(nn.Module):
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2),
         )
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.avgpool = _AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
             nn.Dropout(), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(True),
             nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(True),
             nn.Linear(4096, num_classes),
         )
 
-    def embed(self, last_map):
-        return last_map.mean(dim=(2, 3))
+    def embed(self, last_conv_map):
+        return last_conv_map.mean(dim=(2, 3))
 
-    def classify(self, last_map):
-        # the full head needs the final max-pool; the tap stops before it.
-        pooled = self.features[12](last_map)
+    def classify(self, last_conv_map):
+        # the tap (conv5's ReLU) stops before features' final max-pool, which torchvision's forward applies
+        pooled = self.features[-1](last_conv_map)
         return self.classifier(torch.flatten(self.avgpool(pooled), 1))
 
 

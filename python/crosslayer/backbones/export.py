@@ -1,9 +1,10 @@
 """Export a backbone's tap activations to ONNX with torch, cached on disk; onnxruntime runs the result.
 
-Outputs, in order: the requested taps (named by their module names), then optionally ``embedding`` (n, C) and
-``logits`` (n, 1000). Batch, height and width are dynamic. The cache key covers architecture, taps, extra outputs,
-weights hash and opset; a JSON sidecar (written after the model, both atomically) carries a version and the model's
-size and sha256, so a partial or foreign file is never reused.
+Outputs, in order: the requested taps (named by their module names), then optionally ``embedding`` (n, C: the global
+average of the backbone's last tap, as the registry describes) and ``logits`` (n, 1000: torchvision's forward).
+Batch, height and width are dynamic. The cache key covers architecture, taps, extra outputs, weights hash and opset;
+a JSON sidecar (written after the model, both atomically) carries a version and the model's size and sha256, so a
+partial or foreign file is never reused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from crosslayer._atomic import atomic_write
 from crosslayer.backbones.registry import get_backbone
 from crosslayer.backbones.weights import file_sha256, resolve_weights
 
-EXPORT_VERSION = 1
+# 2: VGG/AlexNet embedding and logits start from the last conv tap (version 1 pooled after the final max-pool)
+EXPORT_VERSION = 2
 DEFAULT_OPSET = 17
 EMBEDDING = "embedding"
 LOGITS = "logits"
@@ -42,11 +44,15 @@ def _load_network(spec, weights_path, seed: int):
     return net.eval()
 
 
-def _tap_module(net, taps, indices, with_embedding: bool, with_logits: bool):
+def _tap_module(net, taps, indices, last_tap_index: int, with_embedding: bool, with_logits: bool):
+    """The network truncated after its last wanted tap. The embedding and the logits both start from the map of the
+    backbone's last registered tap (`last_tap_index`): modules after it (VGG's and AlexNet's final max-pool) belong
+    to the classifier, which applies them itself."""
     import torch
 
-    last = len(net.features) - 1 if (with_embedding or with_logits) else max(indices)
+    last = max([*indices, last_tap_index]) if (with_embedding or with_logits) else max(indices)
     wanted = dict(zip(indices, taps))
+    last_tap_key = wanted.setdefault(last_tap_index, "__last_tap__")
 
     class TapNet(torch.nn.Module):
         def __init__(self):
@@ -61,13 +67,19 @@ def _tap_module(net, taps, indices, with_embedding: bool, with_logits: bool):
                 if index in wanted:
                     outputs[wanted[index]] = x
             result = [outputs[tap] for tap in taps]
+            if with_embedding or with_logits:
+                last_map = outputs[last_tap_key]
             if with_embedding:
-                result.append(self.net.embed(x))
+                result.append(self.net.embed(last_map))
             if with_logits:
-                result.append(self.net.classify(x))
+                result.append(self.net.classify(last_map))
             return tuple(result)
 
     return TapNet().eval()
+
+
+def _last_tap_index(spec) -> int:
+    return spec.tap_index(spec.taps[-1])
 
 
 def output_names(taps, with_embedding: bool = False, with_logits: bool = False) -> list[str]:
@@ -134,7 +146,8 @@ def export(
 
     import torch
 
-    module = _tap_module(_load_network(spec, weights_path, seed), taps, indices, with_embedding, with_logits)
+    module = _tap_module(_load_network(spec, weights_path, seed), taps, indices, _last_tap_index(spec), with_embedding,
+                         with_logits)
     names = output_names(taps, with_embedding, with_logits)
     side = max(64, spec.side_multiple * 2)
     dummy = torch.zeros(1, 3, side, side)
@@ -175,7 +188,8 @@ def torch_reference(backbone, layers=None, weights=None, with_embedding=False, w
     spec = get_backbone(backbone)
     taps = spec.default_pair if layers is None else tuple(layers)
     weights_path, _ = resolve_weights(spec, weights)
-    module = _tap_module(_load_network(spec, weights_path, seed), taps, [spec.tap_index(t) for t in taps], with_embedding, with_logits)
+    module = _tap_module(_load_network(spec, weights_path, seed), taps, [spec.tap_index(t) for t in taps],
+                         _last_tap_index(spec), with_embedding, with_logits)
 
     def run(images):
         with torch.inference_mode():

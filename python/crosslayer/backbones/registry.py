@@ -26,7 +26,7 @@ class BackboneSpec:
     name: str
     architecture: str
     taps: tuple[str, ...]  # every tap point this backbone offers (module names, in forward order)
-    default_pair: tuple[str, str]  # (local features layer t, guidance layer t+1)
+    default_pair: tuple[str, str]  # (local features layer t, guidance layer t+1): consecutive taps, as in the paper
     channels: dict = field(default_factory=dict)  # tap -> channels
     stride: dict = field(default_factory=dict)  # tap -> total stride w.r.t. the input
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -41,14 +41,19 @@ class BackboneSpec:
         return int(tap.rsplit(".", 1)[1])
 
     def check_pair(self, layers) -> tuple[str, str]:
-        """Validates a (layer t, layer t+1) pair: both taps, in forward order, at one spatial layout."""
+        """Validates a (local layer, guidance layer) pair: both taps, the guidance later in the network, both at one
+        spatial layout (same total stride). The paper pairs consecutive layers t and t+1 (the default pairs do);
+        any later tap at the same stride may guide too, since every position of one map has its counterpart in the
+        other, so non-adjacent pairs are accepted on purpose."""
         if layers is None:
             return self.default_pair
         if isinstance(layers, str) or len(layers) != 2:
-            raise ValueError(f"layers: expected a pair (layer t, layer t+1) of {self.name} taps, got {layers!r}")
+            raise ValueError(f"layers: expected a pair (local layer, later guidance layer) of {self.name} taps, "
+                             f"got {layers!r}")
         local, guidance = (str(layer) for layer in layers)
         if self.tap_index(local) >= self.tap_index(guidance):
-            raise ValueError(f"layers: {local!r} must come before {guidance!r} in the network")
+            raise ValueError(f"layers: the local layer {local!r} must come before the guidance layer {guidance!r} "
+                             "in the network")
         if self.stride[local] != self.stride[guidance]:
             raise ValueError(
                 f"layers: {local!r} (stride {self.stride[local]}) and {guidance!r} (stride {self.stride[guidance]}) "

@@ -11,10 +11,10 @@ import numpy as np
 from crosslayer._atomic import atomic_write
 from crosslayer.eval.extract import default_cache_root, extract, pass_directory
 from crosslayer.eval.manifest import load_manifest
-from crosslayer.eval.methods import MethodConfig, resolve_layers
+from crosslayer.eval.methods import DEFAULT_FIT_IMAGES, DEFAULT_SEED, MethodConfig, resolve_layers
 from crosslayer.eval.record import write_record
 from crosslayer.eval.store import RowStore
-from crosslayer.eval.svm import DEFAULT_C_GRID, train_and_test
+from crosslayer.eval.svm import DEFAULT_C_GRID, check_svm_options, train_and_test
 
 GRAM_NAME = "gram-vs-train.npy"
 
@@ -81,19 +81,24 @@ def _aconv_store(regions: RowStore, config: MethodConfig, dataset, directory: Pa
 def classify(data_dir, method: str, backbone: str = "mobilenet_v2", side: int = 448, layers=None, pca: bool = True,
              l2: bool = True, power: bool = True, spm_levels=(0, 1, 2), spm_layer: str = "t1", cache_dir=None,
              json_path=None, limit_per_class: int | None = None, weights=None, batch_size: int = 16, threads: int = 0,
-             fit_images: int = 256, c_grid=DEFAULT_C_GRID, folds: int = 3, seed: int = 0, n_jobs: int = 1,
-             progress: bool = True, **aconv_options) -> dict:
+             fit_images: int = DEFAULT_FIT_IMAGES, c_grid=DEFAULT_C_GRID, folds: int = 3, seed: int = DEFAULT_SEED,
+             n_jobs: int = 1, progress: bool = True, **aconv_options) -> dict:
     """Evaluates one method on a manifest data set; returns the record (accuracy as a fraction) and, with
-    `json_path`, writes it atomically. Extraction and kernels are cached under `cache_dir` and reused."""
+    `json_path`, writes it atomically. Extraction and kernels are cached under `cache_dir` and reused.
+
+    The SVM trains on the train split (C chosen by `folds`-fold cross-validation within it) and reports accuracy on
+    the test split; val images are extracted with the rest (see `crosslayer.eval.extract`) but not used."""
     from crosslayer import __version__
     from crosslayer.backbones.registry import get_backbone
 
     started = time.perf_counter()
     spec = get_backbone(backbone)
     config = MethodConfig(method, layers=None if layers is None else tuple(layers), pca=pca, l2=l2, power=power,
-                          spm_levels=tuple(spm_levels), spm_layer=spm_layer, **aconv_options)
-    if config.method in ("crosslayer", "crosslayer-sign", "crosslayer-max", "sum-spm", "max-spm"):
-        resolve_layers(config, spec)  # a bad pair fails before any work
+                          spm_levels=tuple(spm_levels), spm_layer=spm_layer, fit_images=fit_images, seed=seed,
+                          **aconv_options)
+    # everything that can be checked is checked before extraction and the Gram matrix
+    config.check_backbone(spec)
+    check_svm_options(c_grid, folds)
     dataset = load_manifest(data_dir).subset_per_class(limit_per_class, seed)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
 
@@ -135,6 +140,8 @@ def classify(data_dir, method: str, backbone: str = "mobilenet_v2", side: int = 
         "layers": list(resolve_layers(config, spec)) if config.method not in ("global", "jitter", "aconv", "aconv-fast") else None,
         "weights": weights,
         "limit_per_class": limit_per_class,
+        "fit_images": fit_images,
+        "seed": seed,
         "n_train": int(len(train)),
         "n_test": int(len(test)),
         "classes": len(dataset.classes),

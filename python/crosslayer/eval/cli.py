@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from crosslayer.eval.methods import METHODS, SPM_LAYERS
+from crosslayer.backbones.registry import BACKBONES, DEFAULT_BACKBONE
+from crosslayer.eval.methods import DEFAULT_FIT_IMAGES, DEFAULT_SEED, METHODS, SPM_LAYERS
 
 
 def _csv_ints(text: str) -> tuple:
@@ -22,11 +23,15 @@ def _csv_floats(text: str) -> tuple:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _pair(text: str) -> tuple:
-    parts = tuple(part.strip() for part in text.split(","))
-    if len(parts) != 2 or not all(parts):
-        raise argparse.ArgumentTypeError(f"expected 'layer_t,layer_t1', got {text!r}")
-    return parts
+class _LayerPair(argparse.Action):
+    """`--layers A B` as elsewhere in the CLI; `--layers A,B` (this command's older form) is still accepted."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parts = [part.strip() for value in values for part in value.split(",")]
+        if len(parts) != 2 or not all(parts):
+            parser.error(f"{option_string}: expected two tap names 'LAYER_T LAYER_T1' (or 'LAYER_T,LAYER_T1'), "
+                         f"got {' '.join(values)!r}")
+        setattr(namespace, self.dest, tuple(parts))
 
 
 def cmd_classify(args) -> int:
@@ -50,11 +55,13 @@ def cmd_classify(args) -> int:
 def add_classify_parser(eval_sub) -> None:
     """Adds `crosslayer eval classify` to the `eval` subcommands."""
     p = eval_sub.add_parser("classify", help="linear-SVM classification accuracy of one method on a manifest data set")
-    p.add_argument("--data", required=True, help="folder holding manifest.csv (path,label,split)")
+    p.add_argument("--data", required=True, help="folder holding manifest.csv (path,label,split); the SVM uses train and test, val is ignored")
     p.add_argument("--method", required=True, choices=METHODS)
-    p.add_argument("--backbone", default="mobilenet_v2")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=sorted(BACKBONES))
     p.add_argument("--side", type=int, default=448)
-    p.add_argument("--layers", type=_pair, default=None, help="layer pair 'features.16,features.17' (default: the backbone's)")
+    p.add_argument("--layers", nargs="+", action=_LayerPair, default=None, metavar="LAYER",
+                   help="tap names of layer t and of a later guidance layer at the same stride, e.g. "
+                        "'features.16 features.17' (default: the backbone's pair)")
     p.add_argument("--no-pca", action="store_true", help="cross-layer: skip the decorrelating PCA of local features")
     p.add_argument("--no-l2", action="store_true", help="cross-layer: skip the per-channel L2 normalisation")
     p.add_argument("--no-power", action="store_true", help="cross-layer: skip the signed square root")
@@ -74,10 +81,10 @@ def add_classify_parser(eval_sub) -> None:
     p.add_argument("--json", default=None, help="write the record here")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--fit-images", type=int, default=256, help="training images sampled to fit PCAs")
+    p.add_argument("--fit-images", type=int, default=DEFAULT_FIT_IMAGES, help="training images sampled to fit PCAs")
     p.add_argument("--c-grid", type=_csv_floats, default=tuple(10.0**e for e in range(-3, 4)))
     p.add_argument("--folds", type=int, default=3)
     p.add_argument("--jobs", type=int, default=1, help="parallel SVM fits during C selection")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_classify)

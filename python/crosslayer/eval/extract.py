@@ -5,6 +5,10 @@ Pass kinds (see `methods.MethodConfig.pass_kind`): "main" (whole image at `side`
 pooled embedding), "jitter" (10 crops per image), "aconv-fast" and "aconv" (region embeddings at `aconv_side`).
 PCAs (per layer pair for cross-layer pooling, per region setting for AConv) are fitted first on a seeded sample of
 training images and cached next to the stores. Interrupted passes resume from the shortest complete prefix.
+
+Stores hold one row per manifest image, in manifest order, val images included: the classifier uses only the train
+split (C by cross-validation inside it) and the test split, so val rows are computed and ignored. They are kept
+because the store's layout, its resumable prefix and the cache keys of existing stores are all per manifest image.
 """
 
 from __future__ import annotations
@@ -17,7 +21,17 @@ from pathlib import Path
 import numpy as np
 
 from crosslayer._atomic import atomic_write
-from crosslayer.eval.methods import EMBEDDING, MethodConfig, encode_main, main_taps, needs_pca, resolve_layers, row_layout
+from crosslayer.eval.methods import (
+    DEFAULT_FIT_IMAGES,
+    DEFAULT_SEED,
+    EMBEDDING,
+    MethodConfig,
+    encode_main,
+    main_taps,
+    needs_pca,
+    resolve_layers,
+    row_layout,
+)
 from crosslayer.eval.store import RowStore
 
 PCA_VERSION = 1
@@ -128,6 +142,12 @@ def _local_rows(maps):
     return maps.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c)
 
 
+def pca_path(directory, name: str, fit_images: int, seed: int) -> Path:
+    """The default sample keeps the name PCA files had before the sample was part of it, so they stay reusable."""
+    suffix = "" if (fit_images, seed) == (DEFAULT_FIT_IMAGES, DEFAULT_SEED) else f"-fit{fit_images}-seed{seed}"
+    return Path(directory) / f"pca-{name}{suffix}.npz"
+
+
 def _load_or_fit_pcas(directory, wanted: dict, dataset, prepare, run, batch_size, fit_images, seed, progress):
     """wanted: name -> (output name, n_components or None). Returns name -> (mean, projection) float32."""
     from crosslayer.batches import stream_batches
@@ -135,10 +155,13 @@ def _load_or_fit_pcas(directory, wanted: dict, dataset, prepare, run, batch_size
 
     pcas, missing = {}, {}
     for name, (output, components) in wanted.items():
-        path = directory / f"pca-{name}.npz"
+        path = pca_path(directory, name, fit_images, seed)
         if path.exists():
             with np.load(path) as stored:
-                if int(stored["version"]) == PCA_VERSION and int(stored["fit_images"]) == fit_images:
+                # files written before the seed was recorded lie only at the default name, fitted with the default seed
+                stored_seed = int(stored["seed"]) if "seed" in stored.files else DEFAULT_SEED
+                if (int(stored["version"]) == PCA_VERSION and int(stored["fit_images"]) == fit_images
+                        and stored_seed == seed):
                     pcas[name] = (stored["mean"], stored["projection"])
                     continue
         missing[name] = (output, components, path)
@@ -157,7 +180,8 @@ def _load_or_fit_pcas(directory, wanted: dict, dataset, prepare, run, batch_size
         mean, projection = accumulators[name].pca(components)
         pcas[name] = (mean.astype(np.float32), np.ascontiguousarray(projection, dtype=np.float32))
         with atomic_write(path) as handle:
-            np.savez(handle, version=PCA_VERSION, fit_images=fit_images, mean=pcas[name][0], projection=pcas[name][1])
+            np.savez(handle, version=PCA_VERSION, fit_images=fit_images, seed=seed, mean=pcas[name][0],
+                     projection=pcas[name][1])
     return pcas
 
 
@@ -183,6 +207,12 @@ def extract(dataset, configs, backbone="mobilenet_v2", side: int = 448, cache_ro
 
     spec = get_backbone(backbone)
     side = check_side(side, spec.side_multiple)
+    for config in configs:
+        config.check_backbone(spec)
+        # the PCA sample and the network are shared by the pass, so every config must describe the same ones
+        if (config.fit_images, config.seed) != (fit_images, seed):
+            raise ValueError(f"configs: {config.label()} has fit_images={config.fit_images}, seed={config.seed}; "
+                             f"this extraction uses fit_images={fit_images}, seed={seed}")
     directory = pass_directory(cache_root or default_cache_root(), dataset, spec.name, side, weights)
     directory.mkdir(parents=True, exist_ok=True)
     export_cache = directory.parent.parent / "onnx"
@@ -202,7 +232,7 @@ def extract(dataset, configs, backbone="mobilenet_v2", side: int = 448, cache_ro
                 local, guidance = resolve_layers(config, spec)
                 wanted[f"{local}"] = (local, None)
             elif kind in ("aconv", "aconv-fast"):
-                wanted[config.key()] = (REGIONS, min(config.aconv_pca_dim, spec.channels[spec.taps[-1]]))
+                wanted[config.key()] = (REGIONS, config.aconv_pca_dim)
         pca_batch = 1 if kind == "aconv" else batch_size
         pcas = _load_or_fit_pcas(directory, wanted, dataset, prepare, run, pca_batch, fit_images, seed, progress)
         _run_pass(dataset, members, stores, spec, prepare, run, pcas, 1 if kind == "aconv" else batch_size, progress, kind)

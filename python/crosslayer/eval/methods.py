@@ -12,21 +12,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from crosslayer._validate import check_positive_int
 
 METHODS = ("global", "jitter", "sum-spm", "max-spm", "crosslayer", "crosslayer-sign", "crosslayer-max", "aconv", "aconv-fast")
 CROSSLAYER_METHODS = ("crosslayer", "crosslayer-sign", "crosslayer-max")
 SPM_METHODS = ("sum-spm", "max-spm")
 SPM_LAYERS = ("t", "t1", "both")
 EMBEDDING = "embedding"
+ACONV_METHODS = ("aconv", "aconv-fast")
+DEFAULT_FIT_IMAGES = 256
+DEFAULT_SEED = 0
 
 
 @dataclass(frozen=True)
 class MethodConfig:
     method: str
-    layers: tuple | None = None  # (layer t, layer t+1); None: the backbone's default pair
+    layers: tuple | None = None  # (local layer t, a later guidance layer at its stride); None: the default pair
     pca: bool = True
     l2: bool = True
     power: bool = True
@@ -41,11 +47,21 @@ class MethodConfig:
     aconv_filters: int = 100
     aconv_epochs: int = 50
     aconv_lr: float = 0.01
+    fit_images: int = DEFAULT_FIT_IMAGES  # training images sampled to fit the PCAs
+    seed: int = DEFAULT_SEED  # PCA sample, AConv training, and the network itself for "random" weights
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
+        for name in ("aconv_side", "aconv_region", "aconv_stride", "aconv_region_side", "aconv_pca_dim",
+                     "aconv_filters", "aconv_epochs", "fit_images"):
+            object.__setattr__(self, name, check_positive_int(getattr(self, name), name))
+        object.__setattr__(self, "seed", check_positive_int(self.seed, "seed", minimum=0))
+        if isinstance(self.aconv_lr, bool) or not isinstance(self.aconv_lr, (int, float, np.floating, np.integer)):
+            raise TypeError(f"aconv_lr: expected a number, got {type(self.aconv_lr).__name__}")
+        if not (math.isfinite(self.aconv_lr) and self.aconv_lr > 0):
+            raise ValueError(f"aconv_lr: expected a positive finite learning rate, got {self.aconv_lr}")
         if self.spm_layer not in SPM_LAYERS:
             raise ValueError(f"spm_layer: expected one of {SPM_LAYERS}, got {self.spm_layer!r}")
         levels = tuple(int(level) for level in self.spm_levels)
@@ -57,7 +73,8 @@ class MethodConfig:
         if not 0.25 <= self.jitter_crop <= 1.0:
             raise ValueError(f"jitter_crop: expected a fraction in [0.25, 1], got {self.jitter_crop}")
         if self.aconv_region > self.aconv_side or self.aconv_region % self.aconv_stride:
-            raise ValueError("aconv_region: must fit in aconv_side and be a multiple of aconv_stride")
+            raise ValueError(f"aconv_region: must fit in aconv_side ({self.aconv_side}) and be a multiple of "
+                             f"aconv_stride ({self.aconv_stride}), got {self.aconv_region}")
         if (self.aconv_side - self.aconv_region) % self.aconv_stride:
             raise ValueError("aconv_side: (aconv_side - aconv_region) must be a multiple of aconv_stride")
 
@@ -70,9 +87,25 @@ class MethodConfig:
             return self.method
         return "main"
 
+    def check_backbone(self, spec) -> None:
+        """The checks that need the backbone, so a bad setting fails before any extraction."""
+        if self.method in CROSSLAYER_METHODS or self.method in SPM_METHODS:
+            resolve_layers(self, spec)
+        if self.method in ACONV_METHODS:
+            channels = spec.channels[spec.taps[-1]]
+            if self.aconv_pca_dim > channels:
+                raise ValueError(f"aconv_pca_dim: at most the {channels} channels of {spec.name}'s embedding, "
+                                 f"got {self.aconv_pca_dim}")
+
     def relevant(self) -> dict:
-        """The parameters that change this method's rows (the cache key covers exactly these)."""
+        """The parameters that change this method's rows (the cache key covers these). `seed` and `fit_images` enter
+        only when they differ from the defaults, so stores written before they were keyed keep their keys; `seed` is
+        kept for every method because with "random" weights it seeds the network itself."""
         params = {"method": self.method}
+        if self.seed != DEFAULT_SEED:
+            params.update(seed=self.seed)
+        if self.fit_images != DEFAULT_FIT_IMAGES and (needs_pca(self) or self.method in ACONV_METHODS):
+            params.update(fit_images=self.fit_images)
         if self.method in CROSSLAYER_METHODS:
             params.update(layers=self.layers, pca=self.pca)
             if self.method != "crosslayer-sign":

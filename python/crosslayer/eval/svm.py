@@ -25,6 +25,19 @@ def _fit(kernel, labels, c):
     return model
 
 
+def check_svm_options(c_grid, folds) -> tuple[tuple, int]:
+    """(C grid as floats, folds), or a ValueError naming the argument."""
+    try:
+        grid = tuple(float(c) for c in c_grid)
+    except (TypeError, ValueError):
+        raise ValueError(f"c_grid: expected positive numbers, got {c_grid!r}") from None
+    if not grid or any(not (np.isfinite(c) and c > 0) for c in grid):
+        raise ValueError(f"c_grid: expected positive finite values, got {grid}")
+    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"folds: expected an integer >= 2 (cross-validation folds), got {folds!r}")
+    return grid, int(folds)
+
+
 def select_c(k_train: np.ndarray, labels: np.ndarray, c_grid=DEFAULT_C_GRID, folds: int = 3, seed: int = 0,
              n_jobs: int = 1) -> tuple[float, dict]:
     """Returns (best C, {C: mean fold accuracy}); ties go to the smaller C."""
@@ -32,9 +45,7 @@ def select_c(k_train: np.ndarray, labels: np.ndarray, c_grid=DEFAULT_C_GRID, fol
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(labels)
-    c_grid = tuple(float(c) for c in c_grid)
-    if not c_grid or any(not c > 0 for c in c_grid):
-        raise ValueError(f"c_grid: expected positive values, got {c_grid}")
+    c_grid, folds = check_svm_options(c_grid, folds)
     smallest_class = min(np.unique(labels, return_counts=True)[1]) if len(labels) else 0
     folds = min(folds, int(smallest_class))
     if folds < 2:
