@@ -95,6 +95,60 @@ def _cmd_extract(args) -> int:
     return 0
 
 
+def _channel_ids_argument(text) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--channel-ids: expected comma-separated integers, got {text!r}") from None
+    if not ids:
+        raise ValueError(f"--channel-ids: expected at least one channel id, got {text!r}")
+    return ids
+
+
+def _heatmap_encoder(args):
+    """The encoder whose network the heatmap shows: an index's or an encoder file's, or one from the options."""
+    from crosslayer.backbones.registry import DEFAULT_BACKBONE
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.retrieval.image_index import ImageIndex
+
+    network = {"--backbone": args.backbone, "--layers": args.layers, "--side": args.side, "--policy": args.policy}
+    given = [flag for flag, value in network.items() if value is not None]
+    source = "--index" if args.index else "--encoder" if args.encoder else None
+    if source and given:
+        raise ValueError(f"{', '.join(given)}: the network and its input size come from {source}; give one or the other")
+    runtime = {"threads": args.threads, "batch_size": 1}
+    if args.weights is not None:
+        runtime["weights"] = args.weights  # a moved weights file, checked against the one recorded
+    if args.index:
+        with ImageIndex.open(args.index, "r", **runtime) as index:
+            return index.encoder
+    if args.encoder:
+        return CrossLayerEncoder.load(args.encoder, **runtime)
+    # no PCA is needed: the heatmaps show the guidance layer, and the channel means do not depend on the PCA
+    return CrossLayerEncoder(args.backbone or DEFAULT_BACKBONE, args.layers, 448 if args.side is None else args.side,
+                             policy=args.policy or "square", weights=args.weights, batch_size=1, threads=args.threads)
+
+
+def _cmd_heatmap(args) -> int:
+    """Heatmaps of one image's strongest guidance channels (those a search with it as the query compares)."""
+    from crosslayer.heatmap import (DEFAULT_CHANNELS, check_channel_choice, check_heatmap_path, choose_channels,
+                                    guidance_maps, render_heatmaps)
+
+    # every argument is checked before the backbone runs
+    check_heatmap_path(args.out)
+    channel_ids = None if args.channel_ids is None else _channel_ids_argument(args.channel_ids)
+    channels = DEFAULT_CHANNELS if args.channels is None else args.channels
+    encoder = _heatmap_encoder(args)
+    check_channel_choice(encoder.Dk, channels, channel_ids)
+    maps = guidance_maps(encoder, args.image)
+    shown = choose_channels(maps.channel_mean, channels, channel_ids)
+    width, height = render_heatmaps(maps, shown, args.out)
+    listed = ", ".join(f"{c} ({maps.channel_mean[c]:.3g})" for c in shown)
+    print(f"{encoder.backbone} {encoder.layers[1]} channels (mean activation): {listed}")
+    print(f"heatmaps: {args.out} ({width}x{height})", file=sys.stderr)
+    return 0
+
+
 def demo_photos():
     """(name, HxWx3 uint8) photos shipped with installed packages, plus a crop of the cat as a near-duplicate."""
     from skimage import data
@@ -232,6 +286,26 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--on-error", default="skip", choices=("skip", "raise"), help="bad images: record and go on, or stop")
     extract.add_argument("--quiet", action="store_true")
     extract.set_defaults(func=_cmd_extract)
+
+    heatmap = sub.add_parser("heatmap", help="where one image's strongest guidance channels fire, as a PNG")
+    heatmap.add_argument("image", help="an image file")
+    heatmap.add_argument("--out", required=True, help="the PNG to write")
+    which = heatmap.add_mutually_exclusive_group()
+    which.add_argument("--channels", type=int, default=None,
+                       help="show the N channels of largest mean activation, those a search with this image as the "
+                            "query compares with --channels N (default 6)")
+    which.add_argument("--channel-ids", default=None, help="show these channels instead: comma-separated ids")
+    network = heatmap.add_mutually_exclusive_group()
+    network.add_argument("--index", default=None, help="an image index: use the network and input size it was built with")
+    network.add_argument("--encoder", default=None, help="an encoder file: use its network and input size")
+    heatmap.add_argument("--backbone", default=None, choices=sorted(BACKBONES), help=f"default {DEFAULT_BACKBONE}")
+    heatmap.add_argument("--layers", nargs=2, default=None, metavar=("LAYER_T", "LAYER_T1"),
+                         help="tap names of the layer pair (default: the backbone's)")
+    heatmap.add_argument("--side", type=int, default=None, help="input side in pixels (default 448)")
+    heatmap.add_argument("--policy", default=None, choices=RESIZE_POLICIES, help="resize policy (default square)")
+    heatmap.add_argument("--weights", default=None, help="state-dict file (.pth), or 'random' (untrained; tests only)")
+    heatmap.add_argument("--threads", type=int, default=0, help="0: all cores")
+    heatmap.set_defaults(func=_cmd_heatmap)
 
     demo = sub.add_parser("demo", help="pretrained backbone on bundled photos: classes, code sizes, neighbours")
     demo.add_argument("--backbone", default=DEFAULT_BACKBONE, choices=sorted(n for n, s in BACKBONES.items() if s.weights.package))
