@@ -140,6 +140,27 @@ def test_cli_heatmap_shows_the_channels_a_search_compares(backbone_cache, tmp_pa
     np.testing.assert_allclose(maps.channel_mean, reference.channel_mean(maps.guidance[None])[0], rtol=1e-5, atol=1e-7)
     assert maps.rgb.shape == (SIDE, SIDE, 3)
 
+    # the contact sheet's query tile shows the same channels' summed maps; the hits' tiles are unchanged
+    from crosslayer.heatmap import attended_region
+    from crosslayer.retrieval.sheet import PAD, THUMB
+
+    sheets = {}
+    for name, extra in [("plain", []), ("heat", ["--heatmaps"])]:
+        sheets[name] = tmp_path / f"sheet-{name}.png"
+        assert main(["search", str(db), str(images[1]), "--top", "2", "--channels", "5", "--threads", "1",
+                     "--sheet", str(sheets[name]), *extra]) == 0
+    with Image.open(sheets["plain"]) as plain, Image.open(sheets["heat"]) as heat:
+        plain, heat = np.asarray(plain.convert("RGB")), np.asarray(heat.convert("RGB"))
+    query_tile = (slice(PAD + 1, PAD + THUMB - 1), slice(PAD + 1, PAD + THUMB - 1))  # inside the frame
+    expected = attended_region(maps, searched, THUMB)[0][1:-1, 1:-1]
+    np.testing.assert_array_equal(heat[query_tile], expected)
+    assert not np.array_equal(plain[query_tile], expected)
+    hits = (slice(PAD, PAD + THUMB), slice(2 * PAD + THUMB, None))
+    np.testing.assert_array_equal(heat[hits], plain[hits])
+    with pytest.raises(SystemExit):
+        main(["search", str(db), str(images[1]), "--heatmaps"])
+    assert "give --sheet too" in capsys.readouterr().err
+
 
 def test_cli_heatmap_checks_its_arguments_before_running_the_backbone(tmp_path, capsys, monkeypatch):
     from crosslayer.cli import main
@@ -169,3 +190,24 @@ def test_cli_heatmap_checks_its_arguments_before_running_the_backbone(tmp_path, 
         error = capsys.readouterr().err
         assert exit_info.value.code == 2 and expected in error and error.count("\n") == 1, error
     assert not out.exists() and not (tmp_path / "heat.jpg").exists()
+
+
+def test_sheet_shows_given_query_pixels_instead_of_the_file(tmp_path):
+    from PIL import Image
+
+    from crosslayer.retrieval.sheet import PAD, SheetHit, SheetRow, render_sheet
+
+    (image,) = _write_images(tmp_path / "imgs", 1)
+    red = np.zeros((SIDE, SIDE, 3), np.uint8)
+    red[..., 0] = 255
+    rows = [SheetRow(str(image), [SheetHit(str(image), 3)], query_pixels=red, query_caption="query, heat: 6 ch")]
+    render_sheet(rows, tmp_path / "sheet.png", thumb=SIDE)
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        pixels = np.asarray(sheet.convert("RGB"))
+    assert (pixels[PAD + 2 : PAD + SIDE - 2, PAD + 2 : PAD + SIDE - 2] == (255, 0, 0)).all()
+    render_sheet(rows, tmp_path / "sheet.html", thumb=SIDE)
+    plain = [SheetRow(str(image), rows[0].hits)]
+    render_sheet(plain, tmp_path / "plain.html", thumb=SIDE)
+    shown, unchanged = (tmp_path / "sheet.html").read_text(), (tmp_path / "plain.html").read_text()
+    assert "query, heat: 6 ch" in shown and shown.split("<td>")[1] != unchanged.split("<td>")[1]
+    assert shown.split("<td>")[2] == unchanged.split("<td>")[2]

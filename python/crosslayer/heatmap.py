@@ -57,11 +57,13 @@ def upsample(activation: np.ndarray, size: int) -> np.ndarray:
 
 
 def overlay(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """The image with `heat` (same height and width, values in [0, 1]) blended over it: the colour's opacity grows
-    with the heat, so cold regions still show the image and hot ones show the colour."""
+    """`heat` (same height and width, values in [0, 1]) blended over the image in grey: the colour's opacity grows
+    with the heat, so cold regions still show the image and hot ones show the colour. Grey, because an image's own
+    reds and yellows would read as heat."""
     heat = np.clip(np.asarray(heat, dtype=np.float64), 0.0, 1.0)[..., None]
-    alpha = 0.25 + 0.6 * heat
-    blended = (1.0 - alpha) * np.asarray(rgb, dtype=np.float64) + alpha * colormap(heat[..., 0])
+    grey = np.asarray(rgb, dtype=np.float64) @ np.array([0.299, 0.587, 0.114])
+    alpha = 0.2 + 0.65 * heat
+    blended = (1.0 - alpha) * grey[..., None] + alpha * colormap(heat[..., 0])
     return np.rint(blended).astype(np.uint8)
 
 
@@ -153,10 +155,25 @@ def guidance_maps(encoder, image) -> GuidanceMaps:
     # rounds differently, and a near-tie could then select another channel. They do not depend on the PCA.
     channel_mean = pool(local, guidance, output="codes", num_threads=encoder.threads).channel_mean[0]
     source = str(image) if isinstance(image, (str, Path)) else f"array {rgb.shape}"
-    return GuidanceMaps(source, shown, np.asarray(guidance[0], np.float32), channel_mean, encoder.settings())
+    settings = {**encoder.settings(), "weights": encoder.weights}  # None: the packaged weights
+    return GuidanceMaps(source, shown, np.asarray(guidance[0], np.float32), channel_mean, settings)
 
 
 # ---- rendering -----------------------------------------------------------------------------------------------------
+
+def _network_view(maps: GuidanceMaps, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(maps.rgb).resize((size, size), Image.LANCZOS))
+
+
+def attended_region(maps: GuidanceMaps, channel_ids, size: int) -> tuple[np.ndarray, float, float]:
+    """The image as the network saw it (size x size) with the sum of the `channel_ids` maps overlaid, on its own
+    colour scale: the region a masked similarity on those channels weighs most. Returns (rgb, scale low, high)."""
+    total = upsample(maps.guidance[np.asarray(channel_ids, dtype=np.int64)].sum(axis=0), size)
+    low, high = min(0.0, float(total.min())), float(total.max())
+    return overlay(_network_view(maps, size), _scaled(total, low, high)), low, high
+
 
 def _font(size: int):
     from PIL import ImageFont
@@ -178,16 +195,14 @@ def render_heatmaps(maps: GuidanceMaps, channel_ids, out, tile: int = TILE) -> t
     ids = [int(c) for c in np.asarray(channel_ids).reshape(-1)]
     check_channel_choice(dk, channel_ids=ids)
 
-    image = np.asarray(Image.fromarray(maps.rgb).resize((tile, tile), Image.LANCZOS))
+    image = _network_view(maps, tile)
     heats = np.stack([upsample(maps.guidance[c], tile) for c in ids])
     # one scale for every channel tile; activations below zero (a tap before its ReLU) keep their place below it
     low, high = min(0.0, float(heats.min())), float(heats.max())
-    total = upsample(maps.guidance[ids].sum(axis=0), tile)
-    total_low, total_high = min(0.0, float(total.min())), float(total.max())
+    attended, total_low, total_high = attended_region(maps, ids, tile)
     tiles = [(image, "input as the network saw it", f"{maps.rgb.shape[1]}x{maps.rgb.shape[0]}, "
               f"{maps.settings.get('policy', '?')} resize", f"channel colours {low:.3g} .. {high:.3g}"),
-             (overlay(image, _scaled(total, total_low, total_high)), f"sum of these {len(ids)} channels",
-              f"colours {total_low:.3g} .. {total_high:.3g}", "")]
+             (attended, f"sum of these {len(ids)} channels", f"colours {total_low:.3g} .. {total_high:.3g}", "")]
     for c, heat in zip(ids, heats):
         tiles.append((overlay(image, _scaled(heat, low, high)), f"channel {c}",
                       f"mean {maps.channel_mean[c]:.3g}", f"max {maps.guidance[c].max():.3g}"))

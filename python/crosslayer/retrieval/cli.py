@@ -71,6 +71,7 @@ def _add(index, sources) -> int:
 
 
 def _cmd_search(args) -> int:
+    from crosslayer.retrieval.channels import channel_label
     from crosslayer.retrieval.image_index import ImageIndex
     from crosslayer.retrieval.sheet import SheetHit, SheetRow, check_sheet_path, render_sheet
 
@@ -80,9 +81,12 @@ def _cmd_search(args) -> int:
         raise ValueError(f"--top: expected a positive number of hits, got {args.top}")
     if args.sheet:
         check_sheet_path(args.sheet)
+    elif args.heatmaps:
+        raise ValueError("--heatmaps: draws on the contact sheet; give --sheet too")
     with ImageIndex.open(args.db_dir, "r", threads=args.threads, weights=args.weights) as index:
         results, timing = index.search(args.queries, args.top, channels)
         indexed = len(index)
+        query_views = [_attended_query(index.encoder, q, channels) for q in args.queries] if args.heatmaps else None
     for query, hits in zip(args.queries, results):
         print(f"query {query}")
         for hit in hits:
@@ -92,9 +96,25 @@ def _cmd_search(args) -> int:
           f"over {indexed} images", file=sys.stderr)
     if args.sheet:
         rows = [SheetRow(q, [SheetHit(h.path, h.score) for h in hits]) for q, hits in zip(args.queries, results)]
+        for row, view in zip(rows, query_views or []):
+            row.query_pixels, row.query_caption = view, f"query, heat: {channel_label(channels)} ch"
         render_sheet(rows, args.sheet)
         print(f"sheet: {args.sheet}", file=sys.stderr)
     return 0
+
+
+def _attended_query(encoder, query, channels):
+    """The query as the network saw it, with the sum of the guidance maps of the channels the search compared for
+    it overlaid (`crosslayer.heatmap`); the backbone runs on it once more."""
+    import numpy as np
+
+    from crosslayer.heatmap import attended_region, guidance_maps
+    from crosslayer.retrieval.sheet import THUMB
+    from crosslayer.search import select_channels
+
+    maps = guidance_maps(encoder, query)
+    compared = np.arange(encoder.Dk) if channels is None else select_channels(maps.channel_mean[None], channels)[0]
+    return attended_region(maps, compared, THUMB)[0]
 
 
 def _int_argument(text, name) -> int:
@@ -153,6 +173,8 @@ def register(sub, eval_sub) -> None:
     search.add_argument("--top", type=int, default=10)
     search.add_argument("--channels", default="50", help="guidance channels compared per query, or 'all'")
     search.add_argument("--sheet", help="write a contact sheet of the results (.png or .html)")
+    search.add_argument("--heatmaps", action="store_true", help="on the sheet, overlay each query with where its "
+                        "compared guidance channels fire (their summed maps; runs the backbone once more per query)")
     search.add_argument("--weights", default=None, help="override the weights recorded at build time (a moved state-dict file)")
     search.add_argument("--threads", type=int, default=0)
     search.set_defaults(func=_cmd_search)

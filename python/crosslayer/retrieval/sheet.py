@@ -32,6 +32,8 @@ class SheetHit:
 class SheetRow:
     query: str
     hits: list  # SheetHit, best first
+    query_pixels: object = None  # an HxWx3 uint8 array shown instead of the query file (e.g. with a heatmap on it)
+    query_caption: str = "query"
 
 
 def sheet_size(rows: int, columns: int, thumb: int = THUMB) -> tuple[int, int]:
@@ -41,9 +43,13 @@ def sheet_size(rows: int, columns: int, thumb: int = THUMB) -> tuple[int, int]:
     return width, height
 
 
-def _thumbnail(path: str, thumb: int):
+def _thumbnail(path: str, thumb: int, pixels=None):
     from PIL import Image, ImageOps
 
+    if pixels is not None:
+        image = Image.fromarray(pixels)
+        image.thumbnail((thumb, thumb))
+        return image
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image).convert("RGB")
@@ -67,11 +73,12 @@ def render_png(rows, out, thumb: int = THUMB) -> tuple[int, int]:
     draw = ImageDraw.Draw(sheet)
     for r, row in enumerate(rows):
         top = PAD + r * (thumb + CAPTION + PAD)
-        cells = [(row.query, "query", QUERY_COLOUR, 0)]
-        cells += [(h.path, f"{i + 1}: {_score_text(h.score)}", COLOURS[h.correct], i + 1) for i, h in enumerate(row.hits)]
-        for path, caption, colour, column in cells:
+        cells = [(row.query, row.query_caption, QUERY_COLOUR, 0, row.query_pixels)]
+        cells += [(h.path, f"{i + 1}: {_score_text(h.score)}", COLOURS[h.correct], i + 1, None)
+                  for i, h in enumerate(row.hits)]
+        for path, caption, colour, column, pixels in cells:
             left = PAD + column * (thumb + PAD) + (PAD if column else 0)
-            image = _thumbnail(path, thumb)
+            image = _thumbnail(path, thumb, pixels)
             offset = ((thumb - image.width) // 2, (thumb - image.height) // 2)
             sheet.paste(image, (left + offset[0], top + offset[1]))
             draw.rectangle([left - 2, top - 2, left + thumb + 1, top + thumb + 1], outline=colour, width=3)
@@ -82,21 +89,21 @@ def render_png(rows, out, thumb: int = THUMB) -> tuple[int, int]:
     return size
 
 
-def _data_uri(path: str, thumb: int) -> str:
+def _data_uri(path: str, thumb: int, pixels=None) -> str:
     buffer = io.BytesIO()
-    _thumbnail(path, thumb).save(buffer, format="JPEG", quality=85)
+    _thumbnail(path, thumb, pixels).save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def render_html(rows, out, thumb: int = THUMB) -> None:
-    def cell(path, caption, colour):
+    def cell(path, caption, colour, pixels=None):
         rgb = "rgb({},{},{})".format(*colour)
-        return (f'<td><img src="{_data_uri(path, thumb)}" style="border:3px solid {rgb}" title="{html.escape(path)}">'
+        return (f'<td><img src="{_data_uri(path, thumb, pixels)}" style="border:3px solid {rgb}" title="{html.escape(path)}">'
                 f"<br>{html.escape(caption)}<br><small>{html.escape(Path(path).name)}</small></td>")
 
     body = []
     for row in rows:
-        cells = [cell(row.query, "query", QUERY_COLOUR)]
+        cells = [cell(row.query, row.query_caption, QUERY_COLOUR, row.query_pixels)]
         cells += [cell(h.path, f"{i + 1}: {_score_text(h.score)}", COLOURS[h.correct]) for i, h in enumerate(row.hits)]
         body.append("<tr>" + "".join(cells) + "</tr>")
     page = ("<!doctype html><meta charset='utf-8'><title>crosslayer search</title>"
