@@ -2,6 +2,7 @@
 search's), the sheet's documented size and the command line's argument checks (a random-weight MobileNetV2 on tiny
 generated images)."""
 
+import functools
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from crosslayer.heatmap import (GuidanceMaps, choose_channels, colormap, heatmap_size, render_heatmaps, tile_origin,
                                 upsample)
 from crosslayer.search import select_channels
+from _images import write_block_images  # noqa: E402
 
 SIDE = 64
 TINY = ["--weights", "random", "--side", str(SIDE), "--fit-images", "4", "--batch-size", "4", "--threads", "1"]
@@ -19,18 +21,7 @@ def _luminance(rgb):
     return np.asarray(rgb, np.float64) @ np.array([0.2126, 0.7152, 0.0722])
 
 
-def _write_images(folder, count, seed=0):
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        blocks = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-        path = folder / f"img{i:02d}.png"
-        Image.fromarray(np.kron(blocks, np.ones((SIDE // 4, SIDE // 4, 1), np.uint8))).save(path)
-        paths.append(path)
-    return paths
+_write_images = functools.partial(write_block_images, side=SIDE)
 
 
 def test_colour_map_brightens_monotonically():

@@ -1,6 +1,7 @@
 """Resuming a store or an image index only with the encoder (settings and network weights) it was made with; paths
 resolved; the command line's errors. A random-weight MobileNetV2 on tiny generated images."""
 
+import functools
 import io
 import json
 import os
@@ -16,23 +17,13 @@ from crosslayer.backbones.weights import file_sha256  # noqa: E402
 from crosslayer.cli import main  # noqa: E402
 from crosslayer.encoder import CrossLayerEncoder, EncoderMismatchError  # noqa: E402
 from crosslayer.extract import Store, StoreError, extract  # noqa: E402
+from _images import write_block_images  # noqa: E402
 
 SIDE = 64
 TINY = ["--weights", "random", "--side", str(SIDE), "--fit-images", "6", "--batch-size", "4", "--threads", "1"]
 
 
-def _write_images(folder, count, seed=0):
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        blocks = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-        path = folder / f"img{i:02d}.png"
-        Image.fromarray(np.kron(blocks, np.ones((SIDE // 4, SIDE // 4, 1), np.uint8))).save(path)
-        paths.append(path)
-    return paths
+_write_images = functools.partial(write_block_images, side=SIDE)
 
 
 def _encoder(**options):

@@ -7,28 +7,14 @@ import pytest
 
 from crosslayer.cli import main
 from crosslayer.retrieval.sheet import SheetHit, SheetRow, render_sheet, sheet_size
+from _images import write_block_images
 
-
-def _write_images(folder, count, seed=0, side=72):
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        # distinct blocky patterns, so every image has its own code
-        blocks = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-        image = Image.fromarray(np.kron(blocks, np.ones((side // 4, side // 4, 1), np.uint8)))
-        path = folder / f"img{i:02d}.png"
-        image.save(path)
-        paths.append(path)
-    return paths
 
 
 def test_png_sheet_has_the_expected_size(tmp_path):
     from PIL import Image
 
-    images = _write_images(tmp_path / "imgs", 4)
+    images = write_block_images(tmp_path / "imgs", 4)
     rows = [SheetRow(str(images[0]), [SheetHit(str(images[1]), 12, True), SheetHit(str(images[2]), 7, False),
                                       SheetHit(str(tmp_path / "missing.jpg"), 3)]),
             SheetRow(str(images[3]), [SheetHit(str(images[0]), 0.5)])]
@@ -43,7 +29,7 @@ def test_png_sheet_has_the_expected_size(tmp_path):
 
 
 def test_html_sheet_inlines_every_thumbnail(tmp_path):
-    images = _write_images(tmp_path / "imgs", 3)
+    images = write_block_images(tmp_path / "imgs", 3)
     render_sheet([SheetRow(str(images[0]), [SheetHit(str(p), 1) for p in images])], tmp_path / "sheet.html")
     assert (tmp_path / "sheet.html").read_text().count("data:image/jpeg;base64,") == 4
 
@@ -69,7 +55,7 @@ TINY = ["--weights", "random", "--side", "64", "--fit-images", "6", "--batch-siz
 
 def test_index_build_search_add_end_to_end(tmp_path, model_cache, capsys):
     pytest.importorskip("torch")
-    images = _write_images(tmp_path / "db", 6)
+    images = write_block_images(tmp_path / "db", 6)
     db = tmp_path / "index"
     assert main(["index", "build", str(db), "--images", str(tmp_path / "db"), *TINY]) == 0
     assert "indexed 6 images (0 already there" in capsys.readouterr().out
@@ -91,14 +77,14 @@ def test_index_build_search_add_end_to_end(tmp_path, model_cache, capsys):
     assert any(h[2] == str(query.resolve()) and int(h[1]) == top_score for h in hits)
     assert sheet.stat().st_size > 0
 
-    more = _write_images(tmp_path / "more", 2, seed=1)
+    more = write_block_images(tmp_path / "more", 2, seed=1)
     assert main(["index", "add", str(db), "--images", *map(str, more), "--weights", "random", "--threads", "1"]) == 0
     assert "indexed 2 images" in capsys.readouterr().out
 
 
 def test_search_rejects_more_channels_than_the_encoder_has(tmp_path, model_cache, capsys):
     pytest.importorskip("torch")
-    _write_images(tmp_path / "db", 3)
+    write_block_images(tmp_path / "db", 3)
     db = tmp_path / "index"
     assert main(["index", "build", str(db), "--images", str(tmp_path / "db"), *TINY]) == 0
     capsys.readouterr()
@@ -120,8 +106,8 @@ def test_eval_retrieve_end_to_end_on_identical_queries(tmp_path, model_cache, ca
     import json
 
     pytest.importorskip("torch")
-    images = _write_images(tmp_path / "set", 5)
-    learn = _write_images(tmp_path / "learn", 8, seed=2)
+    images = write_block_images(tmp_path / "set", 5)
+    learn = write_block_images(tmp_path / "learn", 8, seed=2)
     rows = "path,item\n" + "".join(f"set/{p.name},{p.stem}\n" for p in images)
     (tmp_path / "queries.csv").write_text(rows)
     (tmp_path / "database.csv").write_text(rows)
