@@ -10,7 +10,6 @@ from crosslayer.retrieval.sheet import SheetHit, SheetRow, render_sheet, sheet_s
 from _images import write_block_images
 
 
-
 def test_png_sheet_has_the_expected_size(tmp_path):
     from PIL import Image
 
