@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from test_retrieval_cli import _write_images
+from _images import write_block_images
 
 pytest.importorskip("torch")
 
@@ -21,12 +21,12 @@ CHANNELS = [3, None]
 
 @pytest.fixture
 def retrieval_set(tmp_path):
-    images = _write_images(tmp_path / "set", 4)
+    images = write_block_images(tmp_path / "set", 4)
     rows = "path,item\n" + "".join(f"set/{p.name},{p.stem}\n" for p in images)
     (tmp_path / "queries.csv").write_text(rows)
     (tmp_path / "database.csv").write_text(rows)
-    _write_images(tmp_path / "learn_a", 6, seed=2)
-    _write_images(tmp_path / "learn_b", 6, seed=3)
+    write_block_images(tmp_path / "learn_a", 6, seed=2)
+    write_block_images(tmp_path / "learn_b", 6, seed=3)
     return tmp_path
 
 
@@ -82,8 +82,8 @@ def test_a_cache_made_before_the_learn_set_was_recorded(retrieval_set, backbone_
 
 def test_distractor_folders_of_one_name_are_two_sets(retrieval_set, backbone_cache):
     root = retrieval_set
-    first = _write_images(root / "a" / "images", 2, seed=4)
-    second = _write_images(root / "b" / "images", 3, seed=5)
+    first = write_block_images(root / "a" / "images", 2, seed=4)
+    second = write_block_images(root / "b" / "images", 3, seed=5)
     assert distractor_name(root / "a" / "images") != distractor_name(root / "b" / "images")
     assert distractor_name(root / "a" / "images") == distractor_name(root / "b" / ".." / "a" / "images")
     cache, _ = _features(root, [root / "learn_a"], distractors=[root / "a" / "images", root / "b" / "images"])

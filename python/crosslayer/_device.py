@@ -312,14 +312,18 @@ def nonzero_counts_device(bits):
     if framework == "torch":
         import torch
 
+        if bits.shape[0] == 0:  # an empty tensor's strides need not allow the byte view below
+            return torch.zeros(0, dtype=torch.int64, device=bits.device)
         table = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64, device=bits.device)
         planes = bits[:, :, 0, :].contiguous().view(torch.uint8)
-        return table[planes.long()].reshape(bits.shape[0], -1).sum(dim=1)
+        return table[planes.long()].sum(dim=(1, 2))
     import cupy
 
+    if bits.shape[0] == 0:
+        return cupy.zeros(0, dtype=cupy.int64)
     table = cupy.asarray([bin(i).count("1") for i in range(256)], dtype=cupy.int64)
     planes = cupy.ascontiguousarray(bits[:, :, 0, :]).view(cupy.uint8)
-    return table[planes].reshape(bits.shape[0], -1).sum(axis=1)
+    return table[planes].sum(axis=(1, 2))
 
 
 def select_channels_device(channel_mean, channels: int):
