@@ -4,16 +4,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import crosslayer
-from crosslayer import Codes, reference
+from crosslayer import reference
 from crosslayer.search import search_segments, select_channels
 
-
-def random_codes(rng, n, dk, dt, zero_fraction=0.5):
-    """Codes with many zeros and integer channel means, so equal scores and equal means (ties) are common."""
-    signs = rng.choice(np.array([-1, 0, 1], np.int8), size=(n, dk, dt), p=[(1 - zero_fraction) / 2, zero_fraction, (1 - zero_fraction) / 2])
-    if n and dk > 1:
-        signs[:, rng.integers(dk)] = 0  # an all-zero channel
-    return Codes(reference.pack_ternary(signs), rng.integers(0, 3, (n, dk)).astype(np.float32), dt)
+from _codes import random_codes
 
 
 @pytest.fixture
@@ -53,12 +47,16 @@ def test_gram_matches_reference(shape, seed):
     a, b = random_codes(rng, n_a, dk, dt), random_codes(rng, n_b, dk, dt)
     expected_ab = reference.gram_reference(a.bits, b.bits, dt)
     expected_aa = reference.gram_reference(a.bits, a.bits, dt)
+    expected_cosine = reference.cosine_gram_reference(a.bits, b.bits, dt)
 
     def check(path):
         got = crosslayer.gram(a, b)
         assert got.dtype == np.int32 and got.shape == (n_a, n_b)
         np.testing.assert_array_equal(got, expected_ab, err_msg=path)
         np.testing.assert_array_equal(crosslayer.gram(a), expected_aa, err_msg=path)
+        # empty code sets included (n_a or n_b = 0)
+        got_cosine = crosslayer.gram(a, b, normalize=True)
+        np.testing.assert_allclose(got_cosine, expected_cosine, rtol=1e-12, atol=0, err_msg=path)
 
     for_each_popcount_path(check)
 
@@ -111,6 +109,8 @@ def test_gram_normalized_is_cosine_and_feeds_an_svm(rng):
     got = crosslayer.gram(codes, normalize=True)
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+    cosine = reference.cosine_gram_reference(codes.bits, codes.bits, 50)
+    np.testing.assert_allclose(cosine, expected, rtol=1e-12, atol=1e-15)
 
     from sklearn.svm import SVC
 

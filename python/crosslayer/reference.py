@@ -166,6 +166,17 @@ def gram_reference(bits_a: np.ndarray, bits_b: np.ndarray, dt: int) -> np.ndarra
     return a @ b.T
 
 
+def cosine_gram_reference(bits_a: np.ndarray, bits_b: np.ndarray, dt: int) -> np.ndarray:
+    """gram_reference divided by sqrt(nnz_a * nnz_b) (cosine of the ternary vectors), 0 where a code is all zero:
+    (len(a), len(b)) float64."""
+    dk = bits_a.shape[1]
+    nnz_a = np.count_nonzero(unpack_ternary(bits_a, dt).reshape(len(bits_a), dk * dt), axis=1)
+    nnz_b = np.count_nonzero(unpack_ternary(bits_b, dt).reshape(len(bits_b), dk * dt), axis=1)
+    scale = np.sqrt(np.outer(nnz_a, nnz_b).astype(np.float64))
+    dots = gram_reference(bits_a, bits_b, dt).astype(np.float64)
+    return np.divide(dots, scale, out=np.zeros(dots.shape, np.float64), where=scale > 0)
+
+
 def select_channels_reference(channel_mean: np.ndarray, channels: int) -> np.ndarray:
     """Per query, the `channels` channels of largest mean, ties to the smaller index, listed in increasing index."""
     selected = []

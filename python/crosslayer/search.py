@@ -69,7 +69,8 @@ def _check_same_layout(a: Codes, b: Codes, name_a: str, name_b: str) -> None:
 def nonzero_counts(codes: Codes) -> np.ndarray:
     """Number of nonzero values of each code (n,) int64: the squared norm of its ternary vector."""
     nonzero_plane = codes.bits[:, :, 0, :]
-    return np.bitwise_count(nonzero_plane).reshape(len(codes), -1).sum(axis=1, dtype=np.int64)
+    # summed over both axes, not reshaped to (n, -1): that reshape is ambiguous for n = 0 and raises
+    return np.bitwise_count(nonzero_plane).sum(axis=(1, 2), dtype=np.int64)
 
 
 def gram(codes_a: Codes, codes_b: Codes | None = None, normalize: bool = False, num_threads: int = 0) -> np.ndarray:
