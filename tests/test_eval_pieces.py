@@ -221,16 +221,39 @@ def test_sum_variant_matches_the_reference_and_ablations_change_it(n, dt, dk, po
         assert not np.allclose(raw, full)
 
 
-def test_max_variant_matches_a_loop(rng):
-    local = rng.standard_normal((2, 3, 2, 2)).astype(np.float32)
-    guidance = rng.random((2, 4, 2, 2)).astype(np.float32)
-    got = variants.cross_layer_max(local, guidance, None, l2=False, power=False).reshape(2, 4, 3)
-    x = local.reshape(2, 3, 4)
-    a = guidance.reshape(2, 4, 4)
-    for b in range(2):
-        for k in range(4):
-            for j in range(3):
-                assert got[b, k, j] == pytest.approx(max(a[b, k, i] * x[b, j, i] for i in range(4)))
+U32 = 2.0**-24
+
+
+@given(n=st.integers(0, 3), dt_in=st.integers(1, 9), dk=st.integers(1, 5), positions=st.integers(1, 7),
+       use_pca=st.booleans(), small_chunks=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_max_variant_matches_the_reference(n, dt_in, dk, positions, use_pca, small_chunks, seed):
+    """Tolerance: max is exact, so the error of max_i a_ik x'_ij is at most the largest error of one product. Each
+    product is rounded once (u|a x'|); with PCA x' = (x - mean) W carries float32 errors of at most
+    (Dt_in + 1) u sum_c |x_c - mean_c| |W_cj| (a rounded subtraction, then a dot product: Higham's gamma bound)."""
+    rng = np.random.default_rng(seed)
+    local = rng.standard_normal((n, dt_in, positions, 1)).astype(np.float32)
+    guidance = np.maximum(rng.standard_normal((n, dk, positions, 1)), 0).astype(np.float32)
+    guidance[:, rng.integers(0, dk)] = 0  # an all-zero channel pools to exactly 0
+    pca = None
+    if use_pca:
+        mean, proj = reference.pca_fit(rng.standard_normal((20, dt_in)) + 2, rng.integers(1, dt_in + 1))
+        pca = (mean.astype(np.float32), proj.astype(np.float32))
+    dt = dt_in if pca is None else pca[1].shape[1]
+    with pytest.MonkeyPatch.context() as patch:
+        if small_chunks:  # a few channels per chunk: the chunk loop runs, and its last chunk may be partial
+            patch.setattr(variants, "MAX_CHUNK_ELEMENTS", 8)
+        got = variants.cross_layer_max(local, guidance, pca, l2=False, power=False).reshape(n, dk, dt)
+    expected = reference.cross_layer_max_pool(local, guidance, pca)
+
+    features = reference.local_features(local).reshape(n, positions, dt_in)
+    x, x_error = np.abs(features), np.zeros_like(features)
+    if pca is not None:
+        x = np.abs(reference.pca_apply(features, *pca))
+        x_error = (dt_in + 1) * U32 * np.abs(features - pca[0]) @ np.abs(pca[1].astype(np.float64))
+    a = np.abs(guidance.astype(np.float64).reshape(n, dk, positions))
+    tolerance = (a[:, :, :, None] * (x_error + U32 * x)[:, None]).max(axis=2, initial=0.0)
+    assert got.dtype == np.float32 and np.all(np.abs(got - expected) <= tolerance)
+    assert not got[a.max(axis=2, initial=0) == 0].any()
 
 
 def test_ablation_flags_change_the_method_key():
