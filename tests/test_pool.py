@@ -29,17 +29,15 @@ U = 2.0**-24
 
 def rounding_bound(local, guidance, pca):
     """bound[b, k, j] of the module docstring (float64)."""
-    n, dt_in = local.shape[:2]
-    dk = guidance.shape[1]
-    positions = int(np.prod(local.shape[2:]))
-    x = np.abs(local.astype(np.float64).reshape(n, dt_in, positions).transpose(0, 2, 1))
-    if pca is not None:
-        mean, proj = pca
-        x = np.abs(local.astype(np.float64).reshape(n, dt_in, positions).transpose(0, 2, 1) - mean) @ np.abs(
-            proj.astype(np.float64)
-        )
-    a = np.abs(guidance.astype(np.float64).reshape(n, dk, positions))
-    return (positions + dt_in + 2) * U * np.einsum("bki,bij->bkj", a, x)
+    return ref.float32_pool_bound(local, guidance, pca)
+
+
+def assert_within_one_float32_ulp(got, exact):
+    """The kernels sum a channel in double and round once to float32: their result and float32(exact) are two
+    roundings of values a few double ulps apart, so they differ by at most one float32 ulp."""
+    nearest = np.asarray(exact).astype(np.float32)
+    assert got.dtype == np.float32
+    assert np.all(np.abs(got.astype(np.float64) - nearest) <= np.spacing(np.abs(nearest)))
 
 
 @st.composite
@@ -86,7 +84,7 @@ def test_float_output_matches_reference_within_rounding(inputs):
     assert (np.abs(v_kernel - v_ref) <= tol).all()
     zero = (guidance.reshape(n, dk, guidance.shape[2] * guidance.shape[3]) == 0).all(axis=2)
     assert (out[zero] == 0).all(), "an all-zero guidance channel must give exact zeros, not NaN"
-    np.testing.assert_allclose(channel_mean, ref.channel_mean(guidance), rtol=1e-6, atol=1e-7)
+    assert_within_one_float32_ulp(channel_mean, ref.channel_mean(guidance))
 
 
 @given(pooling_inputs())
@@ -102,7 +100,7 @@ def test_codes_equal_reference_signs_outside_rounding(inputs):
     assert np.array_equal(signs[decided], ref.sign_quantize(pooled)[decided])
     # Undecided values may go either way, but the planes stay well formed (this also re-checks padding bits).
     assert np.array_equal(ref.pack_ternary(signs), codes.bits)
-    np.testing.assert_allclose(codes.channel_mean, ref.channel_mean(guidance), rtol=1e-6, atol=1e-7)
+    assert_within_one_float32_ulp(codes.channel_mean, ref.channel_mean(guidance))
 
 
 def test_codes_exact_on_integer_inputs(rng):
@@ -124,12 +122,16 @@ def test_float_and_codes_agree(rng):
 
 
 def test_mobilenet_shape_thread_paths_agree(rng):
-    """The image-parallel and channel-split schedules compute the same thing."""
+    """The image-parallel and channel-split schedules compute the same thing, up to rounding: the split runs the
+    channel GEMM in blocks of rows and OpenBLAS's sgemm may round a block differently (seen: 1 ulp), so codes agree
+    wherever the float32 rounding bound decides the sign."""
     local = rng.standard_normal((3, 320, 7, 7)).astype(np.float32)
     guidance = rng.random((3, 1280, 7, 7)).astype(np.float32)
     one = crosslayer.pool(local, guidance, output="codes", num_threads=1)
     many = crosslayer.pool(local, guidance, output="codes", num_threads=8)
-    assert one == many
+    decided = np.abs(ref.cross_layer_pool(local, guidance)) > rounding_bound(local, guidance, None)
+    assert np.array_equal(one.signs()[decided], many.signs()[decided])
+    assert np.array_equal(one.channel_mean, many.channel_mean)  # one double sum per channel in both schedules
 
 
 # ---- argument validation ----------------------------------------------------------------------------------------
@@ -235,4 +237,5 @@ def test_num_threads_is_validated_and_capped(rng):
     with pytest.raises(ValueError, match="num_threads: expected an integer >= 0"):
         crosslayer.pool(x, a, num_threads=-2)
     for threads in (1, 10**10):
-        np.testing.assert_allclose(crosslayer.pool(x, a, num_threads=threads), expected, rtol=1e-6, atol=1e-7)
+        # Dk <= 64 is one channel block per image in either schedule: the same BLAS calls, so the same bits
+        np.testing.assert_array_equal(crosslayer.pool(x, a, num_threads=threads), expected)

@@ -218,6 +218,29 @@ def spoc(activations_learn: np.ndarray, activations: np.ndarray, dim: int) -> np
     return whitened / np.linalg.norm(whitened, axis=1, keepdims=True)
 
 
+# ---- float32 rounding bound of the CPU kernel and the numpy variants (parity checks) -------------------------------
+#
+# Each pooled value P[k, j] is a sum of N products, and with PCA each projected feature x'[i, j] is itself a sum of
+# Dt_in products of centred values; float32 arithmetic errs by at most (N + Dt_in + 2) u times the sum of absolute
+# terms, u = 2^-24 (Higham's gamma_n bound, first order).
+
+FLOAT32_UNIT_ROUNDOFF = 2.0 ** -24
+
+
+def float32_pool_bound(local: np.ndarray, guidance: np.ndarray, pca: tuple | None = None) -> np.ndarray:
+    """Per pooled value (n, Dk, Dt) float64: (N + Dt_in + 2) u sum_i |a_ik| sum_c |x_ic - mean_c| |W_cj|
+    (|x_ij| without PCA), how far a float32 computation of P may be from the exact one."""
+    local = np.asarray(local, dtype=np.float64)
+    n, dt_in = local.shape[:2]
+    positions = int(np.prod(local.shape[2:]))
+    x = local.reshape(n, dt_in, positions).transpose(0, 2, 1)
+    if pca is not None:
+        mean, proj = pca
+        x = np.abs(x - np.asarray(mean, dtype=np.float64)) @ np.abs(np.asarray(proj, dtype=np.float64))
+    a = np.abs(np.asarray(guidance, dtype=np.float64)).reshape(n, guidance.shape[1], positions)
+    return (positions + dt_in + 2) * FLOAT32_UNIT_ROUNDOFF * np.einsum("bki,bij->bkj", a, np.abs(x))
+
+
 # ---- TF32 tolerance of the GPU kernel (parity checks) ------------------------------------------------------------
 #
 # The CUDA pooling kernel multiplies on the tensor cores in TF32: each operand is rounded to a 10-bit mantissa
