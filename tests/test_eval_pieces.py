@@ -18,6 +18,8 @@ from crosslayer.eval.record import RecordError, read_record, write_record
 from crosslayer.eval.regions import region_grid, window_mean
 from crosslayer.eval.store import RowStore, StoreError
 
+from _tolerances import assert_normalized_within
+
 
 # ---- spatial pyramid pooling -------------------------------------------------------------------------------------
 
@@ -211,10 +213,9 @@ U32 = reference.FLOAT32_UNIT_ROUNDOFF
 @given(n=st.integers(0, 3), dt=st.integers(1, 9), dk=st.integers(1, 5), positions=st.integers(1, 7),
        seed=st.integers(0, 2**32 - 1))
 def test_sum_variant_matches_the_reference_and_ablations_change_it(n, dt, dk, positions, seed):
-    """Tolerances: the float32 pooled values err by at most reference.float32_pool_bound; the normalised ones are
-    compared before the signed square root (after it, errors near zero grow without bound), normalising by a norm
-    that errs likewise adds |v| ||bound|| / ||P||, the float32 norm and division a further (Dt + 2) u |v|, and
-    squaring the rounded square root back (in float64) 2u |v|: all first order, so 2u + u^2 < 3u for the last one."""
+    """Tolerances: the float32 pooled values err by at most reference.float32_pool_bound; the normalised ones as
+    `assert_normalized_within` derives, with the float32 norm and division (Dt + 2) u |v| and the rounded square root
+    2u |v| (first order). Squaring the rounded square root back in float64 errs by 2u + u^2 < 3u relative."""
     rng = np.random.default_rng(seed)
     local = rng.standard_normal((n, dt, positions, 1)).astype(np.float32)
     guidance = np.maximum(rng.standard_normal((n, dk, positions, 1)), 0).astype(np.float32)
@@ -225,12 +226,7 @@ def test_sum_variant_matches_the_reference_and_ablations_change_it(n, dt, dk, po
     assert np.all(np.abs(raw - pooled) <= bound)
 
     full = variants.cross_layer_sum(local, guidance, pca).reshape(n, dk, dt).astype(np.float64)
-    v_ref = reference.l2_normalize_channels(pooled)
-    norms = np.linalg.norm(pooled, axis=2, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tolerance = np.where(norms > 0, (bound + np.abs(v_ref) * np.linalg.norm(bound, axis=2, keepdims=True))
-                             / norms, 0.0) + (dt + 4) * U32 * np.abs(v_ref)
-    assert np.all(np.abs(np.sign(full) * full**2 - v_ref) <= tolerance)
+    assert_normalized_within(full, pooled, bound, epilogue_units=dt + 4)
 
     no_power = variants.cross_layer_sum(local, guidance, pca, power=False).reshape(n, dk, dt)
     assert np.all(np.abs(full * np.abs(full) - no_power) <= 3 * U32 * np.abs(no_power))  # power undone by x|x|
