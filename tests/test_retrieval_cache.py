@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from test_retrieval_cli import _write_images
+from _images import write_block_images as _write_images
 
 pytest.importorskip("torch")
 
