@@ -12,6 +12,7 @@ from crosslayer.retrieval.metrics import (
     average_precision, evaluate_scores, relevance_matrix, relevant_ranks,
 )
 from crosslayer.retrieval.spoc import SpocWhitening, sum_pool
+from crosslayer.search import select_channels
 
 
 def test_hand_made_rankings():
@@ -65,6 +66,18 @@ def test_selection_masks_pick_largest_means_ties_to_smaller_index():
     assert masks[0, 0].tolist() == [False, True, False, False, False]
     assert masks[1, 0].tolist() == [False, True, True, True, False]
     assert masks[2].all()
+
+
+@given(n=st.integers(0, 4), dk=st.integers(1, 9), seed=st.integers(0, 2**32 - 1))
+def test_selection_masks_are_the_search_selection_on_tied_means(n, dk, seed):
+    means = np.random.default_rng(seed).integers(0, 3, (n, dk)).astype(np.float32)  # many ties
+    counts = list(range(1, dk + 1)) + [None]
+    masks = selection_masks(means, counts)
+    for i, count in enumerate(counts[:-1]):
+        chosen = select_channels(means, count)
+        np.testing.assert_array_equal(chosen, reference.select_channels_reference(means, count))
+        assert all(np.flatnonzero(masks[i, row]).tolist() == chosen[row].tolist() for row in range(n))
+    assert masks[-1].all()
 
 
 def test_channel_count_checks():
