@@ -160,6 +160,17 @@ def test_codes_gram_equals_the_numpy_reference(rng):
     np.testing.assert_array_equal(codes_gram(bits, 70, [4, 0]), signs @ signs[[4, 0]].T)
 
 
+def test_codes_gram_scans_the_bits_once(monkeypatch, rng):
+    import crosslayer.codes
+
+    scans = []
+    real = crosslayer.codes.invalid_bits_reason
+    monkeypatch.setattr(crosslayer.codes, "invalid_bits_reason", lambda *args: scans.append(1) or real(*args))
+    bits = reference.pack_ternary(rng.integers(-1, 2, (6, 3, 70)).astype(np.int8))
+    codes_gram(bits, 70, [5, 1, 1])
+    assert len(scans) == 1  # the chosen columns are rows of the checked codes
+
+
 # ---- SVM ---------------------------------------------------------------------------------------------------------
 
 def _blobs(rng, per_class, classes, spread):
