@@ -18,7 +18,7 @@ from crosslayer.eval.record import RecordError, read_record, write_record
 from crosslayer.eval.regions import region_grid, window_mean
 from crosslayer.eval.store import RowStore, StoreError
 
-from _tolerances import assert_normalized_within
+from _tolerances import assert_normalized_within, max_pool_float32_bound
 
 
 # ---- spatial pyramid pooling -------------------------------------------------------------------------------------
@@ -245,14 +245,10 @@ def test_sum_variant_matches_the_reference_and_ablations_change_it(n, dt, dk, po
         assert not np.allclose(raw, full)
 
 
-
-
 @given(n=st.integers(0, 3), dt_in=st.integers(1, 9), dk=st.integers(1, 5), positions=st.integers(1, 7),
        use_pca=st.booleans(), small_chunks=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_max_variant_matches_the_reference(n, dt_in, dk, positions, use_pca, small_chunks, seed):
-    """Tolerance: max is exact, so the error of max_i a_ik x'_ij is at most the largest error of one product. Each
-    product is rounded once (u|a x'|); with PCA x' = (x - mean) W carries float32 errors of at most
-    (Dt_in + 1) u sum_c |x_c - mean_c| |W_cj| (a rounded subtraction, then a dot product: Higham's gamma bound)."""
+    """Tolerance: `max_pool_float32_bound` derives it."""
     rng = np.random.default_rng(seed)
     local = rng.standard_normal((n, dt_in, positions, 1)).astype(np.float32)
     guidance = np.maximum(rng.standard_normal((n, dk, positions, 1)), 0).astype(np.float32)
@@ -267,16 +263,9 @@ def test_max_variant_matches_the_reference(n, dt_in, dk, positions, use_pca, sma
             patch.setattr(variants, "MAX_CHUNK_ELEMENTS", 8)
         got = variants.cross_layer_max(local, guidance, pca, l2=False, power=False).reshape(n, dk, dt)
     expected = reference.cross_layer_max_pool(local, guidance, pca)
-
-    features = reference.local_features(local).reshape(n, positions, dt_in)
-    x, x_error = np.abs(features), np.zeros_like(features)
-    if pca is not None:
-        x = np.abs(reference.pca_apply(features, *pca))
-        x_error = (dt_in + 1) * U32 * np.abs(features - pca[0]) @ np.abs(pca[1].astype(np.float64))
-    a = np.abs(guidance.astype(np.float64).reshape(n, dk, positions))
-    tolerance = (a[:, :, :, None] * (x_error + U32 * x)[:, None]).max(axis=2, initial=0.0)
+    tolerance = max_pool_float32_bound(local, guidance, pca)
     assert got.dtype == np.float32 and np.all(np.abs(got - expected) <= tolerance)
-    assert not got[a.max(axis=2, initial=0) == 0].any()
+    assert not got[guidance.reshape(n, dk, positions).max(axis=2, initial=0) == 0].any()
 
 
 def test_ablation_flags_change_the_method_key():
