@@ -84,6 +84,23 @@ def test_invalid_bits_are_rejected_not_scored(rng):
     np.testing.assert_array_equal(crosslayer.gram(codes), flat @ flat.T)
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 2 * 2 * 8 * 2])  # one item per chunk; two items per chunk
+def test_invalid_bits_reason_names_the_item_past_the_first_chunk(monkeypatch, rng, chunk_bytes):
+    monkeypatch.setattr(crosslayer.codes, "_CHECK_CHUNK_BYTES", chunk_bytes)
+    codes, _ = random_codes(rng, 7, 3, 70)
+    for item in (2, 5, 6):
+        padded = codes.bits.copy()
+        padded[item, 2, 1, -1] |= np.uint64(1) << np.uint64(70 % 64)  # also a stray negative bit: padding is named
+        assert crosslayer.codes.invalid_bits_reason(padded, 70).startswith(f"item {item} has padding bits set")
+        stray = codes.bits.copy()
+        stray[item, 1, 0, 0] &= ~np.uint64(1)
+        stray[item, 1, 1, 0] |= np.uint64(1)
+        stray[item + 1 :, 1, 1, 0] |= np.uint64(1) << np.uint64(3)  # later items may be bad too: the first is named
+        stray[item + 1 :, 1, 0, 0] &= ~(np.uint64(1) << np.uint64(3))
+        assert crosslayer.codes.invalid_bits_reason(stray, 70).startswith(f"item {item} has a negative bit")
+    assert crosslayer.codes.invalid_bits_reason(codes.bits, 70) is None
+
+
 def test_load_rejects_invalid_bits_behind_a_valid_checksum(tmp_path, rng):
     codes, _ = random_codes(rng, 3, 2, 70)
     for version in (1, 2):

@@ -18,6 +18,8 @@ from crosslayer.eval.record import RecordError, read_record, write_record
 from crosslayer.eval.regions import region_grid, window_mean
 from crosslayer.eval.store import RowStore, StoreError
 
+from _tolerances import assert_normalized_within, max_pool_float32_bound
+
 
 # ---- spatial pyramid pooling -------------------------------------------------------------------------------------
 
@@ -158,6 +160,17 @@ def test_codes_gram_equals_the_numpy_reference(rng):
     np.testing.assert_array_equal(codes_gram(bits, 70, [4, 0]), signs @ signs[[4, 0]].T)
 
 
+def test_codes_gram_scans_the_bits_once(monkeypatch, rng):
+    import crosslayer.codes
+
+    scans = []
+    real = crosslayer.codes.invalid_bits_reason
+    monkeypatch.setattr(crosslayer.codes, "invalid_bits_reason", lambda *args: scans.append(1) or real(*args))
+    bits = reference.pack_ternary(rng.integers(-1, 2, (6, 3, 70)).astype(np.int8))
+    codes_gram(bits, 70, [5, 1, 1])
+    assert len(scans) == 1  # the chosen columns are rows of the checked codes
+
+
 # ---- SVM ---------------------------------------------------------------------------------------------------------
 
 def _blobs(rng, per_class, classes, spread):
@@ -205,32 +218,54 @@ def test_mean_per_class_accuracy_weights_classes_equally():
 
 # ---- cross-layer variants ----------------------------------------------------------------------------------------
 
-@given(n=st.integers(0, 3), dt=st.integers(1, 9), dk=st.integers(1, 5), positions=st.integers(1, 7), seed=st.integers(0, 999))
+U32 = reference.FLOAT32_UNIT_ROUNDOFF
+
+
+@given(n=st.integers(0, 3), dt=st.integers(1, 9), dk=st.integers(1, 5), positions=st.integers(1, 7),
+       seed=st.integers(0, 2**32 - 1))
 def test_sum_variant_matches_the_reference_and_ablations_change_it(n, dt, dk, positions, seed):
+    """Tolerances: the float32 pooled values err by at most reference.float32_pool_bound; the normalised ones as
+    `assert_normalized_within` derives, with the float32 norm and division (Dt + 2) u |v| and the rounded square root
+    2u |v| (first order). Squaring the rounded square root back in float64 errs by 2u + u^2 < 3u relative."""
     rng = np.random.default_rng(seed)
     local = rng.standard_normal((n, dt, positions, 1)).astype(np.float32)
     guidance = np.maximum(rng.standard_normal((n, dk, positions, 1)), 0).astype(np.float32)
-    pca = reference.pca_fit(rng.standard_normal((20, dt)))
-    full = variants.cross_layer_sum(local, guidance, pca)
-    np.testing.assert_allclose(full, reference.representation(local, guidance, pca).reshape(n, dk * dt), rtol=1e-4, atol=1e-5)
-    raw = variants.cross_layer_sum(local, guidance, pca, l2=False, power=False)
-    np.testing.assert_allclose(raw, reference.cross_layer_pool(local, guidance, pca).reshape(n, dk * dt), rtol=1e-4, atol=1e-4)
-    no_power = variants.cross_layer_sum(local, guidance, pca, power=False)
-    np.testing.assert_allclose(no_power, full * np.abs(full), rtol=1e-4, atol=1e-5)  # power undone by x|x|
+    pca = tuple(part.astype(np.float32) for part in reference.pca_fit(rng.standard_normal((20, dt))))
+    pooled = reference.cross_layer_pool(local, guidance, pca)
+    bound = reference.float32_pool_bound(local, guidance, pca)
+    raw = variants.cross_layer_sum(local, guidance, pca, l2=False, power=False).reshape(n, dk, dt)
+    assert np.all(np.abs(raw - pooled) <= bound)
+
+    full = variants.cross_layer_sum(local, guidance, pca).reshape(n, dk, dt).astype(np.float64)
+    assert_normalized_within(full, pooled, bound, epilogue_units=dt + 4)
+
+    no_power = variants.cross_layer_sum(local, guidance, pca, power=False).reshape(n, dk, dt)
+    assert np.all(np.abs(full * np.abs(full) - no_power) <= 3 * U32 * np.abs(no_power))  # power undone by x|x|
     if n and (raw != 0).any():
         assert not np.allclose(raw, full)
 
 
-def test_max_variant_matches_a_loop(rng):
-    local = rng.standard_normal((2, 3, 2, 2)).astype(np.float32)
-    guidance = rng.random((2, 4, 2, 2)).astype(np.float32)
-    got = variants.cross_layer_max(local, guidance, None, l2=False, power=False).reshape(2, 4, 3)
-    x = local.reshape(2, 3, 4)
-    a = guidance.reshape(2, 4, 4)
-    for b in range(2):
-        for k in range(4):
-            for j in range(3):
-                assert got[b, k, j] == pytest.approx(max(a[b, k, i] * x[b, j, i] for i in range(4)))
+@given(n=st.integers(0, 3), dt_in=st.integers(1, 9), dk=st.integers(1, 5), positions=st.integers(1, 7),
+       use_pca=st.booleans(), small_chunks=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_max_variant_matches_the_reference(n, dt_in, dk, positions, use_pca, small_chunks, seed):
+    """Tolerance: `max_pool_float32_bound` derives it."""
+    rng = np.random.default_rng(seed)
+    local = rng.standard_normal((n, dt_in, positions, 1)).astype(np.float32)
+    guidance = np.maximum(rng.standard_normal((n, dk, positions, 1)), 0).astype(np.float32)
+    guidance[:, rng.integers(0, dk)] = 0  # an all-zero channel pools to exactly 0
+    pca = None
+    if use_pca:
+        mean, proj = reference.pca_fit(rng.standard_normal((20, dt_in)) + 2, rng.integers(1, dt_in + 1))
+        pca = (mean.astype(np.float32), proj.astype(np.float32))
+    dt = dt_in if pca is None else pca[1].shape[1]
+    with pytest.MonkeyPatch.context() as patch:
+        if small_chunks:  # a few channels per chunk: the chunk loop runs, and its last chunk may be partial
+            patch.setattr(variants, "MAX_CHUNK_ELEMENTS", 8)
+        got = variants.cross_layer_max(local, guidance, pca, l2=False, power=False).reshape(n, dk, dt)
+    expected = reference.cross_layer_max_pool(local, guidance, pca)
+    tolerance = max_pool_float32_bound(local, guidance, pca)
+    assert got.dtype == np.float32 and np.all(np.abs(got - expected) <= tolerance)
+    assert not got[guidance.reshape(n, dk, positions).max(axis=2, initial=0) == 0].any()
 
 
 def test_ablation_flags_change_the_method_key():

@@ -70,6 +70,34 @@ def test_single_writer_and_reader_snapshots(tmp_path, rng):
         reader.search(queries)
 
 
+def test_key_tables_are_read_once_and_new_segments_are_seen(tmp_path, rng, monkeypatch):
+    reads = []
+    real_read_bytes = Path.read_bytes
+
+    def counting_read_bytes(path):
+        if path.name.endswith(".keys.json"):
+            reads.append(path.name)
+        return real_read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", counting_read_bytes)
+    writer = CodeIndex.create(tmp_path / "idx", DK, DT)
+    writer.append(random_codes(rng, 3), keys=["a", "b", "c"])
+    writer.append(random_codes(rng, 1))
+    reader = CodeIndex.open(tmp_path / "idx", verify=False)
+    assert reader.keys([2, 0]) == ["c", "a"] and reader.keys([1, 3]) == ["b", None]
+    assert reads == ["seg-00000000.keys.json"]
+    writer.append(random_codes(rng, 2), keys=["d", "e"])
+    with pytest.raises(IndexError):
+        reader.keys([5])  # the reader's snapshot until it reloads
+    reader.reload()
+    assert reader.keys([5, 0, 4]) == ["e", "a", "d"]
+    assert reads == ["seg-00000000.keys.json", "seg-00000002.keys.json"]
+    reader.close()
+    with CodeIndex.open(tmp_path / "idx", verify=False) as again:  # a new index object reads afresh
+        assert again.keys([1]) == ["b"] and reads[-1] == "seg-00000000.keys.json" and len(reads) == 3
+    writer.close()
+
+
 def test_create_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="Dk"):
         CodeIndex.create(tmp_path / "a", 0, DT)

@@ -8,9 +8,10 @@ each projected feature x'[i, j] is itself a sum of Dt_in products; float32 accum
 
 The float output is out = sign(v) * sqrt(|v|) with v = P / ||P||, so we compare v_kernel = sign(out) * out**2 with the
 reference's v (comparing after the square root would amplify errors near zero without bound). Normalising by a norm
-that itself carries the error adds |v| * ||bound_k|| / ||P_k||, and the epilogue's own roundings a few u:
+that itself carries the error adds |v| * ||bound_k|| / ||P_k||, and the epilogue's own roundings (the quotient and
+its square root rounded to float32, the norm in double: 3u relative, first order; 4u covers the rest):
 
-    |v_kernel - v_ref| <= (bound[k, j] + |v_ref[k, j]| * ||bound[k, :]||) / ||P_ref[k, :]|| + 8u
+    |v_kernel - v_ref| <= (bound[k, j] + |v_ref[k, j]| * ||bound[k, :]||) / ||P_ref[k, :]|| + 4u |v_ref[k, j]|
 
 Codes: a sign can only flip where the reference value is within bound[k, j] of zero, so code values must equal the
 reference's signs wherever |P_ref| > bound, and may differ only where |P_ref| <= bound.
@@ -24,22 +25,12 @@ from hypothesis import strategies as st
 import crosslayer
 from crosslayer import reference as ref
 
-U = 2.0**-24
+from _tolerances import assert_normalized_within, assert_within_one_float32_ulp
 
 
 def rounding_bound(local, guidance, pca):
     """bound[b, k, j] of the module docstring (float64)."""
-    n, dt_in = local.shape[:2]
-    dk = guidance.shape[1]
-    positions = int(np.prod(local.shape[2:]))
-    x = np.abs(local.astype(np.float64).reshape(n, dt_in, positions).transpose(0, 2, 1))
-    if pca is not None:
-        mean, proj = pca
-        x = np.abs(local.astype(np.float64).reshape(n, dt_in, positions).transpose(0, 2, 1) - mean) @ np.abs(
-            proj.astype(np.float64)
-        )
-    a = np.abs(guidance.astype(np.float64).reshape(n, dk, positions))
-    return (positions + dt_in + 2) * U * np.einsum("bki,bij->bkj", a, x)
+    return ref.float32_pool_bound(local, guidance, pca)
 
 
 @st.composite
@@ -75,18 +66,11 @@ def test_float_output_matches_reference_within_rounding(inputs):
     assert out.shape == (n, dk * dt) and out.dtype == np.float32
     assert np.isfinite(out).all()
     pooled = ref.cross_layer_pool(local, guidance, pca)
-    norms = np.linalg.norm(pooled, axis=2, keepdims=True)
-    v_ref = ref.l2_normalize_channels(pooled)
-    out = out.reshape(n, dk, dt).astype(np.float64)
-    v_kernel = np.sign(out) * out**2
-    bound = rounding_bound(local, guidance, pca)
-    bound_norm = np.linalg.norm(bound, axis=2, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tol = np.where(norms > 0, (bound + np.abs(v_ref) * bound_norm) / norms, 0.0) + 8 * U
-    assert (np.abs(v_kernel - v_ref) <= tol).all()
+    assert_normalized_within(out.reshape(n, dk, dt), pooled, rounding_bound(local, guidance, pca), epilogue_units=4)
+    out = out.reshape(n, dk, dt)
     zero = (guidance.reshape(n, dk, guidance.shape[2] * guidance.shape[3]) == 0).all(axis=2)
     assert (out[zero] == 0).all(), "an all-zero guidance channel must give exact zeros, not NaN"
-    np.testing.assert_allclose(channel_mean, ref.channel_mean(guidance), rtol=1e-6, atol=1e-7)
+    assert_within_one_float32_ulp(channel_mean, ref.channel_mean(guidance))
 
 
 @given(pooling_inputs())
@@ -102,7 +86,7 @@ def test_codes_equal_reference_signs_outside_rounding(inputs):
     assert np.array_equal(signs[decided], ref.sign_quantize(pooled)[decided])
     # Undecided values may go either way, but the planes stay well formed (this also re-checks padding bits).
     assert np.array_equal(ref.pack_ternary(signs), codes.bits)
-    np.testing.assert_allclose(codes.channel_mean, ref.channel_mean(guidance), rtol=1e-6, atol=1e-7)
+    assert_within_one_float32_ulp(codes.channel_mean, ref.channel_mean(guidance))
 
 
 def test_codes_exact_on_integer_inputs(rng):
@@ -124,12 +108,16 @@ def test_float_and_codes_agree(rng):
 
 
 def test_mobilenet_shape_thread_paths_agree(rng):
-    """The image-parallel and channel-split schedules compute the same thing."""
+    """The image-parallel and channel-split schedules compute the same thing, up to rounding: the split runs the
+    channel GEMM in blocks of rows and OpenBLAS's sgemm may round a block differently (seen: 1 ulp), so codes agree
+    wherever the float32 rounding bound decides the sign."""
     local = rng.standard_normal((3, 320, 7, 7)).astype(np.float32)
     guidance = rng.random((3, 1280, 7, 7)).astype(np.float32)
     one = crosslayer.pool(local, guidance, output="codes", num_threads=1)
     many = crosslayer.pool(local, guidance, output="codes", num_threads=8)
-    assert one == many
+    decided = np.abs(ref.cross_layer_pool(local, guidance)) > rounding_bound(local, guidance, None)
+    assert np.array_equal(one.signs()[decided], many.signs()[decided])
+    assert np.array_equal(one.channel_mean, many.channel_mean)  # one double sum per channel in both schedules
 
 
 # ---- argument validation ----------------------------------------------------------------------------------------
@@ -235,4 +223,5 @@ def test_num_threads_is_validated_and_capped(rng):
     with pytest.raises(ValueError, match="num_threads: expected an integer >= 0"):
         crosslayer.pool(x, a, num_threads=-2)
     for threads in (1, 10**10):
-        np.testing.assert_allclose(crosslayer.pool(x, a, num_threads=threads), expected, rtol=1e-6, atol=1e-7)
+        # Dk <= 64 is one channel block per image in either schedule: the same BLAS calls, so the same bits
+        np.testing.assert_array_equal(crosslayer.pool(x, a, num_threads=threads), expected)

@@ -138,7 +138,13 @@ def test_an_interrupted_compute_resumes_to_the_uninterrupted_result(retrieval_se
     assert len(cache.load("resumed")["paths"]) == 4  # the first batch was committed
     monkeypatch.setattr(cache.encoder, "activations", batches)
     assert cache.compute("resumed", paths, scorer, "k", chunk_size=3, progress=False) == 6
+    import crosslayer.codes
+
+    scans = []
+    real = crosslayer.codes.invalid_bits_reason
+    monkeypatch.setattr(crosslayer.codes, "invalid_bits_reason", lambda *args: scans.append(1) or real(*args))
     whole, resumed = cache.load("whole", paths), cache.load("resumed", paths)
+    assert len(scans) == 2  # once per load: reordering rows of checked codes does not scan them again
     assert resumed["paths"] == whole["paths"] == paths
     np.testing.assert_array_equal(resumed["codes"].bits, whole["codes"].bits)
     np.testing.assert_array_equal(resumed["embedding"], whole["embedding"])

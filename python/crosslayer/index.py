@@ -13,7 +13,8 @@ An append writes its segment (and key table) under a temporary name, fsyncs and 
 atomically replaces the manifest; a crash at any moment leaves the previous manifest or the new one, each naming
 only complete, checksummed segments. Files a crash left behind are removed when the next writer opens.
 Readers take no lock: they search the segments of the manifest they opened (a consistent snapshot) while a writer
-appends; `reload()` picks up later commits. Item ids are int64 in append order.
+appends; `reload()` picks up later commits. Item ids are int64 in append order. Committed segments never
+change, so an open index reads and checks each key table once and keeps it.
 
 The kernels trust the code layout's rules (zero padding, negative bits within nonzero ones): appended codes are
 checked when saved, `open(verify=True)` checks every segment's bits with its checksum, and `get` checks what it
@@ -80,6 +81,9 @@ class CodeIndex:
         self._manifest = manifest
         self._lock = lock_handle
         self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # Checked key tables by (file, crc32): committed segments never change, so a table is read once per index
+        # object, and one a later manifest names differently is read afresh.
+        self._key_tables: dict[tuple[str, int], list] = {}
 
     # ---- opening ------------------------------------------------------------------------------------------------
     @classmethod
@@ -333,20 +337,28 @@ class CodeIndex:
         """The string keys of the given ids (None for items appended without keys)."""
         self._require_open()
         ids, which = self._locate(ids)
-        tables: dict[int, list | None] = {}
         out = []
         for item, number in zip(ids, which):
             segment = self._manifest["segments"][number]
-            if number not in tables:
-                tables[number] = None
-                if segment.get("keys"):
-                    data = (self.path / segment["keys"]).read_bytes()
-                    if zlib.crc32(data) != segment["keys_crc32"]:
-                        raise CodeIndexError(f"{self.path / segment['keys']}: checksum mismatch (key table is damaged)")
-                    tables[number] = json.loads(data)
-            table = tables[number]
+            table = self._key_table(segment)
             out.append(None if table is None else table[item - segment["id_base"]])
         return out
+
+    def _key_table(self, segment: dict) -> list | None:
+        """A segment's checked key table (None if it has none), read from disk once."""
+        if not segment.get("keys"):
+            return None
+        cache_key = (segment["keys"], segment["keys_crc32"])
+        if cache_key not in self._key_tables:
+            file = self.path / segment["keys"]
+            data = file.read_bytes()
+            if zlib.crc32(data) != segment["keys_crc32"]:
+                raise CodeIndexError(f"{file}: checksum mismatch (key table is damaged)")
+            table = json.loads(data)
+            if not isinstance(table, list) or len(table) != segment["count"]:
+                raise CodeIndexError(f"{file}: expected {segment['count']} keys (key table is damaged)")
+            self._key_tables[cache_key] = table
+        return self._key_tables[cache_key]
 
     # ---- closing --------------------------------------------------------------------------------------------------
     def _require_open(self) -> None:
@@ -355,6 +367,7 @@ class CodeIndex:
 
     def close(self) -> None:
         self._maps.clear()
+        self._key_tables.clear()
         if self._lock is not None:
             self._lock.close()
             self._lock = None

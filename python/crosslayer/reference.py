@@ -229,6 +229,29 @@ def spoc(activations_learn: np.ndarray, activations: np.ndarray, dim: int) -> np
     return whitened / np.linalg.norm(whitened, axis=1, keepdims=True)
 
 
+# ---- float32 rounding bound of the CPU kernel and the numpy variants (parity checks) -------------------------------
+#
+# Each pooled value P[k, j] is a sum of N products, and with PCA each projected feature x'[i, j] is itself a sum of
+# Dt_in products of centred values; float32 arithmetic errs by at most (N + Dt_in + 2) u times the sum of absolute
+# terms, u = 2^-24 (Higham's gamma_n bound, first order).
+
+FLOAT32_UNIT_ROUNDOFF = 2.0 ** -24
+
+
+def float32_pool_bound(local: np.ndarray, guidance: np.ndarray, pca: tuple | None = None) -> np.ndarray:
+    """Per pooled value (n, Dk, Dt) float64: (N + Dt_in + 2) u sum_i |a_ik| sum_c |x_ic - mean_c| |W_cj|
+    (|x_ij| without PCA), how far a float32 computation of P may be from the exact one."""
+    local = np.asarray(local, dtype=np.float64)
+    n, dt_in = local.shape[:2]
+    positions = int(np.prod(local.shape[2:]))
+    x = local.reshape(n, dt_in, positions).transpose(0, 2, 1)
+    if pca is not None:
+        mean, proj = pca
+        x = np.abs(x - np.asarray(mean, dtype=np.float64)) @ np.abs(np.asarray(proj, dtype=np.float64))
+    a = np.abs(np.asarray(guidance, dtype=np.float64)).reshape(n, guidance.shape[1], positions)
+    return (positions + dt_in + 2) * FLOAT32_UNIT_ROUNDOFF * np.einsum("bki,bij->bkj", a, np.abs(x))
+
+
 # ---- TF32 tolerance of the GPU kernel (parity checks) ------------------------------------------------------------
 #
 # The CUDA pooling kernel multiplies on the tensor cores in TF32: each operand is rounded to a 10-bit mantissa
@@ -258,3 +281,28 @@ def tf32_sign_bound(local: np.ndarray, guidance: np.ndarray, pca: tuple | None =
 def sign_violations(signs: np.ndarray, pooled: np.ndarray, bound: np.ndarray) -> int:
     """Count of values whose sign differs from sign(pooled) although |pooled| exceeds the rounding bound."""
     return int(np.count_nonzero((np.asarray(signs) != np.sign(pooled)) & (np.abs(pooled) > bound)))
+
+
+def tf32_round(values: np.ndarray) -> np.ndarray:
+    """float32 -> the TF32 value the tensor core uses, as float32: the CUDA kernel adds 0x1000 to the bit pattern
+    and the tensor core ignores the low 13 mantissa bits (tf32_operand / tf32_value in csrc/cuda/tf32_gemm.cuh),
+    i.e. round to nearest on those 13 bits, ties away from zero. Inputs must be finite."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def cross_layer_pool_tf32(local: np.ndarray, guidance: np.ndarray, pca: tuple | None = None) -> np.ndarray:
+    """numpy emulation of the CUDA pooling kernel's arithmetic, (n, Dk, Dt) float32: TF32 operands, float32
+    accumulation; with PCA, the centring in float32 before the operand's rounding, the projection rounded once, and
+    the projected features xp stored rounded to TF32 (Epilogue::StoreTf32). Products of two TF32 values are exact in
+    float32, so only the accumulation order (not emulated) separates this from the tensor cores."""
+    local = np.asarray(local, dtype=np.float32)
+    guidance = np.asarray(guidance, dtype=np.float32)
+    n, dt_in = local.shape[:2]
+    positions = int(np.prod(local.shape[2:]))
+    x = local.reshape(n, dt_in, positions).transpose(0, 2, 1)  # (n, positions, Dt_in)
+    if pca is not None:
+        mean, proj = (np.asarray(p, dtype=np.float32) for p in pca)
+        x = tf32_round(np.matmul(tf32_round(x - mean), tf32_round(proj), dtype=np.float32))
+    a = tf32_round(guidance.reshape(n, guidance.shape[1], positions))
+    return np.matmul(a, tf32_round(x), dtype=np.float32)

@@ -52,5 +52,5 @@ def codes_gram(bits, dt: int, columns_index) -> np.ndarray:
     columns_index = np.asarray(columns_index, dtype=np.int64)
     means = np.zeros(bits.shape[:2], np.float32)  # the Gram does not use guidance means
     every = Codes(bits, means, dt)
-    chosen = Codes(np.ascontiguousarray(bits[columns_index]), means[columns_index], dt)
+    chosen = every[columns_index]  # rows of checked codes: no second scan of the bits
     return np.asarray(crosslayer.gram(every, chosen), dtype=np.float64)

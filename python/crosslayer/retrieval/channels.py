@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from crosslayer._validate import check_positive_int
+from crosslayer.search import select_channels
 
 
 def check_channel_count(channels, dk: int) -> int | None:
@@ -42,15 +43,14 @@ def channel_label(channels) -> str:
 
 
 def selection_masks(channel_mean: np.ndarray, counts) -> np.ndarray:
-    """(len(counts), n, Dk) bool: per count and row, the `count` channels of largest mean (ties to the smaller index,
-    the rule `crosslayer.search` uses); None selects every channel."""
+    """(len(counts), n, Dk) bool: per count and row, the channels `crosslayer.search` selects
+    (`select_channels`: largest means, ties to the smaller index); None selects every channel."""
     means = np.asarray(channel_mean, dtype=np.float32)
-    order = np.argsort(-means, axis=1, kind="stable")
     masks = np.zeros((len(counts),) + means.shape, dtype=bool)
     rows = np.arange(means.shape[0])[:, None]
     for i, count in enumerate(counts):
         if count is None:
             masks[i] = True
         else:
-            masks[i][rows, order[:, :count]] = True
+            masks[i][rows, select_channels(means, count)] = True
     return masks

@@ -151,7 +151,7 @@ class FeatureCache:
             position = {p: i for i, p in enumerate(result["paths"])}
             order = np.array([position[p] for p in map(str, paths) if p in position], dtype=np.int64)
             result["paths"] = [result["paths"][i] for i in order]
-            result["codes"] = Codes(result["codes"].bits[order], result["codes"].channel_mean[order], enc.Dt)
+            result["codes"] = result["codes"][order]  # rows of codes checked above: no second scan
             for key in ("embedding", "float_reps"):
                 if result[key] is not None:
                     result[key] = result[key][order]
