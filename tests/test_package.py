@@ -35,3 +35,15 @@ def test_declared_numpy_minimum_has_bitwise_count():
         assert minimum, f"{name}: no numpy minimum"
         version = tuple(int(part) for part in minimum.group(1).split(".")[:2])
         assert version >= (2, 0), f"{name}: numpy>={minimum.group(1)}"
+
+
+def test_version_is_the_one_pyproject_declares():
+    """One release number: the package's and the wheel's."""
+    import re
+    from pathlib import Path
+
+    import crosslayer
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    declared = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE).group(1)
+    assert crosslayer.__version__ == declared

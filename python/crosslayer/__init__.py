@@ -11,7 +11,7 @@ from crosslayer.pooling import pool
 from crosslayer.search import gram, search, popcount_path, popcount_paths, set_popcount_path
 from crosslayer.index import CodeIndex, CodeIndexError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def build_info() -> dict:
