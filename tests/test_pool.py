@@ -17,6 +17,8 @@ Codes: a sign can only flip where the reference value is within bound[k, j] of z
 reference's signs wherever |P_ref| > bound, and may differ only where |P_ref| <= bound.
 """
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -225,3 +227,36 @@ def test_num_threads_is_validated_and_capped(rng):
     for threads in (1, 10**10):
         # Dk <= 64 is one channel block per image in either schedule: the same BLAS calls, so the same bits
         np.testing.assert_array_equal(crosslayer.pool(x, a, num_threads=threads), expected)
+
+
+def test_pool_keeps_its_blas_single_threaded_after_someone_raises_it(rng):
+    """Each OpenMP worker calls sgemm: if anything in the process raised OpenBLAS's thread count after the first pool
+    call (threadpoolctl, numpy code sharing the library), every worker would start its own BLAS threads."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import crosslayer._native as native
+
+    ours = os.path.realpath(native.core.__file__)
+
+    def our_blas_threads():
+        counts = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                  if lib["internal_api"] == "openblas" and os.path.basename(lib["filepath"]) == "libscipy_openblas.so"]
+        return counts
+
+    x, a = _inputs(rng)
+    crosslayer.pool(x, a)
+    if not our_blas_threads():
+        pytest.skip(f"threadpoolctl does not see the BLAS that {ours} links")
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        assert our_blas_threads() == [2]
+        crosslayer.pool(x, a)
+        assert our_blas_threads() == [1]
+
+
+def test_raw_kernel_refuses_a_pca_mean_without_projection(rng):
+    """The binding used to drop a lone mean silently (the public `pool` takes them as one pair)."""
+    from crosslayer._native import core
+
+    x, a = _inputs(rng)
+    out = np.empty((len(x), a.shape[1] * x.shape[1]), np.float32)
+    with pytest.raises(ValueError, match="pca mean and projection go together"):
+        core.pool_cpu(x, a, np.zeros(x.shape[1], np.float32), None, out, None, None)

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -238,3 +240,49 @@ def test_num_threads_is_validated_and_capped(rng):
         for got, want in zip(crosslayer.search(codes, codes, k=3, channels=2, num_threads=threads), found):
             np.testing.assert_array_equal(got, want)
     assert crosslayer._validate.check_num_threads(10**10) == MAX_THREADS
+
+
+def test_search_survives_openmp_starting_fewer_threads_than_asked(tmp_path):
+    """OMP_THREAD_LIMIT (or OMP_DYNAMIC, or a call from a parallel region) gives the search fewer threads than it
+    sized its per-thread results for; the unused slots must be skipped, not read (it used to crash)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import numpy as np, crosslayer
+        from crosslayer import reference
+        from _codes import random_codes
+        codes = random_codes(np.random.default_rng(5), 1100, 4, 70)
+        got = crosslayer.search(codes[:3], codes, k=5, channels=2, num_threads=4)
+        expected = reference.search_reference(codes[:3].bits, codes[:3].channel_mean, codes.bits, 70, 5, 2)
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+        print("ok")
+    """)
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, OMP_NUM_THREADS="4", OMP_THREAD_LIMIT="2",
+               PYTHONPATH=os.pathsep.join([os.path.join(tests_dir, "..", "python"), tests_dir,
+                                           os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
+
+
+def test_raw_kernels_refuse_output_arrays_they_would_copy(rng):
+    """The bindings write results in place: an output pybind11 would have to convert (Fortran order, strided,
+    another dtype) must be refused, not filled as a temporary copy while the caller's array stays untouched."""
+    from crosslayer._native import core
+
+    codes = random_codes(rng, 5, 3, 70)
+    for bad in (np.zeros((5, 5), np.int32, order="F"), np.zeros((5, 10), np.int32)[:, ::2], np.zeros((5, 5), np.int16)):
+        with pytest.raises(ValueError, match="out must be a C-contiguous int32 array"):
+            core.gram_cpu(codes.bits, None, 70, bad)
+    channels = np.zeros((2, 1), np.int32)
+    with pytest.raises(ValueError, match="out_scores must be a C-contiguous int32 array"):
+        core.search_cpu(codes.bits[:2], codes.bits, 70, channels, 3, 0, False, np.zeros((2, 3), np.int32, order="F")[:, :],
+                        np.zeros((2, 3), np.int64))
+    with pytest.raises(ValueError, match="out_ids must be a C-contiguous int64 array"):
+        core.search_cpu(codes.bits[:2], codes.bits, 70, channels, 3, 0, False, np.zeros((2, 3), np.int32),
+                        np.zeros((2, 3), np.int32))
+    with pytest.raises(ValueError, match="dt must be in"):
+        core.gram_cpu(codes.bits, None, 2**62, np.zeros((5, 5), np.int32))

@@ -1,12 +1,11 @@
 #include "crosslayer/blas.h"
 
-#include <mutex>
-
 namespace crosslayer::blas {
 
 void use_single_threaded_blas() {
-  static std::once_flag once;
-  std::call_once(once, [] { scipy_openblas_set_num_threads(1); });
+  // Checked on every call, not once: anything in the process (threadpoolctl, numpy code sharing this OpenBLAS) may
+  // raise the count later, and then every OpenMP worker's sgemm would start its own BLAS threads. Reading it is cheap.
+  if (scipy_openblas_get_num_threads() != 1) scipy_openblas_set_num_threads(1);
 }
 
 }  // namespace crosslayer::blas

@@ -61,7 +61,8 @@ PackedLayout packed_layout(std::int64_t n, std::int64_t dk, std::int64_t dt) {
   const std::int64_t wpp = words_per_plane(dt);
   PackedLayout layout;
   layout.rows = round_up(n, detail::kGramRowGroup);
-  layout.chunk_channels = wpp >= kChunkPlaneWords ? 1 : kChunkPlaneWords / wpp;
+  // at most dk channels a chunk: a chunk sized for the word budget alone would pad small-Dk codes with zeros
+  layout.chunk_channels = std::min<std::int64_t>(dk, wpp >= kChunkPlaneWords ? 1 : kChunkPlaneWords / wpp);
   layout.chunks = (dk + layout.chunk_channels - 1) / layout.chunk_channels;
   layout.plane_words = round_up(layout.chunk_channels * wpp, detail::kPackedWordMultiple);
   return layout;

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cfloat>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -171,6 +172,8 @@ void run_channel_parallel(const Plan& plan, int threads) {
 const char* pool_cpu(const PoolArgs& args) {
   const PoolShape& s = args.shape;
   if (s.n < 0 || s.dt_in <= 0 || s.dt <= 0 || s.dk <= 0 || s.positions <= 0) return "pool_cpu: invalid shape";
+  if (s.dt_in > INT_MAX || s.dt > INT_MAX || s.dk > INT_MAX || s.positions > INT_MAX)
+    return "pool_cpu: a dimension exceeds 2^31 - 1 (the BLAS takes 32-bit sizes)";
   if (!args.local || !args.guidance) {
     if (s.n > 0) return "pool_cpu: null input pointer";
   }

@@ -190,8 +190,10 @@ const char* search_cpu(const SearchArgs& args) {
       std::int64_t* out_ids = args.out_ids + (q0 + q) * k;
       if (args.merge_with_existing)
         for (std::int64_t i = 0; i < k; ++i) merged.push_back({out_scores[i], out_ids[i]});
+      // OpenMP may start fewer threads than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC, nesting): unused slots are empty.
       for (const std::vector<TopK>& best : per_thread)
-        for (const Hit& hit : best[static_cast<std::size_t>(q)].hits()) merged.push_back(hit);
+        if (!best.empty())
+          for (const Hit& hit : best[static_cast<std::size_t>(q)].hits()) merged.push_back(hit);
       const std::int64_t keep = std::min<std::int64_t>(k, static_cast<std::int64_t>(merged.size()));
       std::partial_sort(merged.begin(), merged.begin() + keep, merged.end(), ranks_before);
       for (std::int64_t i = 0; i < keep; ++i) {

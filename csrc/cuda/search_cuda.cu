@@ -304,6 +304,7 @@ const char* gram_cuda(const GramArgs& args, void* stream_handle) {
   if (const char* e = check_codes(args.a, "gram_cuda: invalid first code matrix")) return e;
   if (const char* e = check_codes(args.b, "gram_cuda: invalid second code matrix")) return e;
   if (args.a.dk != args.b.dk || args.a.dt != args.b.dt) return "gram_cuda: code matrices differ in Dk or Dt";
+  if (args.a.dk * args.a.dt > INT32_MAX) return "gram_cuda: dk * dt must stay below 2^31 for exact int32 scores";
   if (args.a.n == 0 || args.b.n == 0) return "";
   if (!args.out) return "gram_cuda: null output";
   const std::int64_t tiles_a = ceil_div(args.a.n, kGramTile), tiles_b = ceil_div(args.b.n, kGramTile);

@@ -35,6 +35,7 @@ void pool_cpu_py(const FloatArray& local, const FloatArray& guidance, py::object
   args.guidance = guidance.data();
   args.shape.dt = args.shape.dt_in;
   FloatArray mean_arr, proj_arr;
+  require(pca_mean.is_none() == pca_proj.is_none(), "pca mean and projection go together (both or neither)");
   if (!pca_proj.is_none()) {
     mean_arr = pca_mean.cast<FloatArray>();
     proj_arr = pca_proj.cast<FloatArray>();

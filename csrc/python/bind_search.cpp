@@ -24,6 +24,7 @@ void require(bool ok, const std::string& what) {
 }
 
 CodeMatrix as_code_matrix(const WordArray& bits, std::int64_t dt, const char* name) {
+  require(dt >= 1 && dt < (std::int64_t{1} << 40), "dt must be in [1, 2^40)");  // before any arithmetic on it
   require(bits.ndim() == 4 && bits.shape(2) == kPlanes && bits.shape(3) == words_per_plane(dt),
           std::string(name) + " must be (n, Dk, 2, ceil(Dt/64)) uint64");
   CodeMatrix m;
@@ -34,7 +35,16 @@ CodeMatrix as_code_matrix(const WordArray& bits, std::int64_t dt, const char* na
   return m;
 }
 
-void gram_cpu_py(const WordArray& a_bits, py::object b_bits, std::int64_t dt, Int32Array& out, int num_threads) {
+// Outputs are written in place, so they must be exactly the caller's array: a non-const array_t parameter would let
+// pybind11 convert a strided, Fortran-order or other-dtype array into a temporary and the results would vanish.
+template <typename Array>
+Array output_array(const py::object& value, const char* what) {
+  require(py::isinstance<Array>(value), what);
+  return py::reinterpret_borrow<Array>(value);
+}
+
+void gram_cpu_py(const WordArray& a_bits, py::object b_bits, std::int64_t dt, py::object out_object, int num_threads) {
+  Int32Array out = output_array<Int32Array>(out_object, "out must be a C-contiguous int32 array");
   GramArgs args;
   args.a = as_code_matrix(a_bits, dt, "a");
   WordArray b_arr;
@@ -57,7 +67,9 @@ void gram_cpu_py(const WordArray& a_bits, py::object b_bits, std::int64_t dt, In
 
 void search_cpu_py(const WordArray& query_bits, const WordArray& database_bits, std::int64_t dt,
                    const Int32Array& channels, std::int64_t k, std::int64_t id_base, bool merge_with_existing,
-                   Int32Array& out_scores, Int64Array& out_ids, int num_threads) {
+                   py::object out_scores_object, py::object out_ids_object, int num_threads) {
+  Int32Array out_scores = output_array<Int32Array>(out_scores_object, "out_scores must be a C-contiguous int32 array");
+  Int64Array out_ids = output_array<Int64Array>(out_ids_object, "out_ids must be a C-contiguous int64 array");
   SearchArgs args;
   args.queries = as_code_matrix(query_bits, dt, "queries");
   args.database = as_code_matrix(database_bits, dt, "database");
