@@ -260,9 +260,9 @@ def test_search_survives_openmp_starting_fewer_threads_than_asked(tmp_path):
         print("ok")
     """)
     tests_dir = os.path.dirname(os.path.abspath(__file__))
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(crosslayer.__file__)))  # the one under test
     env = dict(os.environ, OMP_NUM_THREADS="4", OMP_THREAD_LIMIT="2",
-               PYTHONPATH=os.pathsep.join([os.path.join(tests_dir, "..", "python"), tests_dir,
-                                           os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([package_parent, tests_dir, os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
