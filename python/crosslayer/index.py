@@ -201,13 +201,7 @@ class CodeIndex:
         if reason is not None:
             raise CodeIndexError(f"{file}: invalid code bits: {reason}")
         if segment.get("keys"):
-            keys_file = self.path / segment["keys"]
-            try:
-                data = keys_file.read_bytes()
-            except OSError as exc:
-                raise CodeIndexError(f"{keys_file}: committed key table is missing ({exc})") from None
-            if zlib.crc32(data) != segment["keys_crc32"]:
-                raise CodeIndexError(f"{keys_file}: checksum mismatch (key table is damaged)")
+            self._read_key_table(segment)  # from disk, not the cache: verification looks at what is there now
 
     def verify(self) -> None:
         """Checks every committed segment against its checksum; raises CodeIndexError on damage."""
@@ -350,15 +344,21 @@ class CodeIndex:
             return None
         cache_key = (segment["keys"], segment["keys_crc32"])
         if cache_key not in self._key_tables:
-            file = self.path / segment["keys"]
-            data = file.read_bytes()
-            if zlib.crc32(data) != segment["keys_crc32"]:
-                raise CodeIndexError(f"{file}: checksum mismatch (key table is damaged)")
-            table = json.loads(data)
-            if not isinstance(table, list) or len(table) != segment["count"]:
-                raise CodeIndexError(f"{file}: expected {segment['count']} keys (key table is damaged)")
-            self._key_tables[cache_key] = table
+            self._key_tables[cache_key] = self._read_key_table(segment)
         return self._key_tables[cache_key]
+
+    def _read_key_table(self, segment: dict) -> list:
+        file = self.path / segment["keys"]
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise CodeIndexError(f"{file}: committed key table is missing ({exc})") from None
+        if zlib.crc32(data) != segment["keys_crc32"]:
+            raise CodeIndexError(f"{file}: checksum mismatch (key table is damaged)")
+        table = json.loads(data)
+        if not isinstance(table, list) or len(table) != segment["count"]:
+            raise CodeIndexError(f"{file}: expected {segment['count']} keys (key table is damaged)")
+        return table
 
     # ---- closing --------------------------------------------------------------------------------------------------
     def _require_open(self) -> None:
