@@ -19,13 +19,13 @@ from pathlib import Path
 
 from crosslayer._atomic import atomic_write
 from crosslayer._validate import check_positive_int
-from crosslayer.encoder import CrossLayerEncoder, EncoderMismatchError
+from crosslayer.encoder import RUNTIME_OPTIONS, CrossLayerEncoder, EncoderMismatchError
 from crosslayer.index import LOCK_NAME, MANIFEST_NAME, CodeIndex
 from crosslayer.retrieval.channels import check_channel_count
 
 INDEX_FORMAT = "crosslayer-image-index"
 INDEX_VERSION = 1
-_RUNTIME_OPTIONS = ("batch_size", "threads", "decode_workers", "cache", "weights")
+_OPEN_OPTIONS = (*RUNTIME_OPTIONS, "weights")  # what `open` passes on to the stored encoder
 _MARKER = "image-index.json"
 
 
@@ -130,7 +130,7 @@ class ImageIndex:
         the stored encoder (weights given must be the ones it was built with: a moved file)."""
         directory = Path(directory)
         cls._read_marker(directory)
-        options = {k: v for k, v in runtime_options.items() if k in _RUNTIME_OPTIONS and v is not None}
+        options = {k: v for k, v in runtime_options.items() if k in _OPEN_OPTIONS and v is not None}
         return cls._with_codes(directory, CrossLayerEncoder.load(directory / "encoder.xle", **options), mode)
 
     @classmethod
@@ -140,12 +140,6 @@ class ImageIndex:
         directory = Path(directory)
         cls._read_marker(directory)
         return cls._with_codes(directory, cls._load_checked(directory, requested), "a")
-
-    def check_encoder(self, requested: CrossLayerEncoder) -> None:
-        """Refuses to resume a build with another backbone/layers/side/PCA size/weights than the index was made with."""
-        found = requested.differences(self.encoder.config())
-        if found:
-            raise ImageIndexError(f"{self.directory}: built with another encoder: {'; '.join(found)}; use another DB_DIR")
 
     def summary(self) -> dict:
         """What the index holds, for `crosslayer info`."""
