@@ -104,7 +104,19 @@ _VGG_CONFIGS = {
 }
 
 
-class VGG(nn.Module):
+class _ConvStackThenClassifier(nn.Module):
+    """VGG and AlexNet: `features` ending in a max-pool, `avgpool`, `classifier`. The last tap is conv5's ReLU."""
+
+    def embed(self, last_conv_map):
+        return last_conv_map.mean(dim=(2, 3))
+
+    def classify(self, last_conv_map):
+        # the tap (conv5's ReLU) stops before features' final max-pool, which torchvision's forward applies
+        pooled = self.features[-1](last_conv_map)
+        return self.classifier(torch.flatten(self.avgpool(pooled), 1))
+
+
+class VGG(_ConvStackThenClassifier):
     """torchvision.models.vgg16 / vgg19 (no batch norm): features.N (conv, ReLU, pool), avgpool, classifier.{0,3,6}."""
 
     def __init__(self, config: str, num_classes: int = 1000):
@@ -125,16 +137,8 @@ class VGG(nn.Module):
             nn.Linear(4096, num_classes),
         )
 
-    def embed(self, last_conv_map):
-        return last_conv_map.mean(dim=(2, 3))
 
-    def classify(self, last_conv_map):
-        # the tap (conv5's ReLU) stops before features' final max-pool, which torchvision's forward applies
-        pooled = self.features[-1](last_conv_map)
-        return self.classifier(torch.flatten(self.avgpool(pooled), 1))
-
-
-class AlexNet(nn.Module):
+class AlexNet(_ConvStackThenClassifier):
     """torchvision.models.alexnet: features.0..12, avgpool, classifier.{1,4,6}."""
 
     def __init__(self, num_classes: int = 1000):
@@ -153,14 +157,6 @@ class AlexNet(nn.Module):
             nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(True),
             nn.Linear(4096, num_classes),
         )
-
-    def embed(self, last_conv_map):
-        return last_conv_map.mean(dim=(2, 3))
-
-    def classify(self, last_conv_map):
-        # the tap (conv5's ReLU) stops before features' final max-pool, which torchvision's forward applies
-        pooled = self.features[-1](last_conv_map)
-        return self.classifier(torch.flatten(self.avgpool(pooled), 1))
 
 
 class _EfficientNetStage(nn.Module):
