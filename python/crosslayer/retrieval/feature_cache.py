@@ -22,7 +22,7 @@ import numpy as np
 
 from crosslayer._atomic import atomic_write
 from crosslayer.codes import Codes
-from crosslayer.encoder import CrossLayerEncoder
+from crosslayer.encoder import RUNTIME_OPTIONS, CrossLayerEncoder
 from crosslayer.extract import committed_chunks
 
 CACHE_FORMAT = "crosslayer-retrieval-features"
@@ -58,7 +58,7 @@ class FeatureCache:
         requested = (None if fit_sources is None
                      else learn_set_key(self.learn_paths, encoder.fit_images, encoder.seed))
         meta_path = self.directory / "cache.json"
-        runtime = {k: getattr(encoder, k) for k in ("batch_size", "threads", "decode_workers", "cache", "weights")}
+        runtime = {k: getattr(encoder, k) for k in (*RUNTIME_OPTIONS, "weights")}
         if meta_path.exists():
             meta = json.loads(meta_path.read_text())
             if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
