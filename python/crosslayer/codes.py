@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from crosslayer._atomic import atomic_write
+from crosslayer.errors import FormatError
 
 MAGIC = b"XLCODES\x00"
 # Version 2: the crc32 covers the header (all of it but the crc field) and the payload; version 1 (still read) covered
@@ -64,7 +65,7 @@ def invalid_bits_reason(bits: np.ndarray, dt: int) -> str | None:
     return None
 
 
-class CodesFormatError(ValueError):
+class CodesFormatError(FormatError):
     """A code file is not one, is of another version, or is damaged."""
 
 

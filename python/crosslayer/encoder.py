@@ -19,6 +19,7 @@ from crosslayer.backbones.registry import get_backbone
 from crosslayer.backbones.weights import describe_weights, weights_identity
 from crosslayer.batches import stream_batches
 from crosslayer.codes import Codes
+from crosslayer.errors import CrossLayerError, FormatError
 from crosslayer.images import RESIZE_POLICIES, check_side, prepare
 from crosslayer.pooling import pool
 
@@ -33,11 +34,11 @@ RUNTIME_OPTIONS = ("batch_size", "threads", "decode_workers", "cache")
 _UNRESOLVED = object()  # weights_id not computed yet
 
 
-class EncoderFormatError(ValueError):
+class EncoderFormatError(FormatError):
     """An encoder file is not one, is of another version, or is damaged."""
 
 
-class EncoderMismatchError(ValueError):
+class EncoderMismatchError(CrossLayerError, ValueError):
     """Codes made with one encoder would be mixed with codes of another: ``differences`` says what differs."""
 
     def __init__(self, where, differences: list[str]):
@@ -45,7 +46,7 @@ class EncoderMismatchError(ValueError):
         super().__init__(f"{where}: {'; '.join(self.differences)}")
 
 
-class NotFittedError(RuntimeError):
+class NotFittedError(CrossLayerError, RuntimeError):
     """The encoder's PCA has not been learnt yet: call fit() or load()."""
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from crosslayer._atomic import atomic_write
 from crosslayer.codes import Codes
 from crosslayer.encoder import CrossLayerEncoder, EncoderMismatchError
+from crosslayer.errors import CrossLayerError
 
 STORE_FORMAT = "crosslayer-store"
 STORE_VERSION = 1
@@ -44,7 +45,7 @@ def committed_chunks(folder: Path) -> list[dict]:
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
-class StoreError(ValueError):
+class StoreError(CrossLayerError, ValueError):
     """A store directory is not one, is of another version, or does not match the requested encoder."""
 
 

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from crosslayer.errors import CrossLayerError
+
 RESIZE_POLICIES = ("square", "center-crop", "pad")
 DEFAULT_MAX_PIXELS = 100_000_000  # the decompression-bomb limit: larger images are refused before decoding
 
 
-class ImageError(ValueError):
+class ImageError(CrossLayerError, ValueError):
     """One image could not be used; ``path`` and ``reason`` say which and why."""
 
     def __init__(self, path, reason: str):

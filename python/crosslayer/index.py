@@ -38,6 +38,7 @@ from crosslayer.codes import (
     _HEADER, FORMAT_VERSION as CODES_FORMAT_VERSION, MAGIC as CODES_MAGIC, READABLE_VERSIONS as CODES_READABLE_VERSIONS,
     Codes, checksum_seed, invalid_bits_reason,
 )
+from crosslayer.errors import CrossLayerError
 from crosslayer.search import search_segments
 
 MANIFEST_NAME = "MANIFEST.json"
@@ -51,7 +52,7 @@ _SEGMENT_FILE = re.compile(r"^seg-\d{8}\.(xlc|keys\.json)$")
 _CRC_CHUNK = 1 << 24
 
 
-class CodeIndexError(ValueError):
+class CodeIndexError(CrossLayerError, ValueError):
     """The index is missing, damaged, of another version, locked by another writer, or misused."""
 
 

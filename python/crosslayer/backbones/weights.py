@@ -8,11 +8,12 @@ import importlib.util
 from pathlib import Path
 
 from crosslayer.backbones.registry import BackboneSpec
+from crosslayer.errors import CrossLayerError
 
 RANDOM_WEIGHTS = "random"  # untrained weights (seeded), for tests and timing only
 
 
-class WeightsError(RuntimeError):
+class WeightsError(CrossLayerError, RuntimeError):
     """Pretrained weights are missing, or a file is not the one that was pinned."""
 
 

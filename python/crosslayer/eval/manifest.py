@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from crosslayer.errors import CrossLayerError
+
 MANIFEST_NAME = "manifest.csv"
 SPLITS = ("train", "val", "test")
 COLUMNS = ("path", "label", "split")
 
 
-class ManifestError(ValueError):
+class ManifestError(CrossLayerError, ValueError):
     """A manifest is missing, malformed, or names no usable split."""
 
 

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 
 from crosslayer._atomic import atomic_write
+from crosslayer.errors import CrossLayerError
 
 RECORD_FORMAT = "crosslayer-eval-record"
 RECORD_VERSION = 1
 
 
-class RecordError(ValueError):
+class RecordError(CrossLayerError, ValueError):
     """A file is not an evaluation record of a version this crosslayer reads."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from crosslayer._atomic import atomic_write
+from crosslayer.errors import CrossLayerError
 
 STORE_FORMAT = "crosslayer-eval-store"
 STORE_VERSION = 1
@@ -20,7 +21,7 @@ DATA_NAME = "rows.bin"
 META_NAME = "meta.json"
 
 
-class StoreError(ValueError):
+class StoreError(CrossLayerError, ValueError):
     """A store on disk belongs to another computation, has another version, or is damaged."""
 
 

@@ -23,13 +23,14 @@ import numpy as np
 from crosslayer._atomic import atomic_write
 from crosslayer.codes import Codes
 from crosslayer.encoder import RUNTIME_OPTIONS, CrossLayerEncoder
+from crosslayer.errors import CrossLayerError
 from crosslayer.extract import committed_chunks
 
 CACHE_FORMAT = "crosslayer-retrieval-features"
 CACHE_VERSION = 1
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(CrossLayerError, ValueError):
     """A cache directory is not one, is of another version, or was made with other settings."""
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from crosslayer._atomic import atomic_write
 from crosslayer._validate import check_positive_int
 from crosslayer.encoder import RUNTIME_OPTIONS, CrossLayerEncoder, EncoderMismatchError
+from crosslayer.errors import CrossLayerError
 from crosslayer.index import LOCK_NAME, MANIFEST_NAME, CodeIndex
 from crosslayer.retrieval.channels import check_channel_count
 
@@ -29,7 +30,7 @@ _OPEN_OPTIONS = (*RUNTIME_OPTIONS, "weights")  # what `open` passes on to the st
 _MARKER = "image-index.json"
 
 
-class ImageIndexError(ValueError):
+class ImageIndexError(CrossLayerError, ValueError):
     """DB_DIR is not an image index, is of another version, or was built with another encoder."""
 
 
