@@ -12,9 +12,32 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from crosslayer.errors import UsageError
 from crosslayer.images import ImageError
 
 ON_ERROR = ("raise", "skip")
+# What one batch may take: its float32 network inputs plus the backbone's activation maps (estimated per backbone by
+# `BackboneSpec.bytes_per_input`). 4 GiB lets the default (MobileNetV2, side 448, batch 16: ~0.45 GB) run as asked on
+# a small machine shared with others, lowers the batch of large sides (MobileNetV2 at side 2048: 7 images) instead of letting the
+# process be killed for memory, and refuses one input that alone exceeds it (VGG at side 4096: ~8.8 GB).
+BATCH_MEMORY_BUDGET = 4 << 30
+
+
+def check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise UsageError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def batch_size_within_budget(wanted: int, bytes_per_input: int, what: str, budget: int | None = None) -> int:
+    """The most network inputs (at most `wanted`) one run may take within the memory budget; `UsageError` when even
+    one input exceeds it (`what` names the setting that makes inputs this large)."""
+    budget = BATCH_MEMORY_BUDGET if budget is None else budget
+    fits = budget // max(1, int(bytes_per_input))
+    if fits < 1:
+        raise UsageError(f"side: one network input at {what} needs ~{bytes_per_input / 2**30:.1f} GiB, over the "
+                         f"per-batch memory budget of {budget / 2**30:.1f} GiB; use a smaller side")
+    return max(1, min(int(wanted), fits))
 
 
 @dataclass
@@ -28,9 +51,8 @@ class ActivationBatch:
 def stream_batches(sources, prepare, run, batch_size: int, decode_workers: int = 2, on_error: str = "raise"):
     """prepare(source) -> (3, H, W) float32; run(images (n, 3, H, W)) -> {name: array}. A generator of batches."""
     if on_error not in ON_ERROR:
-        raise ValueError(f"on_error: expected one of {ON_ERROR}, got {on_error!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        raise UsageError(f"on_error: expected one of {ON_ERROR}, got {on_error!r}")
+    batch_size = check_batch_size(batch_size)
     items = iter(enumerate(sources))
     with ThreadPoolExecutor(max_workers=max(1, decode_workers), thread_name_prefix="crosslayer-decode") as pool:
         pending: deque = deque()

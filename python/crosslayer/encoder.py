@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from crosslayer._atomic import atomic_write
 from crosslayer.backbones.registry import get_backbone
 from crosslayer.backbones.weights import describe_weights, weights_identity
-from crosslayer.batches import stream_batches
+from crosslayer.batches import ON_ERROR, batch_size_within_budget, check_batch_size, stream_batches
 from crosslayer.codes import Codes
-from crosslayer.errors import CrossLayerError, FormatError
+from crosslayer.errors import CrossLayerError, FormatError, UsageError
 from crosslayer.images import RESIZE_POLICIES, check_side, prepare
+from crosslayer.pca import CovarianceAccumulator, local_rows
 from crosslayer.pooling import pool
 
 ENCODER_FORMAT = "crosslayer-encoder"
@@ -50,38 +54,43 @@ class NotFittedError(CrossLayerError, RuntimeError):
     """The encoder's PCA has not been learnt yet: call fit() or load()."""
 
 
-class CovarianceAccumulator:
-    """Mean and covariance of feature rows, accumulated batch by batch in float64."""
-
-    def __init__(self, dim: int):
-        self.count = 0
-        self.total = np.zeros(dim, np.float64)
-        self.outer = np.zeros((dim, dim), np.float64)
-
-    def add(self, rows: np.ndarray) -> None:
-        rows = np.asarray(rows, np.float64)
-        self.count += rows.shape[0]
-        self.total += rows.sum(axis=0)
-        self.outer += rows.T @ rows
-
-    def pca(self, n_components: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """`crosslayer.reference.pca_fit` semantics: components by decreasing variance, largest coefficient positive."""
-        if self.count < 2:
-            raise ValueError("fit: need at least two local feature rows to learn a PCA")
-        mean = self.total / self.count
-        cov = (self.outer - self.count * np.outer(mean, mean)) / (self.count - 1)
-        eigvals, eigvecs = np.linalg.eigh(cov)
-        eigvecs = eigvecs[:, np.argsort(eigvals)[::-1]]
-        k = cov.shape[0] if n_components is None else n_components
-        proj = eigvecs[:, :k]
-        flip = np.sign(proj[np.abs(proj).argmax(axis=0), np.arange(k)])
-        flip[flip == 0] = 1
-        return mean, proj * flip
+# A full rotation keeps the smallest-variance directions too, and their signs become code bits. Positions of one image
+# are strongly correlated, so images, not rows, count: a rotation of 320 channels fitted on 48 images left sign-code
+# search near chance (issue 16), one fitted on the default 256 did not. Fits on fewer images than half the channels
+# are warned about.
+MIN_FIT_IMAGES_PER_CHANNEL = 0.5
+# at least this many good images to fit on at all (a covariance of one image's positions is one image's texture)
+MIN_FIT_IMAGES = 2
 
 
-def _local_rows(local: np.ndarray) -> np.ndarray:
-    n, dt = local.shape[:2]
-    return local.reshape(n, dt, -1).transpose(0, 2, 1).reshape(-1, dt)
+class FitError(CrossLayerError, ValueError):
+    """Too few usable images to learn the PCA on; ``failures`` lists (path, reason) of the images skipped."""
+
+    def __init__(self, message: str, failures):
+        self.failures = list(failures)
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """How images become network inputs, and how the network's outputs become what a batch yields.
+
+    prepare(source) -> (3, H, W) float32 (one network input) or (m, 3, H, W) (m inputs: crops, regions); None: the
+        encoder's own decode, resize (side, policy) and normalisation. Raises `ImageError` for a bad image.
+    reduce(outputs) -> outputs, applied to each batch: the network's arrays are (n, ...) for one input per image and
+        (n, m, ...) for m inputs per image; None yields them as they are.
+    taps: backbone taps the network outputs (None: the encoder's layer pair); embedding: the pooled embedding too.
+    input_side, inputs_per_image: the network input's side and count per image, for the memory budget (None: the
+        encoder's side, 1); max_inputs: most network inputs run at once (None: as the memory budget allows).
+    """
+
+    prepare: Callable | None = None
+    reduce: Callable | None = None
+    taps: tuple | None = None
+    embedding: bool = True
+    input_side: int | None = None
+    inputs_per_image: int = 1
+    max_inputs: int | None = None
 
 
 class CrossLayerEncoder:
@@ -117,7 +126,9 @@ class CrossLayerEncoder:
         self.cache = cache
         self.seed = seed
         self.pca_ = None
-        self._runner = None
+        self.fit_failures_ = []  # (path, reason) of the images fit skipped
+        self.fit_seconds_ = 0.0  # wall time of the last fit (part of a build's time)
+        self._runners = {}
         self._weights_id = _UNRESOLVED
 
     @property
@@ -150,41 +161,97 @@ class CrossLayerEncoder:
     def Dt(self) -> int:
         return self.pca_dim if self.pca_dim is not None else self.spec.channels[self.layers[0]]
 
-    def _backbone(self):
-        if self._runner is None:
+    def _backbone(self, taps=None, embedding=True):
+        """The onnxruntime session of one export (taps + embedding [+ logits]), made once per encoder."""
+        taps = tuple(self.layers if taps is None else taps)
+        key = (taps, embedding)
+        if key not in self._runners:
             from crosslayer.backbones.export import export
             from crosslayer.backbones.runtime import OnnxBackbone
 
             # the file recorded (or given) may have been replaced since the PCA was learnt
             self._check_weights(f"{self.backbone} encoder")
-            path = export(self.spec, self.layers, self.weights, with_embedding=True, with_logits=self.logits,
+            path = export(self.spec, taps, self.weights, with_embedding=embedding, with_logits=self.logits,
                           cache=self.cache, seed=self.seed)
-            self._runner = OnnxBackbone(path, intra_op_threads=self.threads)
-        return self._runner
+            self._runners[key] = OnnxBackbone(path, intra_op_threads=self.threads)
+        return self._runners[key]
 
     def _prepare(self, source):
         return prepare(source, self.side, self.policy, self.spec.mean, self.spec.std)
 
-    def activations(self, images, on_error="raise"):
+    def activations(self, images, on_error="raise", pass_: Pass | None = None, progress=False, desc="encode"):
         """Yields `ActivationBatch`es: outputs[layer t], outputs[layer t+1] (n, C, h, w), outputs["embedding"] (n, C)
-        and, with logits=True, outputs["logits"] — the raw backbone maps for other uses (evaluation, inspection)."""
-        runner = self._backbone()
-        return stream_batches(images, self._prepare, runner.run, self.batch_size, self.decode_workers, on_error)
+        and, with logits=True, outputs["logits"] — the raw backbone maps for other uses (evaluation, inspection).
+
+        pass_: a `Pass` for other inputs (crops, regions, other sides) or other taps, reduced to rows by its hook;
+        every image reaches the network this way. Batches are lowered to the memory budget
+        (`crosslayer.batches.BATCH_MEMORY_BUDGET`). progress: a tqdm bar over the images (desc names it)."""
+        if on_error not in ON_ERROR:
+            raise UsageError(f"on_error: expected one of {ON_ERROR}, got {on_error!r}")
+        check_batch_size(self.batch_size)
+        step = pass_ or Pass()
+        runner = self._backbone(step.taps, step.embedding)
+        side = step.input_side or self.side
+        per_input = self.spec.bytes_per_input(side)
+        # the batch holds inputs_per_image inputs per image; the network runs at most max_inputs of them at once
+        inputs_at_once = batch_size_within_budget(max(self.batch_size, step.max_inputs or 0) * step.inputs_per_image,
+                                                  per_input, f"side {side} with {self.backbone}")
+        if step.max_inputs:
+            inputs_at_once = min(inputs_at_once, step.max_inputs)
+        batch_size = max(1, min(self.batch_size, inputs_at_once // step.inputs_per_image))
+
+        def run(stacked):
+            if stacked.ndim == 5:  # (n, m, 3, H, W): m inputs per image, run in chunks, outputs (n, m, ...)
+                n, m = stacked.shape[:2]
+                flat = stacked.reshape((n * m,) + stacked.shape[2:])
+                parts = [runner.run(flat[i : i + inputs_at_once]) for i in range(0, len(flat), inputs_at_once)]
+                outputs = {name: np.concatenate([part[name] for part in parts]).reshape((n, m) + parts[0][name].shape[1:])
+                           for name in parts[0]}
+            else:
+                outputs = runner.run(stacked)
+            return step.reduce(outputs) if step.reduce is not None else outputs
+
+        batches = stream_batches(images, step.prepare or self._prepare, run, batch_size, self.decode_workers, on_error)
+        if not progress:
+            return batches
+        return _with_progress(batches, images, desc)
 
     # ---- PCA -----------------------------------------------------------------------------------------------------
-    def fit(self, images, y=None):
-        """Learns the PCA of layer t's local features on (a seeded sample of at most fit_images of) the images."""
+    def fit(self, images, y=None, on_error="raise", progress=False):
+        """Learns the PCA of layer t's local features on (a seeded sample of at most fit_images of) the images.
+
+        on_error="skip": images that cannot be used are left out and listed in `fit_failures_` as (path, reason),
+        all of them; the PCA is learnt on the others (`FitError` if fewer than two remain). "raise": the first
+        bad image raises `ImageError`. progress: a tqdm bar. `fit_seconds_` is the fit's wall time. A UserWarning
+        says when the images are fewer than layer t's channels: too few for a meaningful full rotation."""
+        begin = time.perf_counter()
         images = list(images)
         if not images:
-            raise ValueError("images: expected at least one image to fit on")
+            raise UsageError("images: expected at least one image to fit on")
         if self.fit_images is not None and len(images) > self.fit_images:
             chosen = np.sort(np.random.default_rng(self.seed).choice(len(images), self.fit_images, replace=False))
             images = [images[i] for i in chosen]
-        accumulator = CovarianceAccumulator(self.spec.channels[self.layers[0]])
-        for batch in self.activations(images):
-            accumulator.add(_local_rows(batch.outputs[self.layers[0]]))
+        channels = self.spec.channels[self.layers[0]]
+        accumulator = CovarianceAccumulator(channels)
+        failures, used = [], 0
+        for batch in self.activations(images, on_error=on_error, progress=progress, desc="fit PCA"):
+            failures += [(error.path, error.reason) for _, error in batch.errors]
+            if batch.positions:
+                accumulator.add(local_rows(batch.outputs[self.layers[0]]))
+                used += len(batch.positions)
+        if used < MIN_FIT_IMAGES:
+            listed = "; ".join(f"{path}: {reason}" for path, reason in failures)
+            raise FitError(f"images: {used} usable image(s) of {len(images)} to fit the PCA on, need at least "
+                           f"{MIN_FIT_IMAGES}" + (f" (skipped {listed})" if failures else ""), failures)
+        enough = int(np.ceil(MIN_FIT_IMAGES_PER_CHANNEL * channels))
+        if self.pca_dim is None and used < enough:
+            warnings.warn(f"fit: {used} images for a full PCA rotation of {channels} channels ({self.layers[0]}): "
+                          f"its smallest-variance directions, whose signs become code bits, are mostly noise; fit on "
+                          f"at least {enough} images (or set pca_dim)", UserWarning, stacklevel=2)
         mean, projection = accumulator.pca(self.pca_dim)
         self.pca_ = (mean.astype(np.float32), np.ascontiguousarray(projection, dtype=np.float32))
+        self.fit_failures_ = failures
+        self.fit_seconds_ = time.perf_counter() - begin
         return self
 
     def _check_fitted(self):
@@ -304,3 +371,14 @@ class CrossLayerEncoder:
         if requested.pca_ is not None and not all(np.array_equal(a, b) for a, b in zip(requested.pca_, stored.pca_)):
             raise EncoderMismatchError(path, ["another PCA (the same settings, fitted separately)"])
         return stored
+
+
+def _with_progress(batches, images, desc):
+    """The batches, counted on a tqdm bar in images (good and failed)."""
+    from tqdm.auto import tqdm
+
+    total = len(images) if hasattr(images, "__len__") else None
+    with tqdm(total=total, unit="img", desc=desc) as bar:
+        for batch in batches:
+            bar.update(len(batch.positions) + len(batch.errors))
+            yield batch

@@ -34,6 +34,14 @@ class BackboneSpec:
     embedding: str = ""  # what the pooled embedding is, in words
     weights: WeightsSource = WeightsSource()
     side_multiple: int = 1  # input sides must be a multiple of this
+    # float32 values alive per input pixel at the network's widest point (a layer's input and output together), for
+    # the batch memory budget: MobileNetV2/EfficientNet-Lite0 expand 16 channels at stride 2 to 96 (4 + 24, plus
+    # the depthwise output, ~32); VGG's conv1_1 -> conv1_2 keeps 64 + 64 at full resolution; AlexNet 3 + 64/16.
+    peak_activations_per_pixel: float = 32.0
+
+    def bytes_per_input(self, side: int) -> int:
+        """Estimated memory of one network input of side x side: the float32 image and the widest activations."""
+        return int(4 * side * side * (3 + self.peak_activations_per_pixel))
 
     def tap_index(self, tap: str) -> int:
         if tap not in self.taps:
@@ -132,6 +140,7 @@ def _vgg(name: str, blocks: tuple[int, ...]) -> BackboneSpec:
         stride=dict(zip(taps, strides)),
         embedding=f"global average of {pair[1]} (conv5_{last}, 512)",
         weights=WeightsSource(install_hint=f"pass --weights PATH to torchvision's {name} state dict (.pth)"),
+        peak_activations_per_pixel=128.0,
     )
 
 
@@ -146,6 +155,7 @@ def _alexnet() -> BackboneSpec:
         stride=dict(zip(taps, (4, 8, 16, 16, 16))),
         embedding="global average of features.11 (conv5, 256)",
         weights=WeightsSource(install_hint="pass --weights PATH to torchvision's alexnet state dict (.pth)"),
+        peak_activations_per_pixel=8.0,
     )
 
 
