@@ -6,6 +6,7 @@ raised as `ImageError` (on_error="raise").
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class ActivationBatch:
     sources: list  # the input items (paths or arrays) of those rows
     outputs: dict  # output name -> (rows, ...) float32 array
     errors: list = field(default_factory=list)  # (position, ImageError) of images that failed in this batch
+    network_seconds: float = 0.0  # wall time of run() on this batch (the network's share of the work)
 
 
 def stream_batches(sources, prepare, run, batch_size: int, decode_workers: int = 2, on_error: str = "raise"):
@@ -83,5 +85,6 @@ def stream_batches(sources, prepare, run, batch_size: int, decode_workers: int =
                 positions.append(position)
                 kept.append(source)
             submit(batch_size)
+            begin = time.perf_counter()
             outputs = run(np.stack(arrays)) if arrays else {}
-            yield ActivationBatch(positions, kept, outputs, errors)
+            yield ActivationBatch(positions, kept, outputs, errors, time.perf_counter() - begin)

@@ -27,6 +27,33 @@ class ImageError(CrossLayerError, ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class BadImagesError(CrossLayerError, ValueError):
+    """Images of a set that cannot be used, all of them: ``failures`` lists (path, reason)."""
+
+    def __init__(self, failures, advice: str = "remove or replace them"):
+        self.failures = [(str(path), reason) for path, reason in failures]
+        listed = "; ".join(f"{path}: {reason}" for path, reason in self.failures)
+        super().__init__(f"images: {len(self.failures)} cannot be used ({advice}): {listed}")
+
+
+def find_bad_images(sources, max_pixels: int = DEFAULT_MAX_PIXELS, workers: int = 2) -> list:
+    """(path, reason) of every source that does not decode, in input order (decoding only, no network)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(source):
+        try:
+            if isinstance(source, (str, Path)):
+                load_image(source, max_pixels)
+            else:
+                as_rgb_array(source)
+        except ImageError as error:
+            return error.path, error.reason
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="crosslayer-check") as pool:
+        return [found for found in pool.map(check, sources) if found is not None]
+
+
 def _to_rgb_uint8(image, path) -> np.ndarray:
     from PIL import Image
 

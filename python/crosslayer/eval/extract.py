@@ -14,7 +14,6 @@ because the store's layout, its resumable prefix and the cache keys of existing 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -62,19 +61,7 @@ def open_store(directory: Path, config: MethodConfig, spec, n: int) -> RowStore:
     return RowStore(directory / config.key(), config.key(), n, shape, dtype, info={"config": config.relevant()})
 
 
-# ---- the network side of each pass ---------------------------------------------------------------------------
-
-class _Network:
-    def __init__(self, spec, taps, with_embedding, weights, cache, threads, seed):
-        from crosslayer.backbones.export import export
-        from crosslayer.backbones.runtime import OnnxBackbone
-
-        path = export(spec, taps, weights, with_embedding=with_embedding, cache=cache, seed=seed)
-        self.runner = OnnxBackbone(path, intra_op_threads=threads)
-
-    def run(self, images):
-        return self.runner.run(images)
-
+# ---- how each pass's images reach the encoder ------------------------------------------------------------------
 
 def _resized(source, side):
     from crosslayer.images import load_image, resize
@@ -82,17 +69,16 @@ def _resized(source, side):
     return resize(load_image(source), side, "square")
 
 
-def _pass_functions(kind, config, spec, side, taps, weights, cache, threads, seed):
-    """(prepare(path) -> array, run(batch) -> {name: array}) for one pass kind."""
+def _pass(kind, config, spec, side, taps):
+    """The `Pass` (inputs and reduction of the encoder's network outputs) of one pass kind."""
+    from crosslayer.encoder import Pass
     from crosslayer.images import normalize, prepare
 
     last = spec.taps[-1]
     if kind == "main":
-        network = _Network(spec, taps or [last], True, weights, cache, threads, seed)
-        return (lambda source: prepare(source, side, "square", spec.mean, spec.std)), network.run
+        return Pass(taps=tuple(taps or [last]), embedding=True)
     if kind == "jitter":
         crop = max(spec.side_multiple, int(round(side * config.jitter_crop / spec.side_multiple)) * spec.side_multiple)
-        network = _Network(spec, [last], True, weights, cache, threads, seed)
 
         def prepare_crops(source):
             image = _resized(source, side)
@@ -103,44 +89,28 @@ def _pass_functions(kind, config, spec, side, taps, weights, cache, threads, see
                 crops += [window, window[:, ::-1]]
             return np.stack([normalize(np.ascontiguousarray(c), spec.mean, spec.std) for c in crops])
 
-        def run_crops(batch):
-            n = batch.shape[0]
-            embedding = network.run(batch.reshape((-1,) + batch.shape[2:]))[EMBEDDING]
-            return {EMBEDDING: embedding.reshape(n, JITTER_CROPS, -1).mean(axis=1)}
-
-        return prepare_crops, run_crops
-    from crosslayer.eval.regions import fast_windows, region_crops, window_mean
+        return Pass(prepare=prepare_crops, reduce=lambda outputs: {EMBEDDING: outputs[EMBEDDING].mean(axis=1)},
+                    taps=(last,), embedding=True, input_side=crop, inputs_per_image=JITTER_CROPS)
+    from crosslayer.eval.regions import fast_windows, region_crops, region_grid, window_mean
 
     if kind == "aconv-fast":
         window, step = fast_windows(spec.stride[last], config.aconv_region, config.aconv_stride)
-        network = _Network(spec, [last], False, weights, cache, threads, seed)
-
-        def run_fast(batch):
-            return {REGIONS: window_mean(network.run(batch)[last], window, step)}
-
-        return (lambda source: prepare(source, config.aconv_side, "square", spec.mean, spec.std)), run_fast
-    network = _Network(spec, [last], True, weights, cache, threads, seed)
+        return Pass(prepare=lambda source: prepare(source, config.aconv_side, "square", spec.mean, spec.std),
+                    reduce=lambda outputs: {REGIONS: window_mean(outputs[last], window, step)},
+                    taps=(last,), embedding=False, input_side=config.aconv_side)
 
     def prepare_regions(source):
         crops = region_crops(_resized(source, config.aconv_side), config.aconv_region, config.aconv_stride,
                              config.aconv_region_side)
         return np.stack([normalize(c, spec.mean, spec.std) for c in crops])
 
-    def run_regions(batch):
-        n, regions = batch.shape[:2]
-        flat = batch.reshape((-1,) + batch.shape[2:])
-        embeddings = [network.run(flat[i : i + 32])[EMBEDDING] for i in range(0, len(flat), 32)]
-        return {REGIONS: np.concatenate(embeddings).reshape(n, regions, -1)}
-
-    return prepare_regions, run_regions
+    regions = region_grid(config.aconv_side, config.aconv_region, config.aconv_stride) ** 2
+    # one image (its regions) a batch, the regions run 32 at a time
+    return Pass(prepare=prepare_regions, reduce=lambda outputs: {REGIONS: outputs[EMBEDDING]}, taps=(last,),
+                embedding=True, input_side=config.aconv_region_side, inputs_per_image=regions, max_inputs=32)
 
 
 # ---- PCA ---------------------------------------------------------------------------------------------------------
-
-def _local_rows(maps):
-    n, c = maps.shape[:2]
-    return maps.reshape(n, c, -1).transpose(0, 2, 1).reshape(-1, c)
-
 
 def pca_path(directory, name: str, fit_images: int, seed: int) -> Path:
     """The default sample keeps the name PCA files had before the sample was part of it, so they stay reusable."""
@@ -148,10 +118,13 @@ def pca_path(directory, name: str, fit_images: int, seed: int) -> Path:
     return Path(directory) / f"pca-{name}{suffix}.npz"
 
 
-def _load_or_fit_pcas(directory, wanted: dict, dataset, prepare, run, batch_size, fit_images, seed, progress):
-    """wanted: name -> (output name, n_components or None). Returns name -> (mean, projection) float32."""
-    from crosslayer.batches import stream_batches
-    from crosslayer.encoder import CovarianceAccumulator
+def _load_or_fit_pcas(directory, wanted: dict, dataset, encoder, step, fit_images, seed, progress):
+    """wanted: name -> (output name, n_components or None). Returns name -> (mean, projection) float32.
+
+    A bad image in the fit sample is not fitted around: the PCA would then depend on which files were readable
+    that day. Every bad image of the data set is named instead (`BadImagesError`)."""
+    from crosslayer.images import BadImagesError
+    from crosslayer.pca import CovarianceAccumulator, local_rows
 
     pcas, missing = {}, {}
     for name, (output, components) in wanted.items():
@@ -169,13 +142,20 @@ def _load_or_fit_pcas(directory, wanted: dict, dataset, prepare, run, batch_size
         return pcas
     train = dataset.indices("train")
     chosen = np.sort(np.random.default_rng(seed).choice(train, min(fit_images, len(train)), replace=False))
-    accumulators = {}
+    accumulators, failures = {}, []
     sources = [dataset.paths[i] for i in chosen]
-    for batch in _progress(stream_batches(sources, prepare, run, batch_size), len(sources), batch_size, "fit PCA", progress):
+    for batch in encoder.activations(sources, on_error="skip", pass_=step, progress=progress, desc="fit PCA"):
+        failures += [(error.path, error.reason) for _, error in batch.errors]
+        if not batch.positions:
+            continue
         for name, (output, _, _) in missing.items():
             values = batch.outputs[output]
-            rows = values.reshape(-1, values.shape[-1]) if output == REGIONS else _local_rows(values)
+            rows = values.reshape(-1, values.shape[-1]) if output == REGIONS else local_rows(values)
             accumulators.setdefault(name, CovarianceAccumulator(rows.shape[1])).add(rows)
+    if failures:
+        known = {path for path, _ in failures}
+        rest = [p for p in dataset.paths if str(p) not in known]
+        raise BadImagesError(failures + _find_bad(rest, encoder), "remove or replace them, then rerun")
     for name, (_, components, path) in missing.items():
         mean, projection = accumulators[name].pca(components)
         pcas[name] = (mean.astype(np.float32), np.ascontiguousarray(projection, dtype=np.float32))
@@ -185,12 +165,10 @@ def _load_or_fit_pcas(directory, wanted: dict, dataset, prepare, run, batch_size
     return pcas
 
 
-def _progress(iterable, total_images, batch_size, label, enabled):
-    if not enabled:
-        return iterable
-    from tqdm import tqdm
+def _find_bad(sources, encoder):
+    from crosslayer.images import find_bad_images
 
-    return tqdm(iterable, total=-(-total_images // batch_size), desc=label, unit="batch")
+    return find_bad_images(sources, workers=encoder.decode_workers)
 
 
 # ---- the pass ---------------------------------------------------------------------------------------------------
@@ -202,7 +180,7 @@ def extract(dataset, configs, backbone="mobilenet_v2", side: int = 448, cache_ro
     Configs sharing a pass kind share one backbone pass; complete stores are reused as they are.
     """
     from crosslayer.backbones.registry import get_backbone
-    from crosslayer.batches import stream_batches
+    from crosslayer.encoder import CrossLayerEncoder
     from crosslayer.images import check_side
 
     spec = get_backbone(backbone)
@@ -222,10 +200,14 @@ def extract(dataset, configs, backbone="mobilenet_v2", side: int = 448, cache_ro
         if not stores[config].complete:
             group = config.pass_kind if config.pass_kind != "aconv-fast" and config.pass_kind != "aconv" else config.key()
             kinds.setdefault(group, []).append(config)
+    # every image reaches the network through the encoder (its network, decode pipeline and memory budget); the
+    # passes differ only in their inputs and reductions
+    encoder = CrossLayerEncoder(spec.name, side=side, policy="square", weights=weights, batch_size=batch_size,
+                                threads=threads, cache=export_cache, seed=seed)
     for group, members in kinds.items():
         kind = members[0].pass_kind
         taps = main_taps(members, spec) if kind == "main" else []
-        prepare, run = _pass_functions(kind, members[0], spec, side, taps, weights, export_cache, threads, seed)
+        step = _pass(kind, members[0], spec, side, taps)
         wanted = {}
         for config in members:
             if kind == "main" and needs_pca(config):
@@ -233,16 +215,15 @@ def extract(dataset, configs, backbone="mobilenet_v2", side: int = 448, cache_ro
                 wanted[f"{local}"] = (local, None)
             elif kind in ("aconv", "aconv-fast"):
                 wanted[config.key()] = (REGIONS, config.aconv_pca_dim)
-        pca_batch = 1 if kind == "aconv" else batch_size
-        pcas = _load_or_fit_pcas(directory, wanted, dataset, prepare, run, pca_batch, fit_images, seed, progress)
-        _run_pass(dataset, members, stores, spec, prepare, run, pcas, 1 if kind == "aconv" else batch_size, progress, kind)
+        pcas = _load_or_fit_pcas(directory, wanted, dataset, encoder, step, fit_images, seed, progress)
+        _run_pass(dataset, members, stores, spec, encoder, step, pcas, progress, kind)
     for store in stores.values():
         store.close()
     return stores
 
 
 def _encode(config, spec, outputs, pcas):
-    from crosslayer.eval.spm import l2_normalize_rows
+    from crosslayer.l2 import l2_normalize
 
     kind = config.pass_kind
     if kind == "main":
@@ -250,33 +231,44 @@ def _encode(config, spec, outputs, pcas):
         by_pair = {(local, guidance): pcas[local]} if local in pcas else {}
         return encode_main(config, spec, outputs, by_pair)
     if kind == "jitter":
-        return l2_normalize_rows(outputs[EMBEDDING])
+        return l2_normalize(np.asarray(outputs[EMBEDDING], np.float32))
     mean, projection = pcas[config.key()]
     regions = outputs[REGIONS]
     return ((regions - mean) @ projection).astype(np.float16)
 
 
-def _run_pass(dataset, members, stores, spec, prepare, run, pcas, batch_size, progress, kind):
-    from crosslayer.batches import stream_batches
+def _run_pass(dataset, members, stores, spec, encoder, step, pcas, progress, kind):
+    """Appends every member's rows from its stores' shortest prefix on. Rows stay one per manifest image, so a bad
+    image stops the appending there (the rows before it are kept, and resume); the rest of the set is then only
+    decoded, and every bad image is named in one `BadImagesError`."""
+    from crosslayer.images import BadImagesError
 
     start = min(stores[c].done for c in members)
     sources = dataset.paths[start:]
     seconds = {c: 0.0 for c in members}
     network_seconds = 0.0
-    timed_run = _timed(run)
-    batches = stream_batches(sources, prepare, timed_run, batch_size, on_error="raise")
-    for batch in _progress(batches, len(sources), batch_size, f"extract {kind} ({len(members)} methods)", progress):
-        network_seconds += timed_run.take()
-        b0 = start + batch.positions[0]
-        b1 = b0 + len(batch.positions)
-        for config in members:
-            store = stores[config]
-            if store.done >= b1:
-                continue
-            begin = time.perf_counter()
-            rows = _encode(config, spec, batch.outputs, pcas)
-            store.append(store.done, rows[store.done - b0 :])
-            seconds[config] += time.perf_counter() - begin
+    failures, checked = [], 0
+    batches = encoder.activations(sources, on_error="skip", pass_=step, progress=progress,
+                                  desc=f"extract {kind} ({len(members)} methods)")
+    for batch in batches:
+        network_seconds += batch.network_seconds
+        first = min([*batch.positions, *(position for position, _ in batch.errors)])
+        checked = max([*batch.positions, *(position for position, _ in batch.errors)]) + 1
+        failures += [(error.path, error.reason) for _, error in batch.errors]
+        good = [p for p in batch.positions if not batch.errors or p < min(q for q, _ in batch.errors)]
+        if good:
+            b0, b1 = start + first, start + first + len(good)
+            for config in members:
+                store = stores[config]
+                if store.done >= b1:
+                    continue
+                begin = time.perf_counter()
+                rows = _encode(config, spec, batch.outputs, pcas)[: len(good)]
+                store.append(store.done, rows[store.done - b0 :])
+                seconds[config] += time.perf_counter() - begin
+        if failures:
+            break
+    batches.close()
     for config in members:
         store = stores[config]
         spent = dict(store.info.get("seconds", {}))
@@ -285,21 +277,6 @@ def _run_pass(dataset, members, stores, spec, prepare, run, pcas, batch_size, pr
         store.info["seconds"] = spent
         store.info["pass"] = kind
         store._write_meta()
-
-
-class _timed:
-    """Wraps run() and accumulates its wall time (the network's share of the pass)."""
-
-    def __init__(self, run):
-        self.run, self.total = run, 0.0
-
-    def __call__(self, images):
-        begin = time.perf_counter()
-        try:
-            return self.run(images)
-        finally:
-            self.total += time.perf_counter() - begin
-
-    def take(self) -> float:
-        value, self.total = self.total, 0.0
-        return value
+    if failures:
+        raise BadImagesError(failures + _find_bad(sources[checked:], encoder),
+                             f"rows before the first are kept; remove or replace them, then rerun to resume")

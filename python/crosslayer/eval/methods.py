@@ -184,11 +184,12 @@ def row_layout(config: MethodConfig, spec) -> tuple[tuple, str]:
 def encode_main(config: MethodConfig, spec, outputs: dict, pcas: dict) -> np.ndarray:
     """One batch of main-pass outputs -> this method's rows."""
     from crosslayer.eval import variants
-    from crosslayer.eval.spm import l2_normalize_rows, spm_pool
+    from crosslayer.eval.spm import spm_pool
+    from crosslayer.l2 import l2_normalize
     from crosslayer.pooling import pool
 
     if config.method == "global":
-        return l2_normalize_rows(np.asarray(outputs[EMBEDDING], np.float32))
+        return l2_normalize(np.asarray(outputs[EMBEDDING], np.float32))
     local, guidance = resolve_layers(config, spec)
     if config.method in SPM_METHODS:
         pooling = "sum" if config.method == "sum-spm" else "max"

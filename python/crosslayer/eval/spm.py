@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from crosslayer.l2 import l2_normalize
+
 POOLINGS = ("sum", "max")
 
 
@@ -48,9 +50,4 @@ def spm_pool(maps: np.ndarray, levels=(0, 1, 2), pooling: str = "sum") -> np.nda
     out = np.concatenate(parts, axis=1) if parts else np.zeros((n, 0), np.float32)
     if pooling == "sum":
         out = np.sign(out) * np.sqrt(np.abs(out))
-    return l2_normalize_rows(out)
-
-
-def l2_normalize_rows(values: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(values, axis=1, keepdims=True)
-    return np.divide(values, norms, out=np.zeros_like(values), where=norms > 0).astype(np.float32)
+    return l2_normalize(out.astype(np.float32, copy=False))

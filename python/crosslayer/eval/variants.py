@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from crosslayer.l2 import l2_normalize
+
 MAX_CHUNK_ELEMENTS = 1 << 24  # guidance channels handled at once by the max variant (bounded temporary memory)
 
 
@@ -26,8 +28,7 @@ def normalize(pooled: np.ndarray, l2: bool, power: bool) -> np.ndarray:
     """(n, Dk, Dt): optional per-channel L2, then optional signed square root; flattened channel-major."""
     out = pooled.astype(np.float32, copy=True)
     if l2:
-        norms = np.linalg.norm(out, axis=2, keepdims=True)
-        out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+        out = l2_normalize(out, axis=2)
     if power:
         out = np.sign(out) * np.sqrt(np.abs(out))
     return out.reshape(out.shape[0], out.shape[1] * out.shape[2])

@@ -22,7 +22,8 @@ from crosslayer.retrieval.datasets import image_paths, read_retrieval_set
 from crosslayer.retrieval.feature_cache import FeatureCache, float_key
 from crosslayer.retrieval.float_scores import FloatQueryScorer
 from crosslayer.retrieval.metrics import evaluate_scores, relevance_matrix
-from crosslayer.retrieval.spoc import SpocWhitening, l2_normalize
+from crosslayer.l2 import l2_normalize
+from crosslayer.retrieval.spoc import SpocWhitening
 
 DEFAULT_CHANNELS = (10, 20, 50, 100, 200, None)
 
@@ -141,7 +142,7 @@ def evaluate(cache: FeatureCache, rset, distractors=(), channel_counts=DEFAULT_C
     # bytes per image: float32 vectors; the signs packed one bit a dimension
     for method, transform, nbytes in (("spoc", whitening.transform, spoc_dim * 4),
                                       ("spoc-sign", lambda x: np.sign(whitening.transform(x)), spoc_dim / 8),
-                                      ("embedding", lambda x: l2_normalize(x).astype(np.float32),
+                                      ("embedding", lambda x: l2_normalize(np.asarray(x, np.float64)).astype(np.float32),
                                        all_embeddings.shape[1] * 4)):
         query_vectors = transform(queries["embedding"])
         database_vectors = transform(all_embeddings)

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from crosslayer.errors import UsageError
+from crosslayer.l2 import l2_normalize
+from crosslayer.pca import fit_pca
+
 
 def sum_pool(activations: np.ndarray) -> np.ndarray:
     """(n, C, H, W) -> (n, C): sum over positions."""
@@ -16,10 +20,8 @@ def sum_pool(activations: np.ndarray) -> np.ndarray:
     return activations.reshape(activations.shape[0], activations.shape[1], -1).sum(axis=2)
 
 
-def l2_normalize(rows: np.ndarray) -> np.ndarray:
-    rows = np.asarray(rows, dtype=np.float64)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return np.divide(rows, norms, out=np.zeros_like(rows), where=norms > 0)
+def l2_normalize_float64(rows: np.ndarray) -> np.ndarray:
+    return l2_normalize(np.asarray(rows, dtype=np.float64))
 
 
 class SpocWhitening:
@@ -27,28 +29,21 @@ class SpocWhitening:
 
     def __init__(self, dim: int = 256, eps: float = 1e-8):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-            raise ValueError(f"dim: expected a positive integer, got {dim!r}")
+            raise UsageError(f"dim: expected a positive integer, got {dim!r}")
         self.dim = int(dim)
         self.eps = float(eps)
         self.mean_ = None
         self.projection_ = None  # (C, dim) eigenvectors scaled by 1/sqrt(eigenvalue)
 
     def fit(self, pooled: np.ndarray) -> "SpocWhitening":
-        x = l2_normalize(pooled)
+        x = l2_normalize_float64(pooled)
         if x.ndim != 2 or x.shape[0] < 2:
-            raise ValueError(f"pooled: expected (n >= 2, C) features to learn the whitening on, got {x.shape}")
+            raise UsageError(f"pooled: expected (n >= 2, C) features to learn the whitening on, got {x.shape}")
         if self.dim > min(x.shape[0] - 1, x.shape[1]):
-            raise ValueError(f"dim: {self.dim} components need more than {self.dim} images of more than {self.dim} "
+            raise UsageError(f"dim: {self.dim} components need more than {self.dim} images of more than {self.dim} "
                              f"channels, got {x.shape}")
-        self.mean_ = x.mean(axis=0)
-        centred = x - self.mean_
-        # right singular vectors = covariance eigenvectors, without forming the C x C covariance
-        _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-        eigvals = singular[: self.dim] ** 2 / (x.shape[0] - 1)
-        vectors = vt[: self.dim].T
-        flip = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(self.dim)])
-        flip[flip == 0] = 1
-        self.projection_ = vectors * flip / np.sqrt(eigvals + self.eps)
+        self.mean_, vectors, eigvals = fit_pca(x, self.dim, with_variances=True)
+        self.projection_ = vectors / np.sqrt(eigvals + self.eps)
         return self
 
     def transform(self, pooled: np.ndarray) -> np.ndarray:
@@ -56,5 +51,5 @@ class SpocWhitening:
             raise RuntimeError("SpocWhitening is not fitted: call fit(pooled) on other images first")
         pooled = np.asarray(pooled)
         if pooled.ndim != 2 or pooled.shape[1] != self.mean_.shape[0]:
-            raise ValueError(f"pooled: expected (n, {self.mean_.shape[0]}), got {pooled.shape}")
-        return l2_normalize((l2_normalize(pooled) - self.mean_) @ self.projection_).astype(np.float32)
+            raise UsageError(f"pooled: expected (n, {self.mean_.shape[0]}), got {pooled.shape}")
+        return l2_normalize((l2_normalize_float64(pooled) - self.mean_) @ self.projection_).astype(np.float32)
