@@ -57,7 +57,7 @@ def compute_features(data, distractors, learn, cache_dir, channel_counts, encode
     rset = read_retrieval_set(data)
     learn_paths = sample_paths(learn, learn_images)
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    cache = FeatureCache(cache_dir, CrossLayerEncoder(**encoder_options), fit_sources=learn_paths)
+    cache = FeatureCache(cache_dir, CrossLayerEncoder(**encoder_options), fit_sources=learn_paths, progress=progress)
     cache.compute("learn", learn_paths, progress=progress)
     cache.compute("queries", rset.queries.paths, keep_float=with_float, on_error="raise", progress=progress)
     scorer, key = None, None

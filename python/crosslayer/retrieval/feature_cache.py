@@ -23,7 +23,7 @@ import numpy as np
 from crosslayer._atomic import atomic_write
 from crosslayer.codes import Codes
 from crosslayer.encoder import RUNTIME_OPTIONS, CrossLayerEncoder
-from crosslayer.errors import CrossLayerError
+from crosslayer.errors import CrossLayerError, UsageError
 from crosslayer.extract import committed_chunks
 
 CACHE_FORMAT = "crosslayer-retrieval-features"
@@ -49,8 +49,10 @@ def float_key(query_paths, channel_counts) -> str:
 
 
 class FeatureCache:
-    def __init__(self, directory, encoder: CrossLayerEncoder, fit_sources=None):
-        """Opens `directory`, or creates it with `encoder` (fitted on `fit_sources` if it is not fitted yet).
+    def __init__(self, directory, encoder: CrossLayerEncoder, fit_sources=None, on_error: str = "skip",
+                 progress: bool = False):
+        """Opens `directory`, or creates it with `encoder` (fitted on `fit_sources` if it is not fitted yet; bad
+        learn images skipped, as computing the learn set skips them, or raised with on_error="raise").
 
         fit_sources: the learn set. The cache records its `learn_set_key` and refuses to be opened with another one:
         every cached code depends on the PCA learnt on it. `learn_paths` is this learn set (None when not given)."""
@@ -78,8 +80,8 @@ class FeatureCache:
             return
         if encoder.pca_ is None:
             if not fit_sources:
-                raise ValueError("fit_sources: an unfitted encoder needs images to learn its PCA on")
-            encoder.fit(self.learn_paths)
+                raise UsageError("fit_sources: an unfitted encoder needs images to learn its PCA on")
+            encoder.fit(self.learn_paths, on_error=on_error, progress=progress)
         self.directory.mkdir(parents=True, exist_ok=True)
         encoder.save(self.directory / "encoder.xle")
         self._write_meta(requested)
