@@ -3,7 +3,8 @@
 Both compute the same sign codes of the default MobileNetV2 pair at side 448 from the same CUB images with the same
 number of threads; the result is checked (codes agree up to signs of values at rounding level) before timing.
 Peak RSS of each is measured in a fresh subprocess. Usage:
-    PYTHONPATH=python python benchmarks/bench_extract.py [--images 96] [--threads 2]
+    PYTHONPATH=python python benchmarks/bench_extract.py [--data ROOT] [--images 96] [--threads 2]
+(ROOT holds cub100/manifest.csv; default ../shared/data beside the repository.)
 """
 
 from __future__ import annotations
@@ -16,21 +17,26 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-DATA = "/work/shared/data/cub100/manifest.csv"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _data import add_data_argument, data_set  # noqa: E402
+
+MANIFEST = "cub100/manifest.csv"
 
 
-def _paths(count):
+def _paths(args):
     from crosslayer.extract import read_manifest
 
-    return read_manifest(os.environ.get("CUB_MANIFEST", DATA))[:count]
+    return read_manifest(data_set(args.data, MANIFEST))[: args.images]
 
 
 def run_crosslayer(args) -> dict:
     from crosslayer.encoder import CrossLayerEncoder
     from crosslayer.extract import Store, extract
 
-    paths = _paths(args.images)
+    paths = _paths(args)
     encoder = CrossLayerEncoder(side=args.side, threads=args.threads, batch_size=args.batch_size,
                                 decode_workers=args.threads).fit(paths[: args.fit])
     encoder.save(args.encoder)
@@ -60,7 +66,7 @@ def run_torch(args) -> dict:
     spec = encoder.spec
     net = torch_reference("mobilenet_v2", encoder.layers)
     mean, proj = (np.asarray(v, np.float64) for v in encoder.pca_)
-    paths = _paths(args.images)
+    paths = _paths(args)
     start = time.perf_counter()
     parts = []
     for i in range(0, len(paths), args.batch_size):
@@ -85,7 +91,8 @@ def _child(args) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_argument(parser)
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--fit", type=int, default=32)
     parser.add_argument("--side", type=int, default=448)
@@ -108,7 +115,7 @@ def main() -> int:
     for which in ("crosslayer", "torch"):
         codes = os.path.join(work, f"{which}.xlc")
         command = [sys.executable, __file__, "--which", which, "--encoder", encoder_path, "--codes", codes,
-                   "--images", str(args.images), "--fit", str(args.fit), "--side", str(args.side),
+                   "--data", str(args.data), "--images", str(args.images), "--fit", str(args.fit), "--side", str(args.side),
                    "--threads", str(args.threads), "--batch-size", str(args.batch_size)]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         results[which] = json.loads(out)

@@ -1,6 +1,9 @@
 """Reproduces the classification tables on one data set: every method on one backbone and side, C tuned by CV.
 
-    PYTHONPATH=python python benchmarks/reproduce_classification.py --data /work/shared/data/cub100 --side 448
+    PYTHONPATH=python python benchmarks/reproduce_classification.py --set cub100 --side 448 [--data ROOT]
+
+--set names a folder under the data root --data (default ../shared/data beside the repository); records hold the
+set relative to it.
 
 One main backbone pass computes all whole-image methods at once (cached and resumable); jitter and AConv have their
 own passes. Writes benchmarks/results/classification-<set>.md (table), .json (records) and .png (bar chart).
@@ -15,6 +18,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _data import add_data_argument, data_set, relative_to_data  # noqa: E402
 
 from crosslayer._atomic import atomic_write  # noqa: E402
 from crosslayer.backbones.registry import get_backbone  # noqa: E402
@@ -179,7 +185,8 @@ def partial_records(dataset, rows, spec, side, cache, jobs):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True)
+    add_data_argument(parser)
+    parser.add_argument("--set", required=True, help="the data set's folder (with manifest.csv), under --data")
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--side", type=int, default=448)
     parser.add_argument("--groups", default=DEFAULT_GROUPS,
@@ -192,15 +199,17 @@ def main(argv=None) -> int:
     parser.add_argument("--partial", action="store_true",
                         help="no extraction: evaluate on the classes the (running or stopped) pass has completed")
     args = parser.parse_args(argv)
+    set_path = data_set(args.data, args.set)
+    set_name = Path(args.set).name
 
     spec = get_backbone(args.backbone)
     groups = parse_groups(args.groups)
     rows = table_rows(spec, groups)
-    dataset = load_manifest(args.data).subset_per_class(args.limit_per_class)
+    dataset = load_manifest(set_path).subset_per_class(args.limit_per_class)
     if args.partial:
         records, classes = partial_records(dataset, rows, spec, args.side, args.cache, args.jobs)
-        name = args.name or f"classification-{Path(args.data).name}-partial"
-        title = (f"PARTIAL {Path(args.data).name}: first {len(classes)} of {len(dataset.classes)} classes; "
+        name = args.name or f"classification-{set_name}-partial"
+        title = (f"PARTIAL {set_name}: first {len(classes)} of {len(dataset.classes)} classes; "
                  f"{spec.name} side {args.side}, linear SVM, C by 3-fold CV")
         notes = [f"- PARTIAL: the extraction pass had completed only {len(classes)} of {len(dataset.classes)} classes "
                  f"({records[0][1]['n_train']} train / {records[0][1]['n_test']} test images); fewer classes make the "
@@ -216,15 +225,16 @@ def main(argv=None) -> int:
     print(f"extraction done in {time.perf_counter() - started:.0f} s", flush=True)
     if args.extract_only:
         return 0
-    name = args.name or f"classification-{Path(args.data).name}"
+    name = args.name or f"classification-{set_name}"
     records = []
     for group, kwargs in rows:
-        record = classify(args.data, backbone=spec.name, side=args.side, cache_dir=args.cache, n_jobs=args.jobs,
+        record = classify(set_path, backbone=spec.name, side=args.side, cache_dir=args.cache, n_jobs=args.jobs,
                           limit_per_class=args.limit_per_class, progress=False, **kwargs)
         record.pop("test_predictions")
+        record["dataset"] = relative_to_data(args.data, set_path)
         records.append((group, record))
         print(f"{group:>10} {record['label']:<40} {100 * record['accuracy']:6.2f}%  C={record['C']:g}", flush=True)
-        title = f"{Path(args.data).name}: {spec.name} side {args.side}, linear SVM on precomputed kernels, C by 3-fold CV"
+        title = f"{set_name}: {spec.name} side {args.side}, linear SVM on precomputed kernels, C by 3-fold CV"
         notes = [f"- {records[0][1]['n_train']} train / {records[0][1]['n_test']} test images, {records[0][1]['classes']} classes"
                  + (f", at most {args.limit_per_class} per class and split" if args.limit_per_class else ""),
                  "- extraction s: backbone share of the shared pass + this method's encoding (+ AConv training)",

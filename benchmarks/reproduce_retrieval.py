@@ -10,7 +10,9 @@ distractors (scene15 + cub100). Writes to benchmarks/results/:
 Features are cached (resumable) under --cache; the PCA of the local features and the SPoC whitening are learnt on
 --learn-images images sampled from scene15 + cub100, never on the retrieval set.
 
-    PYTHONPATH=python nice -n 10 python benchmarks/reproduce_retrieval.py [--no-distractors]
+    PYTHONPATH=python nice -n 10 python benchmarks/reproduce_retrieval.py [--data ROOT] [--no-distractors]
+
+Sets are named relative to --data (default ../shared/data beside the repository); records hold those names.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _data import add_data_argument, data_set, relative_to_data  # noqa: E402
 
 from crosslayer._atomic import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path("/work/shared/data")
-RESULTS_VERSION = 1  # of retrieval*.json: {"format", "version", "data", "distractors", "records"}
+# 2: "data" and "distractors" are relative to the data root (version 1 recorded absolute paths)
+RESULTS_VERSION = 2  # of retrieval*.json: {"format", "version", "data", "distractors", "records"}
 
 
 def plot(records, out, dk_of_records: int, pair: str) -> None:
@@ -67,10 +72,11 @@ def main(argv=None) -> int:
                                                result_sheet)
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(DATA / "smvs"))
-    parser.add_argument("--distractors", nargs="*", default=[str(DATA / "scene15"), str(DATA / "cub100")])
+    add_data_argument(parser)
+    parser.add_argument("--set", default="smvs", help="the retrieval set, under --data (default: smvs)")
+    parser.add_argument("--distractors", nargs="*", default=["scene15", "cub100"], help="folders under --data")
     parser.add_argument("--no-distractors", action="store_true", help="only the run without distractors")
-    parser.add_argument("--learn", nargs="*", default=[str(DATA / "scene15"), str(DATA / "cub100")])
+    parser.add_argument("--learn", nargs="*", default=["scene15", "cub100"], help="folders under --data")
     parser.add_argument("--learn-images", type=int, default=800)
     parser.add_argument("--cache", default=None, help="feature cache (default: $CROSSLAYER_CACHE/retrieval-eval)")
     parser.add_argument("--threads", type=int, default=2)
@@ -81,10 +87,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     options = dict(threads=args.threads, batch_size=16, fit_images=256, layers=args.layers)
-    settings = [[]] if args.no_distractors else [[], args.distractors]
+    retrieval_set = str(data_set(args.data, args.set))
+    learn = [str(data_set(args.data, name)) for name in args.learn]
+    settings = [[]] if args.no_distractors else [[], [str(data_set(args.data, name)) for name in args.distractors]]
     records = []
     for distractors in settings:
-        cache, rset = compute_features(args.data, distractors, args.learn, args.cache, DEFAULT_CHANNELS, options,
+        cache, rset = compute_features(retrieval_set, distractors, learn, args.cache, DEFAULT_CHANNELS, options,
                                        learn_images=args.learn_images)
         records += evaluate(cache, rset, distractors, DEFAULT_CHANNELS)
         print(markdown_table([r for r in records if r["distractors"] == records[-1]["distractors"]]), flush=True)
@@ -93,8 +101,9 @@ def main(argv=None) -> int:
     sheet_queries = result_sheet(cache, rset, out / f"retrieval_sheet{args.tag}.png", settings[-1], channels=200, queries=8, top=5)
     plot(records, out / f"retrieval_channels{args.tag}.png", cache.encoder.Dk, "/".join(cache.encoder.layers))
     with atomic_write(out / f"retrieval{args.tag}.json", "w") as handle:
-        json.dump({"format": "crosslayer-retrieval-results", "version": RESULTS_VERSION, "data": args.data,
-                   "distractors": settings[-1], "records": records}, handle, indent=1)
+        json.dump({"format": "crosslayer-retrieval-results", "version": RESULTS_VERSION,
+                   "data": relative_to_data(args.data, retrieval_set),
+                   "distractors": [relative_to_data(args.data, d) for d in settings[-1]], "records": records}, handle, indent=1)
     encoder = cache.encoder
     text = [
         "# Retrieval on SMVS (book covers + museum paintings), paper Section 4.4",

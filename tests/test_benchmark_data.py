@@ -1,0 +1,56 @@
+"""Benchmarks find their data from --data, by default ../shared/data beside the repository, and record set paths
+relative to it."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_data_root_is_beside_the_repository_whatever_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data = _module("_data")
+    assert data.DEFAULT_DATA == BENCHMARKS.parent.parent / "shared" / "data"
+    assert data.data_set(tmp_path, "smvs") == tmp_path / "smvs"
+    assert data.data_set(tmp_path, "/elsewhere/set") == Path("/elsewhere/set")
+    assert data.relative_to_data(tmp_path, tmp_path / "cub100") == "cub100"
+    assert data.relative_to_data(tmp_path / "root", "/elsewhere/set") == "/elsewhere/set"
+
+
+@pytest.mark.parametrize("script", ["bench_extract.py", "reproduce_retrieval.py", "reproduce_classification.py"])
+def test_benchmarks_take_data_with_the_default_beside_the_repository(script, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(BENCHMARKS.parent / "python"))
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--data" in done.stdout
+    assert str(BENCHMARKS.parent.parent / "shared" / "data") in done.stdout.replace("\n", "").replace(" ", "") or \
+        "../shared/data" in done.stdout
+    assert "/work/shared" not in (BENCHMARKS / script).read_text()
+
+
+def test_bench_extract_reads_its_images_under_the_data_root(tmp_path):
+    bench = _module("bench_extract")
+    (tmp_path / "cub100").mkdir()
+    images = []
+    for i in range(3):
+        images.append(tmp_path / "cub100" / f"{i}.jpg")
+    (tmp_path / "cub100" / "manifest.csv").write_text("path\n" + "".join(f"{p.name}\n" for p in images))
+
+    class Args:
+        data = tmp_path
+        images = 2
+
+    assert [Path(p) for p in bench._paths(Args)] == images[:2]
