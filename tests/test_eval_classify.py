@@ -239,3 +239,13 @@ def test_fit_images_and_seed_are_keyed_and_recorded(tiny_set, tmp_path):
     reseeded = classify(tiny_set, "crosslayer", **dict(common, seed=1))
     assert reseeded["seed"] == 1 and reseeded["seconds"]["gram_cached"] is False
     assert classify(tiny_set, "crosslayer", **common)["seconds"]["gram_cached"] is True
+
+
+def test_cli_classify_with_its_progress_bars_on(tiny_set, tmp_path, capsys):
+    """The command as a user types it (no --quiet): the Gram's progress bar once crashed it (bool() of a tqdm)."""
+    argv = ["eval", "classify", "--data", str(tiny_set), "--method", "crosslayer", "--side", "64", "--weights",
+            "random", "--cache", str(tmp_path / "cache"), "--folds", "2", "--fit-images", "4"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "fit PCA" in captured.err and "Gram crosslayer" in captured.err
+    assert json.loads(captured.out[captured.out.index("{"):])["label"] == "crosslayer"
