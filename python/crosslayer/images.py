@@ -199,7 +199,7 @@ MAX_SIDE = 4096
 
 def check_side(side, multiple: int = 1) -> int:
     if isinstance(side, bool) or not isinstance(side, (int, np.integer)) or not 32 <= side <= MAX_SIDE:
-        raise UsageError(f"side: expected an integer in [32, {MAX_SIDE}], got {side!r}")
+        raise UsageError(f"side: expected an integer >= 32 and <= {MAX_SIDE}, got {side!r}")
     if side % multiple:
         raise UsageError(f"side: this backbone needs a multiple of {multiple}, got {side}")
     return int(side)
