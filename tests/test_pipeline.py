@@ -192,3 +192,18 @@ def test_eval_pca_fit_sample_with_a_bad_image_names_every_bad_image(backbone_cac
     assert sorted(path for path, _ in caught.value.failures) == sorted(map(str, bad))
     # no PCA was cached from a sample missing an image
     assert not list((tmp_path / "cache").rglob("pca-*.npz"))
+
+
+def test_eval_pass_counts_its_pca_fit_in_the_methods_that_use_it(backbone_cache, tmp_path):
+    from crosslayer.eval.extract import extract
+    from crosslayer.eval.manifest import load_manifest
+    from crosslayer.eval.methods import MethodConfig
+
+    paths = write_block_images(tmp_path / "set", 6, side=48)
+    lines = ["path,label,split"] + [f"{p.name},c{i % 2},{'train' if i < 4 else 'test'}" for i, p in enumerate(paths)]
+    (tmp_path / "set" / "manifest.csv").write_text("\n".join(lines) + "\n")
+    sign, plain = MethodConfig("crosslayer-sign", fit_images=4), MethodConfig("global", fit_images=4)
+    stores = extract(load_manifest(tmp_path / "set"), [sign, plain], side=SIDE, cache_root=tmp_path / "cache",
+                     weights="random", batch_size=4, fit_images=4, progress=False)
+    assert stores[sign].info["seconds"]["pca"] > 0 and "pca" not in stores[plain].info["seconds"]
+    assert stores[sign].info["seconds"]["network"] > 0

@@ -215,8 +215,12 @@ def extract(dataset, configs, backbone="mobilenet_v2", side: int = 448, cache_ro
                 wanted[f"{local}"] = (local, None)
             elif kind in ("aconv", "aconv-fast"):
                 wanted[config.key()] = (REGIONS, config.aconv_pca_dim)
+        begin = time.perf_counter()
         pcas = _load_or_fit_pcas(directory, wanted, dataset, encoder, step, fit_images, seed, progress)
-        _run_pass(dataset, members, stores, spec, encoder, step, pcas, progress, kind)
+        # the PCA fit is part of the extraction time of the methods that use it
+        fit_seconds = {config: time.perf_counter() - begin for config in members
+                       if kind != "main" or needs_pca(config)}
+        _run_pass(dataset, members, stores, spec, encoder, step, pcas, progress, kind, fit_seconds)
     for store in stores.values():
         store.close()
     return stores
@@ -237,7 +241,7 @@ def _encode(config, spec, outputs, pcas):
     return ((regions - mean) @ projection).astype(np.float16)
 
 
-def _run_pass(dataset, members, stores, spec, encoder, step, pcas, progress, kind):
+def _run_pass(dataset, members, stores, spec, encoder, step, pcas, progress, kind, fit_seconds):
     """Appends every member's rows from its stores' shortest prefix on. Rows stay one per manifest image, so a bad
     image stops the appending there (the rows before it are kept, and resume); the rest of the set is then only
     decoded, and every bad image is named in one `BadImagesError`."""
@@ -274,6 +278,8 @@ def _run_pass(dataset, members, stores, spec, encoder, step, pcas, progress, kin
         spent = dict(store.info.get("seconds", {}))
         spent["network"] = spent.get("network", 0.0) + network_seconds
         spent["encode"] = spent.get("encode", 0.0) + seconds[config]
+        if config in fit_seconds:
+            spent["pca"] = spent.get("pca", 0.0) + fit_seconds[config]
         store.info["seconds"] = spent
         store.info["pass"] = kind
         store._write_meta()
