@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     parser.add_argument("--side", type=int, default=448, help="encoder side (default 448)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of every path (default 2)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per run (default 16)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs, best kept (default 3)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs of each path, interleaved, best kept (default 5)")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/embed.md")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
@@ -109,7 +109,6 @@ def main(argv=None) -> int:
     else:
         print("custom: skipped (crosslayer.ort_ops_library is missing or the library is not built)")
 
-    rows = []
     with tempfile.TemporaryDirectory() as folder:
         sessions = {}
         for ops, lib in forms.items():
@@ -118,25 +117,23 @@ def main(argv=None) -> int:
             bits, channel_mean = _run_model(sessions[ops], pixels, args.batch_size)
             print(f"{ops}: {_check(encoder, images, codes, bits, channel_mean)}")
 
-        def best(fn):
-            fn()
-            times = []
-            for _ in range(args.repeat):
+        # interleaved, best of `repeat` each: the machine is shared, so a load change hits every path alike
+        timed = {"CrossLayerEncoder.encode": lambda: encoder.encode(images)}
+        for ops, session in sessions.items():
+            timed[f"encoder.onnx ({ops} ops)"] = lambda session=session: _run_model(session, pixels, args.batch_size)
+        best = {name: float("inf") for name in timed}
+        for _ in range(args.repeat):
+            for name, fn in timed.items():
                 start = time.perf_counter()
                 fn()
-                times.append(time.perf_counter() - start)
-            return min(times)
-
-        encode_s = best(lambda: encoder.encode(images))
-        rows.append(("CrossLayerEncoder.encode", encode_s, 1.0))
-        for ops, session in sessions.items():
-            seconds = best(lambda: _run_model(session, pixels, args.batch_size))
-            rows.append((f"encoder.onnx ({ops} ops)", seconds, encode_s / seconds))
+                best[name] = min(best[name], time.perf_counter() - start)
+        encode_s = best["CrossLayerEncoder.encode"]
+        rows = [(name, seconds, encode_s / seconds) for name, seconds in best.items()]
 
     load = os.getloadavg()
     lines = [
         f"{len(paths)} CUB images at side {args.side}, mobilenet_v2 default pair, full PCA (Dt=320), batch "
-        f"{args.batch_size}, {args.threads} threads, best of {args.repeat}; decoding excluded from both (pre-loaded "
+        f"{args.batch_size}, {args.threads} threads, best of {args.repeat} interleaved runs; decoding excluded from both (pre-loaded "
         f"pixels). Load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores.",
         "",
         "| path | images/s | speed vs encode |",

@@ -142,6 +142,27 @@ def test_metadata_names_the_encoder(fitted):
     assert meta["ops"] == "standard" and (meta["Dk"], meta["Dt"]) == (str(encoder.Dk), "70")
 
 
+def test_damaged_or_foreign_model_is_refused(fitted, tmp_path):
+    import onnx
+
+    from crosslayer.errors import FormatError
+
+    out = export_encoder_onnx(fitted[0], tmp_path / "good.onnx")
+    model = onnx.load(str(out))
+    weights = next(init for init in model.graph.initializer if "pca_projection" in init.name)
+    raw = bytearray(weights.raw_data)
+    raw[0] ^= 1
+    weights.raw_data = bytes(raw)
+    onnx.save(model, str(tmp_path / "edited.onnx"))
+    with pytest.raises(FormatError, match="checksum mismatch"):
+        model_metadata(tmp_path / "edited.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"\xff" * 64)
+    with pytest.raises(FormatError, match="junk.onnx"):
+        model_metadata(tmp_path / "junk.onnx")
+    with pytest.raises(FormatError, match="not an exported crosslayer encoder"):
+        model_metadata(fitted[0]._backbone().model_path)
+
+
 def test_export_from_an_encoder_file(fitted):
     encoder, paths, tmp_path = fitted
     encoder.save(tmp_path / "enc.xle")

@@ -31,6 +31,7 @@ MODEL_FORMAT = "crosslayer-encoder-onnx"
 MODEL_VERSION = 1
 INPUT = "images"
 BITS, CHANNEL_MEAN, EMBEDDING = "bits", "channel_mean", "embedding"
+GRAPH_CHECKSUM = "graph_sha256"  # of the serialised graph: `model_metadata` checks it
 _NORMALIZED = "crosslayer_normalized_images"  # the backbone's own input, renamed
 _CHUNK_BITS = 16  # a word's bits are summed in chunks this wide: exact in int32 ReduceSum
 
@@ -83,9 +84,9 @@ def _normalisation(builder: _GraphBuilder, spec) -> None:
     from crosslayer.images import normalization
 
     scale, offset = normalization(spec.mean, spec.std)
-    pixels = builder.op("Cast", [INPUT], "pixels", to=TensorProto.FLOAT)
-    nchw = builder.op("Transpose", [pixels], "nchw", perm=[0, 3, 1, 2])
-    scaled = builder.op("Mul", [nchw, builder.const("scale", scale.reshape(1, 3, 1, 1))], "scaled")
+    nchw = builder.op("Transpose", [INPUT], "nchw", perm=[0, 3, 1, 2])  # on the bytes: a quarter of the traffic
+    pixels = builder.op("Cast", [nchw], "pixels", to=TensorProto.FLOAT)
+    scaled = builder.op("Mul", [pixels, builder.const("scale", scale.reshape(1, 3, 1, 1))], "scaled")
     builder.op("Sub", [scaled, builder.const("offset", offset.reshape(1, 3, 1, 1))], "normalized",
                outputs=[_NORMALIZED])
 
@@ -112,29 +113,31 @@ def _pooled(builder: _GraphBuilder, local: str, guidance: str, pca, dt_in: int, 
 
 def _packed_signs(builder: _GraphBuilder, pooled: str, dk: int, dt: int) -> None:
     """P (n, Dk, Dt) -> bits (n, Dk, 2, words) uint64: plane 0 nonzero, plane 1 negative, bit j of word j // 64 at
-    j % 64, padding zero."""
+    j % 64, padding zero. Each plane's flags select their chunk's place values (Where: no cast of the wide bool
+    array), summed per 16-bit chunk in int32."""
     from onnx import TensorProto
 
     words = (dt + 63) // 64
     chunks = 64 // _CHUNK_BITS
-    zero = builder.const("zero", np.zeros((), np.float32))
-    nonzero = builder.op("Not", [builder.op("Equal", [pooled, zero], "is_zero")], "nonzero")
-    negative = builder.op("Less", [pooled, zero], "negative")
-    axis = builder.const("plane_axis", np.array([2], np.int64))
-    planes = builder.op("Concat", [builder.op("Unsqueeze", [nonzero, axis], "plane0"),
-                                   builder.op("Unsqueeze", [negative, axis], "plane1")], "planes", axis=2)
-    flags = builder.op("Cast", [planes], "flags", to=TensorProto.INT32)  # (n, Dk, 2, Dt)
     padding = words * 64 - dt
-    if padding:
-        flags = builder.op("Pad", [flags, builder.const("pads", np.array([0, 0, 0, 0, 0, 0, 0, padding], np.int64))],
-                           "padded")
-    grouped = builder.op("Reshape", [flags, builder.const("chunk_shape", np.array([0, dk, 2, words * chunks,
+    if padding:  # zero pads: neither nonzero nor negative, so the padding bits stay zero
+        pooled = builder.op("Pad", [pooled, builder.const("pads", np.array([0, 0, 0, 0, 0, padding], np.int64))],
+                            "padded")
+    grouped = builder.op("Reshape", [pooled, builder.const("chunk_shape", np.array([0, dk, words * chunks,
                                                                                    _CHUNK_BITS], np.int64))], "chunks")
+    zero = builder.const("zero", np.zeros((), np.float32))
     place = builder.const("chunk_weights", (1 << np.arange(_CHUNK_BITS)).astype(np.int32))
-    weighted = builder.op("Mul", [grouped, place], "weighted")
-    summed = builder.op("ReduceSum", [weighted, builder.const("last_axis", np.array([-1], np.int64))], "chunk_values",
-                        keepdims=0)  # int32, < 2^16: exact
-    wide = builder.op("Cast", [summed], "chunk_u64", to=TensorProto.UINT64)
+    nothing = builder.const("no_bits", np.zeros((), np.int32))
+    last_axis = builder.const("last_axis", np.array([-1], np.int64))
+    plane_axis = builder.const("plane_axis", np.array([2], np.int64))
+    planes = []
+    for hint, test, selected in (("nonzero", "Equal", [nothing, place]), ("negative", "Less", [place, nothing])):
+        condition = builder.op(test, [grouped, zero], f"{hint}_flags")  # nonzero: where P == 0 take nothing
+        values = builder.op("Where", [condition, *selected], f"{hint}_places")
+        summed = builder.op("ReduceSum", [values, last_axis], f"{hint}_chunks", keepdims=0)  # int32 < 2^16: exact
+        planes.append(builder.op("Unsqueeze", [summed, plane_axis], f"{hint}_plane"))
+    both = builder.op("Concat", planes, "planes", axis=2)  # (n, Dk, 2, words * chunks) int32
+    wide = builder.op("Cast", [both], "chunk_u64", to=TensorProto.UINT64)
     per_word = builder.op("Reshape", [wide, builder.const("word_shape", np.array([0, dk, 2, words, chunks], np.int64))],
                           "word_chunks")
     shifts = builder.const("chunk_shifts", (np.arange(chunks) * _CHUNK_BITS).astype(np.uint64))
@@ -223,7 +226,7 @@ def build_encoder_model(encoder_or_path, ops: str = "standard", embedding: bool 
     if ops == "custom":
         model.opset_import.append(helper.make_opsetid(CUSTOM_DOMAIN, CUSTOM_OPSET))
     graph.name = f"crosslayer_{encoder.backbone}"
-    helper.set_model_props(model, metadata(encoder, ops))
+    helper.set_model_props(model, {**metadata(encoder, ops), GRAPH_CHECKSUM: _graph_sha256(graph)})
     if ops == "standard":
         onnx.checker.check_model(model)
     return model
@@ -244,9 +247,30 @@ def export_encoder_onnx(encoder_or_path, out, ops: str = "standard", embedding: 
     return out
 
 
-def model_metadata(path) -> dict:
-    """The ``metadata_props`` of an exported encoder model."""
-    import onnx
+def _graph_sha256(graph) -> str:
+    import hashlib
 
-    model = onnx.load(str(path), load_external_data=False)
-    return {prop.key: prop.value for prop in model.metadata_props}
+    return hashlib.sha256(graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+def model_metadata(path) -> dict:
+    """The ``metadata_props`` of an exported encoder model, after checking its format, version and the graph's
+    checksum (FormatError otherwise)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from crosslayer.errors import FormatError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError) as error:
+        raise FormatError(f"{path}: not an ONNX model ({error})") from None
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    if props.get("format") != MODEL_FORMAT:
+        raise FormatError(f"{path}: not an exported crosslayer encoder model")
+    if props.get("format_version") != str(MODEL_VERSION):
+        raise FormatError(f"{path}: encoder model version {props.get('format_version')}, this crosslayer reads "
+                          f"{MODEL_VERSION}")
+    if props.get(GRAPH_CHECKSUM) != _graph_sha256(model.graph):
+        raise FormatError(f"{path}: checksum mismatch (the model is damaged or was edited)")
+    return props
