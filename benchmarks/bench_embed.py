@@ -77,7 +77,7 @@ def _check(encoder, images, codes, bits, channel_mean) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=REPOSITORY.parent.parent / "shared" / "data",
+    parser.add_argument("--data", type=Path, default=REPOSITORY.parent / "shared" / "data",
                         help="folder of the evaluation sets (default: ../shared/data beside the repository)")
     parser.add_argument("--images", type=int, default=48, help="CUB images timed (default 48)")
     parser.add_argument("--fit", type=int, default=16, help="images the PCA is fitted on (default 16)")
@@ -87,8 +87,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of each path, interleaved, best kept (default 5)")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/embed.md")
     args = parser.parse_args(argv)
-    if not args.data.is_dir():
-        args.data = Path("/work/shared/data")
+    if not (args.data / "cub100").is_dir():
+        parser.error(f"--data: {args.data} holds no cub100/ (pass the folder of the evaluation sets)")
 
     import crosslayer
     from crosslayer.encoder import CrossLayerEncoder
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     if args.write:
         out = REPOSITORY / "benchmarks" / "results" / "embed.md"
         out.write_text("# Encoder as one ONNX model vs CrossLayerEncoder.encode\n\n"
-                       "`PYTHONPATH=python python benchmarks/bench_embed.py --write`\n\n" + text + "\n")
+                       f"`PYTHONPATH=python python benchmarks/bench_embed.py --data {args.data} --write`\n\n" + text + "\n")
     return 0
 
 

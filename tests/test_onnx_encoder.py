@@ -23,9 +23,10 @@ from crosslayer.onnx_encoder import (BITS, CHANNEL_MEAN, CUSTOM_DOMAIN, EMBEDDIN
 
 from _images import write_block_images
 
-DATA = Path(__file__).resolve().parents[1].parent.parent / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+# ../shared/data beside the repository (a worktree sits one level deeper); without it only generated images are used
+_REPOSITORY = Path(__file__).resolve().parents[1]
+DATA = next((folder for folder in (_REPOSITORY.parent / "shared" / "data", _REPOSITORY.parents[1] / "shared" / "data")
+             if folder.is_dir()), _REPOSITORY.parent / "shared" / "data")
 SIDE = 96
 
 
