@@ -105,6 +105,43 @@ def test_host_arrays_are_not_routed(rng):
     assert _device.route("pool", x_t=rng.random((1, 2)), a_t1=None) is False
 
 
+def _fake_device_codes():
+    return crosslayer.DeviceCodes(FakeDeviceArray((1, 3, 2, 1), "<u8"), FakeDeviceArray((1, 3)), 5)
+
+
+def test_pool_gram_and_search_decide_host_or_device_in_one_place(monkeypatch, rng):
+    """Each public operation asks `_device.route` once, with every array or code argument it was given."""
+    asked = []
+    real_route = _device.route
+    monkeypatch.setattr(_device, "route", lambda operation, **args: asked.append((operation, sorted(args)))
+                        or real_route(operation, **args))
+    x = rng.random((1, 3, 2, 2), dtype=np.float32)
+    codes = crosslayer.pool(x, x, output="codes")
+    crosslayer.gram(codes)
+    crosslayer.search(codes, codes, k=1, channels=None)
+    assert asked == [("pool", ["a_t1", "pca[0] (mean)", "pca[1] (projection)", "x_t"]),
+                     ("gram", ["codes_a", "codes_b"]), ("search", ["database", "queries"])]
+
+
+def test_device_codes_are_exported_and_routed(monkeypatch, rng):
+    assert crosslayer.DeviceCodes is _device.DeviceCodes and "DeviceCodes" in crosslayer.__all__
+    host = crosslayer.pool(rng.random((1, 3, 2, 2), dtype=np.float32), rng.random((1, 3, 2, 2), dtype=np.float32),
+                           output="codes")
+    with pytest.raises(TypeError, match=r"^gram: codes_a on the GPU but codes_b on the host"):
+        crosslayer.gram(_fake_device_codes(), host)
+    with pytest.raises(TypeError, match=r"^search: database on the GPU but queries on the host"):
+        crosslayer.search(host, _fake_device_codes())
+    monkeypatch.setattr(_device, "cuda_available_in_build", lambda: False)
+    with pytest.raises(RuntimeError, match="without CUDA, so search cannot take GPU arrays"):
+        crosslayer.search(_fake_device_codes(), _fake_device_codes())
+
+
+def test_a_gpu_array_where_codes_belong_is_named(monkeypatch):
+    monkeypatch.setattr(_device, "cuda_available_in_build", lambda: True)
+    with pytest.raises(TypeError, match="codes_a: expected crosslayer.Codes or crosslayer.DeviceCodes"):
+        crosslayer.gram(FakeDeviceArray((1, 3, 2, 1), "<u8"))
+
+
 @st.composite
 def tf32_pooling_inputs(draw):
     n = draw(st.integers(1, 3))

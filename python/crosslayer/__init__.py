@@ -6,6 +6,7 @@ classification.
 """
 
 from crosslayer._native import core as _core
+from crosslayer._device import DeviceCodes
 from crosslayer.codes import Codes, CodesFormatError
 from crosslayer.errors import CrossLayerError, FormatError, UsageError
 from crosslayer.pooling import pool
@@ -34,6 +35,6 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Codes", "CodesFormatError", "CrossLayerError", "FormatError", "UsageError", "pool", "build_info", "__version__", "gram", "search", "popcount_path",
+    "Codes", "CodesFormatError", "DeviceCodes", "CrossLayerError", "FormatError", "UsageError", "pool", "build_info", "__version__", "gram", "search", "popcount_path",
     "popcount_paths", "set_popcount_path", "CodeIndex", "CodeIndexError", "CrossLayerEncoder",
 ]

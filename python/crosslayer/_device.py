@@ -61,12 +61,19 @@ def is_device_array(value) -> bool:
     return value is not None and _framework(value) is not None
 
 
-def route(operation: str, **arrays) -> bool:
-    """True when the arguments are GPU arrays, False when none is; mixing the two is a TypeError naming them."""
-    on_gpu = [name for name, value in arrays.items() if value is not None and is_device_array(value)]
+def _on_gpu(value) -> bool:
+    return isinstance(value, DeviceCodes) or is_device_array(value)
+
+
+def route(operation: str, **arguments) -> bool:
+    """The one host/device decision of `pool`, `gram` and `search`: True when the arguments (arrays, or `Codes` /
+    `DeviceCodes`) are on the GPU, False when none is; None arguments are ignored. Mixing the two is a TypeError
+    naming them; GPU arguments on a build without CUDA a RuntimeError saying how to get one."""
+    given = {name: value for name, value in arguments.items() if value is not None}
+    on_gpu = [name for name, value in given.items() if _on_gpu(value)]
     if not on_gpu:
         return False
-    on_host = [name for name, value in arrays.items() if value is not None and not is_device_array(value)]
+    on_host = [name for name in given if name not in on_gpu]
     if on_host:
         raise TypeError(
             f"{operation}: {', '.join(on_gpu)} on the GPU but {', '.join(on_host)} on the host; "

@@ -179,6 +179,19 @@ class CrossLayerEncoder:
     def _prepare(self, source):
         return prepare(source, self.side, self.policy, self.spec.mean, self.spec.std)
 
+    def load_pixels(self, images) -> np.ndarray:
+        """(n, side, side, 3) uint8 RGB: the images (file paths or HxWx3 uint8 arrays) decoded and resized by this
+        encoder's policy, before normalisation — the `images` input of its exported ONNX graph
+        (`crosslayer.onnx_encoder.export_encoder_onnx`). Raises `ImageError` naming a bad image."""
+        from crosslayer.images import as_rgb_array, load_image, resize
+
+        def pixels(source):
+            rgb = load_image(source) if isinstance(source, (str, Path)) else as_rgb_array(source)
+            return resize(rgb, self.side, self.policy)
+
+        decoded = [pixels(source) for source in images]
+        return np.stack(decoded) if decoded else np.zeros((0, self.side, self.side, 3), np.uint8)
+
     def activations(self, images, on_error="raise", pass_: Pass | None = None, progress=False, desc="encode"):
         """Yields `ActivationBatch`es: outputs[layer t], outputs[layer t+1] (n, C, h, w), outputs["embedding"] (n, C)
         and, with logits=True, outputs["logits"] — the raw backbone maps for other uses (evaluation, inspection).

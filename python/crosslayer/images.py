@@ -181,10 +181,17 @@ def resize(rgb: np.ndarray, side: int, policy: str = "square", fill=(124, 116, 1
     return canvas
 
 
-def normalize(rgb: np.ndarray, mean, std) -> np.ndarray:
-    """HxWx3 uint8 -> 3xHxW float32, (x/255 - mean) / std per channel."""
+def normalization(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset) float32 per channel: `normalize` computes x * scale - offset in float32, and so does the
+    exported encoder graph (crosslayer.onnx_encoder), so both give the same network input bit for bit."""
     scale = np.asarray([1.0 / (255.0 * s) for s in std], np.float32)
     offset = np.asarray([m / s for m, s in zip(mean, std)], np.float32)
+    return scale, offset
+
+
+def normalize(rgb: np.ndarray, mean, std) -> np.ndarray:
+    """HxWx3 uint8 -> 3xHxW float32, (x/255 - mean) / std per channel."""
+    scale, offset = normalization(mean, std)
     out = rgb.astype(np.float32).transpose(2, 0, 1)
     out *= scale[:, None, None]
     out -= offset[:, None, None]

@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 
+from crosslayer import _device
 from crosslayer._native import core as _core
 from crosslayer._validate import check_num_threads, check_positive_int
 from crosslayer.codes import Codes
@@ -45,22 +46,6 @@ def _check_codes(value, name: str) -> Codes:
     return value
 
 
-def _on_device(**codes) -> bool:
-    """True when the codes are GPU codes (`DeviceCodes`), False when host `Codes`; mixing them is a TypeError."""
-    from crosslayer._device import DeviceCodes
-
-    given = {name: value for name, value in codes.items() if value is not None}
-    on_gpu = [name for name, value in given.items() if isinstance(value, DeviceCodes)]
-    if on_gpu and len(on_gpu) != len(given):
-        on_host = [name for name in given if name not in on_gpu]
-        raise TypeError(f"{', '.join(on_gpu)} on the GPU but {', '.join(on_host)} on the host; pass codes on one device")
-    if on_gpu:
-        from crosslayer._device import require_cuda_build
-
-        require_cuda_build("gram/search")
-    return bool(on_gpu)
-
-
 def _check_same_layout(a: Codes, b: Codes, name_a: str, name_b: str) -> None:
     if (a.Dk, a.Dt) != (b.Dk, b.Dt):
         raise ValueError(f"{name_b}: Dk={b.Dk}, Dt={b.Dt} differs from {name_a} (Dk={a.Dk}, Dt={a.Dt})")
@@ -81,7 +66,7 @@ def gram(codes_a: Codes, codes_b: Codes | None = None, normalize: bool = False, 
     num_threads: CPU threads, 0 for the OpenMP default; at most 4 per CPU core (larger values are capped).
     """
     num_threads = check_num_threads(num_threads)
-    if _on_device(codes_a=codes_a, codes_b=codes_b):
+    if _device.route("gram", codes_a=codes_a, codes_b=codes_b):
         return _gram_on_device(codes_a, codes_b, normalize)
     codes_a = _check_codes(codes_a, "codes_a")
     if codes_b is not None:
@@ -97,9 +82,14 @@ def gram(codes_a: Codes, codes_b: Codes | None = None, normalize: bool = False, 
     return np.divide(out, scale, out=np.zeros(out.shape, np.float64), where=scale > 0)
 
 
-def _gram_on_device(codes_a, codes_b, normalize: bool):
-    from crosslayer import _device
+def _check_device_codes(value, name: str):
+    if value is not None and not isinstance(value, _device.DeviceCodes):
+        raise TypeError(f"{name}: expected crosslayer.Codes or crosslayer.DeviceCodes, got {type(value).__name__}")
+    return value
 
+
+def _gram_on_device(codes_a, codes_b, normalize: bool):
+    _check_device_codes(codes_a, "codes_a"), _check_device_codes(codes_b, "codes_b")
     other = codes_a if codes_b is None else codes_b
     _check_same_layout(codes_a, other, "codes_a", "codes_b")
     out = _device.gram_device(codes_a.bits, other.bits, codes_a.Dt)
@@ -165,7 +155,7 @@ def search(queries: Codes, database: Codes, k: int = 10, channels: int | None = 
     num_threads: CPU threads, 0 for the OpenMP default; at most 4 per CPU core (larger values are capped).
     """
     num_threads = check_num_threads(num_threads)
-    if _on_device(queries=queries, database=database):
+    if _device.route("search", queries=queries, database=database):
         return _search_on_device(queries, database, k, channels)
     queries = _check_codes(queries, "queries")
     database = _check_codes(database, "database")
@@ -174,8 +164,7 @@ def search(queries: Codes, database: Codes, k: int = 10, channels: int | None = 
 
 
 def _search_on_device(queries, database, k, channels):
-    from crosslayer import _device
-
+    _check_device_codes(queries, "queries"), _check_device_codes(database, "database")
     _check_same_layout(queries, database, "queries", "database")
     k, channels = check_search_args(queries, k, channels, queries.Dk)
     selection = _device.select_channels_device(queries.channel_mean, channels)
