@@ -43,8 +43,9 @@ def _gram(store: RowStore, config: MethodConfig, spec, train_index, progress: bo
             bar.total = total
             bar.update(done - bar.n)
 
-        gram = streaming_gram(rows.reshape(store.n, -1), train_index, progress=report if bar else None)
-        if bar:
+        # a tqdm bar has no truth value before its total is known: compare with None
+        gram = streaming_gram(rows.reshape(store.n, -1), train_index, progress=None if bar is None else report)
+        if bar is not None:
             bar.close()
     with atomic_write(path) as handle:
         np.save(handle, gram)
