@@ -24,13 +24,15 @@ def ok(done):
 
 
 def one_line_error(done, *expected):
+    """Exit status 2 and the error as one line, last on stderr (after any progress bars and notices)."""
     assert done.returncode == 2, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    # progress bars (tqdm's "NN%|" lines) may precede it; the error itself is one line
-    lines = [line for line in done.stderr.splitlines() if line.strip() and "%|" not in line]
-    assert len(lines) == 1 and lines[0].startswith("crosslayer ") and ": error: " in lines[0], done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if ": error: " in line]
+    assert errors == lines[-1:] and lines[-1].startswith("crosslayer "), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
     for text in expected:
-        assert text in lines[0], done.stderr
-    return lines[0]
+        assert text in lines[-1], done.stderr
+    return lines[-1]
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,10 @@ def channel_count(text: str) -> int | None:
     """An argparse type: a number of guidance channels, or 'all' (None); checked against Dk once the encoder is known."""
     if text == "all":
         return None
-    return bounded_int(1)(text)
+    try:
+        return bounded_int(1)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'all', got {text!r}") from None
 
 
 class LayerPair(argparse.Action):
@@ -137,13 +140,16 @@ def add_weights_option(parser, recorded: bool = False) -> None:
 
 def add_input_options(parser, defaults: bool = True, policy: bool = True) -> None:
     """--side, --policy (with defaults=False: None, taken from an index or file)."""
+    from crosslayer.backbones.registry import BACKBONES
     from crosslayer.images import RESIZE_POLICIES
 
+    multiples = ", ".join(f"{name}: {spec.side_multiple}" for name, spec in sorted(BACKBONES.items())
+                          if spec.side_multiple > 1)
     parser.add_argument("--side", type=bounded_int(MIN_SIDE, MAX_SIDE),
                         default=ENCODER_DEFAULTS.side if defaults else None,
                         help=f"images are resized to SIDE x SIDE pixels, {MIN_SIDE}..{MAX_SIDE} and a multiple the "
-                             "backbone needs (32 for mobilenet_v2)" + ("" if defaults else
-                                                                       f" (default: {ENCODER_DEFAULTS.side})"))
+                             f"backbone needs ({multiples})" + ("" if defaults else
+                                                                f" (default: {ENCODER_DEFAULTS.side})"))
     if policy:
         parser.add_argument("--policy", default=ENCODER_DEFAULTS.policy if defaults else None, choices=RESIZE_POLICIES,
                             help="how an image becomes square" + ("" if defaults else
