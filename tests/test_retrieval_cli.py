@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from crosslayer.cli import main
+from crosslayer.commands import main
 from crosslayer.retrieval.sheet import SheetHit, SheetRow, render_sheet, sheet_size
 from _images import write_block_images
 
