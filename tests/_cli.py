@@ -43,9 +43,18 @@ def command_prefix() -> tuple[str, ...]:
 
 
 def _script_interpreter(script: str) -> str | None:
+    """The Python a console script runs: its shebang's, or for pip's /bin/sh trampoline (long paths) the one it execs."""
+    import re
+
     with open(script, "rb") as handle:
-        first = handle.readline().decode(errors="replace").strip()
-    return first[2:].strip().split()[0] if first.startswith("#!") else None
+        head = handle.read(1024).decode(errors="replace").splitlines()
+    if not head or not head[0].startswith("#!"):
+        return None
+    interpreter = head[0][2:].strip().split()[0]
+    if interpreter.endswith("/sh") and len(head) > 1:
+        found = re.search(r"exec' (\S+)", head[1])
+        return found.group(1) if found else None
+    return interpreter
 
 
 def _package_of(interpreter: list[str]) -> Path | None:

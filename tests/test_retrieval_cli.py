@@ -2,7 +2,6 @@
 
 import os
 
-import numpy as np
 import pytest
 
 from crosslayer.commands import main
@@ -77,7 +76,7 @@ def test_eval_retrieve_end_to_end_on_identical_queries(tmp_path, model_cache, ca
 
     pytest.importorskip("torch")
     images = write_block_images(tmp_path / "set", 5)
-    learn = write_block_images(tmp_path / "learn", 8, seed=2)
+    write_block_images(tmp_path / "learn", 8, seed=2)
     rows = "path,item\n" + "".join(f"set/{p.name},{p.stem}\n" for p in images)
     (tmp_path / "queries.csv").write_text(rows)
     (tmp_path / "database.csv").write_text(rows)

@@ -27,7 +27,7 @@ def run(args) -> int:
     store = Path(args.store)
     fit_seconds = 0.0
     if encoder.pca_ is None and not (store / "store.json").exists():
-        fit_seconds = fit_with_notice(encoder, sources)
+        fit_seconds = fit_with_notice(encoder, sources, progress=not args.quiet)
     report = extract(sources, store, encoder, chunk_size=args.chunk_size, save_embedding=not args.no_embedding,
                      on_error=args.on_error, progress=not args.quiet)
     seconds = report.seconds + fit_seconds

@@ -33,7 +33,7 @@ def run_build(args) -> int:
         print(f"resuming the build of {args.db_dir} ({len(index)} images indexed)", file=sys.stderr)
     else:
         if not ImageIndex.interrupted_creation(args.db_dir):  # an interrupted creation has its saved, fitted encoder
-            fit_seconds = fit_with_notice(encoder, sources)
+            fit_seconds = fit_with_notice(encoder, sources, progress=not args.quiet)
         index = ImageIndex.create(args.db_dir, encoder, fit_sources=sources)
     return _add(index, sources, args, fit_seconds)
 

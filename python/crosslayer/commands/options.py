@@ -230,17 +230,24 @@ def runtime_options(args) -> dict:
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
-def fit_with_notice(encoder, sources) -> float:
-    """Learns the encoder's PCA, saying so first (it runs the backbone on up to --fit-images images before any
-    progress bar); returns the seconds it took, which the command counts in its reported time."""
+def fit_with_notice(encoder, sources, progress: bool = True) -> float:
+    """Learns the encoder's PCA, saying so first (it runs the backbone on up to --fit-images images before the
+    encoding's progress bar; with its own bar where `fit` offers one); returns the seconds it took, which the command
+    counts in its reported time."""
+    import inspect
     import time
 
     count = min(len(sources), encoder.fit_images) if encoder.fit_images else len(sources)
-    print(f"learning the PCA on {count} of {len(sources)} images ...", file=sys.stderr, flush=True)
+    if progress:
+        print(f"learning the PCA on {count} of {len(sources)} images ...", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    encoder.fit(sources)
+    if "progress" in inspect.signature(encoder.fit).parameters:
+        encoder.fit(sources, progress=progress)
+    else:
+        encoder.fit(sources)
     seconds = time.perf_counter() - start
-    print(f"PCA learnt in {seconds:.1f} s", file=sys.stderr, flush=True)
+    if progress:
+        print(f"PCA learnt in {seconds:.1f} s", file=sys.stderr, flush=True)
     return seconds
 
 
