@@ -118,7 +118,7 @@ def test_extract_store_skips_bad_files_and_resumes(backbone_cache, tmp_path, rng
 
 
 def test_cli_extract_and_info(backbone_cache, tmp_path, rng, capsys):
-    from crosslayer.cli import main
+    from crosslayer.commands import main
 
     paths = _files(tmp_path / "photos", rng, 3) if (tmp_path / "photos").mkdir() is None else None
     manifest = tmp_path / "manifest.csv"

@@ -12,7 +12,7 @@ from PIL import Image  # noqa: E402
 
 from _tolerances import assert_normalized_within, max_pool_float32_bound  # noqa: E402
 
-from crosslayer.cli import main  # noqa: E402
+from crosslayer.commands import main  # noqa: E402
 from crosslayer.eval import classify, read_record  # noqa: E402
 
 
@@ -216,7 +216,8 @@ def test_cli_reports_a_bad_aconv_stride_in_one_line(tiny_set, tmp_path, capsys):
 
 
 def test_cli_layers_take_two_names_or_the_comma_form_and_backbones_are_choices():
-    from crosslayer.cli import build_parser
+    from crosslayer.commands import build_parser
+    from crosslayer.errors import UsageError
 
     parser = build_parser()
     base = ["eval", "classify", "--data", "d", "--method", "crosslayer"]
@@ -224,7 +225,7 @@ def test_cli_layers_take_two_names_or_the_comma_form_and_backbones_are_choices()
     assert parser.parse_args(base + ["--layers", "features.16,features.17"]).layers == ("features.16", "features.17")
     assert parser.parse_args(base + ["--backbone", "vgg16"]).backbone == "vgg16"
     for bad in (["--layers", "features.16"], ["--layers", "a", "b", "c"], ["--backbone", "resnet50"]):
-        with pytest.raises(SystemExit):
+        with pytest.raises(UsageError):
             parser.parse_args(base + bad)
 
 

@@ -103,7 +103,7 @@ def test_cli_heatmap_shows_the_channels_a_search_compares(backbone_cache, tmp_pa
     from PIL import Image
 
     from crosslayer import reference
-    from crosslayer.cli import main
+    from crosslayer.commands import main
     from crosslayer.heatmap import HEATMAP_FORMAT, guidance_maps
     from crosslayer.retrieval.image_index import ImageIndex
 
@@ -154,7 +154,7 @@ def test_cli_heatmap_shows_the_channels_a_search_compares(backbone_cache, tmp_pa
 
 
 def test_cli_heatmap_checks_its_arguments_before_running_the_backbone(tmp_path, capsys, monkeypatch):
-    from crosslayer.cli import main
+    from crosslayer.commands import main
     from crosslayer.encoder import CrossLayerEncoder
 
     def no_backbone(self):
@@ -169,7 +169,8 @@ def test_cli_heatmap_checks_its_arguments_before_running_the_backbone(tmp_path, 
                           (["--channels", "1281"], "channels: expected at most"),
                           (["--out", str(tmp_path / "heat.jpg")], "expected a .png file name"),
                           (["--index", str(tmp_path), "--side", "64"], "--side: the network and its input size"),
-                          (["--side", "16"], "side: expected an integer >= 32"),
+                          (["--side", "16"], "--side: expected an integer in [32, 4096], got 16"),
+                          (["--side", "100000"], "--side: expected an integer in [32, 4096], got 100000"),
                           (["--image-missing"], "no such file")]:
         arguments = ["heatmap", str(image), "--out", str(out), "--weights", "random"]
         if bad == ["--image-missing"]:

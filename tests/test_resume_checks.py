@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from crosslayer.backbones.weights import file_sha256  # noqa: E402
-from crosslayer.cli import main  # noqa: E402
+from crosslayer.commands import main  # noqa: E402
 from crosslayer.encoder import CrossLayerEncoder, EncoderMismatchError  # noqa: E402
 from crosslayer.extract import Store, StoreError, extract  # noqa: E402
 from _images import write_block_images  # noqa: E402
@@ -111,7 +111,9 @@ def test_cli_extract_checks_its_flags_on_resume(backbone_cache, tmp_path, capsys
 
     changed = [a for a in TINY if a != str(SIDE)]
     changed.insert(changed.index("--side") + 1, "224")
-    assert main(["extract", str(tmp_path / "imgs"), store, "--quiet", "--backbone", "vgg16", *changed]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", str(tmp_path / "imgs"), store, "--quiet", "--backbone", "vgg16", *changed])
+    assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "backbone 'mobilenet_v2' (requested 'vgg16')" in error and "side 64 (requested 224)" in error
 
@@ -149,12 +151,13 @@ def test_store_keeps_one_entry_per_file_however_named(backbone_cache, tmp_path, 
 
 
 def test_cli_missing_inputs_are_one_line_errors(tmp_path, capsys, monkeypatch):
-    import crosslayer.cli
-    from crosslayer.codes import Codes
+    import crosslayer.commands.info
     from crosslayer.extract import read_manifest, resolve_sources
 
-    assert main(["extract", str(tmp_path / "nonexistent"), str(tmp_path / "store")]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["extract", str(tmp_path / "nonexistent"), str(tmp_path / "store")])
     error = capsys.readouterr().err
+    assert exit_info.value.code == 2
     assert error.count("\n") == 1 and "nonexistent does not exist" in error and "Traceback" not in error
 
     def failing_with(error_of):
@@ -162,16 +165,15 @@ def test_cli_missing_inputs_are_one_line_errors(tmp_path, capsys, monkeypatch):
             error_of()
         return command
 
-    for make_error, expected in [(lambda: read_manifest(tmp_path / "missing.csv"), "No such file or directory"),
-                                 (lambda: Codes.concatenate([object()]), "parts[0]: expected Codes")]:
-        monkeypatch.setattr(crosslayer.cli, "_cmd_info", failing_with(make_error))
-        with pytest.raises(SystemExit) as exit_info:
-            main(["info"])
-        assert exit_info.value.code == 2
-        error = capsys.readouterr().err
-        assert error.startswith("crosslayer info: error: ") and expected in error and error.count("\n") == 1
+    monkeypatch.setattr(crosslayer.commands.info, "run", failing_with(lambda: read_manifest(tmp_path / "missing.csv")))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["info"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("crosslayer info: error: ") and "No such file or directory" in error
+    assert error.count("\n") == 1
     # a TypeError from an operation failing inside the library is a bug: its traceback is kept
-    monkeypatch.setattr(crosslayer.cli, "_cmd_info", failing_with(lambda: resolve_sources(5)))
+    monkeypatch.setattr(crosslayer.commands.info, "run", failing_with(lambda: resolve_sources(5)))
     with pytest.raises(TypeError, match="not iterable"):
         main(["info"])
 
@@ -252,7 +254,7 @@ def test_interrupted_index_build_is_completed_by_build(backbone_cache, tmp_path,
 
 def test_demo_neighbours_match_the_reference_similarity(rng):
     from crosslayer import reference
-    from crosslayer.cli import nearest_neighbours
+    from crosslayer.commands.demo import nearest_neighbours
     from crosslayer.pooling import pool
 
     local = rng.standard_normal((6, 70, 3, 3)).astype(np.float32)

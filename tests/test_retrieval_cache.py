@@ -152,7 +152,7 @@ def test_an_interrupted_compute_resumes_to_the_uninterrupted_result(retrieval_se
 
 
 def test_eval_retrieve_caches_under_crosslayer_cache_by_default(retrieval_set, backbone_cache, monkeypatch):
-    from crosslayer.cli import main
+    from crosslayer.commands import main
 
     root = retrieval_set
     monkeypatch.setattr(evaluate_module, "evaluate", lambda *args, **kwargs: [])

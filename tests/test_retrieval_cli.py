@@ -2,10 +2,9 @@
 
 import os
 
-import numpy as np
 import pytest
 
-from crosslayer.cli import main
+from crosslayer.commands import main
 from crosslayer.retrieval.sheet import SheetHit, SheetRow, render_sheet, sheet_size
 from _images import write_block_images
 
@@ -52,35 +51,6 @@ def model_cache(tmp_path_factory):
 TINY = ["--weights", "random", "--side", "64", "--fit-images", "6", "--batch-size", "4", "--threads", "1"]
 
 
-def test_index_build_search_add_end_to_end(tmp_path, model_cache, capsys):
-    pytest.importorskip("torch")
-    images = write_block_images(tmp_path / "db", 6)
-    db = tmp_path / "index"
-    assert main(["index", "build", str(db), "--images", str(tmp_path / "db"), *TINY]) == 0
-    assert "indexed 6 images (0 already there" in capsys.readouterr().out
-
-    # a rerun resumes: nothing is encoded twice
-    assert main(["index", "build", str(db), "--images", str(tmp_path / "db"), *TINY]) == 0
-    assert "indexed 0 images (6 already there" in capsys.readouterr().out
-
-    sheet = tmp_path / "hits.png"
-    query = images[3]
-    assert main(["search", str(db), str(query), "--top", "3", "--channels", "50", "--weights", "random",
-                 "--threads", "1", "--sheet", str(sheet)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == f"query {query}"
-    hits = [line.split() for line in lines[1:4]]
-    assert [h[0] for h in hits] == ["1", "2", "3"]
-    top_score = int(hits[0][1])
-    # the query itself is indexed: it reaches the top score (another image may tie with it)
-    assert any(h[2] == str(query.resolve()) and int(h[1]) == top_score for h in hits)
-    assert sheet.stat().st_size > 0
-
-    more = write_block_images(tmp_path / "more", 2, seed=1)
-    assert main(["index", "add", str(db), "--images", *map(str, more), "--weights", "random", "--threads", "1"]) == 0
-    assert "indexed 2 images" in capsys.readouterr().out
-
-
 def test_search_rejects_more_channels_than_the_encoder_has(tmp_path, model_cache, capsys):
     pytest.importorskip("torch")
     write_block_images(tmp_path / "db", 3)
@@ -106,7 +76,7 @@ def test_eval_retrieve_end_to_end_on_identical_queries(tmp_path, model_cache, ca
 
     pytest.importorskip("torch")
     images = write_block_images(tmp_path / "set", 5)
-    learn = write_block_images(tmp_path / "learn", 8, seed=2)
+    write_block_images(tmp_path / "learn", 8, seed=2)
     rows = "path,item\n" + "".join(f"set/{p.name},{p.stem}\n" for p in images)
     (tmp_path / "queries.csv").write_text(rows)
     (tmp_path / "database.csv").write_text(rows)

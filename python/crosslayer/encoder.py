@@ -22,6 +22,7 @@ from crosslayer.backbones.registry import get_backbone
 from crosslayer.backbones.weights import describe_weights, weights_identity
 from crosslayer.batches import ON_ERROR, batch_size_within_budget, check_batch_size, stream_batches
 from crosslayer.codes import Codes
+from crosslayer.config import ENCODER_DEFAULTS
 from crosslayer.errors import CrossLayerError, FormatError, UsageError
 from crosslayer.images import RESIZE_POLICIES, check_side, prepare
 from crosslayer.pca import CovarianceAccumulator, local_rows
@@ -104,8 +105,20 @@ class CrossLayerEncoder:
     logits:   also compute ImageNet logits in `activations` (for display).
     """
 
-    def __init__(self, backbone="mobilenet_v2", layers=None, side=448, pca_dim=None, policy="square", weights=None,
-                 batch_size=16, threads=0, decode_workers=2, fit_images=256, logits=False, cache=None, seed=0):
+    def __init__(self,
+                 backbone=ENCODER_DEFAULTS.backbone,
+                 layers=ENCODER_DEFAULTS.layers,
+                 side=ENCODER_DEFAULTS.side,
+                 pca_dim=ENCODER_DEFAULTS.pca_dim,
+                 policy=ENCODER_DEFAULTS.policy,
+                 weights=None,
+                 batch_size=ENCODER_DEFAULTS.batch_size,
+                 threads=ENCODER_DEFAULTS.threads,
+                 decode_workers=ENCODER_DEFAULTS.decode_workers,
+                 fit_images=ENCODER_DEFAULTS.fit_images,
+                 logits=False,
+                 cache=None,
+                 seed=ENCODER_DEFAULTS.seed):
         self.spec = get_backbone(backbone)
         self.backbone = self.spec.name
         self.layers = self.spec.check_pair(layers)

@@ -1,0 +1,85 @@
+"""The `crosslayer` command line: one module per command family, `main` only dispatches and reports errors.
+
+Errors: a `CrossLayerError` (bad arguments, files, images, mismatched encoders), an OS error naming a file, or a full
+disk print one line `crosslayer CMD: error: ...` and exit 2; Ctrl-C prints one line and exits 130 (files are written
+atomically, so nothing is left half written); a closed output pipe (`crosslayer info | head -1`) exits quietly.
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+from crosslayer.commands import demo, evaluation, export, extract, heatmap, index, info, search
+from crosslayer.commands.options import CommandUsageError, HelpFormatter, Parser, subcommands
+from crosslayer.errors import CrossLayerError
+
+FAMILIES = (demo, info, export, extract, index, search, heatmap, evaluation)
+# errors of a whole device rather than of one file: reported as one line even when they carry no file name
+_DEVICE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+EXAMPLES = """\
+examples:
+  crosslayer demo                                       # a pretrained network on bundled photos
+  crosslayer index build db --images photos/            # encode a folder into a searchable index
+  crosslayer search db query.jpg --top 5 --sheet hits.png
+  crosslayer COMMAND --help                             # options and examples of one command
+"""
+
+
+def build_parser() -> Parser:
+    from crosslayer import __version__
+
+    parser = Parser(prog="crosslayer", description="Cross-convolutional-layer pooling: images to sign codes, "
+                    "searched with masked popcount.", epilog=EXAMPLES, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"crosslayer {__version__}")
+    commands = subcommands(parser, "command")
+    for family in FAMILIES:
+        family.register(commands)
+    return parser
+
+
+def _fail(prog: str, message) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _quiet_broken_pipe() -> None:
+    # Python's recipe (docs, "Note on SIGPIPE"): point stdout at devnull so the interpreter's final flush does not
+    # raise again
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise SystemExit(1)
+
+
+def main(argv=None) -> int:
+    """Runs one command; returns its exit status, or raises SystemExit(2) with one line on stderr for bad input."""
+    parser = build_parser()
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except CommandUsageError as error:
+        _fail(error.prog, error)
+    prog = args.prog
+    if unknown:
+        _fail(prog, f"unrecognized arguments: {' '.join(unknown)} (see '{prog} --help')")
+    try:
+        status = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except CrossLayerError as error:
+        _fail(prog, error)
+    except ValueError as error:
+        # argument checks of the library that do not raise UsageError yet (plain ValueError)
+        _fail(prog, error)
+    except OSError as error:
+        if error.filename is not None:
+            _fail(prog, f"{error.strerror}: {error.filename}")
+        if error.errno in _DEVICE_FULL:
+            _fail(prog, error.strerror or str(error))
+        raise

@@ -1,0 +1,272 @@
+"""What every command shares: the parser class and help layout, encoder and runtime options, list parsing, checks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from crosslayer.config import ENCODER_DEFAULTS, MAX_SIDE, MIN_SIDE, EncoderConfig
+from crosslayer.errors import UsageError
+
+ON_ERROR_CHOICES = ("skip", "raise")
+
+
+class CommandUsageError(UsageError):
+    """A command line the parser refuses; `prog` names the (sub)command, as in 'crosslayer index build'."""
+
+    def __init__(self, prog: str, message: str):
+        self.prog = prog
+        super().__init__(message)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (unless its help already says what it is) and keeps the examples' layout."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default:" in text or action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose refusals are `UsageError`s: `main` prints them as one line, like every other error."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise CommandUsageError(self.prog, f"{message} (see '{self.prog} --help')")
+
+
+def add_command(subcommands, name: str, run, summary: str, examples: str) -> Parser:
+    """A subcommand parser whose help ends with usage examples; `run(args)` does the work, returning an exit status."""
+    parser = subcommands.add_parser(name, help=summary, description=summary, epilog=f"examples:\n{examples.rstrip()}")
+    parser.set_defaults(run=run, prog=parser.prog)
+    return parser
+
+
+def subcommands(parser: argparse.ArgumentParser, dest: str):
+    return parser.add_subparsers(dest=dest, required=True, metavar="COMMAND", parser_class=Parser)
+
+
+# ---- list parsing --------------------------------------------------------------------------------------------------
+
+def comma_list(convert, what: str):
+    """An argparse type: 'a,b,c' -> a tuple of `convert`ed parts (at least one)."""
+
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(convert(part.strip()) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected at least one of comma-separated {what}, got {text!r}")
+        return values
+
+    parse.__name__ = f"comma-separated {what}"
+    return parse
+
+
+comma_ints = comma_list(int, "integers")
+comma_floats = comma_list(float, "numbers")
+
+
+def bounded_int(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high] (no upper bound when high is None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            expected = f"in [{low}, {high}]" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"expected an integer {expected}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+positive_int = bounded_int(1)
+
+
+def channel_count(text: str) -> int | None:
+    """An argparse type: a number of guidance channels, or 'all' (None); checked against Dk once the encoder is known."""
+    if text == "all":
+        return None
+    try:
+        return bounded_int(1)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'all', got {text!r}") from None
+
+
+class LayerPair(argparse.Action):
+    """`--layers A B`; the comma form `--layers A,B` is accepted too."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parts = [part.strip() for value in values for part in value.split(",")]
+        if len(parts) != 2 or not all(parts):
+            raise argparse.ArgumentError(self, "expected two tap names 'LAYER_T LAYER_T1' (or 'LAYER_T,LAYER_T1'), "
+                                               f"got {' '.join(values)!r}")
+        setattr(namespace, self.dest, tuple(parts))
+
+
+# ---- option groups -------------------------------------------------------------------------------------------------
+
+def add_network_options(parser, defaults: bool = True, backbones=None) -> None:
+    """--backbone, --layers, --weights; with defaults=False they default to None (taken from an index or file)."""
+    from crosslayer.backbones.registry import BACKBONES
+
+    parser.add_argument("--backbone", default=ENCODER_DEFAULTS.backbone if defaults else None,
+                        choices=sorted(backbones or BACKBONES),
+                        help="the network" + ("" if defaults else f" (default: {ENCODER_DEFAULTS.backbone})"))
+    parser.add_argument("--layers", nargs="+", action=LayerPair, default=None, metavar="LAYER",
+                        help="tap names of layer t and of a later guidance layer at the same stride, e.g. "
+                             "'features.16 features.17' (default: the backbone's pair)")
+    add_weights_option(parser)
+
+
+def add_weights_option(parser, recorded: bool = False) -> None:
+    if recorded:
+        text = "a moved state-dict file replacing the one recorded at build time (checked against it) " \
+               "(default: the weights recorded)"
+    else:
+        text = "a state-dict file (.pth), or 'random' (untrained; tests only) (default: the pinned packaged weights)"
+    parser.add_argument("--weights", default=None, help=text)
+
+
+def add_input_options(parser, defaults: bool = True, policy: bool = True) -> None:
+    """--side, --policy (with defaults=False: None, taken from an index or file)."""
+    from crosslayer.backbones.registry import BACKBONES
+    from crosslayer.images import RESIZE_POLICIES
+
+    multiples = ", ".join(f"{name}: {spec.side_multiple}" for name, spec in sorted(BACKBONES.items())
+                          if spec.side_multiple > 1)
+    parser.add_argument("--side", type=bounded_int(MIN_SIDE, MAX_SIDE),
+                        default=ENCODER_DEFAULTS.side if defaults else None,
+                        help=f"images are resized to SIDE x SIDE pixels, {MIN_SIDE}..{MAX_SIDE} and a multiple the "
+                             f"backbone needs ({multiples})" + ("" if defaults else
+                                                                f" (default: {ENCODER_DEFAULTS.side})"))
+    if policy:
+        parser.add_argument("--policy", default=ENCODER_DEFAULTS.policy if defaults else None, choices=RESIZE_POLICIES,
+                            help="how an image becomes square" + ("" if defaults else
+                                                                  f" (default: {ENCODER_DEFAULTS.policy})"))
+
+
+def add_pca_options(parser, fit_images_help: str = "images sampled (seeded) to learn the PCA on") -> None:
+    parser.add_argument("--pca-dim", type=positive_int, default=None,
+                        help="PCA output dimension Dt (default: the full decorrelating rotation, as in the paper)")
+    parser.add_argument("--fit-images", type=positive_int, default=ENCODER_DEFAULTS.fit_images, help=fit_images_help)
+
+
+def add_encoder_options(parser) -> None:
+    """Everything that decides what an encoder computes."""
+    add_network_options(parser)
+    add_input_options(parser)
+    add_pca_options(parser)
+
+
+def add_threads_option(parser) -> None:
+    parser.add_argument("--threads", type=bounded_int(0), default=ENCODER_DEFAULTS.threads,
+                        help="onnxruntime and pooling threads; 0: all cores")
+
+
+def add_runtime_options(parser, decode_workers: bool = True) -> None:
+    """What changes speed and memory, never the results."""
+    parser.add_argument("--batch-size", type=positive_int, default=ENCODER_DEFAULTS.batch_size,
+                        help="images per backbone run")
+    add_threads_option(parser)
+    if decode_workers:
+        parser.add_argument("--decode-workers", type=positive_int, default=ENCODER_DEFAULTS.decode_workers,
+                            help="threads decoding and resizing images ahead of the backbone")
+
+
+def add_on_error_option(parser) -> None:
+    parser.add_argument("--on-error", default="skip", choices=ON_ERROR_CHOICES,
+                        help="a bad image (unreadable, empty, too large): record it and go on, or stop there")
+
+
+def add_quiet_option(parser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (default: shown)")
+
+
+# ---- from options to objects ---------------------------------------------------------------------------------------
+
+def check_side(backbone: str, side: int) -> None:
+    """--side against the backbone's input multiple, before any network is built."""
+    from crosslayer.backbones.registry import get_backbone
+
+    multiple = get_backbone(backbone).side_multiple
+    if side % multiple:
+        below = max(MIN_SIDE, side // multiple * multiple)
+        raise UsageError(f"--side: {backbone} needs a multiple of {multiple}, got {side} (try {below})")
+
+
+def encoder_config(args) -> EncoderConfig:
+    """The EncoderConfig the options describe (options a command lacks keep their defaults); --side checked."""
+    given = {name: getattr(args, name) for name in EncoderConfig.__dataclass_fields__ if hasattr(args, name)}
+    config = EncoderConfig(**given)
+    check_side(config.backbone, config.side)
+    return config
+
+
+def build_encoder(args, **extra):
+    """A new (unfitted) encoder from the encoder and runtime options."""
+    from crosslayer.encoder import CrossLayerEncoder
+
+    config = encoder_config(args)
+    return CrossLayerEncoder(backbone=config.backbone, layers=config.layers, side=config.side, pca_dim=config.pca_dim,
+                             policy=config.policy, weights=args.weights, batch_size=config.batch_size,
+                             threads=config.threads, decode_workers=config.decode_workers,
+                             fit_images=config.fit_images, seed=config.seed, **extra)
+
+
+def runtime_options(args) -> dict:
+    """The runtime options given, as keywords of `CrossLayerEncoder.load` / `ImageIndex.open`."""
+    names = ("batch_size", "threads", "decode_workers")
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def fit_with_notice(encoder, sources, progress: bool = True) -> float:
+    """Learns the encoder's PCA, saying so first (it runs the backbone on up to --fit-images images before the
+    encoding's progress bar; with its own bar where `fit` offers one); returns the seconds it took, which the command
+    counts in its reported time."""
+    import inspect
+    import time
+
+    count = min(len(sources), encoder.fit_images) if encoder.fit_images else len(sources)
+    if progress:
+        print(f"learning the PCA on {count} of {len(sources)} images ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    if "progress" in inspect.signature(encoder.fit).parameters:
+        encoder.fit(sources, progress=progress)
+    else:
+        encoder.fit(sources)
+    seconds = time.perf_counter() - start
+    if progress:
+        print(f"PCA learnt in {seconds:.1f} s", file=sys.stderr, flush=True)
+    return seconds
+
+
+def image_sources(values, option: str) -> list[str]:
+    """Image paths from image folders (their manifest.csv when they have one), CSV manifests (first column 'path')
+    and image files, in order; a missing path or no image at all is a UsageError naming `option`."""
+    from pathlib import Path
+
+    from crosslayer.retrieval.datasets import image_paths
+
+    paths = []
+    for value in values:
+        path = Path(value)
+        if not path.exists():
+            raise UsageError(f"{option}: {value} does not exist (expected an image folder, a CSV manifest or an image)")
+        if path.is_file() and path.suffix.lower() != ".csv":
+            paths.append(str(path.resolve()))
+        else:
+            paths.extend(image_paths(path))
+    if not paths:
+        raise UsageError(f"{option}: no images found in {', '.join(map(str, values))}")
+    return paths

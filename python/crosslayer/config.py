@@ -1,0 +1,42 @@
+"""The encoder's settings and their defaults, defined once: `CrossLayerEncoder`'s signature and the command line
+both read them from `ENCODER_DEFAULTS`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Input sides outside this range are refused before anything runs: below, the layer pair's maps vanish; above, one
+# image's activations outgrow memory (a 100000-pixel side would ask for hundreds of GB per batch).
+MIN_SIDE = 32
+MAX_SIDE = 4096
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """What an encoder computes (backbone .. seed) and how fast (batch_size, threads, decode_workers).
+
+    backbone:       registry name of the network.
+    layers:         (layer t, layer t+1) tap names; None: the backbone's default pair.
+    side:           images are resized to side x side pixels.
+    policy:         how an image becomes square: "square" (stretch), "center-crop" or "pad".
+    pca_dim:        PCA output dimension Dt; None: the full decorrelating rotation (the paper).
+    fit_images:     at most this many images (a seeded sample) are used to learn the PCA.
+    seed:           the PCA sample, and the network itself for "random" weights.
+    batch_size:     images per backbone run.
+    threads:        onnxruntime and pooling threads; 0: all cores.
+    decode_workers: threads decoding and resizing images ahead of the backbone.
+    """
+
+    backbone: str = "mobilenet_v2"
+    layers: tuple[str, str] | None = None
+    side: int = 448
+    policy: str = "square"
+    pca_dim: int | None = None
+    fit_images: int = 256
+    seed: int = 0
+    batch_size: int = 16
+    threads: int = 0
+    decode_workers: int = 2
+
+
+ENCODER_DEFAULTS = EncoderConfig()

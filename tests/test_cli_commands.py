@@ -1,0 +1,187 @@
+"""Every command of the command line end to end, as a user types it, in a child process, with progress bars on:
+tiny generated images and an untrained (seeded) MobileNetV2 at a small side keep it fast."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from _cli import run_cli
+from _images import write_block_images
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+SIDE = 64
+TINY = ["--weights", "random", "--side", SIDE, "--fit-images", "6", "--batch-size", "4", "--threads", "1"]
+
+
+def ok(done):
+    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def one_line_error(done, *expected):
+    """Exit status 2 and the error as one line, last on stderr (after any progress bars and notices)."""
+    assert done.returncode == 2, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if ": error: " in line]
+    assert errors == lines[-1:] and lines[-1].startswith("crosslayer "), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    for text in expected:
+        assert text in lines[-1], done.stderr
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, backbone_cache):
+    root = tmp_path_factory.mktemp("photos")
+    return root, write_block_images(root / "db", 6, side=SIDE)
+
+
+@pytest.fixture(scope="module")
+def index(photos):
+    root, _ = photos
+    db = root / "index"
+    done = ok(run_cli("index", "build", db, "--images", root / "db", *TINY))
+    assert "indexed 6 images (0 already there, 0 failed)" in done.stdout
+    # progress is shown: the PCA fit first, then the bar
+    assert "learning the PCA on 6 of 6 images" in done.stderr and "index: 100%" in done.stderr
+    return db
+
+
+def test_index_build_resumes_add_extends_and_search_ranks(photos, index, tmp_path):
+    root, images = photos
+    done = ok(run_cli("index", "build", index, "--images", root / "db", *TINY))
+    assert "indexed 0 images (6 already there" in done.stdout and "learning the PCA" not in done.stderr
+
+    more = write_block_images(tmp_path / "more", 2, seed=1, side=SIDE)
+    copy = tmp_path / "index"
+    import shutil
+
+    shutil.copytree(index, copy)
+    done = ok(run_cli("index", "add", copy, "--images", *more, "--weights", "random", "--threads", "1"))
+    assert "indexed 2 images" in done.stdout and "8 in" in done.stdout
+
+    sheet = tmp_path / "hits.png"
+    done = ok(run_cli("search", index, images[3], "--top", "3", "--channels", "50", "--threads", "1",
+                      "--sheet", sheet, "--heatmaps"))
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"query {images[3]}" and [line.split()[0] for line in lines[1:4]] == ["1", "2", "3"]
+    top = int(lines[1].split()[1])
+    assert any(line.split()[2] == str(images[3].resolve()) and int(line.split()[1]) == top for line in lines[1:4])
+    assert sheet.stat().st_size > 0 and "ms/query" in done.stderr
+
+    summary = json.loads(ok(run_cli("info", index)).stdout)
+    assert summary["images"] == 6 and summary["encoder"]["side"] == SIDE
+
+
+def test_heatmap_takes_the_index_network(photos, index, tmp_path):
+    _, images = photos
+    out = tmp_path / "heat.png"
+    done = ok(run_cli("heatmap", images[1], "--out", out, "--index", index, "--channels", "4", "--threads", "1"))
+    assert "features.18 channels (mean activation)" in done.stdout and out.stat().st_size > 0
+    shown = done.stdout.split(": ", 1)[1].split(", ")
+    assert len(shown) == 4
+
+
+def test_extract_then_info_and_export_from_the_cache(photos, tmp_path):
+    root, _ = photos
+    store = tmp_path / "store"
+    done = ok(run_cli("extract", root / "db", store, *TINY))
+    assert "encoded 6 images" in done.stdout and "extract: 100%" in done.stderr
+    assert "learning the PCA on 6 of 6 images" in done.stderr
+    summary = json.loads(ok(run_cli("info", store)).stdout)
+    assert summary["images"] == 6
+    assert json.loads(ok(run_cli("info", store / "encoder.xle")).stdout)["side"] == SIDE
+    assert "popcount" in ok(run_cli("info")).stdout
+
+    exported = ok(run_cli("export", "--weights", "random")).stdout.strip()
+    assert exported.endswith(".onnx")
+
+
+def test_extract_skips_bad_images_and_reports_them(photos, tmp_path):
+    root, images = photos
+    store = tmp_path / "store"
+    ok(run_cli("extract", root / "db", store, *TINY))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "empty.jpg").write_bytes(b"")
+    (mixed / "text.jpg").write_text("not an image")
+    write_block_images(mixed, 1, seed=3, side=SIDE)
+    done = ok(run_cli("extract", mixed, store, *TINY))
+    assert "encoded 1 images" in done.stdout and "2 failed" in done.stdout
+    assert "empty.jpg" in done.stdout and "text.jpg" in done.stdout
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    one_line_error(run_cli("extract", tmp_path / "bad", store, *TINY, "--on-error", "raise"), "broken.jpg")
+
+
+def test_index_add_reports_bad_images_and_on_error_raise_is_never_ignored(photos, index, tmp_path):
+    import shutil
+
+    copy = tmp_path / "index"
+    shutil.copytree(index, copy)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "empty.png").write_bytes(b"")
+    done = ok(run_cli("index", "add", copy, "--images", tmp_path / "bad", "--weights", "random"))
+    assert "1 failed" in done.stdout and "empty.png" in done.stderr
+    # stops at the bad image, or (an index that cannot stop at one) refuses before encoding anything
+    error = one_line_error(run_cli("index", "add", copy, "--images", tmp_path / "bad", "--weights", "random",
+                                   "--on-error", "raise"))
+    assert "empty.png" in error or "--on-error raise" in error
+
+
+@pytest.fixture(scope="module")
+def manifest_set(tmp_path_factory):
+    """Three colour classes of noisy 40x40 images: 3 train, 2 test, 1 val each."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("classes")
+    rng = np.random.default_rng(0)
+    rows = [("path", "label", "split")]
+    for label, colour in enumerate(((220, 40, 40), (40, 40, 220), (40, 200, 40))):
+        for i in range(6):
+            image = np.clip(np.asarray(colour) + rng.normal(0, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(image).save(root / f"c{label}_{i}.png")
+            rows.append((f"c{label}_{i}.png", f"class{label}", "train" if i < 3 else "test" if i < 5 else "val"))
+    with open(root / "manifest.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    return root
+
+
+def test_eval_classify_with_its_progress_bars(manifest_set, backbone_cache, tmp_path):
+    """The command as users run it: progress on (it crashed with the Gram's progress bar before)."""
+    out = tmp_path / "record.json"
+    done = ok(run_cli("eval", "classify", "--data", manifest_set, "--method", "crosslayer", "--side", SIDE,
+                      "--weights", "random", "--cache", tmp_path / "cache", "--json", out, "--folds", "2",
+                      "--fit-images", "4", "--threads", "1"))
+    assert "Gram" in done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["label"] == "crosslayer" and 0.0 <= summary["accuracy"] <= 1.0
+    record = json.loads(out.read_text())
+    assert record["n_train"] == 9 and record["n_test"] == 6
+
+
+def test_eval_retrieve_with_its_progress_bars(backbone_cache, tmp_path):
+    images = write_block_images(tmp_path / "set", 4, side=SIDE)
+    write_block_images(tmp_path / "learn", 6, seed=2, side=SIDE)
+    rows = "path,item\n" + "".join(f"set/{p.name},{p.stem}\n" for p in images)
+    (tmp_path / "queries.csv").write_text(rows)
+    (tmp_path / "database.csv").write_text(rows)
+    done = ok(run_cli("eval", "retrieve", "--data", tmp_path, "--learn", tmp_path / "learn", "--learn-images", "6",
+                      "--channels", "3,all", "--spoc-dim", "4", "--no-float", "--cache", tmp_path / "cache",
+                      "--json", tmp_path / "eval.json", *TINY))
+    assert "| crosslayer-codes | 3 |" in done.stdout and "features" in done.stderr
+    assert json.loads((tmp_path / "eval.json").read_text())["records"]
+
+
+def test_python_dash_m_and_version():
+    import crosslayer
+
+    assert ok(run_cli("--version")).stdout.strip() == f"crosslayer {crosslayer.__version__}"
+    done = ok(run_cli("search", "--help"))
+    assert "examples:" in done.stdout and "(default: 10)" in done.stdout
