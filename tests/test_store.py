@@ -90,6 +90,17 @@ def test_side_arrays_are_declared_once_checked_and_read_in_id_order(tmp_path, rn
         CodeIndex.open(tmp_path / "idx", verify="full")
 
 
+def test_a_damaged_side_array_header_is_a_format_error_even_unverified(tmp_path, rng):
+    # found by the fuzz: numpy's .npy header parser raised tokenize.TokenError on ")2, 2)" in the shape
+    with CodeIndex.create(tmp_path / "idx", DK, DT) as index:
+        index.append(random_codes(rng, 2), side={"emb": np.ones((2, 2), np.float32)})
+    side_file = tmp_path / "idx" / "seg-00000000.emb.npy"
+    side_file.write_bytes(side_file.read_bytes().replace(b"(2, 2)", b")2, 2)"))
+    with CodeIndex.open(tmp_path / "idx", verify="none") as index:
+        with pytest.raises(CodeIndexError, match="emb.npy: not a side array of float32 \\(2, 2\\)"):
+            index.side("emb")
+
+
 def test_a_flipped_byte_in_a_segment_fails_the_search_never_changes_a_score(tmp_path, rng):
     queries = random_codes(rng, 2)
     with CodeIndex.create(tmp_path / "idx", DK, DT) as index:

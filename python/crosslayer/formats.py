@@ -283,15 +283,31 @@ def check_npy(path, size: int, crc32: int | None, error=FormatError) -> None:
         raise error(f"{path}: committed side array is missing or unreadable ({exc.strerror or exc})") from None
 
 
+def _npy_header(dtype, shape) -> bytes:
+    """The .npy header `np.save` writes for a C-ordered array of `dtype` and `shape` (format 1.0)."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)})
+    return buffer.getvalue()
+
+
 def open_npy(path, dtype: str, shape: tuple, error=FormatError) -> np.ndarray:
-    """A read-only memory map of a .npy file, refused unless it holds `dtype` of `shape`."""
+    """A read-only memory map of a .npy file, refused unless its header is exactly the one `write_npy` writes for
+    `dtype` and `shape` (the header is compared, never parsed: numpy's parser raises arbitrary errors on damage)."""
+    header = _npy_header(dtype, shape)
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
+        with open(path, "rb") as handle:
+            found = handle.read(len(header))
+    except OSError as exc:
+        raise error(f"{path}: not a readable side array ({exc.strerror or exc})") from None
+    if found != header:
+        raise error(f"{path}: not a side array of {np.dtype(dtype)} {tuple(shape)} (header differs)")
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype)
+    try:
+        return np.memmap(path, dtype=dtype, mode="r", offset=len(header), shape=tuple(shape))
+    except (OSError, ValueError) as exc:
         raise error(f"{path}: not a readable side array ({exc})") from None
-    if array.dtype != np.dtype(dtype) or array.shape != tuple(shape):
-        raise error(f"{path}: holds {array.dtype} {array.shape}, the manifest commits {dtype} {tuple(shape)}")
-    return array
 
 
 # ---- zip documents (the encoder file) ---------------------------------------------------------------------------

@@ -14,7 +14,8 @@ Directory layout (format version 3; files described in `crosslayer.formats`)::
 Every change (append, delete, compact, attributes) writes its new files first and then atomically replaces the
 manifest: a crash leaves the previous commit or the new one. Files a crash left behind (and files a compaction
 replaced) are removed when the next writer opens. Readers take no lock: they read the segments of the manifest
-they opened (a consistent snapshot) while a writer commits; `reload()` picks up later commits.
+they opened (a consistent snapshot) while a writer commits; `reload()` picks up later commits. A compaction removes
+the files it replaced, so a reader opened before it reloads (segments it has already mapped stay readable).
 
 Ids are int64 in append order. Deleted ids are tombstones: `search` skips them exactly (it asks the kernel for k plus
 the number deleted and drops them), `get`/`keys`/`side` refuse them, `live_ids()` lists the others. `compact()`
