@@ -1,3 +1,4 @@
+import json
 import struct
 import zlib
 
@@ -8,8 +9,9 @@ import crosslayer
 from crosslayer import Codes, CodesFormatError
 from crosslayer.reference import pack_ternary, unpack_ternary
 
-# the header's fields and their byte offsets: magic 0, version 8, header size 12, n 16, Dk 24, Dt 28, words 32, crc 36
-HEADER = struct.Struct("<8sIIQIIII")
+# the header's fields and their byte offsets: magic 0, version 8, header size 12, n 16, Dk 24, Dt 28, words 32,
+# key block bytes 36, identity 44, crc 60
+HEADER = struct.Struct("<8sIIQIIIQ16sI")
 
 
 def random_codes(rng, n, dk, dt):
@@ -37,22 +39,32 @@ def test_save_load_roundtrip(tmp_path, rng):
     assert len(Codes.load(tmp_path / "e.xlc")) == 0
 
 
-def code_file(bits, mean, dt, version=2):
-    """A code file's bytes written independently of `Codes.save`: version 2 checksums the header (but its crc field)
-    and the payload, version 1 the payload alone."""
+def code_file(bits, mean, dt, version=3, identity=b"", keys=None):
+    """A code file's bytes written independently of `Codes.save`: the crc32 covers the header (but its crc field)
+    and the payload (bits, means, key block)."""
     n, dk, _, words = bits.shape
-    payload = bits.astype("<u8").tobytes() + np.asarray(mean, "<f4").tobytes()
-    fields = (b"XLCODES\0", version, HEADER.size, n, dk, dt, words)
-    crc = zlib.crc32(payload, zlib.crc32(HEADER.pack(*fields, 0)[:-4]) if version == 2 else 0)
+    block = b"" if keys is None else json.dumps(keys).encode()
+    payload = bits.astype("<u8").tobytes() + np.asarray(mean, "<f4").tobytes() + block
+    fields = (b"XLCODES\0", version, HEADER.size, n, dk, dt, words, len(block), identity)
+    crc = zlib.crc32(payload, zlib.crc32(HEADER.pack(*fields, 0)[:-4]))
     return HEADER.pack(*fields, crc) + payload
 
 
-def test_version_1_files_still_load(tmp_path, rng):
+def test_layout_matches_an_independent_writer_and_older_versions_are_refused(tmp_path, rng):
     codes, _ = random_codes(rng, 3, 2, 70)
-    (tmp_path / "v1.xlc").write_bytes(code_file(codes.bits, codes.channel_mean, 70, version=1))
-    assert Codes.load(tmp_path / "v1.xlc") == codes
-    codes.save(tmp_path / "v2.xlc")
-    assert (tmp_path / "v2.xlc").read_bytes() == code_file(codes.bits, codes.channel_mean, 70, version=2)
+    codes.save(tmp_path / "v3.xlc")
+    assert (tmp_path / "v3.xlc").read_bytes() == code_file(codes.bits, codes.channel_mean, 70)
+    stamped = Codes(codes.bits, codes.channel_mean, 70, identity="0123abcd0123abcd")
+    stamped.save(tmp_path / "keyed.xlc", keys=["a", "b", None])
+    assert (tmp_path / "keyed.xlc").read_bytes() == code_file(codes.bits, codes.channel_mean, 70,
+                                                               identity=b"0123abcd0123abcd", keys=["a", "b", None])
+    loaded = Codes.load(tmp_path / "keyed.xlc")
+    assert loaded == stamped and loaded.identity == "0123abcd0123abcd" and loaded.keys == ["a", "b", None]
+    assert loaded[1:].keys == ["b", None] and Codes.concatenate([loaded, loaded]).keys == ["a", "b", None] * 2
+    for version in (1, 2):  # dropped at 0.3: an older file is refused by name, never misread
+        (tmp_path / "old.xlc").write_bytes(code_file(codes.bits, codes.channel_mean, 70, version=version))
+        with pytest.raises(CodesFormatError, match=f"version {version}; this crosslayer reads version 3"):
+            Codes.load(tmp_path / "old.xlc")
 
 
 def with_padding_bit(bits, dt):
@@ -103,7 +115,7 @@ def test_invalid_bits_reason_names_the_item_past_the_first_chunk(monkeypatch, rn
 
 def test_load_rejects_invalid_bits_behind_a_valid_checksum(tmp_path, rng):
     codes, _ = random_codes(rng, 3, 2, 70)
-    for version in (1, 2):
+    for version in (3,):
         for bits in (with_padding_bit(codes.bits, 70), with_stray_negative_bit(codes.bits)):
             (tmp_path / "c.xlc").write_bytes(code_file(bits, codes.channel_mean, 70, version))
             with pytest.raises(CodesFormatError, match="c.xlc: bits: item"):
@@ -158,13 +170,15 @@ def test_slicing_and_concatenation(rng):
         (lambda b: b[:8] + (99).to_bytes(4, "little") + b[12:], "version 99"),
         (lambda b: b[:-5], "truncated"),
         (lambda b: b + b"\0", "truncated or extended"),
-        (lambda b: b[:40] + bytes([b[40] ^ 1]) + b[41:], "checksum"),
+        (lambda b: b[:70] + bytes([b[70] ^ 1]) + b[71:], "checksum"),
         (lambda b: b[:10], "truncated header"),
         # header fields that keep the file size: Dt within the same word count, n and Dk swapped (4*3 == 3*4)
         (lambda b: b[:28] + bytes([b[28] ^ 1]) + b[29:], "checksum"),
         (lambda b: b[:28] + bytes([b[28] ^ 2]) + b[29:], "checksum"),
         (lambda b: b[:16] + (3).to_bytes(8, "little") + (4).to_bytes(4, "little") + b[28:], "checksum"),
-        (lambda b: b[:36] + bytes([b[36] ^ 1]) + b[37:], "checksum"),
+        (lambda b: b[:60] + bytes([b[60] ^ 1]) + b[61:], "checksum"),
+        (lambda b: b[:44] + b"ffffffffffffffff" + b[60:], "checksum"),  # another identity
+        (lambda b: b[:44] + b"\xff" * 16 + b[60:], "identity is not ASCII"),
     ],
 )
 def test_corrupt_files_are_rejected(tmp_path, rng, damage, message):

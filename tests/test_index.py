@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import crosslayer
-from crosslayer import CodeIndex, CodeIndexError, Codes, reference
+from crosslayer import CodeIndex, CodeIndexError, Codes, formats, reference
 
 DK, DT = 6, 70
 
@@ -72,29 +72,29 @@ def test_single_writer_and_reader_snapshots(tmp_path, rng):
 
 def test_key_tables_are_read_once_and_new_segments_are_seen(tmp_path, rng, monkeypatch):
     reads = []
-    real_read_bytes = Path.read_bytes
+    real_read = CodeIndex._read_key_table
 
-    def counting_read_bytes(path):
-        if path.name.endswith(".keys.json"):
-            reads.append(path.name)
-        return real_read_bytes(path)
+    def counting_read(self, segment):
+        if not self.writable:  # the writer reads its tables too, to refuse duplicate keys
+            reads.append(segment["file"])
+        return real_read(self, segment)
 
-    monkeypatch.setattr(Path, "read_bytes", counting_read_bytes)
+    monkeypatch.setattr(CodeIndex, "_read_key_table", counting_read)
     writer = CodeIndex.create(tmp_path / "idx", DK, DT)
     writer.append(random_codes(rng, 3), keys=["a", "b", "c"])
     writer.append(random_codes(rng, 1))
-    reader = CodeIndex.open(tmp_path / "idx", verify=False)
+    reader = CodeIndex.open(tmp_path / "idx", verify="none")
     assert reader.keys([2, 0]) == ["c", "a"] and reader.keys([1, 3]) == ["b", None]
-    assert reads == ["seg-00000000.keys.json"]
+    assert reads == ["seg-00000000.xlc"]
     writer.append(random_codes(rng, 2), keys=["d", "e"])
     with pytest.raises(IndexError):
         reader.keys([5])  # the reader's snapshot until it reloads
     reader.reload()
     assert reader.keys([5, 0, 4]) == ["e", "a", "d"]
-    assert reads == ["seg-00000000.keys.json", "seg-00000002.keys.json"]
+    assert reads == ["seg-00000000.xlc", "seg-00000002.xlc"]
     reader.close()
-    with CodeIndex.open(tmp_path / "idx", verify=False) as again:  # a new index object reads afresh
-        assert again.keys([1]) == ["b"] and reads[-1] == "seg-00000000.keys.json" and len(reads) == 3
+    with CodeIndex.open(tmp_path / "idx", verify="none") as again:  # a new index object reads afresh
+        assert again.keys([1]) == ["b"] and reads[-1] == "seg-00000000.xlc" and len(reads) == 3
     writer.close()
 
 
@@ -145,37 +145,30 @@ def test_truncated_segment_is_a_clear_error(committed_index):
     segment = committed_index / "seg-00000001.xlc"
     segment.write_bytes(segment.read_bytes()[:-7])
     with pytest.raises(CodeIndexError, match="truncated"):
-        CodeIndex.open(committed_index, verify=False)
+        CodeIndex.open(committed_index, verify="none")
 
 
 def test_tampered_payload_manifest_and_keys_are_clear_errors(committed_index):
     segment = committed_index / "seg-00000000.xlc"
     original = segment.read_bytes()
-    tampered = bytearray(original)
-    tampered[100] ^= 0x10
-    segment.write_bytes(bytes(tampered))
-    with pytest.raises(CodeIndexError, match="checksum mismatch"):
-        CodeIndex.open(committed_index)
+    for offset in (100, len(original) - 3):  # in the bits; in the key block
+        tampered = bytearray(original)
+        tampered[offset] ^= 0x10
+        segment.write_bytes(bytes(tampered))
+        with pytest.raises(CodeIndexError, match="checksum mismatch"):
+            CodeIndex.open(committed_index, verify="full")
     segment.write_bytes(original)
-
-    keys = committed_index / "seg-00000000.keys.json"
-    keys.write_text(json.dumps(list("abcdX")))
-    with pytest.raises(CodeIndexError, match="key table is damaged"):
-        CodeIndex.open(committed_index)
-    keys.write_text(json.dumps(list("abcde")))
 
     manifest = committed_index / "MANIFEST.json"
     good = manifest.read_text()
     manifest.write_text(good.replace('"count": 9', '"count": 10'))
-    with pytest.raises(CodeIndexError, match="manifest is damaged"):
+    with pytest.raises(CodeIndexError, match="checksum mismatch"):
         CodeIndex.open(committed_index)
     manifest.write_text(good[: len(good) // 2])
-    with pytest.raises(CodeIndexError, match="unreadable manifest"):
+    with pytest.raises(CodeIndexError, match="not valid JSON"):
         CodeIndex.open(committed_index)
-    document = json.loads(good)
-    document["body"]["version"] = 99
-    manifest.write_text(json.dumps(document))
-    with pytest.raises(CodeIndexError, match="version 99"):
+    manifest.write_text(good.replace('"version": 3', '"version": 2'))
+    with pytest.raises(CodeIndexError, match="version 2; this crosslayer reads version 3"):
         CodeIndex.open(committed_index)
     manifest.write_text(good)
     (committed_index / "seg-00000001.xlc").unlink()
@@ -183,52 +176,33 @@ def test_tampered_payload_manifest_and_keys_are_clear_errors(committed_index):
         CodeIndex.open(committed_index)
 
 
-def rewrite_segment(index_path, number, version, bits=None):
-    """Rewrites segment `number` as a code file of `version` (bits replaced when given) with consistent checksums in
-    it and in the manifest, as an older crosslayer or another tool could have written it."""
+def rewrite_segment(index_path, number, bits):
+    """Rewrites segment `number` with `bits`, checksums consistent in it and in the manifest, as another tool could
+    have written it."""
     segment = index_path / f"seg-{number:08d}.xlc"
     data = segment.read_bytes()
-    header = bytearray(data[:40])
-    payload = bytearray(data[40:])
-    if bits is not None:
-        payload[: bits.nbytes] = bits.astype("<u8").tobytes()
-    header[8:12] = version.to_bytes(4, "little")
-    crc = zlib.crc32(bytes(payload), zlib.crc32(bytes(header[:36])) if version == 2 else 0)
-    header[36:40] = crc.to_bytes(4, "little")
+    header, payload = bytearray(data[:64]), bytearray(data[64:])
+    payload[: bits.nbytes] = bits.astype("<u8").tobytes()
+    crc = zlib.crc32(bytes(payload), zlib.crc32(bytes(header[:60])))
+    header[60:64] = crc.to_bytes(4, "little")
     segment.write_bytes(bytes(header + payload))
-    manifest = index_path / "MANIFEST.json"
-    body = json.loads(manifest.read_text())["body"]
+    body = formats.read_json(index_path / "MANIFEST.json", "crosslayer-code-index", 3)
+    body.pop("version")
     body["segments"][number]["crc32"] = crc
-    if version == 1:
-        body["version"] = 1
-    checksum = zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
-    manifest.write_text(json.dumps({"body": body, "crc32": checksum}))
+    formats.write_json(index_path / "MANIFEST.json", "crosslayer-code-index", 3, body)
 
 
-def test_version_1_index_still_opens_and_appends(committed_index, rng):
-    with CodeIndex.open(committed_index) as index:
-        before = index.get(np.arange(9))
-    rewrite_segment(committed_index, 0, version=1)
-    rewrite_segment(committed_index, 1, version=1)
-    assert json.loads((committed_index / "MANIFEST.json").read_text())["body"]["version"] == 1
-    with CodeIndex.open(committed_index, mode="a") as index:
-        assert index.get(np.arange(9)) == before
-        more = random_codes(rng, 3)
-        index.append(more)
-    assert json.loads((committed_index / "MANIFEST.json").read_text())["body"]["version"] == 2
-    with CodeIndex.open(committed_index) as index:
-        assert index.get(np.arange(12)) == Codes.concatenate([before, more])
-
-
-@pytest.mark.parametrize("version", [1, 2])
-def test_segment_bits_breaking_the_layout_are_rejected(committed_index, version):
+def test_segment_bits_breaking_the_layout_are_rejected(committed_index):
     with CodeIndex.open(committed_index) as index:
         bits = index.get(np.arange(5)).bits.copy()
     bits[3, 0, 0, -1] |= np.uint64(1) << np.uint64(DT % 64)  # a padding bit past Dt, behind a valid checksum
-    rewrite_segment(committed_index, 0, version, bits)
+    rewrite_segment(committed_index, 0, bits)
     with pytest.raises(CodeIndexError, match="seg-00000000.xlc: invalid code bits: item 3 has padding bits set"):
-        CodeIndex.open(committed_index)
-    with CodeIndex.open(committed_index, verify=False) as index:
+        CodeIndex.open(committed_index, verify="full")
+    with CodeIndex.open(committed_index) as index:  # lazy: refused when the segment is first read
+        with pytest.raises(CodeIndexError, match="invalid code bits"):
+            index.search(random_codes(np.random.default_rng(0), 1), k=2, channels=3)
+    with CodeIndex.open(committed_index, verify="none") as index:
         assert len(index.get([4, 6])) == 2
         with pytest.raises(CodeIndexError, match="bits: item 0 has padding bits set"):
             index.get([3])
@@ -276,7 +250,7 @@ def test_killed_writer_leaves_every_committed_item_and_nothing_corrupt(tmp_path,
         child.wait()
         committed = max([committed] + [int(line) for line in child.stdout.read().split()])
         child.stdout.close()
-        with CodeIndex.open(path, verify=True) as index:
+        with CodeIndex.open(path, verify="full") as index:
             segments = len(index._manifest["segments"])
             assert segments >= committed + 1  # every reported commit survived (the next may have, too)
             expected = Codes.concatenate([_expected_batch(i) for i in range(segments)])
@@ -285,6 +259,6 @@ def test_killed_writer_leaves_every_committed_item_and_nothing_corrupt(tmp_path,
             assert index.keys([len(index) - 1]) == [f"{segments - 1}/{len(_expected_batch(segments - 1)) - 1}"]
     with CodeIndex.open(path, mode="a") as index:  # the writer removes what the crash left behind
         index.append(_expected_batch(0))
-        named = {s["file"] for s in index._manifest["segments"]} | {s.get("keys") for s in index._manifest["segments"]}
+        named = {s["file"] for s in index._manifest["segments"]}
         leftovers = [p.name for p in path.iterdir() if p.name not in named and p.name not in ("MANIFEST.json", "WRITER.lock")]
         assert leftovers == []

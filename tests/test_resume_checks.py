@@ -74,33 +74,41 @@ def test_weights_file_replaced_since_the_encoder_was_saved_is_refused(tmp_path):
         loaded._backbone()  # refused before the network is exported or run
 
 
-def _drop_weights_id(path):
-    """Rewrites an encoder file as one written before the weights were recorded."""
-    with zipfile.ZipFile(path) as archive:
-        members = {name: archive.read(name) for name in archive.namelist()}
-    meta = json.loads(members["meta.json"])
+def _version_1_encoder_file(path, encoder):
+    """An encoder file as crosslayer 0.2 wrote it: meta.json (version 1, no checksum, weights_id optional)."""
+    meta = {"format": "crosslayer-encoder", "version": 1, **encoder.config()}
     del meta["weights_id"]
-    members["meta.json"] = json.dumps(meta).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("meta.json", json.dumps(meta))
+        for name, array in (("pca_mean", encoder.pca_[0]), ("pca_projection", encoder.pca_[1])):
+            buffer = io.BytesIO()
+            np.save(buffer, array)
+            archive.writestr(f"{name}.npy", buffer.getvalue())
+
+
+def test_older_or_tampered_encoder_files_are_refused(backbone_cache, tmp_path):
+    from crosslayer.encoder import EncoderFormatError
+
+    encoder = _encoder().fit(_write_images(tmp_path / "imgs", 3))
+    _version_1_encoder_file(tmp_path / "old.xle", encoder)
+    with pytest.raises(EncoderFormatError, match="old.xle: not a readable crosslayer encoder file"):
+        CrossLayerEncoder.load(tmp_path / "old.xle", weights="random")
+    encoder.save(tmp_path / "new.xle")
+    with zipfile.ZipFile(tmp_path / "new.xle") as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    projection = np.load(io.BytesIO(members["pca_projection.npy"]))
+    projection[0, 0] += 1.0  # a changed PCA behind an intact document: the array's checksum refuses it
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
+    np.save(buffer, projection)
+    members["pca_projection.npy"] = buffer.getvalue()
+    with zipfile.ZipFile(tmp_path / "tampered.xle", "w") as archive:
         for name, data in members.items():
             archive.writestr(name, data)
-    path.write_bytes(buffer.getvalue())
-
-
-def test_encoder_files_without_recorded_weights_still_load(backbone_cache, tmp_path, other_weights):
-    import warnings
-
-    images = _write_images(tmp_path / "imgs", 3)
-    saved = tmp_path / "old.xle"
-    _encoder().fit(images).save(saved)
-    _drop_weights_id(saved)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        same = CrossLayerEncoder.load(saved, weights="random")
-    assert same.weights_id is None and same.config()["weights_id"] is None
-    with pytest.warns(UserWarning, match="cannot be checked"):
-        CrossLayerEncoder.load(saved, weights=str(other_weights))
+    with pytest.raises(EncoderFormatError, match="pca_projection.*checksum"):
+        CrossLayerEncoder.load(tmp_path / "tampered.xle")
+    loaded = CrossLayerEncoder.load(tmp_path / "new.xle")
+    assert loaded.identity == encoder.identity and loaded.identity_digest == encoder.identity_digest
+    assert set(encoder.identity) == {"backbone", "layers", "side", "policy", "pca_dim", "weights_id", "pca_sha256"}
 
 
 def test_cli_extract_checks_its_flags_on_resume(backbone_cache, tmp_path, capsys, monkeypatch):

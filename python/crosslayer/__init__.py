@@ -7,7 +7,7 @@ classification.
 
 from crosslayer._native import core as _core
 from crosslayer._device import DeviceCodes
-from crosslayer.codes import Codes, CodesFormatError
+from crosslayer.codes import Codes, CodesFormatError, IdentityMismatchError
 from crosslayer.errors import CrossLayerError, FormatError, UsageError
 from crosslayer.pooling import pool
 from crosslayer.search import gram, search, popcount_path, popcount_paths, set_popcount_path
@@ -36,5 +36,5 @@ def __getattr__(name):
 
 __all__ = [
     "Codes", "CodesFormatError", "DeviceCodes", "CrossLayerError", "FormatError", "UsageError", "pool", "build_info", "__version__", "gram", "search", "popcount_path",
-    "popcount_paths", "set_popcount_path", "CodeIndex", "CodeIndexError", "CrossLayerEncoder",
+    "popcount_paths", "set_popcount_path", "CodeIndex", "CodeIndexError", "CrossLayerEncoder", "IdentityMismatchError",
 ]

@@ -1,4 +1,4 @@
-"""`Codes`: a batch of 2-bit sign codes with their per-channel guidance means, and its versioned file format.
+"""`Codes`: a batch of 2-bit sign codes with their per-channel guidance means (file format: `crosslayer.formats`).
 
 Layout (see csrc/include/crosslayer/codes.h): ``bits`` is uint64 (n, Dk, 2, ceil(Dt/64)); plane 0 marks nonzero
 values, plane 1 negative ones, bit j of a plane in word j // 64 at position j % 64; padding bits are zero and the
@@ -10,37 +10,33 @@ once; codes our own kernels produce, and slices and concatenations of checked co
 from __future__ import annotations
 
 import operator
-import struct
-import zlib
-from pathlib import Path
 
 import numpy as np
 
-from crosslayer._atomic import atomic_write
-from crosslayer.errors import FormatError
+from crosslayer.errors import CrossLayerError, UsageError
+from crosslayer.formats import CodeFile, CodesFormatError, words_per_plane  # noqa: F401 (re-exported)
 
-MAGIC = b"XLCODES\x00"
-# Version 2: the crc32 covers the header (all of it but the crc field) and the payload; version 1 (still read) covered
-# only the payload, so a flipped n, Dk or Dt loaded with the wrong shape.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-# magic, version, header size, n, Dk, Dt, words per plane, crc32; the crc field is last so the checksummed bytes are
-# the file's bytes in order with those 4 left out.
-_HEADER = struct.Struct("<8sIIQIIII")
-_CRC_FIELD_SIZE = 4
 # rows of bits scanned at a time by the validity check, so its temporaries stay small for any batch size
 _CHECK_CHUNK_BYTES = 1 << 24
 
 
-def words_per_plane(dt: int) -> int:
-    return (int(dt) + 63) // 64
+class IdentityMismatchError(CrossLayerError, ValueError):
+    """Codes made by two different encoders (another network, weights or PCA) would be compared or mixed."""
 
 
-def checksum_seed(header: bytes, version: int) -> int:
-    """The crc32 state a code file's payload checksum continues from: the header's for version 2, none for 1."""
-    if version >= 2:
-        return zlib.crc32(header[: _HEADER.size - _CRC_FIELD_SIZE])
-    return 0
+def common_identity(named: dict, what: str = "codes") -> str | None:
+    """The one known encoder identity among `named` ({argument name: identity or None}); None when none is known.
+    IdentityMismatchError naming both when two known identities differ."""
+    known = {name: identity for name, identity in named.items() if identity is not None}
+    first = None
+    for name, identity in known.items():
+        if first is None:
+            first = (name, identity)
+        elif identity != first[1]:
+            raise IdentityMismatchError(
+                f"{name}: {what} of encoder {identity} cannot be mixed with {first[0]} of encoder {first[1]} "
+                "(another network, weights or PCA: the scores would be meaningless)")
+    return None if first is None else first[1]
 
 
 def invalid_bits_reason(bits: np.ndarray, dt: int) -> str | None:
@@ -65,48 +61,65 @@ def invalid_bits_reason(bits: np.ndarray, dt: int) -> str | None:
     return None
 
 
-class CodesFormatError(FormatError):
-    """A code file is not one, is of another version, or is damaged."""
-
-
 class Codes:
-    """Sign codes of n images: ``bits`` (n, Dk, 2, words) uint64 and ``channel_mean`` (n, Dk) float32."""
+    """Sign codes of n images: ``bits`` (n, Dk, 2, words) uint64 and ``channel_mean`` (n, Dk) float32 (finite).
 
-    __slots__ = ("bits", "channel_mean", "Dt")
+    ``identity`` is the digest of the encoder that made them (`CrossLayerEncoder.identity_digest`; None: unknown):
+    codes of two different known identities are never mixed or compared. ``keys`` are optional per-item strings
+    (from a code file written with keys, e.g. `CodeIndex.export`)."""
 
-    def __init__(self, bits: np.ndarray, channel_mean: np.ndarray, Dt: int):
-        """Checks the shapes and that the bits keep the layout's rules (zero padding, negative within nonzero):
-        ValueError naming the argument otherwise."""
-        self._set(bits, channel_mean, Dt, check_bits=True)
+    __slots__ = ("bits", "channel_mean", "Dt", "identity", "keys")
+
+    def __init__(self, bits: np.ndarray, channel_mean: np.ndarray, Dt: int, identity: str | None = None, keys=None):
+        """Checks the shapes, that the channel means are finite and that the bits keep the layout's rules (zero
+        padding, negative within nonzero): ValueError naming the argument otherwise."""
+        self._set(bits, channel_mean, Dt, check_bits=True, identity=identity, keys=keys)
 
     @classmethod
-    def _from_valid_bits(cls, bits: np.ndarray, channel_mean: np.ndarray, Dt: int) -> "Codes":
+    def _from_valid_bits(cls, bits: np.ndarray, channel_mean: np.ndarray, Dt: int, identity=None, keys=None) -> "Codes":
         """Codes of bits known to keep the layout's rules (our kernels' output, parts of checked codes): the
         shapes are checked, the one-pass scan of the bits is skipped."""
         codes = cls.__new__(cls)
-        codes._set(bits, channel_mean, Dt, check_bits=False)
+        codes._set(bits, channel_mean, Dt, check_bits=False, identity=identity, keys=keys)
         return codes
 
-    def _set(self, bits, channel_mean, Dt, check_bits: bool) -> None:
+    def _set(self, bits, channel_mean, Dt, check_bits: bool, identity=None, keys=None) -> None:
         if not isinstance(bits, np.ndarray) or bits.dtype != np.uint64 or bits.ndim != 4 or bits.shape[2] != 2:
-            raise ValueError("bits: expected a uint64 array of shape (n, Dk, 2, ceil(Dt/64))")
+            raise UsageError("bits: expected a uint64 array of shape (n, Dk, 2, ceil(Dt/64))")
         if isinstance(Dt, bool) or not isinstance(Dt, (int, np.integer)) or Dt < 1:
-            raise ValueError(f"Dt: expected a positive integer, got {Dt!r}")
+            raise UsageError(f"Dt: expected a positive integer, got {Dt!r}")
         if bits.shape[1] < 1:
-            raise ValueError(f"bits: expected at least one guidance channel (Dk >= 1), got shape {bits.shape}")
+            raise UsageError(f"bits: expected at least one guidance channel (Dk >= 1), got shape {bits.shape}")
         if bits.shape[3] != words_per_plane(Dt):
-            raise ValueError(f"bits: last axis has {bits.shape[3]} words, Dt={Dt} needs {words_per_plane(Dt)}")
+            raise UsageError(f"bits: last axis has {bits.shape[3]} words, Dt={Dt} needs {words_per_plane(Dt)}")
         channel_mean = np.asarray(channel_mean)
         if channel_mean.shape != bits.shape[:2]:
-            raise ValueError(f"channel_mean: expected shape {bits.shape[:2]}, got {channel_mean.shape}")
+            raise UsageError(f"channel_mean: expected shape {bits.shape[:2]}, got {channel_mean.shape}")
+        channel_mean = np.ascontiguousarray(channel_mean, dtype=np.float32)
+        if not np.isfinite(channel_mean).all():
+            item = int(np.flatnonzero(~np.isfinite(channel_mean).all(axis=1))[0])
+            raise UsageError(f"channel_mean: item {item} has a non-finite mean (NaN or infinity); channel selection "
+                             "would be arbitrary")
+        if identity is not None and (not isinstance(identity, str) or not identity.isascii()
+                                     or not 0 < len(identity) <= CodeFile.IDENTITY_BYTES):
+            raise UsageError(f"identity: expected None or an encoder identity digest (at most "
+                             f"{CodeFile.IDENTITY_BYTES} ASCII characters), got {identity!r}")
+        if keys is not None:
+            if isinstance(keys, (str, bytes)):
+                raise UsageError("keys: expected a sequence of strings, one per item, got a single string")
+            keys = list(keys)
+            if len(keys) != bits.shape[0] or not all(key is None or isinstance(key, str) for key in keys):
+                raise UsageError(f"keys: expected {bits.shape[0]} strings (one per item)")
         bits = np.ascontiguousarray(bits)
         if check_bits:
             reason = invalid_bits_reason(bits, int(Dt))
             if reason is not None:
-                raise ValueError(f"bits: {reason}")
+                raise UsageError(f"bits: {reason}")
         self.bits = bits
-        self.channel_mean = np.ascontiguousarray(channel_mean, dtype=np.float32)
+        self.channel_mean = channel_mean
         self.Dt = int(Dt)
+        self.identity = identity
+        self.keys = keys
 
     # ---- shape --------------------------------------------------------------------------------------------------
     @property
@@ -128,15 +141,19 @@ class Codes:
         """``codes[i]`` is the batch of item i alone (IndexError out of range); slices and index arrays select
         items as numpy does."""
         index = item_slice(index, len(self))
-        return Codes._from_valid_bits(self.bits[index], self.channel_mean[index], self.Dt)
+        keys = None if self.keys is None else np.array(self.keys, dtype=object)[index].tolist()
+        return Codes._from_valid_bits(self.bits[index], self.channel_mean[index], self.Dt, self.identity, keys)
 
     def __repr__(self) -> str:
-        return f"Codes(n={len(self)}, Dk={self.Dk}, Dt={self.Dt}, {self.nbytes / max(len(self), 1):.0f} bytes/image)"
+        made = f", identity={self.identity}" if self.identity else ""
+        return (f"Codes(n={len(self)}, Dk={self.Dk}, Dt={self.Dt}{made}, "
+                f"{self.nbytes / max(len(self), 1):.0f} bytes/image)")
 
     def __eq__(self, other) -> bool:
         return (
             isinstance(other, Codes)
             and self.Dt == other.Dt
+            and self.identity == other.identity
             and np.array_equal(self.bits, other.bits)
             and np.array_equal(self.channel_mean, other.channel_mean)
         )
@@ -145,23 +162,26 @@ class Codes:
 
     @staticmethod
     def concatenate(parts) -> "Codes":
+        """One batch of every part's items in order; parts of two different known encoder identities are refused
+        (IdentityMismatchError). Keys are kept when every part has them."""
         parts = list(parts)
         if not parts:
-            raise ValueError("parts: expected at least one Codes")
+            raise UsageError("parts: expected at least one Codes")
         first = parts[0]
         for i, part in enumerate(parts):
             if not isinstance(part, Codes):
                 raise TypeError(f"parts[{i}]: expected Codes, got {type(part).__name__}")
             if (part.Dk, part.Dt) != (first.Dk, first.Dt):
-                raise ValueError(f"parts[{i}]: Dk={part.Dk}, Dt={part.Dt} differs from parts[0] ({first.Dk}, {first.Dt})")
-        return Codes._from_valid_bits(
-            np.concatenate([p.bits for p in parts]), np.concatenate([p.channel_mean for p in parts]), first.Dt
-        )
+                raise UsageError(f"parts[{i}]: Dk={part.Dk}, Dt={part.Dt} differs from parts[0] ({first.Dk}, {first.Dt})")
+        identity = common_identity({f"parts[{i}]": part.identity for i, part in enumerate(parts)})
+        keys = [k for p in parts for k in p.keys] if all(p.keys is not None for p in parts) else None
+        return Codes._from_valid_bits(np.concatenate([p.bits for p in parts]),
+                                      np.concatenate([p.channel_mean for p in parts]), first.Dt, identity, keys)
 
     @staticmethod
-    def empty(Dk: int, Dt: int) -> "Codes":
+    def empty(Dk: int, Dt: int, identity: str | None = None) -> "Codes":
         bits = np.zeros((0, Dk, 2, words_per_plane(Dt)), np.uint64)
-        return Codes._from_valid_bits(bits, np.zeros((0, Dk), np.float32), Dt)
+        return Codes._from_valid_bits(bits, np.zeros((0, Dk), np.float32), Dt, identity)
 
     def signs(self) -> np.ndarray:
         """The ternary values (n, Dk, Dt) int8 (for inspection and tests; O(n·Dk·Dt) memory)."""
@@ -169,58 +189,27 @@ class Codes:
 
         return unpack_ternary(self.bits, self.Dt)
 
-    # ---- file format --------------------------------------------------------------------------------------------
-    def save(self, path) -> None:
-        """Writes the codes atomically: a crash leaves the previous file or the complete new one.
+    # ---- file format (crosslayer.formats.CodeFile) --------------------------------------------------------------
+    def save(self, path, keys=None) -> None:
+        """Writes the codes (their identity, and `keys` or else their own keys if any) atomically: a crash leaves
+        the previous file or the complete new one.
 
-        The bits are checked again first (they may have been changed in place), so no file is written that
-        `load` would refuse."""
-        reason = invalid_bits_reason(self.bits, self.Dt)
-        if reason is not None:
-            raise ValueError(f"bits: {reason}; nothing was written")
-        payload_bits = self.bits.astype("<u8", copy=False).tobytes()
-        payload_mean = self.channel_mean.astype("<f4", copy=False).tobytes()
-        fields = (MAGIC, FORMAT_VERSION, _HEADER.size, len(self), self.Dk, self.Dt, self.words)
-        seed = checksum_seed(_HEADER.pack(*fields, 0), FORMAT_VERSION)
-        crc = zlib.crc32(payload_mean, zlib.crc32(payload_bits, seed))
-        header = _HEADER.pack(*fields, crc)
-        with atomic_write(path) as handle:
-            handle.write(header)
-            handle.write(payload_bits)
-            handle.write(payload_mean)
+        The bits and means are checked again first (they may have been changed in place), so no file is written
+        that `load` would refuse."""
+        try:
+            Codes(self.bits, self.channel_mean, self.Dt, self.identity, self.keys if keys is None else keys)
+        except UsageError as error:
+            raise UsageError(f"{error}; nothing was written") from None
+        CodeFile.write(path, self.bits, self.channel_mean, self.Dt, self.identity, self.keys if keys is None else keys)
 
     @staticmethod
     def load(path) -> "Codes":
-        """Reads a code file of any readable version; CodesFormatError if it is not one, damaged, or its bits
-        break the layout's rules."""
-        path = Path(path)
-        data = path.read_bytes()
-        if len(data) < _HEADER.size:
-            raise CodesFormatError(f"{path}: truncated header ({len(data)} bytes); not a crosslayer code file")
-        magic, version, header_size, n, dk, dt, words, crc = _HEADER.unpack_from(data)
-        if magic != MAGIC:
-            raise CodesFormatError(f"{path}: not a crosslayer code file (bad magic {magic!r})")
-        if version not in READABLE_VERSIONS:
-            raise CodesFormatError(
-                f"{path}: code file version {version}, this crosslayer reads versions {READABLE_VERSIONS}"
-            )
-        if header_size != _HEADER.size or dk < 1 or dt < 1 or words != words_per_plane(dt):
-            raise CodesFormatError(f"{path}: inconsistent header (Dk={dk}, Dt={dt}, words={words})")
-        bits_bytes = n * dk * 2 * words * 8
-        mean_bytes = n * dk * 4
-        expected = header_size + bits_bytes + mean_bytes
-        if len(data) != expected:
-            raise CodesFormatError(f"{path}: expected {expected} bytes for {n} codes, file has {len(data)} (truncated or extended)")
-        payload_bits = data[header_size : header_size + bits_bytes]
-        payload_mean = data[header_size + bits_bytes :]
-        seed = checksum_seed(data[: _HEADER.size], version)
-        if zlib.crc32(payload_mean, zlib.crc32(payload_bits, seed)) != crc:
-            raise CodesFormatError(f"{path}: checksum mismatch (file is damaged)")
-        bits = np.frombuffer(payload_bits, dtype="<u8").astype(np.uint64).reshape(n, dk, 2, words)
-        mean = np.frombuffer(payload_mean, dtype="<f4").astype(np.float32).reshape(n, dk)
+        """Reads a code file (with its identity and keys); CodesFormatError if it is not one, damaged, or its bits
+        or means break the layout's rules."""
+        header, bits, means, keys = CodeFile.read(path)
         try:
-            return Codes(bits, mean, dt)
-        except ValueError as exc:
+            return Codes(bits, means, header.Dt, header.identity, keys)
+        except UsageError as exc:
             raise CodesFormatError(f"{path}: {exc}") from None
 
 

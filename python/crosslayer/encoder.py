@@ -6,32 +6,31 @@ Images are file paths or HxWx3 uint8 arrays. The backbone runs in onnxruntime fr
 
 from __future__ import annotations
 
-import io
+import hashlib
 import json
 import time
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from crosslayer._atomic import atomic_write
 from crosslayer.backbones.registry import get_backbone
 from crosslayer.backbones.weights import describe_weights, weights_identity
 from crosslayer.batches import ON_ERROR, batch_size_within_budget, check_batch_size, stream_batches
 from crosslayer.codes import Codes
 from crosslayer.config import ENCODER_DEFAULTS
 from crosslayer.errors import CrossLayerError, FormatError, UsageError
+from crosslayer.formats import read_zip_document, write_zip_document
 from crosslayer.images import RESIZE_POLICIES, check_side, prepare
 from crosslayer.pca import CovarianceAccumulator, local_rows
 from crosslayer.pooling import pool
 
 ENCODER_FORMAT = "crosslayer-encoder"
-# Version 1 files written before the weights were recorded lack "weights_id": their weights are unknown. The key is
-# additive (older readers ignore it), so the version stays 1.
-ENCODER_VERSION = 1
+# Version 2: a `crosslayer.formats` zip document (checksummed meta and arrays), weights_id always recorded.
+ENCODER_VERSION = 2
+_META_KEYS = ("backbone", "layers", "side", "policy", "pca_dim", "weights", "weights_id", "seed", "Dk", "Dt")
 # What must match to add codes to those an encoder made: the same network (these and its weights) and the same PCA.
 COMPARED_SETTINGS = ("backbone", "layers", "side", "pca_dim", "policy")
 # What a resumed run may choose anew: they change speed and memory, not the codes.
@@ -143,6 +142,7 @@ class CrossLayerEncoder:
         self.fit_seconds_ = 0.0  # wall time of the last fit (part of a build's time)
         self._runners = {}
         self._weights_id = _UNRESOLVED
+        self._identity_cache = None  # (the pca_ tuple it was computed for, identity dict, digest)
 
     @property
     def weights_id(self) -> str | None:
@@ -164,6 +164,29 @@ class CrossLayerEncoder:
             given = "the packaged weights" if self.weights is None else str(self.weights)
             raise EncoderMismatchError(where, [f"made with {describe_weights(self._weights_id)}, not {given} "
                                                f"({describe_weights(actual)}); pass the weights it was made with"])
+
+    # ---- identity -----------------------------------------------------------------------------------------------
+    @property
+    def identity(self) -> dict:
+        """What makes this encoder's codes comparable with another's: backbone, layers, side, policy, pca_dim,
+        weights_id and the sha256 of the PCA arrays (NotFittedError before fit/load)."""
+        return dict(self._identity()[0])
+
+    @property
+    def identity_digest(self) -> str:
+        """A 16-hex-digit digest of `identity`, stamped on every code this encoder makes (`Codes.identity`)."""
+        return self._identity()[1]
+
+    def _identity(self):
+        self._check_fitted()
+        if self._identity_cache is None or self._identity_cache[0] is not self.pca_:
+            sha = hashlib.sha256()
+            for array in self.pca_:
+                sha.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
+            identity = {**self.settings(), "weights_id": self.weights_id, "pca_sha256": sha.hexdigest()}
+            digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+            self._identity_cache = (self.pca_, identity, digest)
+        return self._identity_cache[1:]
 
     # ---- backbone ------------------------------------------------------------------------------------------------
     @property
@@ -289,7 +312,10 @@ class CrossLayerEncoder:
         """Cross-layer pooling of one activations batch (`output` as in `crosslayer.pool`)."""
         self._check_fitted()
         local, guidance = outputs[self.layers[0]], outputs[self.layers[1]]
-        return pool(local, guidance, self.pca_, output=output, num_threads=self.threads)
+        pooled = pool(local, guidance, self.pca_, output=output, num_threads=self.threads)
+        if output == "codes":
+            pooled.identity = self.identity_digest
+        return pooled
 
     def transform(self, images) -> np.ndarray:
         """(n, Dk*Dt) float32 representations (1.6 MB an image for the default pair: prefer encode for many)."""
@@ -301,7 +327,7 @@ class CrossLayerEncoder:
         """2-bit sign codes with per-channel mean guidance activations."""
         self._check_fitted()
         parts = [self.pool_batch(batch.outputs, "codes") for batch in self.activations(images)]
-        return Codes.concatenate(parts) if parts else Codes.empty(self.Dk, self.Dt)
+        return Codes.concatenate(parts) if parts else Codes.empty(self.Dk, self.Dt, self.identity_digest)
 
     def fit_transform(self, images, y=None):
         images = list(images)
@@ -328,61 +354,49 @@ class CrossLayerEncoder:
         return found
 
     def save(self, path) -> None:
-        """Writes the fitted encoder atomically (a zip: meta.json + PCA arrays)."""
+        """Writes the fitted encoder atomically (`crosslayer.formats` zip document: meta + PCA arrays, checksummed)."""
         self._check_fitted()
-        meta = {"format": ENCODER_FORMAT, "version": ENCODER_VERSION, **self.config()}
-        with atomic_write(path) as handle:
-            with zipfile.ZipFile(handle, "w") as archive:
-                archive.writestr("meta.json", json.dumps(meta, indent=1))
-                for name, array in (("pca_mean", self.pca_[0]), ("pca_projection", self.pca_[1])):
-                    buffer = io.BytesIO()
-                    np.save(buffer, array, allow_pickle=False)
-                    archive.writestr(f"{name}.npy", buffer.getvalue())
+        body = {**self.config(), "identity": self.identity_digest}
+        write_zip_document(path, ENCODER_FORMAT, ENCODER_VERSION, body,
+                           {"pca_mean": self.pca_[0], "pca_projection": self.pca_[1]})
 
     @staticmethod
     def read_meta(path) -> dict:
-        path = Path(path)
-        try:
-            with zipfile.ZipFile(path) as archive:
-                meta = json.loads(archive.read("meta.json"))
-        except (zipfile.BadZipFile, KeyError, ValueError) as error:
-            raise EncoderFormatError(f"{path}: not a crosslayer encoder file ({error})") from None
-        if meta.get("format") != ENCODER_FORMAT:
-            raise EncoderFormatError(f"{path}: not a crosslayer encoder file")
-        if meta.get("version") != ENCODER_VERSION:
-            raise EncoderFormatError(f"{path}: encoder file version {meta.get('version')}, this crosslayer reads {ENCODER_VERSION}")
-        return meta
+        """The settings recorded in an encoder file (its arrays are not read); EncoderFormatError if it is not one."""
+        body, _ = read_zip_document(path, ENCODER_FORMAT, ENCODER_VERSION, "crosslayer encoder file",
+                                    EncoderFormatError, arrays=False)
+        _check_meta(body, path)
+        return {"format": ENCODER_FORMAT, **body}
 
     @classmethod
     def load(cls, path, **runtime_options) -> "CrossLayerEncoder":
         """A fitted encoder from `save`; runtime_options (batch_size, threads, logits, cache, weights...) override.
 
-        Weights given here (a moved file) must be the ones recorded in the file (EncoderMismatchError otherwise);
-        for a file that did not record them, other weights are accepted with a warning that they cannot be checked."""
+        Weights given here (a moved file) must be the ones recorded in the file (EncoderMismatchError otherwise)."""
         path = Path(path)
-        meta = cls.read_meta(path)
+        meta, arrays = read_zip_document(path, ENCODER_FORMAT, ENCODER_VERSION, "crosslayer encoder file",
+                                         EncoderFormatError)
+        _check_meta(meta, path)
         params = {key: meta[key] for key in ("backbone", "side", "pca_dim", "policy", "weights", "seed")}
         params["layers"] = tuple(meta["layers"])
         params.update(runtime_options)
-        encoder = cls(**params)
-        encoder._weights_id = meta.get("weights_id")
-        if "weights" in runtime_options:
-            if encoder._weights_id is not None:
-                encoder._check_weights(path)
-            elif encoder.weights != meta["weights"]:
-                warnings.warn(f"{path}: written before encoder files recorded their weights' sha256, so it cannot be "
-                              f"checked that weights {encoder.weights!r} (not {meta['weights']!r} as recorded) are the "
-                              "ones its codes were made with", UserWarning, stacklevel=2)
         try:
-            with zipfile.ZipFile(path) as archive:
-                mean = np.load(io.BytesIO(archive.read("pca_mean.npy")), allow_pickle=False)
-                projection = np.load(io.BytesIO(archive.read("pca_projection.npy")), allow_pickle=False)
-        except (zipfile.BadZipFile, KeyError, ValueError) as error:
-            raise EncoderFormatError(f"{path}: damaged encoder file ({error})") from None
+            encoder = cls(**params)
+        except (ValueError, KeyError, TypeError) as error:
+            if runtime_options:
+                raise
+            raise EncoderFormatError(f"{path}: damaged encoder file (settings refused: {error})") from None
+        encoder._weights_id = meta["weights_id"]
+        if "weights" in runtime_options:
+            encoder._check_weights(path)
+        mean, projection = arrays.get("pca_mean"), arrays.get("pca_projection")
         dt_in = encoder.spec.channels[encoder.layers[0]]
-        if mean.shape != (dt_in,) or projection.shape != (dt_in, encoder.Dt):
-            raise EncoderFormatError(f"{path}: PCA shapes {mean.shape}, {projection.shape} do not match the encoder")
+        if mean is None or projection is None or mean.shape != (dt_in,) or projection.shape != (dt_in, encoder.Dt):
+            raise EncoderFormatError(f"{path}: PCA arrays do not match the encoder (damaged encoder file)")
         encoder.pca_ = (mean.astype(np.float32), np.ascontiguousarray(projection, dtype=np.float32))
+        if encoder.identity_digest != meta["identity"]:
+            raise EncoderFormatError(f"{path}: damaged encoder file (identity {encoder.identity_digest} of its "
+                                     f"contents differs from the {meta['identity']} recorded)")
         return encoder
 
     @classmethod
@@ -408,3 +422,15 @@ def _with_progress(batches, images, desc):
         for batch in batches:
             bar.update(len(batch.positions) + len(batch.errors))
             yield batch
+
+
+def _check_meta(meta: dict, path) -> None:
+    """The recorded settings have the types the encoder expects (a checksummed file can still be hand-made)."""
+    missing = [key for key in (*_META_KEYS, "identity") if key not in meta]
+    if missing:
+        raise EncoderFormatError(f"{path}: damaged encoder file (missing {', '.join(missing)})")
+    layers = meta["layers"]
+    if (not isinstance(meta["backbone"], str) or not isinstance(layers, list) or len(layers) != 2
+            or not all(isinstance(layer, str) for layer in layers) or not isinstance(meta["identity"], str)
+            or not (meta["weights_id"] is None or isinstance(meta["weights_id"], str))):
+        raise EncoderFormatError(f"{path}: damaged encoder file (settings of the wrong type)")

@@ -1,125 +1,144 @@
-"""`CodeIndex`: an append-only, crash-safe on-disk index of sign codes, searched through memory maps.
+"""`CodeIndex`: a keyed, crash-safe on-disk store of sign codes with optional side arrays, searched through memory maps.
 
-Directory layout (format version 2; version 1, whose segments are all code files of version 1, is still read)::
+Directory layout (format version 3; files described in `crosslayer.formats`)::
 
-    MANIFEST.json          what is committed: magic, version, Dk, Dt, count, segments (file, count, id_base,
-                           size, crc32, optional key table file and its crc32), and a crc32 of all of it
-    seg-00000000.xlc       one segment per append, in the crosslayer code file format (`Codes.save`); its header's
-                           crc32 is the segment's crc32 (version 2 files: header and payload, version 1: payload)
-    seg-00000000.keys.json optional string keys of that segment's items (e.g. image paths)
-    WRITER.lock            fcntl lock held by the single writer
+    MANIFEST.json               the commit (a `formats` JSON document "crosslayer-code-index"): Dk, Dt, count,
+                                identity (encoder digest or null), side (name -> dtype, trailing shape), segments
+                                (file, count, id_base, size, crc32, keys, side files with size and crc32), deleted
+                                (sorted tombstoned ids), next_segment, attributes (a caller's JSON, e.g. the image
+                                index's root and failed images)
+    seg-00000000.xlc            one segment per append: a code file (with its keys in the key block, if any)
+    seg-00000000.NAME.npy       that segment's rows of side array NAME
+    WRITER.lock                 fcntl lock held by the single writer
 
-An append writes its segment (and key table) under a temporary name, fsyncs and renames it, and only then
-atomically replaces the manifest; a crash at any moment leaves the previous manifest or the new one, each naming
-only complete, checksummed segments. Files a crash left behind are removed when the next writer opens.
-Readers take no lock: they search the segments of the manifest they opened (a consistent snapshot) while a writer
-appends; `reload()` picks up later commits. Item ids are int64 in append order. Committed segments never
-change, so an open index reads and checks each key table once and keeps it.
+Every change (append, delete, compact, attributes) writes its new files first and then atomically replaces the
+manifest: a crash leaves the previous commit or the new one. Files a crash left behind (and files a compaction
+replaced) are removed when the next writer opens. Readers take no lock: they read the segments of the manifest
+they opened (a consistent snapshot) while a writer commits; `reload()` picks up later commits. A compaction removes
+the files it replaced, so a reader opened before it reloads (segments it has already mapped stay readable).
 
-The kernels trust the code layout's rules (zero padding, negative bits within nonzero ones): appended codes are
-checked when saved, `open(verify=True)` checks every segment's bits with its checksum, and `get` checks what it
-returns. An index opened with verify=False is searched as it is on disk.
+Ids are int64 in append order. Deleted ids are tombstones: `search` skips them exactly (it asks the kernel for k plus
+the number deleted and drops them), `get`/`keys`/`side` refuse them, `live_ids()` lists the others. `compact()`
+rewrites the segments holding tombstones and renumbers the live items 0..n-1 in their old order (ids change).
+
+Verification (`open(..., verify=)`): "lazy" (default) checks each segment's crc32 and bits, and each side array's
+crc32, the first time anything reads it in this open — a flipped byte gives a CodeIndexError, never a changed score;
+"full" checks everything at open; "none" checks sizes and headers only. `verify()` lists every problem found.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import os
 import re
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from crosslayer._atomic import atomic_write
-from crosslayer.codes import (
-    _HEADER, FORMAT_VERSION as CODES_FORMAT_VERSION, MAGIC as CODES_MAGIC, READABLE_VERSIONS as CODES_READABLE_VERSIONS,
-    Codes, checksum_seed, invalid_bits_reason,
-)
-from crosslayer.errors import CrossLayerError
-from crosslayer.search import search_segments
+from crosslayer.codes import Codes, IdentityMismatchError, common_identity, invalid_bits_reason
+from crosslayer.errors import CrossLayerError, FormatError, UsageError
+from crosslayer.formats import CodeFile, check_npy, open_npy, read_json, write_json, write_npy
+from crosslayer.search import check_search_args, masked_nonzero_counts, search_segments, select_channels
 
 MANIFEST_NAME = "MANIFEST.json"
 LOCK_NAME = "WRITER.lock"
-INDEX_MAGIC = "crosslayer-code-index"
-# Version 2 may hold segments in code file version 2, which version-1 readers would call damaged; an append to a
-# version-1 index makes it version 2.
-INDEX_VERSION = 2
-READABLE_INDEX_VERSIONS = (1, 2)
-_SEGMENT_FILE = re.compile(r"^seg-\d{8}\.(xlc|keys\.json)$")
-_CRC_CHUNK = 1 << 24
+INDEX_FORMAT = "crosslayer-code-index"
+INDEX_VERSION = 3
+VERIFY_POLICIES = ("lazy", "full", "none")
+_SEGMENT_FILE = re.compile(r"^seg-\d{8}(\.xlc|\.[A-Za-z0-9_]+\.npy)$")
+_SIDE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
 class CodeIndexError(CrossLayerError, ValueError):
     """The index is missing, damaged, of another version, locked by another writer, or misused."""
 
 
-def _manifest_checksum(body: dict) -> int:
-    return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+class CodeIndexFormatError(CodeIndexError, FormatError):
+    """A file of the index is damaged, truncated, missing or of another version."""
 
 
-def _header_of(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read(_HEADER.size)
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
 
 
-def _file_crc(path: Path, start: int, seed: int = 0) -> int:
-    crc = seed
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        while chunk := handle.read(_CRC_CHUNK):
-            crc = zlib.crc32(chunk, crc)
-    return crc
+def _declare_side(side: dict | None) -> dict:
+    """{name: {"dtype", "shape"}} from {name: (dtype, trailing shape)}."""
+    declared = {}
+    for name, spec in (side or {}).items():
+        if not isinstance(name, str) or not _SIDE_NAME.match(name):
+            raise UsageError(f"side: names are 1-64 letters, digits or underscores, got {name!r}")
+        try:
+            dtype, shape = spec
+            dtype = np.dtype(dtype)
+            shape = [int(s) for s in shape]
+        except (TypeError, ValueError):
+            raise UsageError(f"side[{name!r}]: expected (dtype, trailing shape), got {spec!r}") from None
+        if dtype.hasobject or any(s < 0 for s in shape):
+            raise UsageError(f"side[{name!r}]: expected a plain dtype and a non-negative shape, got {spec!r}")
+        declared[name] = {"dtype": dtype.str, "shape": shape}
+    return declared
 
 
 class CodeIndex:
     """Sign codes on disk. Use `CodeIndex.create(path, Dk, Dt)` or `CodeIndex.open(path, mode="r"|"a")`."""
 
-    def __init__(self, path: Path, manifest: dict, lock_handle=None):
+    def __init__(self, path: Path, manifest: dict, lock_handle=None, verify: str = "lazy"):
         self.path = path
         self._manifest = manifest
         self._lock = lock_handle
+        self._verify_policy = verify
         self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        # Checked key tables by (file, crc32): committed segments never change, so a table is read once per index
-        # object, and one a later manifest names differently is read afresh.
-        self._key_tables: dict[tuple[str, int], list] = {}
+        self._side_maps: dict[str, np.ndarray] = {}
+        self._checked: set[str] = set()  # files whose checksum was verified in this open
+        self._key_tables: dict[str, list | None] = {}
+        self._key_ids: dict | None = None  # live key -> id, built on first use for this manifest
 
     # ---- opening ------------------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path, Dk: int, Dt: int) -> "CodeIndex":
-        """Creates an empty index in a new (or empty) directory and returns it open for appending."""
-        for name, value in (("Dk", Dk), ("Dt", Dt)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    def create(cls, path, Dk: int, Dt: int, identity: str | None = None, side: dict | None = None) -> "CodeIndex":
+        """Creates an empty index in a new (or empty) directory and returns it open for appending.
+
+        identity: the encoder digest every appended code must carry (None: taken from the first codes that carry
+        one). side: {name: (dtype, trailing shape)} of the side arrays every append gives (else fixed by the first
+        append that gives any)."""
+        dk, dt = _positive_int(Dk, "Dk"), _positive_int(Dt, "Dt")
+        if identity is not None:
+            Codes.empty(dk, dt, identity)  # checks its form
+        declared = _declare_side(side)
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise CodeIndexError(f"{path}: exists and is not an empty directory")
         path.mkdir(parents=True, exist_ok=True)
         lock = cls._acquire_writer_lock(path)
-        manifest = {"magic": INDEX_MAGIC, "version": INDEX_VERSION, "Dk": int(Dk), "Dt": int(Dt), "count": 0,
-                    "segments": []}
+        manifest = {"Dk": dk, "Dt": dt, "count": 0, "identity": identity, "side": declared, "segments": [],
+                    "deleted": [], "next_segment": 0, "attributes": {}}
         index = cls(path, manifest, lock)
-        index._write_manifest(manifest)
+        index._commit(manifest)
         return index
 
     @classmethod
-    def open(cls, path, mode: str = "r", verify: bool = True) -> "CodeIndex":
-        """Opens an index for searching (mode "r") or appending too (mode "a", one writer at a time).
+    def open(cls, path, mode: str = "r", verify: str = "lazy") -> "CodeIndex":
+        """Opens an index for reading (mode "r") or for changing too (mode "a", one writer at a time).
 
-        `verify` checks every segment's checksum (reads the whole index once); without it only sizes and headers
-        are checked, which is what a very large index wants."""
+        verify: "lazy" (each segment checked the first time it is read), "full" (everything checked now) or "none"
+        (sizes and headers only)."""
         if mode not in ("r", "a"):
-            raise ValueError(f"mode: expected 'r' or 'a', got {mode!r}")
+            raise UsageError(f"mode: expected 'r' or 'a', got {mode!r}")
+        if verify not in VERIFY_POLICIES:
+            raise UsageError(f"verify: expected one of {VERIFY_POLICIES}, got {verify!r}")
         path = Path(path)
         if not (path / MANIFEST_NAME).is_file():
             raise CodeIndexError(f"{path}: not a crosslayer code index (no {MANIFEST_NAME})")
         lock = cls._acquire_writer_lock(path) if mode == "a" else None
         try:
-            manifest = cls._read_manifest(path)
-            index = cls(path, manifest, lock)
-            index._check_segments(verify)
+            index = cls(path, cls._read_manifest(path), lock, verify)
+            index._check_segments()
+            if verify == "full":
+                problems = index.verify()
+                if problems:
+                    raise CodeIndexFormatError("; ".join(problems))
             if lock is not None:
                 index._remove_uncommitted_files()
         except BaseException:
@@ -130,7 +149,10 @@ class CodeIndex:
 
     @staticmethod
     def _acquire_writer_lock(path: Path):
-        handle = open(path / LOCK_NAME, "a+b")
+        try:
+            handle = open(path / LOCK_NAME, "a+b")
+        except OSError as exc:
+            raise CodeIndexError(f"{path}: cannot open the index for writing: {exc.strerror or exc}") from None
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -140,80 +162,88 @@ class CodeIndex:
 
     @staticmethod
     def _read_manifest(path: Path) -> dict:
+        file = path / MANIFEST_NAME
+        body = read_json(file, INDEX_FORMAT, INDEX_VERSION, "crosslayer code index manifest", CodeIndexFormatError)
         try:
-            document = json.loads((path / MANIFEST_NAME).read_bytes())
-            body, checksum = document["body"], document["crc32"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CodeIndexError(f"{path / MANIFEST_NAME}: unreadable manifest ({exc})") from None
-        if not isinstance(body, dict) or body.get("magic") != INDEX_MAGIC:
-            raise CodeIndexError(f"{path}: not a crosslayer code index (bad manifest magic)")
-        if body.get("version") not in READABLE_INDEX_VERSIONS:
-            raise CodeIndexError(
-                f"{path}: index version {body.get('version')}, this crosslayer reads versions {READABLE_INDEX_VERSIONS}"
-            )
-        if _manifest_checksum(body) != checksum:
-            raise CodeIndexError(f"{path / MANIFEST_NAME}: checksum mismatch (manifest is damaged)")
+            _check_manifest(body)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CodeIndexFormatError(f"{file}: damaged manifest ({type(exc).__name__}: {exc})") from None
         return body
 
-    def _write_manifest(self, body: dict) -> None:
-        document = {"body": body, "crc32": _manifest_checksum(body)}
-        with atomic_write(self.path / MANIFEST_NAME) as handle:
-            handle.write(json.dumps(document, indent=1).encode())
+    def _commit(self, body: dict) -> None:
+        body = {key: value for key, value in body.items() if key != "version"}
+        write_json(self.path / MANIFEST_NAME, INDEX_FORMAT, INDEX_VERSION, body)
         self._manifest = body
+        self._key_ids = None
 
-    def _segment_layout(self, count: int) -> tuple[int, int]:
-        """(bytes of bits, bytes of channel means) of a segment of `count` items."""
-        dk, dt = self.Dk, self.Dt
-        return count * dk * 2 * ((dt + 63) // 64) * 8, count * dk * 4
-
-    def _check_segments(self, verify: bool) -> None:
-        expected_base = 0
+    def _check_segments(self) -> None:
+        """Sizes and headers of every committed file against the manifest (cheap: a stat and 64 bytes each)."""
         for segment in self._manifest["segments"]:
             file = self.path / segment["file"]
-            if segment["id_base"] != expected_base:
-                raise CodeIndexError(f"{self.path}: manifest segments are not contiguous at {segment['file']}")
-            expected_base += segment["count"]
-            bits_bytes, mean_bytes = self._segment_layout(segment["count"])
-            size = _HEADER.size + bits_bytes + mean_bytes
             try:
-                actual = file.stat().st_size
-                with open(file, "rb") as handle:
-                    header = handle.read(_HEADER.size)
-            except OSError as exc:
-                raise CodeIndexError(f"{file}: committed segment is missing or unreadable ({exc})") from None
-            if actual != size or segment["size"] != size:
-                raise CodeIndexError(f"{file}: {actual} bytes, the manifest commits {size} (truncated or extended)")
-            magic, version, header_size, n, dk, dt, words, crc = _HEADER.unpack(header)
-            if version not in CODES_READABLE_VERSIONS or (magic, header_size, n, dk, dt, crc) != (
-                CODES_MAGIC, _HEADER.size, segment["count"], self.Dk, self.Dt, segment["crc32"]
+                header, size = CodeFile.read_header(file, CodeIndexFormatError)
+            except CodeIndexFormatError as exc:
+                raise CodeIndexFormatError(f"committed segment is missing, truncated or damaged: {exc}") from None
+            if (size, header.n, header.Dk, header.Dt, header.crc, header.key_bytes > 0, header.identity) != (
+                segment["size"], segment["count"], self.Dk, self.Dt, segment["crc32"], segment["keys"],
+                self.identity if header.identity is not None else None,
             ):
-                raise CodeIndexError(f"{file}: segment header does not match the manifest (damaged)")
-            if verify:
-                self._verify_segment(segment, checksum_seed(header, version))
-        if expected_base != self._manifest["count"]:
-            raise CodeIndexError(f"{self.path}: manifest count {self._manifest['count']} != sum of segments")
+                raise CodeIndexFormatError(f"{file}: segment header does not match the manifest (damaged)")
+            for name, entry in segment["side"].items():
+                check_npy(self.path / entry["file"], entry["size"], None, CodeIndexFormatError)
 
-    def _verify_segment(self, segment: dict, seed: int) -> None:
+    def _ensure_verified(self, file: str, check) -> None:
+        if self._verify_policy != "none" and file not in self._checked:
+            check()
+            self._checked.add(file)
+
+    def _verify_segment(self, segment: dict) -> None:
         file = self.path / segment["file"]
-        if _file_crc(file, _HEADER.size, seed) != segment["crc32"]:
-            raise CodeIndexError(f"{file}: checksum mismatch (segment is damaged)")
-        # Segments written before codes were checked on save (or by other tools) may break the layout's rules.
-        reason = invalid_bits_reason(self._segment_arrays(segment)[0], self.Dt)
+        header, _ = CodeFile.read_header(file, CodeIndexFormatError)
+        header.verify(file, CodeIndexFormatError)
+        bits, _ = self._open_segment(segment)
+        # codes are checked when saved; a file made by another tool may still break the layout's rules
+        reason = invalid_bits_reason(bits, self.Dt)
         if reason is not None:
-            raise CodeIndexError(f"{file}: invalid code bits: {reason}")
-        if segment.get("keys"):
-            self._read_key_table(segment)  # from disk, not the cache: verification looks at what is there now
+            raise CodeIndexFormatError(f"{file}: invalid code bits: {reason}")
+        means = self._open_segment(segment)[1]
+        if not np.isfinite(means).all():
+            raise CodeIndexFormatError(f"{file}: non-finite channel means")
+        if segment["keys"]:
+            self._read_key_table(segment)
 
-    def verify(self) -> None:
-        """Checks every committed segment against its checksum; raises CodeIndexError on damage."""
-        self._check_segments(verify=True)
+    def verify(self) -> list[str]:
+        """Checks every committed file against its checksum and the layout's rules; returns every problem found
+        (an empty list: the index is sound). Reads the whole index."""
+        self._require_open()
+        problems = []
+        try:
+            self._check_segments()
+        except CodeIndexError as exc:
+            problems.append(str(exc))
+        for segment in self._manifest["segments"]:
+            try:
+                self._verify_segment(segment)
+                self._checked.add(segment["file"])
+            except CrossLayerError as exc:
+                problems.append(str(exc))
+            for entry in segment["side"].values():
+                try:
+                    check_npy(self.path / entry["file"], entry["size"], entry["crc32"], CodeIndexFormatError)
+                    self._checked.add(entry["file"])
+                except CrossLayerError as exc:
+                    problems.append(str(exc))
+        return problems
+
+    def _committed_files(self) -> set[str]:
+        files = set()
+        for segment in self._manifest["segments"]:
+            files.add(segment["file"])
+            files.update(entry["file"] for entry in segment["side"].values())
+        return files
 
     def _remove_uncommitted_files(self) -> None:
-        committed = set()
-        for segment in self._manifest["segments"]:
-            committed.add(segment["file"])
-            if segment.get("keys"):
-                committed.add(segment["keys"])
+        committed = self._committed_files()
         for entry in self.path.iterdir():
             leftover_segment = _SEGMENT_FILE.match(entry.name) and entry.name not in committed
             leftover_temporary = entry.name.startswith(".") and entry.name.endswith(".tmp")
@@ -221,9 +251,11 @@ class CodeIndex:
                 entry.unlink(missing_ok=True)
 
     def reload(self) -> None:
-        """Reads the current manifest (picks up appends committed since this index was opened)."""
+        """Reads the current manifest (picks up commits made since this index was opened)."""
+        self._require_open()
         self._manifest = self._read_manifest(self.path)
-        self._check_segments(verify=False)
+        self._key_ids = None
+        self._check_segments()
 
     # ---- properties -----------------------------------------------------------------------------------------------
     @property
@@ -234,85 +266,308 @@ class CodeIndex:
     def Dt(self) -> int:
         return self._manifest["Dt"]
 
+    @property
+    def identity(self) -> str | None:
+        """The digest of the encoder the codes were made with (None: not recorded)."""
+        return self._manifest["identity"]
+
+    @property
+    def side_names(self) -> list[str]:
+        return sorted(self._manifest["side"])
+
+    @property
+    def attributes(self) -> dict:
+        """The caller's JSON committed with the index (`append(..., attributes=)`, `set_attributes`)."""
+        return json.loads(json.dumps(self._manifest["attributes"]))
+
+    @property
+    def deleted(self) -> int:
+        """How many items are tombstoned (search skips them; `compact` reclaims their space)."""
+        return len(self._manifest["deleted"])
+
     def __len__(self) -> int:
+        """Items committed, deleted ones included (ids run 0..len-1); `live_count` excludes them."""
         return self._manifest["count"]
+
+    @property
+    def live_count(self) -> int:
+        return len(self) - self.deleted
 
     @property
     def writable(self) -> bool:
         return self._lock is not None
 
-    def __repr__(self) -> str:
-        return f"CodeIndex({str(self.path)!r}, n={len(self)}, Dk={self.Dk}, Dt={self.Dt}, segments={len(self._manifest['segments'])})"
+    @property
+    def bytes_on_disk(self) -> int:
+        """Bytes of the committed files (segments, side arrays, manifest)."""
+        self._require_open()
+        total = 0
+        for name in (*self._committed_files(), MANIFEST_NAME):
+            try:
+                total += (self.path / name).stat().st_size
+            except OSError:
+                pass
+        return total
 
-    # ---- appending ------------------------------------------------------------------------------------------------
-    def append(self, codes: Codes, keys=None) -> np.ndarray:
-        """Commits `codes` (with optional string `keys`, one per item) and returns their ids (int64)."""
+    def summary(self) -> dict:
+        return {"count": self.live_count, "deleted": self.deleted, "bytes": self.bytes_on_disk,
+                "identity": self.identity, "Dk": self.Dk, "Dt": self.Dt, "segments": len(self._manifest["segments"]),
+                "side": {name: dict(spec) for name, spec in self._manifest["side"].items()}}
+
+    def __repr__(self) -> str:
+        return (f"CodeIndex({str(self.path)!r}, n={len(self)}, deleted={self.deleted}, Dk={self.Dk}, Dt={self.Dt}, "
+                f"segments={len(self._manifest['segments'])})")
+
+    # ---- changing -------------------------------------------------------------------------------------------------
+    def _require_writable(self) -> None:
         self._require_open()
         if not self.writable:
-            raise CodeIndexError(f"{self.path}: opened read-only; open with mode='a' to append")
+            raise CodeIndexError(f"{self.path}: opened read-only; open with mode='a' to change it")
+
+    def append(self, codes: Codes, keys=None, side: dict | None = None, attributes: dict | None = None) -> np.ndarray:
+        """Commits `codes` with optional string `keys` (one per item, unique among the live items) and side
+        arrays ({name: (n, ...) array}, the names, dtypes and trailing shapes the index declares), and returns their
+        ids (int64). `attributes`, when given, replaces the index's attributes in the same commit."""
+        self._require_writable()
         if not isinstance(codes, Codes):
             raise TypeError(f"codes: expected crosslayer.Codes, got {type(codes).__name__}")
         if (codes.Dk, codes.Dt) != (self.Dk, self.Dt):
-            raise ValueError(f"codes: Dk={codes.Dk}, Dt={codes.Dt} differs from the index (Dk={self.Dk}, Dt={self.Dt})")
+            raise UsageError(f"codes: Dk={codes.Dk}, Dt={codes.Dt} differs from the index (Dk={self.Dk}, Dt={self.Dt})")
+        identity = common_identity({"index": self.identity, "codes": codes.identity})
         if isinstance(keys, (str, bytes)):
             raise TypeError("keys: expected a sequence of strings, one per item, got a single string")
         if keys is not None:
             keys = list(keys)
             if len(keys) != len(codes) or not all(isinstance(key, str) for key in keys):
-                raise ValueError(f"keys: expected {len(codes)} strings (one per item)")
+                raise UsageError(f"keys: expected {len(codes)} strings (one per item)")
+            self._check_new_keys(keys)
+        declared, side_rows = self._check_side(side or {}, len(codes))
+        attributes = self._check_attributes(attributes)
         id_base = len(self)
+        manifest = dict(self._manifest, identity=identity, side=declared)
+        if attributes is not None:
+            manifest["attributes"] = attributes
         if len(codes) == 0:
+            if manifest != self._manifest:
+                self._commit(manifest)
             return np.zeros(0, np.int64)
-        number = len(self._manifest["segments"])
-        segment = {"file": f"seg-{number:08d}.xlc", "count": len(codes), "id_base": id_base}
-        file = self.path / segment["file"]
-        codes.save(file)  # checks the bits first
-        segment["size"] = file.stat().st_size
-        # the checksum of what reached the disk: a write damaged on its way there fails the header's own checksum
-        segment["crc32"] = _file_crc(file, _HEADER.size, checksum_seed(_header_of(file), CODES_FORMAT_VERSION))
-        if keys is not None:
-            data = json.dumps(keys).encode()
-            segment["keys"] = f"seg-{number:08d}.keys.json"
-            segment["keys_crc32"] = zlib.crc32(data)
-            with atomic_write(self.path / segment["keys"]) as handle:
-                handle.write(data)
-        body = dict(self._manifest, version=INDEX_VERSION, count=id_base + len(codes),
-                    segments=self._manifest["segments"] + [segment])
-        self._write_manifest(body)
+        segment = self._write_segment(manifest["next_segment"], codes, keys, side_rows, identity)
+        manifest.update(count=id_base + len(codes), segments=self._manifest["segments"] + [dict(segment, id_base=id_base)],
+                        next_segment=manifest["next_segment"] + 1)
+        self._commit(manifest)
         return np.arange(id_base, id_base + len(codes), dtype=np.int64)
 
+    def set_attributes(self, attributes: dict) -> None:
+        """Commits `attributes` (JSON) as the index's attributes."""
+        self._require_writable()
+        self._commit(dict(self._manifest, attributes=self._check_attributes(attributes)))
+
+    @staticmethod
+    def _check_attributes(attributes):
+        if attributes is None:
+            return None
+        try:
+            return json.loads(json.dumps(attributes))
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"attributes: expected a JSON-serialisable dict ({exc})") from None
+
+    def _check_new_keys(self, keys: list) -> None:
+        seen, repeated = set(), []
+        for key in keys:
+            if key in seen:
+                repeated.append(key)
+            seen.add(key)
+        if repeated:
+            raise UsageError(f"keys: given more than once: {repeated[:5]}")
+        present = [key for key in keys if key in self._live_key_ids()]
+        if present:
+            raise UsageError(f"keys: already in the index: {present[:5]} (delete them first)")
+
+    def _check_side(self, side: dict, n: int) -> tuple[dict, dict]:
+        """(the side declaration after this append, {name: rows as declared})."""
+        if not isinstance(side, dict):
+            raise TypeError(f"side: expected a dict of arrays, got {type(side).__name__}")
+        side = {name: np.asarray(value) for name, value in side.items()}
+        declared = self._manifest["side"]
+        if not declared and side:
+            if len(self) > 0:
+                raise UsageError(f"side: the index holds {len(self)} items without side arrays; side arrays are "
+                                 "declared at create or by the first append")
+            declared = _declare_side({name: (array.dtype, array.shape[1:]) for name, array in side.items()})
+        missing, unknown = sorted(set(declared) - set(side)), sorted(set(side) - set(declared))
+        if missing or unknown:
+            raise UsageError(f"side: the index declares {sorted(declared)}; missing {missing}, unknown {unknown}")
+        rows = {}
+        for name, spec in declared.items():
+            array, dtype = side[name], np.dtype(spec["dtype"])
+            if array.shape != (n, *spec["shape"]):
+                raise UsageError(f"side[{name!r}]: expected shape {(n, *spec['shape'])}, got {array.shape}")
+            if array.dtype != dtype and not np.can_cast(array.dtype, dtype, "same_kind"):
+                raise UsageError(f"side[{name!r}]: expected dtype {dtype}, got {array.dtype}")
+            rows[name] = array.astype(dtype, copy=False)
+        return declared, rows
+
+    def _write_segment(self, number: int, codes: Codes, keys, side_rows: dict, identity) -> dict:
+        """Writes a segment's files (uncommitted until the manifest names them); returns its manifest entry."""
+        name = f"seg-{number:08d}"
+        stamped = Codes._from_valid_bits(codes.bits, codes.channel_mean, codes.Dt, identity)
+        stamped.save(self.path / f"{name}.xlc", keys=keys)  # checks the bits and means first
+        # the checksum of what reached the disk: a write damaged on its way there fails the header's own checksum
+        header, size = CodeFile.read_header(self.path / f"{name}.xlc", CodeIndexFormatError)
+        header.verify(self.path / f"{name}.xlc", CodeIndexFormatError)
+        side = {}
+        for side_name, array in side_rows.items():
+            file = f"{name}.{side_name}.npy"
+            side[side_name] = {"file": file, **write_npy(self.path / file, array)}
+        return {"file": f"{name}.xlc", "count": len(codes), "size": size, "crc32": header.crc,
+                "keys": keys is not None, "side": side}
+
+    def delete(self, ids) -> int:
+        """Tombstones `ids` (committed atomically); returns how many were not deleted already."""
+        self._require_writable()
+        ids, _ = self._locate(ids, allow_deleted=True)
+        deleted = set(self._manifest["deleted"])
+        new = set(int(i) for i in ids) - deleted
+        if new:
+            self._commit(dict(self._manifest, deleted=sorted(deleted | new)))
+        return len(new)
+
+    def delete_keys(self, keys) -> int:
+        """Tombstones the live items of `keys`; UsageError naming absent keys (nothing is deleted then)."""
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("keys: expected a sequence of strings, got a single string")
+        keys = list(keys)
+        ids = self.find(keys)
+        absent = [key for key, i in zip(keys, ids) if i < 0]
+        if absent:
+            raise UsageError(f"keys: not in the index: {absent[:5]}; nothing was deleted")
+        return self.delete(ids)
+
+    def compact(self) -> dict:
+        """Rewrites the segments holding tombstones with their live items only and renumbers the live items
+        0..n-1 in their old order: IDS CHANGE. Crash-safe (new files, then one manifest commit). Returns
+        {"removed": items dropped, "bytes_before", "bytes_after"}."""
+        self._require_writable()
+        before = self.bytes_on_disk
+        deleted = np.asarray(self._manifest["deleted"], np.int64)
+        if deleted.size == 0:
+            return {"removed": 0, "bytes_before": before, "bytes_after": before}
+        number = self._manifest["next_segment"]
+        segments, id_base = [], 0
+        for segment in self._manifest["segments"]:
+            ids = np.arange(segment["id_base"], segment["id_base"] + segment["count"])
+            live = ids[~np.isin(ids, deleted)]
+            if len(live) == len(ids):
+                segments.append(dict(segment, id_base=id_base))
+            elif len(live):
+                codes = self.get(live)
+                keys = self.keys(live) if segment["keys"] else None
+                side = {name: self.side(name, live) for name in segment["side"]}
+                segments.append(dict(self._write_segment(number, codes, keys, side, self.identity), id_base=id_base))
+                number += 1
+            id_base += len(live)
+        self._commit(dict(self._manifest, count=id_base, segments=segments, deleted=[], next_segment=number))
+        self._maps.clear()
+        self._side_maps.clear()
+        self._key_tables.clear()
+        self._remove_uncommitted_files()
+        return {"removed": int(deleted.size), "bytes_before": before, "bytes_after": self.bytes_on_disk}
+
     # ---- reading --------------------------------------------------------------------------------------------------
-    def _segment_arrays(self, segment: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Memory maps of a segment's bits (n, Dk, 2, words) and channel means (n, Dk)."""
+    def _open_segment(self, segment: dict) -> tuple[np.ndarray, np.ndarray]:
         if segment["file"] not in self._maps:
             n, dk, words = segment["count"], self.Dk, (self.Dt + 63) // 64
-            bits_bytes, _ = self._segment_layout(n)
+            header = CodeFile(n, dk, self.Dt)
             file = self.path / segment["file"]
-            bits = np.memmap(file, dtype="<u8", mode="r", offset=_HEADER.size, shape=(n, dk, 2, words))
-            means = np.memmap(file, dtype="<f4", mode="r", offset=_HEADER.size + bits_bytes, shape=(n, dk))
+            try:
+                bits = np.memmap(file, dtype="<u8", mode="r", offset=header.bits_offset, shape=(n, dk, 2, words))
+                means = np.memmap(file, dtype="<f4", mode="r", offset=header.means_offset, shape=(n, dk))
+            except (OSError, ValueError) as exc:
+                raise CodeIndexFormatError(f"{file}: cannot map the segment ({exc})") from None
             self._maps[segment["file"]] = (bits, means)
         return self._maps[segment["file"]]
 
-    def search(self, queries: Codes, k: int = 10, channels: int | None = 50, num_threads: int = 0):
-        """Masked top-k over every committed item (see `crosslayer.search`): (scores int32, ids int64),
-        each (n_queries, min(k, len(index)))."""
+    def _segment_arrays(self, segment: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Memory maps of a segment's bits (n, Dk, 2, words) and channel means (n, Dk), verified per the policy."""
+        self._ensure_verified(segment["file"], lambda: self._verify_segment(segment))
+        return self._open_segment(segment)
+
+    def _deleted_array(self) -> np.ndarray:
+        return np.asarray(self._manifest["deleted"], np.int64)
+
+    def live_ids(self) -> np.ndarray:
+        """The ids not deleted, increasing (int64)."""
+        self._require_open()
+        everything = np.arange(len(self), dtype=np.int64)
+        return everything[~np.isin(everything, self._deleted_array())] if self.deleted else everything
+
+    def search(self, queries: Codes, k: int = 10, channels: int | None = 50, num_threads: int = 0,
+               normalize: bool = False):
+        """Masked top-k over the live items (see `crosslayer.search`): (scores, ids int64), each
+        (n_queries, min(k, live items)), by decreasing raw score, ties to the smaller id.
+
+        Raw scores (int32) are exact ternary dot products over the query's `channels` selected guidance channels.
+        With ``normalize=True`` each reported score is divided by sqrt(nnz_q * nnz_x), the nonzero counts of the
+        query and the item over those same channels (float64 in [-1, 1], 0 where either is all zero); the ranking
+        stays the raw one (`crosslayer.reference.masked_cosine_reference`)."""
         self._require_open()
         if not isinstance(queries, Codes):
             raise TypeError(f"queries: expected crosslayer.Codes, got {type(queries).__name__}")
         if (queries.Dk, queries.Dt) != (self.Dk, self.Dt):
-            raise ValueError(f"queries: Dk={queries.Dk}, Dt={queries.Dt} differs from the index (Dk={self.Dk}, Dt={self.Dt})")
+            raise UsageError(f"queries: Dk={queries.Dk}, Dt={queries.Dt} differs from the index (Dk={self.Dk}, Dt={self.Dt})")
+        common_identity({"index": self.identity, "queries": queries.identity})
+        k, channels = check_search_args(queries, k, channels, self.Dk)
         segments = [(self._segment_arrays(s)[0], s["id_base"]) for s in self._manifest["segments"]]
-        return search_segments(queries, segments, k, channels, num_threads)
+        scores, ids = search_segments(queries, segments, k + self.deleted, channels, num_threads)
+        if self.deleted:
+            keep = min(k, self.live_count)
+            # stable: the live hits keep their order (decreasing score, ties to the smaller id)
+            order = np.argsort(np.isin(ids, self._deleted_array()), axis=1, kind="stable")[:, :keep]
+            scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+        if normalize:
+            scores = self._normalized(queries, scores, ids, channels)
+        return scores, ids
 
-    def _locate(self, ids) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    def _normalized(self, queries: Codes, scores: np.ndarray, ids: np.ndarray, channels: int) -> np.ndarray:
+        selection = select_channels(queries.channel_mean, channels)
+        out = np.zeros(scores.shape, np.float64)
+        if ids.size == 0:
+            return out
+        query_nnz = masked_nonzero_counts(queries.bits, selection)
+        hits = self._gather_bits(ids.reshape(-1)).reshape(*ids.shape, self.Dk, 2, -1)
+        for row in range(len(queries)):
+            item_nnz = masked_nonzero_counts(hits[row], np.broadcast_to(selection[row], (ids.shape[1], channels)))
+            scale = np.sqrt(query_nnz[row] * item_nnz.astype(np.float64))
+            np.divide(scores[row], scale, out=out[row], where=scale > 0)
+        return out
+
+    def _locate(self, ids, allow_deleted: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            ids = np.asarray(ids)
+        except (TypeError, ValueError):
+            raise UsageError("ids: expected integer ids") from None
+        if ids.size and ids.dtype.kind not in "iu":
+            raise UsageError(f"ids: expected integer ids, got dtype {ids.dtype}")
+        ids = ids.astype(np.int64).reshape(-1)
         if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
             raise IndexError(f"ids: expected ids in [0, {len(self)})")
+        if not allow_deleted and self.deleted and ids.size:
+            gone = ids[np.isin(ids, self._deleted_array())]
+            if gone.size:
+                raise CodeIndexError(f"ids: {gone[:5].tolist()} are deleted")
         bases = np.array([s["id_base"] for s in self._manifest["segments"]], np.int64)
         return ids, np.searchsorted(bases, ids, side="right") - 1
 
+    def _gather_bits(self, ids) -> np.ndarray:
+        ids, which = self._locate(ids, allow_deleted=True)
+        bits = np.empty((len(ids), self.Dk, 2, (self.Dt + 63) // 64), np.uint64)
+        for row, (item, number) in enumerate(zip(ids, which)):
+            segment = self._manifest["segments"][number]
+            bits[row] = self._segment_arrays(segment)[0][item - segment["id_base"]]
+        return bits
+
     def get(self, ids) -> Codes:
-        """The codes of the given ids (read from the memory maps)."""
+        """The codes of the given live ids (with the index's identity)."""
         self._require_open()
         ids, which = self._locate(ids)
         words = (self.Dt + 63) // 64
@@ -324,12 +579,12 @@ class CodeIndex:
             bits[row] = seg_bits[item - segment["id_base"]]
             means[row] = seg_means[item - segment["id_base"]]
         try:
-            return Codes(bits, means, self.Dt)  # the segments may not have been verified at open
+            return Codes(bits, means, self.Dt, self.identity)  # checked: the policy may be "none"
         except ValueError as exc:
-            raise CodeIndexError(f"{self.path}: {exc}") from None
+            raise CodeIndexFormatError(f"{self.path}: {exc}") from None
 
     def keys(self, ids) -> list:
-        """The string keys of the given ids (None for items appended without keys)."""
+        """The string keys of the given live ids (None for items appended without keys)."""
         self._require_open()
         ids, which = self._locate(ids)
         out = []
@@ -339,27 +594,79 @@ class CodeIndex:
             out.append(None if table is None else table[item - segment["id_base"]])
         return out
 
+    def find(self, keys) -> np.ndarray:
+        """The live id of each key (int64; -1 where absent or deleted)."""
+        self._require_open()
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("keys: expected a sequence of strings, got a single string")
+        table = self._live_key_ids()
+        return np.array([table.get(key, -1) for key in keys], np.int64)
+
+    def _live_key_ids(self) -> dict:
+        if self._key_ids is None:
+            deleted = set(self._manifest["deleted"])
+            table = {}
+            for segment in self._manifest["segments"]:
+                keys = self._key_table(segment)
+                for offset, key in enumerate(keys or ()):
+                    item = segment["id_base"] + offset
+                    if key is not None and item not in deleted:
+                        table[key] = item
+            self._key_ids = table
+        return self._key_ids
+
     def _key_table(self, segment: dict) -> list | None:
-        """A segment's checked key table (None if it has none), read from disk once."""
-        if not segment.get("keys"):
+        """A segment's checked key table (None if it has none), read once per open."""
+        if not segment["keys"]:
             return None
-        cache_key = (segment["keys"], segment["keys_crc32"])
-        if cache_key not in self._key_tables:
-            self._key_tables[cache_key] = self._read_key_table(segment)
-        return self._key_tables[cache_key]
+        if segment["file"] not in self._key_tables:
+            self._ensure_verified(segment["file"], lambda: self._verify_segment(segment))
+            self._key_tables[segment["file"]] = self._read_key_table(segment)
+        return self._key_tables[segment["file"]]
 
     def _read_key_table(self, segment: dict) -> list:
-        file = self.path / segment["keys"]
+        file = self.path / segment["file"]
         try:
-            data = file.read_bytes()
+            header, _ = CodeFile.read_header(file, CodeIndexFormatError)
+            with open(file, "rb") as handle:
+                handle.seek(header.keys_offset)
+                block = handle.read(header.key_bytes)
         except OSError as exc:
-            raise CodeIndexError(f"{file}: committed key table is missing ({exc})") from None
-        if zlib.crc32(data) != segment["keys_crc32"]:
-            raise CodeIndexError(f"{file}: checksum mismatch (key table is damaged)")
-        table = json.loads(data)
-        if not isinstance(table, list) or len(table) != segment["count"]:
-            raise CodeIndexError(f"{file}: expected {segment['count']} keys (key table is damaged)")
-        return table
+            raise CodeIndexFormatError(f"{file}: committed segment is unreadable ({exc})") from None
+        return header.parse_keys(block, file, CodeIndexFormatError)
+
+    def side(self, name: str, ids=None) -> np.ndarray:
+        """Rows of side array `name` for `ids` (default: every live id), in the order given."""
+        self._require_open()
+        if name not in self._manifest["side"]:
+            raise UsageError(f"name: the index has side arrays {self.side_names}, not {name!r}")
+        spec = self._manifest["side"][name]
+        ids, which = self._locate(self.live_ids() if ids is None else ids)
+        out = np.empty((len(ids), *spec["shape"]), np.dtype(spec["dtype"]))
+        for row, (item, number) in enumerate(zip(ids, which)):
+            segment = self._manifest["segments"][number]
+            out[row] = self._side_array(segment, name)[item - segment["id_base"]]
+        return out
+
+    def _side_array(self, segment: dict, name: str) -> np.ndarray:
+        entry = segment["side"][name]
+        if entry["file"] not in self._side_maps:
+            file = self.path / entry["file"]
+            self._ensure_verified(entry["file"], lambda: check_npy(file, entry["size"], entry["crc32"],
+                                                                   CodeIndexFormatError))
+            spec = self._manifest["side"][name]
+            self._side_maps[entry["file"]] = open_npy(file, spec["dtype"], (segment["count"], *spec["shape"]),
+                                                      CodeIndexFormatError)
+        return self._side_maps[entry["file"]]
+
+    def export(self, path, ids=None) -> int:
+        """Writes the codes of `ids` (default: every live id) with their keys and identity to one code file
+        (`Codes.load` reads it back, keys included); returns how many were written."""
+        self._require_open()
+        ids = self.live_ids() if ids is None else ids
+        codes, keys = self.get(ids), self.keys(ids)
+        codes.save(path, keys=None if all(key is None for key in keys) else keys)
+        return len(codes)
 
     # ---- closing --------------------------------------------------------------------------------------------------
     def _require_open(self) -> None:
@@ -368,6 +675,7 @@ class CodeIndex:
 
     def close(self) -> None:
         self._maps.clear()
+        self._side_maps.clear()
         self._key_tables.clear()
         if self._lock is not None:
             self._lock.close()
@@ -379,3 +687,38 @@ class CodeIndex:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_manifest(body: dict) -> None:
+    """The manifest's fields have the types and relations the reader relies on (KeyError/TypeError/ValueError)."""
+    def integer(value, low=0):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{value!r} is not an integer >= {low}")
+        return value
+
+    integer(body["Dk"], 1), integer(body["Dt"], 1), integer(body["next_segment"])
+    if body["identity"] is not None and not isinstance(body["identity"], str):
+        raise TypeError("identity")
+    if not isinstance(body["attributes"], dict) or not isinstance(body["side"], dict):
+        raise TypeError("attributes/side")
+    _declare_side({name: (spec["dtype"], spec["shape"]) for name, spec in body["side"].items()})
+    expected = 0
+    for segment in body["segments"]:
+        if integer(segment["id_base"]) != expected or not _SEGMENT_FILE.match(segment["file"]):
+            raise ValueError(f"segment {segment['file']!r} is not contiguous or misnamed")
+        expected += integer(segment["count"])
+        integer(segment["size"]), integer(segment["crc32"])
+        if not isinstance(segment["keys"], bool) or set(segment["side"]) != set(body["side"]):
+            raise ValueError(f"segment {segment['file']} keys/side entries")
+        for entry in segment["side"].values():
+            if not _SEGMENT_FILE.match(entry["file"]):
+                raise ValueError(f"side file {entry['file']!r}")
+            integer(entry["size"]), integer(entry["crc32"])
+    if integer(body["count"]) != expected:
+        raise ValueError(f"count {body['count']} != sum of segments {expected}")
+    deleted = body["deleted"]
+    if any(integer(i) >= expected for i in deleted) or deleted != sorted(set(deleted)):
+        raise ValueError("deleted ids out of range or unsorted")
+
+
+__all__ = ["CodeIndex", "CodeIndexError", "CodeIndexFormatError", "IdentityMismatchError", "VERIFY_POLICIES"]

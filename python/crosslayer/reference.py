@@ -306,3 +306,21 @@ def cross_layer_pool_tf32(local: np.ndarray, guidance: np.ndarray, pca: tuple | 
         x = tf32_round(np.matmul(tf32_round(x - mean), tf32_round(proj), dtype=np.float32))
     a = tf32_round(guidance.reshape(n, guidance.shape[1], positions))
     return np.matmul(a, tf32_round(x), dtype=np.float32)
+
+
+def masked_cosine_reference(query_bits, query_channel_mean, database_bits, dt: int, channels: int | None) -> np.ndarray:
+    """(nq, n) float64: each masked ternary dot product (`ternary_dot` over the query's selected channels) divided by
+    sqrt(nnz_q * nnz_x), the nonzero counts of the query and the database code over those same channels; 0 where
+    either is all zero. The scale `CodeIndex.search(normalize=True)` reports."""
+    signs_q = unpack_ternary(query_bits, dt).astype(np.int64)
+    signs_x = unpack_ternary(database_bits, dt).astype(np.int64)
+    dk = signs_q.shape[1]
+    out = np.zeros((len(signs_q), len(signs_x)), np.float64)
+    selection = select_channels_reference(query_channel_mean, dk if channels is None else channels)
+    for q in range(len(signs_q)):
+        chosen_q = signs_q[q, selection[q]]
+        for x in range(len(signs_x)):
+            chosen_x = signs_x[x, selection[q]]
+            norm = np.sqrt(float(np.count_nonzero(chosen_q)) * float(np.count_nonzero(chosen_x)))
+            out[q, x] = float((chosen_q * chosen_x).sum()) / norm if norm > 0 else 0.0
+    return out

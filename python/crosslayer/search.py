@@ -12,7 +12,7 @@ import numpy as np
 from crosslayer import _device
 from crosslayer._native import core as _core
 from crosslayer._validate import check_num_threads, check_positive_int
-from crosslayer.codes import Codes
+from crosslayer.codes import Codes, common_identity
 
 POPCOUNT_ENV = "CROSSLAYER_POPCOUNT"
 
@@ -47,8 +47,10 @@ def _check_codes(value, name: str) -> Codes:
 
 
 def _check_same_layout(a: Codes, b: Codes, name_a: str, name_b: str) -> None:
+    """Same shape and, where both are known, the same encoder identity (IdentityMismatchError naming both)."""
     if (a.Dk, a.Dt) != (b.Dk, b.Dt):
         raise ValueError(f"{name_b}: Dk={b.Dk}, Dt={b.Dt} differs from {name_a} (Dk={a.Dk}, Dt={a.Dt})")
+    common_identity({name_a: getattr(a, "identity", None), name_b: getattr(b, "identity", None)})
 
 
 def nonzero_counts(codes: Codes) -> np.ndarray:
@@ -56,6 +58,13 @@ def nonzero_counts(codes: Codes) -> np.ndarray:
     nonzero_plane = codes.bits[:, :, 0, :]
     # summed over both axes, not reshaped to (n, -1): that reshape is ambiguous for n = 0 and raises
     return np.bitwise_count(nonzero_plane).sum(axis=(1, 2), dtype=np.int64)
+
+
+def masked_nonzero_counts(bits: np.ndarray, selection: np.ndarray) -> np.ndarray:
+    """Per row, the nonzero values of code `bits[i]` (n, Dk, 2, words) over its channels `selection[i]` (n, c):
+    (n,) int64, the squared norm of the ternary vector a masked search compares."""
+    rows = np.arange(len(bits))[:, None]
+    return np.bitwise_count(np.asarray(bits)[rows, selection, 0, :]).sum(axis=(1, 2), dtype=np.int64)
 
 
 def gram(codes_a: Codes, codes_b: Codes | None = None, normalize: bool = False, num_threads: int = 0) -> np.ndarray:

@@ -1,31 +1,39 @@
-"""An image index on disk: the fitted encoder (backbone, layers, side, PCA) plus a `CodeIndex` of the images' sign
-codes keyed by path. Building resumes: images whose path is already indexed are skipped, and every chunk of images
-is committed as one CodeIndex append, so an interrupted build loses at most the chunk being gathered.
+"""`ImageIndex`: THE store of crosslayer — the fitted encoder plus a `CodeIndex` of the images' sign codes keyed by
+path relative to a root, with optional side arrays (the backbone's pooled embedding). Every command that encodes
+images writes one; any of them can be searched, inspected, extended, verified and exported.
 
 Layout:
-    DB_DIR/image-index.json    format, version
-    DB_DIR/encoder.xle         the encoder queries must be encoded with
-    DB_DIR/codes/              the CodeIndex (string keys = image paths, resolved)
-The marker image-index.json is written last: a directory holding encoder.xle without it is an interrupted creation,
-which `create` (and so `crosslayer index build`) completes with the saved encoder.
+    DB_DIR/image-index.json    `crosslayer.formats` JSON document "crosslayer-image-index" (version 2), written last
+    DB_DIR/encoder.xle         the encoder queries must be encoded with (its identity digest is the codes' identity)
+    DB_DIR/codes/              the CodeIndex: keys = image paths relative to the root (POSIX separators); side
+                               array "embedding" (n, C) float32 when built with embeddings; attributes {"root":
+                               absolute folder or null, "failed": {key: reason}} committed with every segment
+
+Building resumes: images whose key is indexed (or recorded as failed, unless ``retry_failed``) are skipped. Work is
+committed at least every `commit_seconds` (default 30 s) and every `commit_images` images, so a kill loses at most
+that much. A directory holding encoder.xle and codes/ without the marker (an interrupted creation, or a deleted
+marker) is completed by `create` with its saved encoder, provided the requested one is the same.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crosslayer._atomic import atomic_write
+import numpy as np
+
 from crosslayer._validate import check_positive_int
 from crosslayer.encoder import RUNTIME_OPTIONS, CrossLayerEncoder, EncoderMismatchError
-from crosslayer.errors import CrossLayerError
+from crosslayer.errors import CrossLayerError, UsageError
+from crosslayer.formats import read_json, write_json
 from crosslayer.index import LOCK_NAME, MANIFEST_NAME, CodeIndex
 from crosslayer.retrieval.channels import check_channel_count
 
 INDEX_FORMAT = "crosslayer-image-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
+EMBEDDING = "embedding"
 _OPEN_OPTIONS = (*RUNTIME_OPTIONS, "weights")  # what `open` passes on to the stored encoder
 _MARKER = "image-index.json"
 
@@ -37,17 +45,24 @@ class ImageIndexError(CrossLayerError, ValueError):
 @dataclass
 class AddReport:
     added: int = 0
-    skipped: int = 0  # already indexed
-    failed: list = field(default_factory=list)  # (path, reason)
+    skipped: int = 0  # already indexed, recorded as failed before, or given twice
+    failed: list = field(default_factory=list)  # (path, reason) of this run
     seconds: float = 0.0
+    commits: int = 0
 
 
 @dataclass
 class Hit:
     rank: int
-    path: str
-    score: int
+    path: str  # absolute, under the index's current root
+    score: float  # raw masked ternary dot product (int), or normalised to [-1, 1]
     id: int
+
+
+def common_folder(paths) -> str:
+    """The deepest folder holding every one of `paths` (resolved)."""
+    parents = [str(Path(p).resolve().parent) for p in paths]
+    return os.path.commonpath(parents) if parents else str(Path.cwd())
 
 
 class ImageIndex:
@@ -69,45 +84,47 @@ class ImageIndex:
                    for entry in directory.iterdir())
 
     @classmethod
-    def create(cls, directory, encoder: CrossLayerEncoder, fit_sources=None) -> "ImageIndex":
+    def create(cls, directory, encoder: CrossLayerEncoder, fit_sources=None, root=None,
+               embeddings: bool = False) -> "ImageIndex":
         """A new index in `directory` (absent or empty); an unfitted encoder learns its PCA on `fit_sources`.
 
-        A directory left by an interrupted creation is completed with its saved encoder, provided `encoder` is the
-        same (ImageIndexError naming the differences otherwise)."""
+        root: the folder keys are relative to (default: the common folder of `fit_sources`, else of the first
+        `add`). embeddings: keep each image's pooled backbone embedding (side array "embedding").
+        A directory left by an interrupted creation (or whose marker was deleted) is completed with its saved
+        encoder and codes, provided `encoder` is the same (ImageIndexError naming the differences otherwise)."""
         directory = Path(directory)
         if cls.interrupted_creation(directory):
             encoder = cls._load_checked(directory, encoder)
-            codes = _empty_code_index(directory / "codes", encoder.Dk, encoder.Dt)
+            codes = _completed_code_index(directory / "codes", encoder, embeddings)
         else:
             if cls.exists(directory):
                 raise ImageIndexError(f"{directory}: is an image index already (extend it with 'index add')")
             if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
                 raise ImageIndexError(f"{directory}: exists and is not an empty directory")
+            fit_sources = None if fit_sources is None else list(fit_sources)
             if encoder.pca_ is None:
                 if not fit_sources:
-                    raise ValueError("images: need at least one image to learn the encoder's PCA on")
+                    raise UsageError("images: need at least one image to learn the encoder's PCA on")
                 encoder.fit(fit_sources)
             directory.mkdir(parents=True, exist_ok=True)
             encoder.save(directory / "encoder.xle")
-            codes = CodeIndex.create(directory / "codes", encoder.Dk, encoder.Dt)
-        with atomic_write(directory / _MARKER, "w") as handle:
-            json.dump({"format": INDEX_FORMAT, "version": INDEX_VERSION}, handle)
+            codes = _new_code_index(directory / "codes", encoder, embeddings)
+        if root is None and codes.attributes.get("root") is None and fit_sources:
+            root = common_folder(fit_sources)
+        if root is not None:
+            codes.set_attributes(dict(codes.attributes, root=str(Path(root).resolve())))
+        write_json(directory / _MARKER, INDEX_FORMAT, INDEX_VERSION, {})
         return cls(directory, encoder, codes)
 
     @classmethod
     def _read_marker(cls, directory: Path) -> None:
-        try:
-            meta = json.loads((directory / _MARKER).read_text())
-        except (OSError, ValueError):
+        if not (directory / _MARKER).is_file():
             if cls.interrupted_creation(directory):
                 raise ImageIndexError(f"{directory}: an interrupted 'crosslayer index build'; run the same build "
-                                      "again to complete it") from None
-            raise ImageIndexError(f"{directory}: not a crosslayer image index (no readable {_MARKER}); "
-                                  "build one with 'crosslayer index build'") from None
-        if meta.get("format") != INDEX_FORMAT:
-            raise ImageIndexError(f"{directory}: not a crosslayer image index")
-        if meta.get("version") != INDEX_VERSION:
-            raise ImageIndexError(f"{directory}: image index version {meta.get('version')}, this crosslayer reads {INDEX_VERSION}")
+                                      "again to complete it")
+            raise ImageIndexError(f"{directory}: not a crosslayer image index (no {_MARKER}); build one with "
+                                  "'crosslayer index build'")
+        read_json(directory / _MARKER, INDEX_FORMAT, INDEX_VERSION, "crosslayer image index marker", ImageIndexError)
 
     @classmethod
     def _load_checked(cls, directory: Path, requested: CrossLayerEncoder) -> CrossLayerEncoder:
@@ -118,21 +135,23 @@ class ImageIndex:
                                   "use another DB_DIR") from None
 
     @classmethod
-    def _with_codes(cls, directory: Path, encoder: CrossLayerEncoder, mode: str) -> "ImageIndex":
-        codes = CodeIndex.open(directory / "codes", mode, verify=False)
-        if (codes.Dk, codes.Dt) != (encoder.Dk, encoder.Dt):
+    def _with_codes(cls, directory: Path, encoder: CrossLayerEncoder, mode: str, verify: str) -> "ImageIndex":
+        codes = CodeIndex.open(directory / "codes", mode, verify=verify)
+        problem = _codes_mismatch(codes, encoder)
+        if problem:
             codes.close()
-            raise ImageIndexError(f"{directory}: codes (Dk={codes.Dk}, Dt={codes.Dt}) do not match the encoder")
+            raise ImageIndexError(f"{directory}: {problem}")
         return cls(directory, encoder, codes)
 
     @classmethod
-    def open(cls, directory, mode: str = "r", **runtime_options) -> "ImageIndex":
-        """Opens an index for searching ("r") or adding ("a"); runtime_options (threads, batch_size...) apply to
-        the stored encoder (weights given must be the ones it was built with: a moved file)."""
+    def open(cls, directory, mode: str = "r", verify: str = "lazy", **runtime_options) -> "ImageIndex":
+        """Opens an index for searching ("r") or changing ("a"); runtime_options (threads, batch_size...) apply to
+        the stored encoder (weights given must be the ones it was built with: a moved file). verify: the
+        `CodeIndex.open` policy ("lazy": each segment checked when first read)."""
         directory = Path(directory)
         cls._read_marker(directory)
         options = {k: v for k, v in runtime_options.items() if k in _OPEN_OPTIONS and v is not None}
-        return cls._with_codes(directory, CrossLayerEncoder.load(directory / "encoder.xle", **options), mode)
+        return cls._with_codes(directory, CrossLayerEncoder.load(directory / "encoder.xle", **options), mode, verify)
 
     @classmethod
     def resume(cls, directory, requested: CrossLayerEncoder) -> "ImageIndex":
@@ -140,17 +159,38 @@ class ImageIndex:
         the encoder it was built with (ImageIndexError naming the differences otherwise)."""
         directory = Path(directory)
         cls._read_marker(directory)
-        return cls._with_codes(directory, cls._load_checked(directory, requested), "a")
+        return cls._with_codes(directory, cls._load_checked(directory, requested), "a", "lazy")
+
+    # ---- what it holds -------------------------------------------------------------------------------------------
+    @property
+    def root(self) -> str | None:
+        """The folder image keys are relative to (None until the first images are added)."""
+        return self.codes.attributes.get("root")
+
+    def failures(self) -> dict:
+        """{path: reason} of the images recorded as unusable (not retried unless asked)."""
+        return {self._absolute(key): reason for key, reason in self.codes.attributes.get("failed", {}).items()}
 
     def summary(self) -> dict:
         """What the index holds, for `crosslayer info`."""
         config = self.encoder.config()
+        codes = self.codes.summary()
         return {
             "image_index": str(self.directory),
-            "images": len(self),
+            "images": codes["count"],
+            "deleted": codes["deleted"],
+            "failed": len(self.codes.attributes.get("failed", {})),
+            "bytes": codes["bytes"] + (self.directory / "encoder.xle").stat().st_size,
+            "root": self.root,
+            "identity": {"digest": self.encoder.identity_digest, **self.encoder.identity},
+            "side": codes["side"],
             "encoder": {k: config[k] for k in ("backbone", "layers", "side", "policy", "pca_dim", "Dk", "Dt",
                                                "weights", "weights_id")},
         }
+
+    def verify(self) -> list[str]:
+        """Every problem with the committed codes and side arrays (the encoder file was checked when opened)."""
+        return self.codes.verify()
 
     def close(self) -> None:
         self.codes.close()
@@ -162,69 +202,181 @@ class ImageIndex:
         self.close()
 
     def __len__(self) -> int:
-        return len(self.codes)
+        return self.codes.live_count
+
+    def _absolute(self, key: str) -> str:
+        return os.path.normpath(os.path.join(self.root, key)) if self.root is not None else key
+
+    def _key_of(self, path) -> str:
+        return Path(os.path.relpath(str(Path(path).resolve()), self.root)).as_posix()
 
     def paths(self) -> list[str]:
-        return self.codes.keys(range(len(self.codes))) if len(self.codes) else []
+        """Absolute paths of the live images, in id order."""
+        return [self._absolute(key) for key in self.codes.keys(self.codes.live_ids())]
+
+    def keys(self) -> list[str]:
+        """The stored keys (paths relative to the root) of the live images, in id order."""
+        return self.codes.keys(self.codes.live_ids())
+
+    def rebase(self, new_root) -> None:
+        """Records `new_root` as the folder the keys are relative to (after moving the images there)."""
+        new_root = Path(new_root)
+        if not new_root.is_dir():
+            raise UsageError(f"new_root: {new_root} is not a directory")
+        self.codes.set_attributes(dict(self.codes.attributes, root=str(new_root.resolve())))
+
+    def remove(self, paths) -> int:
+        """Tombstones the images given by path (absolute, or a key relative to the root); returns how many."""
+        return self.codes.delete_keys([self._lookup_key(p) for p in paths])
+
+    def _lookup_key(self, given) -> str:
+        given = str(given)
+        if self.root is not None and os.path.isabs(given):
+            return self._key_of(given)
+        return Path(given).as_posix()
 
     # ---- adding --------------------------------------------------------------------------------------------------
-    def add(self, sources, chunk_size: int = 128, progress: bool = True) -> AddReport:
-        """Encodes and appends the images not yet indexed (by path); bad images are reported, not indexed."""
+    def add(self, sources, commit_seconds: float | None = 30.0, commit_images: int | None = None,
+            on_error: str = "skip", retry_failed: bool = False, embeddings: bool | None = None,
+            progress: bool = True) -> AddReport:
+        """Encodes and commits the images not yet indexed (by path); returns what this run did.
+
+        commit_seconds / commit_images: commit whenever that much time has passed or that many images are pending
+        (None: no such bound), so a kill loses at most that much work. on_error: "skip" records a bad image (path
+        and reason, committed with the codes; not retried later unless `retry_failed`) and goes on, "raise" stops
+        with its ImageError (what was encoded before is committed). embeddings: keep the pooled embeddings (None:
+        as the index does; True on an empty index without them starts keeping them)."""
         from tqdm.auto import tqdm
 
         from crosslayer.codes import Codes
 
+        if on_error not in ("skip", "raise"):
+            raise UsageError(f"on_error: expected 'skip' or 'raise', got {on_error!r}")
+        if commit_seconds is not None and (isinstance(commit_seconds, bool) or not commit_seconds > 0):
+            raise UsageError(f"commit_seconds: expected a positive number of seconds or None, got {commit_seconds!r}")
+        if commit_images is not None:
+            commit_images = check_positive_int(commit_images, "commit_images")
+        keep_embeddings = self._embedding_choice(embeddings)
         start = time.perf_counter()
-        sources = [str(Path(s).resolve()) for s in sources]
-        indexed = set(self.paths())
-        todo, seen = [], set()
-        for source in sources:
-            if source not in indexed and source not in seen:
-                todo.append(source)
-                seen.add(source)
-        report = AddReport(skipped=len(sources) - len(todo))
-        pending_codes, pending_paths = [], []
+        resolved = [str(Path(s).resolve()) for s in sources]
+        if self.root is None:
+            if not resolved:
+                return AddReport(seconds=time.perf_counter() - start)
+            self.codes.set_attributes(dict(self.codes.attributes, root=common_folder(resolved)))
+        attributes = dict(self.codes.attributes, embeddings=keep_embeddings)
+        failed = attributes.setdefault("failed", {})
+        indexed = set(self.keys())
+        todo, keys, seen = [], [], set()
+        for source in resolved:
+            key = self._key_of(source)
+            if key in indexed or key in seen or (key in failed and not retry_failed):
+                continue
+            todo.append(source)
+            keys.append(key)
+            seen.add(key)
+        key_of = dict(zip(todo, keys))
+        report = AddReport(skipped=len(resolved) - len(todo))
+        pending = {"codes": [], "keys": [], "embeddings": [], "dirty": False}
+        last_commit = time.monotonic()
 
         def commit():
-            if pending_paths:
-                self.codes.append(Codes.concatenate(pending_codes), pending_paths)
-                pending_codes.clear()
-                pending_paths.clear()
+            nonlocal last_commit
+            if pending["keys"]:
+                side = {EMBEDDING: np.concatenate(pending["embeddings"])} if keep_embeddings else None
+                self.codes.append(Codes.concatenate(pending["codes"]), pending["keys"], side, attributes)
+            elif pending["dirty"]:
+                self.codes.set_attributes(attributes)
+            else:
+                return
+            report.commits += 1
+            pending.update(codes=[], keys=[], embeddings=[], dirty=False)
+            last_commit = time.monotonic()
 
+        mode = "raise" if on_error == "raise" else "skip"
         with tqdm(total=len(todo), unit="img", desc="index", disable=not progress) as bar:
             try:
-                for batch in self.encoder.activations(todo, on_error="skip"):
-                    report.failed += [(str(e.path), e.reason) for _, e in batch.errors]
+                for batch in self.encoder.activations(todo, on_error=mode):
+                    for _, error in batch.errors:
+                        failed[key_of.get(str(error.path), self._key_of(error.path))] = error.reason
+                        report.failed.append((str(error.path), error.reason))
+                        pending["dirty"] = True
                     if batch.positions:
-                        pending_codes.append(self.encoder.pool_batch(batch.outputs, "codes"))
-                        pending_paths.extend(str(s) for s in batch.sources)
+                        pending["codes"].append(self.encoder.pool_batch(batch.outputs, "codes"))
+                        batch_keys = [key_of[str(s)] for s in batch.sources]
+                        pending["keys"].extend(batch_keys)
+                        for key in batch_keys:
+                            pending["dirty"] |= failed.pop(key, None) is not None
+                        if keep_embeddings:
+                            pending["embeddings"].append(np.asarray(batch.outputs[EMBEDDING], np.float32))
                         report.added += len(batch.positions)
                     bar.update(len(batch.positions) + len(batch.errors))
-                    if len(pending_paths) >= chunk_size:
+                    due_by_size = commit_images is not None and len(pending["keys"]) >= commit_images
+                    due_by_time = commit_seconds is not None and time.monotonic() - last_commit >= commit_seconds
+                    if due_by_size or due_by_time:
                         commit()
             finally:
-                commit()
+                commit()  # whatever was gathered before an error or an interrupt
         report.seconds = time.perf_counter() - start
         return report
 
+    def _embedding_choice(self, embeddings: bool | None) -> bool:
+        empty = len(self.codes) == 0
+        has = EMBEDDING in self.codes.side_names or (empty and bool(self.codes.attributes.get("embeddings")))
+        if embeddings is None or bool(embeddings) == has:
+            return has
+        if empty:
+            return bool(embeddings)  # the first append declares the side array
+        if embeddings:
+            raise UsageError(f"embeddings: {self.directory} holds images without embeddings; build a new index "
+                             "with embeddings to keep them")
+        raise UsageError(f"embeddings: {self.directory} keeps an embedding per image; every add must too")
+
+    def embeddings(self) -> np.ndarray:
+        """The pooled embeddings (n, C) float32 of the live images, in id order."""
+        if EMBEDDING not in self.codes.side_names:
+            raise UsageError(f"{self.directory}: built without embeddings (build it with embeddings=True)")
+        return self.codes.side(EMBEDDING)
+
     # ---- searching -----------------------------------------------------------------------------------------------
-    def search(self, queries, top: int = 10, channels: int | None = 50):
-        """Encodes the query images and returns, per query, its `top` hits (ranked `Hit`s) and timings (seconds)."""
+    def search(self, queries, top: int = 10, channels: int | None = 50, normalize: bool = False):
+        """Encodes the query images and returns, per query, its `top` hits (ranked `Hit`s) and timings (seconds).
+
+        Scores are raw masked ternary dot products (integers; the range grows with the channels compared and Dt),
+        or with ``normalize=True`` those divided by sqrt(nnz_q * nnz_x) over the compared channels: in [-1, 1]."""
         # checked before the backbone runs on the queries
         top = check_positive_int(top, "top")
         channels = check_channel_count(channels, self.encoder.Dk)
         start = time.perf_counter()
         query_codes = self.encoder.encode([str(q) for q in queries])
         encoded = time.perf_counter()
-        scores, ids = self.codes.search(query_codes, top, channels)
-        searched = time.perf_counter()
+        results = self._hits(query_codes, top, channels, normalize)
+        return results, {"encode_s": encoded - start, "search_s": time.perf_counter() - encoded}
+
+    def search_keys(self, keys, top: int = 10, channels: int | None = 50, normalize: bool = False):
+        """`search` with indexed images as the queries (their stored codes: nothing is re-encoded). Keys are
+        paths (absolute, or relative to the root); UsageError naming those not indexed."""
+        top = check_positive_int(top, "top")
+        channels = check_channel_count(channels, self.encoder.Dk)
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("keys: expected a sequence of paths, got a single string")
+        start = time.perf_counter()
+        lookup = [self._lookup_key(k) for k in keys]
+        ids = self.codes.find(lookup)
+        absent = [k for k, i in zip(keys, ids) if i < 0]
+        if absent:
+            raise UsageError(f"keys: not in the index: {absent[:5]}")
+        query_codes = self.codes.get(ids)
+        fetched = time.perf_counter()
+        results = self._hits(query_codes, top, channels, normalize)
+        return results, {"encode_s": fetched - start, "search_s": time.perf_counter() - fetched}
+
+    def _hits(self, query_codes, top, channels, normalize) -> list:
+        scores, ids = self.codes.search(query_codes, top, channels, normalize=normalize)
         all_ids = sorted({int(i) for row in ids for i in row})
-        path_of = dict(zip(all_ids, self.codes.keys(all_ids))) if all_ids else {}
-        results = [
-            [Hit(rank + 1, path_of[int(i)], int(s), int(i)) for rank, (s, i) in enumerate(zip(score_row, id_row))]
-            for score_row, id_row in zip(scores, ids)
-        ]
-        return results, {"encode_s": encoded - start, "search_s": searched - encoded}
+        path_of = dict(zip(all_ids, (self._absolute(k) for k in self.codes.keys(all_ids)))) if all_ids else {}
+        convert = float if normalize else int
+        return [[Hit(rank + 1, path_of[int(i)], convert(s), int(i)) for rank, (s, i) in enumerate(zip(srow, irow))]
+                for srow, irow in zip(scores, ids)]
 
 
 def _is_atomic_write_leftover(name: str) -> bool:
@@ -232,20 +384,34 @@ def _is_atomic_write_leftover(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
-def _empty_code_index(path: Path, Dk: int, Dt: int) -> CodeIndex:
-    """The codes of an interrupted creation, made anew: nothing is appended before the marker exists, so all there
-    can be is an empty index, or the lock and temporary files of a `CodeIndex.create` cut short."""
+def _codes_mismatch(codes: CodeIndex, encoder: CrossLayerEncoder) -> str | None:
+    if (codes.Dk, codes.Dt) != (encoder.Dk, encoder.Dt):
+        return f"codes (Dk={codes.Dk}, Dt={codes.Dt}) do not match the encoder (Dk={encoder.Dk}, Dt={encoder.Dt})"
+    if codes.identity is not None and codes.identity != encoder.identity_digest:
+        return f"codes of encoder {codes.identity} do not match the stored encoder ({encoder.identity_digest})"
+    return None
+
+
+def _new_code_index(path: Path, encoder: CrossLayerEncoder, embeddings: bool) -> CodeIndex:
+    codes = CodeIndex.create(path, encoder.Dk, encoder.Dt, identity=encoder.identity_digest)
+    codes.set_attributes({"root": None, "failed": {}, "embeddings": bool(embeddings)})
+    return codes
+
+
+def _completed_code_index(path: Path, encoder: CrossLayerEncoder, embeddings: bool) -> CodeIndex:
+    """The codes of an interrupted creation (or of an index whose marker was deleted): kept if they are this
+    encoder's, made anew if a `CodeIndex.create` was cut short before its manifest."""
     if (path / MANIFEST_NAME).is_file():
-        codes = CodeIndex.open(path, "a", verify=False)
-        if len(codes) == 0 and (codes.Dk, codes.Dt) == (Dk, Dt):
-            return codes
-        codes.close()
-        raise ImageIndexError(f"{path}: holds {len(codes)} codes (Dk={codes.Dk}, Dt={codes.Dt}) but no image index "
-                              "marker; move it away")
+        codes = CodeIndex.open(path, "a")
+        problem = _codes_mismatch(codes, encoder)
+        if problem:
+            codes.close()
+            raise ImageIndexError(f"{path}: {problem}; move it away")
+        return codes
     if path.is_dir():
         entries = list(path.iterdir())
         if not all(e.name == LOCK_NAME or _is_atomic_write_leftover(e.name) for e in entries):
             raise ImageIndexError(f"{path}: holds files of no code index; move it away")
         for entry in entries:
             entry.unlink()
-    return CodeIndex.create(path, Dk, Dt)
+    return _new_code_index(path, encoder, embeddings)
