@@ -197,6 +197,7 @@ def test_code_files_written_by_c_load_in_python_and_back(lib, rng, tmp_path, n, 
     python_file = tmp_path / "from_python.xlc"
     codes.save(python_file)
     assert path.read_bytes() == python_file.read_bytes()
+    assert path.stat().st_mode == python_file.stat().st_mode  # both follow the umask, as open() would
     status, back = read_with_c(lib, python_file)
     assert status == OK and back == codes
 

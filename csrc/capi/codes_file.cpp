@@ -125,6 +125,25 @@ void write_all(int fd, const void* data, std::size_t size, const std::string& pa
   }
 }
 
+// The process umask without changing it (umask(2) can only read it by setting it, racing other threads' file
+// creation): Linux reports it in /proc/self/status. 022 when that is unreadable.
+mode_t current_umask() {
+  std::FILE* status = std::fopen("/proc/self/status", "r");
+  mode_t mask = 022;
+  if (status != nullptr) {
+    char line[256];
+    unsigned value = 0;
+    while (std::fgets(line, sizeof line, status) != nullptr) {
+      if (std::sscanf(line, "Umask: %o", &value) == 1) {
+        mask = static_cast<mode_t>(value);
+        break;
+      }
+    }
+    std::fclose(status);
+  }
+  return mask;
+}
+
 std::string parent_directory(const std::string& path) {
   const std::size_t slash = path.rfind('/');
   if (slash == std::string::npos) return ".";
@@ -144,9 +163,7 @@ void atomic_write(const std::string& path, const unsigned char* header, const st
   if (file.fd() < 0) throw Failure{CROSSLAYER_IO_ERROR, system_error("cannot create a file in " + directory, path)};
   tmp.assign(tmp_name.data());
   try {
-    const mode_t mask = ::umask(0);  // mkstemp creates 0600; the result gets the permissions open() would give it
-    ::umask(mask);
-    ::fchmod(file.fd(), 0666 & ~mask);
+    ::fchmod(file.fd(), 0666 & ~current_umask());  // mkstemp creates 0600; give what open() would
     write_all(file.fd(), header, kHeaderSize, path);
     write_all(file.fd(), bits, bits_bytes, path);
     write_all(file.fd(), mean, mean_bytes, path);
