@@ -50,6 +50,8 @@ def test_off_configures_a_cpu_only_module(tmp_path):
     assert "CUDA kernels enabled" not in result.stdout
     cache = (tmp_path / "build" / "CMakeCache.txt").read_text()
     assert "CMAKE_CUDA_COMPILER:" not in cache
+    # without onnxruntime's headers (the default) the custom-op library is skipped, and it says so
+    assert "the onnxruntime custom-op library is not built" in result.stdout
 
 
 def test_on_requires_nvcc(tmp_path):
@@ -113,3 +115,39 @@ def test_build_info_reports_cuda_consistently():
     has_kernels = hasattr(_native.core, "pool_cuda")
     assert info["cuda"] == has_kernels
     assert bool(info["cuda_archs"]) == info["cuda"]
+
+
+def test_unknown_blas_choice_is_rejected(tmp_path):
+    result = configure(tmp_path, "OFF", {"CROSSLAYER_BLAS": "mkl"})
+    assert result.returncode != 0
+    assert "CROSSLAYER_BLAS must be scipy-openblas32 or system (got 'mkl')" in result.stdout + result.stderr
+
+
+def test_system_blas_is_found_or_refused_with_a_reason(tmp_path):
+    result = configure(tmp_path, "OFF", {"CROSSLAYER_BLAS": "system"})
+    output = " ".join((result.stdout + result.stderr).split())
+    if result.returncode == 0:
+        assert "crosslayer: system BLAS" in output
+        cache = (tmp_path / "build" / "CMakeCache.txt").read_text()
+        assert "CROSSLAYER_HAVE_CBLAS_SGEMM:INTERNAL=1" in cache
+    else:
+        assert "CROSSLAYER_BLAS=system" in output or "BLAS" in output
+
+
+def test_ort_include_dir_without_the_header_is_rejected(tmp_path):
+    missing = tmp_path / "no-headers"
+    missing.mkdir()
+    result = configure(tmp_path, "OFF", {"CROSSLAYER_ORT_INCLUDE_DIR": str(missing)})
+    assert result.returncode != 0
+    output = " ".join((result.stdout + result.stderr).split())  # CMake wraps long messages
+    assert f"CROSSLAYER_ORT_INCLUDE_DIR='{missing}' has no onnxruntime_c_api.h" in output
+
+
+def test_library_version_follows_pyproject():
+    """The SONAME, the CMake package version and crosslayer.__version__ all come from pyproject.toml's version."""
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert crosslayer.__version__ == version
+    major, minor, _ = version.split(".")
+    assert Path(crosslayer.library_path()).name == f"libcrosslayer.so.{major}.{minor}"
+    config_version = Path(crosslayer.cmake_dir()) / "crosslayerConfigVersion.cmake"
+    assert f'set(PACKAGE_VERSION "{version}")' in config_version.read_text()

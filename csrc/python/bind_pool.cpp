@@ -1,5 +1,5 @@
-// Binding for pool_cpu. Arguments arrive validated by crosslayer/pooling.py (dtype, contiguity, shapes, finiteness);
-// the checks here only guard the raw-pointer contract.
+// Binding for the C API's pooling (libcrosslayer, crosslayer/crosslayer.h). Arguments arrive validated by
+// crosslayer/pooling.py (dtype, contiguity, shapes, finiteness); the checks here only guard the raw-pointer contract.
 #include <pybind11/numpy.h>
 
 #include <stdexcept>
@@ -7,7 +7,7 @@
 
 #include "bindings.h"
 #include "crosslayer/codes.h"
-#include "crosslayer/pool.h"
+#include "crosslayer/crosslayer.h"
 
 namespace py = pybind11;
 
@@ -17,66 +17,62 @@ namespace {
 using FloatArray = py::array_t<float, py::array::c_style>;
 using WordArray = py::array_t<std::uint64_t, py::array::c_style>;
 
-void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument(what);
-}
 
 void pool_cpu_py(const FloatArray& local, const FloatArray& guidance, py::object pca_mean, py::object pca_proj,
                  py::object out_float, py::object out_bits, py::object channel_mean, int num_threads) {
   require(local.ndim() == 4 && guidance.ndim() == 4, "local and guidance must be 4-d (n, C, H, W)");
-  PoolArgs args;
-  args.shape.n = local.shape(0);
-  args.shape.dt_in = local.shape(1);
-  args.shape.positions = local.shape(2) * local.shape(3);
-  args.shape.dk = guidance.shape(1);
-  require(guidance.shape(0) == args.shape.n && guidance.shape(2) == local.shape(2) && guidance.shape(3) == local.shape(3),
+  const std::int64_t n = local.shape(0), dt_in = local.shape(1), dk = guidance.shape(1);
+  const std::int64_t positions = local.shape(2) * local.shape(3);
+  require(guidance.shape(0) == n && guidance.shape(2) == local.shape(2) && guidance.shape(3) == local.shape(3),
           "guidance must match local in n, H, W");
-  args.local = local.data();
-  args.guidance = guidance.data();
-  args.shape.dt = args.shape.dt_in;
+  std::int64_t dt = dt_in;
   FloatArray mean_arr, proj_arr;
+  const float* mean_data = nullptr;
+  const float* proj_data = nullptr;
   require(pca_mean.is_none() == pca_proj.is_none(), "pca mean and projection go together (both or neither)");
   if (!pca_proj.is_none()) {
     mean_arr = pca_mean.cast<FloatArray>();
     proj_arr = pca_proj.cast<FloatArray>();
-    require(proj_arr.ndim() == 2 && proj_arr.shape(0) == args.shape.dt_in, "pca projection must be (Dt_in, Dt)");
-    require(mean_arr.ndim() == 1 && mean_arr.shape(0) == args.shape.dt_in, "pca mean must be (Dt_in,)");
-    args.shape.dt = proj_arr.shape(1);
-    args.pca_mean = mean_arr.data();
-    args.pca_proj = proj_arr.data();
+    require(proj_arr.ndim() == 2 && proj_arr.shape(0) == dt_in, "pca projection must be (Dt_in, Dt)");
+    require(mean_arr.ndim() == 1 && mean_arr.shape(0) == dt_in, "pca mean must be (Dt_in,)");
+    dt = proj_arr.shape(1);
+    mean_data = mean_arr.data();
+    proj_data = proj_arr.data();
   }
-  const std::int64_t n = args.shape.n, dk = args.shape.dk, dt = args.shape.dt;
   FloatArray float_arr, mean_out;
   WordArray bits_arr;
+  float* float_data = nullptr;
+  std::uint64_t* bits_data = nullptr;
+  float* mean_out_data = nullptr;
   if (!out_float.is_none()) {
     require(py::isinstance<FloatArray>(out_float), "float output must be a C-contiguous float32 array");
     float_arr = out_float.cast<FloatArray>();
     require(float_arr.ndim() == 2 && float_arr.shape(0) == n && float_arr.shape(1) == dk * dt,
             "float output must be (n, Dk*Dt)");
-    args.output = PoolOutput::Float;
-    args.out_float = float_arr.mutable_data();
+    float_data = float_arr.mutable_data();
   } else {
     require(py::isinstance<WordArray>(out_bits), "code output must be a C-contiguous uint64 array");
     bits_arr = out_bits.cast<WordArray>();
     require(bits_arr.ndim() == 4 && bits_arr.shape(0) == n && bits_arr.shape(1) == dk && bits_arr.shape(2) == kPlanes &&
                 bits_arr.shape(3) == words_per_plane(dt),
             "code output must be (n, Dk, 2, ceil(Dt/64))");
-    args.output = PoolOutput::Codes;
-    args.out_bits = bits_arr.mutable_data();
+    bits_data = bits_arr.mutable_data();
   }
   if (!channel_mean.is_none()) {
     require(py::isinstance<FloatArray>(channel_mean), "channel_mean must be a C-contiguous float32 array");
     mean_out = channel_mean.cast<FloatArray>();
     require(mean_out.ndim() == 2 && mean_out.shape(0) == n && mean_out.shape(1) == dk, "channel_mean must be (n, Dk)");
-    args.channel_mean = mean_out.mutable_data();
+    mean_out_data = mean_out.mutable_data();
   }
-  args.num_threads = num_threads;
-  const char* err;
+  crosslayer_status status;
   {
     py::gil_scoped_release release;
-    err = pool_cpu(args);
+    status = float_data ? crosslayer_pool_float(local.data(), guidance.data(), n, dt_in, dk, positions, mean_data,
+                                                proj_data, dt, float_data, mean_out_data, num_threads)
+                        : crosslayer_pool_codes(local.data(), guidance.data(), n, dt_in, dk, positions, mean_data,
+                                                proj_data, dt, bits_data, mean_out_data, num_threads);
   }
-  require(err[0] == '\0', err);
+  require_ok(status);
 }
 
 }  // namespace
@@ -84,7 +80,7 @@ void pool_cpu_py(const FloatArray& local, const FloatArray& guidance, py::object
 void register_pool(py::module_& m) {
   m.def("pool_cpu", &pool_cpu_py, py::arg("local"), py::arg("guidance"), py::arg("pca_mean"), py::arg("pca_proj"),
         py::arg("out_float"), py::arg("out_bits"), py::arg("channel_mean"), py::arg("num_threads") = 0,
-        "Fused cross-layer pooling into preallocated outputs (see csrc/include/crosslayer/pool.h).");
+        "Fused cross-layer pooling into preallocated outputs (see csrc/include/crosslayer/crosslayer.h).");
 }
 
 }  // namespace crosslayer::python

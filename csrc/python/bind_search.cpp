@@ -1,5 +1,5 @@
-// Bindings for gram_cpu, search_cpu and the popcount path switch. Arguments arrive validated by
-// crosslayer/search.py (types, shapes, k, channel selection); the checks here only guard the raw-pointer contract.
+// Bindings for the C API's gram, search and popcount path switch (libcrosslayer, crosslayer/crosslayer.h). Arguments
+// arrive validated by crosslayer/search.py (types, shapes, k, channel selection); the checks here only guard the raw-pointer contract.
 #include <pybind11/numpy.h>
 
 #include <stdexcept>
@@ -7,8 +7,7 @@
 
 #include "bindings.h"
 #include "crosslayer/codes.h"
-#include "crosslayer/popcount.h"
-#include "crosslayer/search.h"
+#include "crosslayer/crosslayer.h"
 
 namespace py = pybind11;
 
@@ -19,20 +18,10 @@ using WordArray = py::array_t<std::uint64_t, py::array::c_style>;
 using Int32Array = py::array_t<std::int32_t, py::array::c_style>;
 using Int64Array = py::array_t<std::int64_t, py::array::c_style>;
 
-void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument(what);
-}
-
-CodeMatrix as_code_matrix(const WordArray& bits, std::int64_t dt, const char* name) {
+void check_codes(const WordArray& bits, std::int64_t dt, const char* name) {
   require(dt >= 1 && dt < (std::int64_t{1} << 40), "dt must be in [1, 2^40)");  // before any arithmetic on it
   require(bits.ndim() == 4 && bits.shape(2) == kPlanes && bits.shape(3) == words_per_plane(dt),
           std::string(name) + " must be (n, Dk, 2, ceil(Dt/64)) uint64");
-  CodeMatrix m;
-  m.bits = bits.data();
-  m.n = bits.shape(0);
-  m.dk = bits.shape(1);
-  m.dt = dt;
-  return m;
 }
 
 // Outputs are written in place, so they must be exactly the caller's array: a non-const array_t parameter would let
@@ -45,24 +34,25 @@ Array output_array(const py::object& value, const char* what) {
 
 void gram_cpu_py(const WordArray& a_bits, py::object b_bits, std::int64_t dt, py::object out_object, int num_threads) {
   Int32Array out = output_array<Int32Array>(out_object, "out must be a C-contiguous int32 array");
-  GramArgs args;
-  args.a = as_code_matrix(a_bits, dt, "a");
+  check_codes(a_bits, dt, "a");
   WordArray b_arr;
-  if (b_bits.is_none()) {
-    args.b = args.a;
-  } else {
+  const std::uint64_t* b_data = nullptr;
+  std::int64_t n_b = a_bits.shape(0);
+  if (!b_bits.is_none()) {
     b_arr = b_bits.cast<WordArray>();
-    args.b = as_code_matrix(b_arr, dt, "b");
+    check_codes(b_arr, dt, "b");
+    require(b_arr.shape(1) == a_bits.shape(1), "a and b must have the same dk and dt");
+    b_data = b_arr.data();
+    n_b = b_arr.shape(0);
   }
-  require(out.ndim() == 2 && out.shape(0) == args.a.n && out.shape(1) == args.b.n, "out must be (len(a), len(b)) int32");
-  args.out = out.mutable_data();
-  args.num_threads = num_threads;
-  const char* err;
+  require(out.ndim() == 2 && out.shape(0) == a_bits.shape(0) && out.shape(1) == n_b, "out must be (len(a), len(b)) int32");
+  crosslayer_status status;
   {
     py::gil_scoped_release release;
-    err = gram_cpu(args);
+    status = crosslayer_gram(a_bits.data(), a_bits.shape(0), b_data, n_b, a_bits.shape(1), dt, out.mutable_data(),
+                             num_threads);
   }
-  require(err[0] == '\0', err);
+  require_ok(status);
 }
 
 void search_cpu_py(const WordArray& query_bits, const WordArray& database_bits, std::int64_t dt,
@@ -70,27 +60,22 @@ void search_cpu_py(const WordArray& query_bits, const WordArray& database_bits, 
                    py::object out_scores_object, py::object out_ids_object, int num_threads) {
   Int32Array out_scores = output_array<Int32Array>(out_scores_object, "out_scores must be a C-contiguous int32 array");
   Int64Array out_ids = output_array<Int64Array>(out_ids_object, "out_ids must be a C-contiguous int64 array");
-  SearchArgs args;
-  args.queries = as_code_matrix(query_bits, dt, "queries");
-  args.database = as_code_matrix(database_bits, dt, "database");
-  const std::int64_t nq = args.queries.n;
+  check_codes(query_bits, dt, "queries");
+  check_codes(database_bits, dt, "database");
+  require(query_bits.shape(1) == database_bits.shape(1), "queries and database must have the same dk and dt");
+  const std::int64_t nq = query_bits.shape(0);
   require(channels.ndim() == 2 && channels.shape(0) == nq, "channels must be (n_queries, n_channels) int32");
   require(out_scores.ndim() == 2 && out_scores.shape(0) == nq && out_scores.shape(1) == k, "out_scores must be (n_queries, k) int32");
   require(out_ids.ndim() == 2 && out_ids.shape(0) == nq && out_ids.shape(1) == k, "out_ids must be (n_queries, k) int64");
-  args.channels = channels.data();
-  args.n_channels = channels.shape(1);
-  args.k = k;
-  args.id_base = id_base;
-  args.merge_with_existing = merge_with_existing;
-  args.out_scores = out_scores.mutable_data();
-  args.out_ids = out_ids.mutable_data();
-  args.num_threads = num_threads;
-  const char* err;
+  crosslayer_status status;
   {
     py::gil_scoped_release release;
-    err = search_cpu(args);
+    status = crosslayer_search(query_bits.data(), nq, database_bits.data(), database_bits.shape(0),
+                               database_bits.shape(1), dt, channels.data(), channels.shape(1), k, id_base,
+                               merge_with_existing ? 1 : 0, out_scores.mutable_data(), out_ids.mutable_data(),
+                               num_threads);
   }
-  require(err[0] == '\0', err);
+  require_ok(status);
 }
 
 }  // namespace
@@ -101,15 +86,15 @@ void register_search(py::module_& m) {
   m.def("search_cpu", &search_cpu_py, py::arg("query_bits"), py::arg("database_bits"), py::arg("dt"),
         py::arg("channels"), py::arg("k"), py::arg("id_base"), py::arg("merge_with_existing"), py::arg("out_scores"),
         py::arg("out_ids"), py::arg("num_threads") = 0, "Masked ternary top-k search (crosslayer/search.h).");
-  m.def("popcount_path", [] { return std::string(popcount_path()); }, "The popcount path the CPU kernels use.");
+  m.def("popcount_path", [] { return std::string(crosslayer_popcount_path()); }, "The popcount path the CPU kernels use.");
   m.def("popcount_paths", [] {
     py::list names;
-    for (int i = 0; i < popcount_path_count(); ++i) names.append(popcount_path_name(i));
+    for (int i = 0; i < crosslayer_popcount_path_count(); ++i) names.append(crosslayer_popcount_path_name(i));
     return names;
   }, "Popcount paths this CPU supports, fastest first.");
   m.def("set_popcount_path", [](const std::string& name) {
-    const char* err = set_popcount_path(name.c_str());
-    require(err[0] == '\0', "popcount path '" + name + "': " + err);
+    if (crosslayer_set_popcount_path(name.c_str()) != CROSSLAYER_OK)
+      throw std::invalid_argument(crosslayer_last_error());
   }, py::arg("name"), "Forces a popcount path (tests, benchmarks).");
 }
 

@@ -1,16 +1,28 @@
-#include <omp.h>
+#include <string>
 
 #include "bindings.h"
-#include "crosslayer/popcount.h"
+#include "crosslayer/crosslayer.h"
 
 namespace py = pybind11;
 
 namespace crosslayer::python {
 
 void describe_build(py::dict& info) {
-  info["version"] = CROSSLAYER_VERSION;
-  info["openmp_max_threads"] = omp_get_max_threads();
-  info["popcount"] = popcount_path();
+  // libcrosslayer's own description, "key=value;key=value": one source for both the C and the Python side.
+  const std::string text = crosslayer_build_info();
+  for (std::size_t begin = 0; begin < text.size();) {
+    std::size_t end = text.find(';', begin);
+    if (end == std::string::npos) end = text.size();
+    const std::string pair = text.substr(begin, end - begin);
+    const std::size_t eq = pair.find('=');
+    const std::string key = pair.substr(0, eq), value = eq == std::string::npos ? "" : pair.substr(eq + 1);
+    if (key == "openmp_max_threads" || key == "api") {
+      info[key.c_str()] = std::stoi(value);
+    } else {
+      info[key.c_str()] = value;
+    }
+    begin = end + 1;
+  }
 #ifdef CROSSLAYER_WITH_CUDA
   info["cuda"] = true;
   info["cuda_archs"] = CROSSLAYER_CUDA_ARCHS;

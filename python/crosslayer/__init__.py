@@ -12,16 +12,20 @@ from crosslayer.errors import CrossLayerError, FormatError, UsageError
 from crosslayer.pooling import pool
 from crosslayer.search import gram, search, popcount_path, popcount_paths, set_popcount_path
 from crosslayer.index import CodeIndex, CodeIndexError
+from crosslayer._install_paths import NotBuiltError, cmake_dir, include_dir, library_path, ort_ops_library
 
 __version__ = "0.2.0"
 
 
 def build_info() -> dict:
-    """What the compiled core was built with: version, CUDA and its archs, threads, popcount path, BLAS."""
-    import scipy_openblas32
-
+    """What the compiled core was built with: version, CUDA and its archs, threads, popcount path, BLAS
+    (``blas_choice``: the CROSSLAYER_BLAS build option; ``blas``: the library's own description)."""
     info = dict(_core.build_info())
-    info["blas"] = scipy_openblas32.get_openblas_config()
+    info["blas_choice"] = info["blas"]
+    if info["blas_choice"] == "scipy-openblas32":
+        import scipy_openblas32
+
+        info["blas"] = scipy_openblas32.get_openblas_config()
     return info
 
 
@@ -37,4 +41,5 @@ def __getattr__(name):
 __all__ = [
     "Codes", "CodesFormatError", "DeviceCodes", "CrossLayerError", "FormatError", "UsageError", "pool", "build_info", "__version__", "gram", "search", "popcount_path",
     "popcount_paths", "set_popcount_path", "CodeIndex", "CodeIndexError", "CrossLayerEncoder", "IdentityMismatchError",
+    "NotBuiltError", "cmake_dir", "include_dir", "library_path", "ort_ops_library",
 ]

@@ -1,0 +1,53 @@
+# The BLAS behind libcrosslayer, a build choice (CROSSLAYER_BLAS). Defines the INTERFACE target crosslayer_blas and
+# the run paths libcrosslayer needs to find it (CROSSLAYER_BLAS_INSTALL_RPATH, CROSSLAYER_BLAS_BUILD_RPATH).
+add_library(crosslayer_blas INTERFACE)
+set(CROSSLAYER_BLAS_INSTALL_RPATH "")
+set(CROSSLAYER_BLAS_BUILD_RPATH "")
+if(CROSSLAYER_BLAS STREQUAL "scipy-openblas32")
+  # The wheel numpy/scipy build against (symbols prefixed scipy_). The Python package imports it before the
+  # extension; a C consumer finds it through libcrosslayer's run path.
+  execute_process(
+    COMMAND "${Python_EXECUTABLE}" -c "import scipy_openblas32 as s; print(s.get_include_dir()); print(s.get_lib_dir()); print(s.get_library())"
+    OUTPUT_VARIABLE _openblas_info OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE _openblas_rc)
+  if(NOT _openblas_rc EQUAL 0)
+    message(FATAL_ERROR "scipy-openblas32 is required to build crosslayer with CROSSLAYER_BLAS=scipy-openblas32: pip install scipy-openblas32 (or configure with -DCROSSLAYER_BLAS=system)")
+  endif()
+  string(REPLACE "\n" ";" _openblas_info "${_openblas_info}")
+  list(GET _openblas_info 0 OPENBLAS_INCLUDE_DIR)
+  list(GET _openblas_info 1 OPENBLAS_LIB_DIR)
+  list(GET _openblas_info 2 OPENBLAS_LIB_NAME)
+  target_include_directories(crosslayer_blas INTERFACE ${OPENBLAS_INCLUDE_DIR})
+  target_link_directories(crosslayer_blas INTERFACE ${OPENBLAS_LIB_DIR})
+  target_link_libraries(crosslayer_blas INTERFACE ${OPENBLAS_LIB_NAME})
+  # Installed in site-packages beside scipy_openblas32/. Outside a wheel build (dev staging installs) the build
+  # machine's folder is the fallback, since ../scipy_openblas32 does not exist there.
+  set(CROSSLAYER_BLAS_INSTALL_RPATH "$ORIGIN/../scipy_openblas32/lib")
+  if(NOT DEFINED SKBUILD_PROJECT_VERSION)
+    list(APPEND CROSSLAYER_BLAS_INSTALL_RPATH "${OPENBLAS_LIB_DIR}")
+  endif()
+  set(CROSSLAYER_BLAS_BUILD_RPATH "${OPENBLAS_LIB_DIR}")
+  message(STATUS "crosslayer: BLAS from ${OPENBLAS_LIB_DIR} (${OPENBLAS_LIB_NAME})")
+elseif(CROSSLAYER_BLAS STREQUAL "system")
+  find_package(BLAS REQUIRED)
+  find_path(CROSSLAYER_CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas openblas-pthread)
+  if(NOT CROSSLAYER_CBLAS_INCLUDE_DIR)
+    message(FATAL_ERROR "CROSSLAYER_BLAS=system: no cblas.h found (install a CBLAS, e.g. libopenblas-dev, or set CROSSLAYER_CBLAS_INCLUDE_DIR)")
+  endif()
+  include(CheckCXXSymbolExists)
+  set(CMAKE_REQUIRED_INCLUDES ${CROSSLAYER_CBLAS_INCLUDE_DIR})
+  set(CMAKE_REQUIRED_LIBRARIES ${BLAS_LIBRARIES})
+  check_cxx_symbol_exists(cblas_sgemm cblas.h CROSSLAYER_HAVE_CBLAS_SGEMM)
+  check_cxx_symbol_exists(openblas_set_num_threads cblas.h CROSSLAYER_HAVE_OPENBLAS_THREADS)
+  unset(CMAKE_REQUIRED_INCLUDES)
+  unset(CMAKE_REQUIRED_LIBRARIES)
+  if(NOT CROSSLAYER_HAVE_CBLAS_SGEMM)
+    message(FATAL_ERROR "CROSSLAYER_BLAS=system: ${BLAS_LIBRARIES} does not provide cblas_sgemm (a CBLAS is needed)")
+  endif()
+  target_include_directories(crosslayer_blas INTERFACE ${CROSSLAYER_CBLAS_INCLUDE_DIR})
+  target_link_libraries(crosslayer_blas INTERFACE BLAS::BLAS)
+  target_compile_definitions(crosslayer_blas INTERFACE CROSSLAYER_BLAS_SYSTEM=1
+    $<$<BOOL:${CROSSLAYER_HAVE_OPENBLAS_THREADS}>:CROSSLAYER_HAVE_OPENBLAS_THREADS=1>)
+  message(STATUS "crosslayer: system BLAS ${BLAS_LIBRARIES} (cblas.h in ${CROSSLAYER_CBLAS_INCLUDE_DIR})")
+else()
+  message(FATAL_ERROR "CROSSLAYER_BLAS must be scipy-openblas32 or system (got '${CROSSLAYER_BLAS}')")
+endif()

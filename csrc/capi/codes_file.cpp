@@ -1,0 +1,304 @@
+// Code files (.xlc) in C: the byte layout Python's crosslayer.codes.Codes.save writes (see crosslayer.h), read back
+// with the same checks as Codes.load (magic, version, header, size, crc32, bit rules).
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "crosslayer/codes.h"
+#include "crosslayer/crosslayer.h"
+#include "status.h"
+
+struct crosslayer_codes {
+  std::int64_t n = 0, dk = 0, dt = 0;
+  std::vector<std::uint64_t> bits;
+  std::vector<float> channel_mean;
+};
+
+namespace crosslayer::capi {
+namespace {
+
+constexpr char kMagic[8] = {'X', 'L', 'C', 'O', 'D', 'E', 'S', '\0'};
+constexpr std::uint32_t kFormatVersion = 2;
+constexpr std::size_t kHeaderSize = 40;  // "<8sIIQIIII"
+constexpr std::size_t kCrcOffset = kHeaderSize - 4;
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the code file layout is little-endian; so is this build");
+
+// zlib's crc32 (reflected polynomial 0xEDB88320), continued from `crc` as zlib.crc32(data, crc) is.
+std::uint32_t crc32(const void* data, std::size_t size, std::uint32_t crc) {
+  static const std::array<std::uint32_t, 256> table = [] {
+    std::array<std::uint32_t, 256> t{};
+    for (std::uint32_t i = 0; i < 256; ++i) {
+      std::uint32_t c = i;
+      for (int bit = 0; bit < 8; ++bit) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (std::size_t i = 0; i < size; ++i) crc = table[(crc ^ bytes[i]) & 0xFFu] ^ (crc >> 8);
+  return ~crc;
+}
+
+template <typename T>
+void put(unsigned char* at, T value) {
+  std::memcpy(at, &value, sizeof(T));
+}
+template <typename T>
+T get(const unsigned char* at) {
+  T value;
+  std::memcpy(&value, at, sizeof(T));
+  return value;
+}
+
+std::string system_error(const std::string& what, const std::string& path) {
+  return path + ": " + what + " (" + std::strerror(errno) + ")";
+}
+
+// Why `bits` break the layout's rules (naming the first bad item), or "" when they keep them.
+std::string invalid_bits_reason(const std::uint64_t* bits, std::int64_t n, std::int64_t dk, std::int64_t dt) {
+  const std::int64_t words = words_per_plane(dt);
+  const int tail = static_cast<int>(dt % kBitsPerWord);
+  for (std::int64_t item = 0; item < n; ++item) {
+    for (std::int64_t k = 0; k < dk; ++k) {
+      const std::uint64_t* nonzero = bits + (item * dk + k) * kPlanes * words;
+      const std::uint64_t* negative = nonzero + words;
+      for (std::int64_t w = 0; w < words; ++w) {
+        if (negative[w] & ~nonzero[w])
+          return "item " + std::to_string(item) +
+                 " has a negative bit where its nonzero bit is clear (the negative plane must be a subset of the "
+                 "nonzero plane)";
+      }
+      if (tail && ((nonzero[words - 1] >> tail) | (negative[words - 1] >> tail)))
+        return "item " + std::to_string(item) + " has padding bits set (positions >= Dt=" + std::to_string(dt) +
+               " in the last word of a plane must be zero)";
+    }
+  }
+  return "";
+}
+
+void require_shape(std::int64_t n, std::int64_t dk, std::int64_t dt) {
+  require(n >= 0 && n < (std::int64_t{1} << 40), "n: expected an integer in [0, 2^40), got " + std::to_string(n));
+  // dk and dt are 32-bit fields of the header
+  require(dk >= 1 && dk <= UINT32_MAX, "dk: expected an integer in [1, 2^32), got " + std::to_string(dk));
+  require(dt >= 1 && dt <= UINT32_MAX, "dt: expected an integer in [1, 2^32), got " + std::to_string(dt));
+}
+
+class File {
+ public:
+  explicit File(int fd) : fd_(fd) {}
+  ~File() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+  int fd() const { return fd_; }
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_;
+};
+
+void write_all(int fd, const void* data, std::size_t size, const std::string& path) {
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  while (size > 0) {
+    const ssize_t written = ::write(fd, bytes, size);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      throw Failure{CROSSLAYER_IO_ERROR, system_error("write failed", path)};
+    }
+    bytes += written;
+    size -= static_cast<std::size_t>(written);
+  }
+}
+
+// The process umask without changing it (umask(2) can only read it by setting it, racing other threads' file
+// creation): Linux reports it in /proc/self/status. 022 when that is unreadable.
+mode_t current_umask() {
+  std::FILE* status = std::fopen("/proc/self/status", "r");
+  mode_t mask = 022;
+  if (status != nullptr) {
+    char line[256];
+    unsigned value = 0;
+    while (std::fgets(line, sizeof line, status) != nullptr) {
+      if (std::sscanf(line, "Umask: %o", &value) == 1) {
+        mask = static_cast<mode_t>(value);
+        break;
+      }
+    }
+    std::fclose(status);
+  }
+  return mask;
+}
+
+std::string parent_directory(const std::string& path) {
+  const std::size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+// Writes header + payload to a temporary file beside `path`, fsyncs it and renames it over `path`, so a reader sees
+// the old file or the complete new one (crosslayer._atomic.atomic_write does the same in Python).
+void atomic_write(const std::string& path, const unsigned char* header, const std::uint64_t* bits,
+                  std::size_t bits_bytes, const float* mean, std::size_t mean_bytes) {
+  const std::string directory = parent_directory(path);
+  const std::size_t slash = path.rfind('/');
+  std::string tmp = directory + "/." + path.substr(slash == std::string::npos ? 0 : slash + 1) + ".XXXXXX";
+  std::vector<char> tmp_name(tmp.begin(), tmp.end());
+  tmp_name.push_back('\0');
+  File file(::mkstemp(tmp_name.data()));
+  if (file.fd() < 0) throw Failure{CROSSLAYER_IO_ERROR, system_error("cannot create a file in " + directory, path)};
+  tmp.assign(tmp_name.data());
+  try {
+    ::fchmod(file.fd(), 0666 & ~current_umask());  // mkstemp creates 0600; give what open() would
+    write_all(file.fd(), header, kHeaderSize, path);
+    write_all(file.fd(), bits, bits_bytes, path);
+    write_all(file.fd(), mean, mean_bytes, path);
+    if (::fsync(file.fd()) != 0) throw Failure{CROSSLAYER_IO_ERROR, system_error("fsync failed", path)};
+    if (::close(file.release()) != 0) throw Failure{CROSSLAYER_IO_ERROR, system_error("close failed", path)};
+    if (::rename(tmp.c_str(), path.c_str()) != 0) throw Failure{CROSSLAYER_IO_ERROR, system_error("rename failed", path)};
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  File dir(::open(directory.c_str(), O_RDONLY));
+  if (dir.fd() >= 0) ::fsync(dir.fd());
+}
+
+std::vector<unsigned char> read_whole_file(const std::string& path) {
+  File file(::open(path.c_str(), O_RDONLY));
+  if (file.fd() < 0) throw Failure{CROSSLAYER_IO_ERROR, system_error("cannot open", path)};
+  std::vector<unsigned char> data;
+  unsigned char buffer[1 << 16];
+  for (;;) {
+    const ssize_t got = ::read(file.fd(), buffer, sizeof buffer);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw Failure{CROSSLAYER_IO_ERROR, system_error("read failed", path)};
+    }
+    if (got == 0) break;
+    data.insert(data.end(), buffer, buffer + got);
+  }
+  return data;
+}
+
+Failure format_error(const std::string& path, const std::string& what) {
+  return Failure{CROSSLAYER_FORMAT_ERROR, path + ": " + what};
+}
+
+}  // namespace
+}  // namespace crosslayer::capi
+
+using namespace crosslayer;
+using namespace crosslayer::capi;
+
+extern "C" {
+
+crosslayer_status crosslayer_codes_check(const uint64_t* bits, int64_t n, int64_t dk, int64_t dt) {
+  return guarded([&] {
+    require_shape(n, dk, dt);
+    require(n == 0 || bits != nullptr, "bits: expected uint64 [n][dk][2][ceil(dt/64)], got NULL");
+    const std::string reason = invalid_bits_reason(bits, n, dk, dt);
+    require(reason.empty(), "bits: " + reason);
+  });
+}
+
+crosslayer_status crosslayer_codes_write(const char* path, const uint64_t* bits, const float* channel_mean, int64_t n,
+                                         int64_t dk, int64_t dt) {
+  return guarded([&] {
+    require(path != nullptr && path[0] != '\0', "path: expected a file path, got NULL or \"\"");
+    require_shape(n, dk, dt);
+    require(n == 0 || bits != nullptr, "bits: expected uint64 [n][dk][2][ceil(dt/64)], got NULL");
+    require(n == 0 || channel_mean != nullptr, "channel_mean: expected float32 [n][dk], got NULL");
+    const std::string reason = invalid_bits_reason(bits, n, dk, dt);
+    require(reason.empty(), "bits: " + reason + "; nothing was written");
+    const std::int64_t words = words_per_plane(dt);
+    const std::size_t bits_bytes = static_cast<std::size_t>(n * dk * kPlanes * words) * sizeof(std::uint64_t);
+    const std::size_t mean_bytes = static_cast<std::size_t>(n * dk) * sizeof(float);
+    unsigned char header[kHeaderSize];
+    std::memcpy(header, kMagic, sizeof kMagic);
+    put<std::uint32_t>(header + 8, kFormatVersion);
+    put<std::uint32_t>(header + 12, static_cast<std::uint32_t>(kHeaderSize));
+    put<std::uint64_t>(header + 16, static_cast<std::uint64_t>(n));
+    put<std::uint32_t>(header + 24, static_cast<std::uint32_t>(dk));
+    put<std::uint32_t>(header + 28, static_cast<std::uint32_t>(dt));
+    put<std::uint32_t>(header + 32, static_cast<std::uint32_t>(words));
+    std::uint32_t crc = crc32(header, kCrcOffset, 0);
+    crc = crc32(bits, bits_bytes, crc);
+    crc = crc32(channel_mean, mean_bytes, crc);
+    put<std::uint32_t>(header + kCrcOffset, crc);
+    atomic_write(path, header, bits, bits_bytes, channel_mean, mean_bytes);
+  });
+}
+
+crosslayer_status crosslayer_codes_read(const char* path_text, crosslayer_codes** out) {
+  if (out != nullptr) *out = nullptr;
+  return guarded([&] {
+    require(out != nullptr, "out: expected a crosslayer_codes** to receive the result, got NULL");
+    require(path_text != nullptr && path_text[0] != '\0', "path: expected a file path, got NULL or \"\"");
+    const std::string path(path_text);
+    const std::vector<unsigned char> data = read_whole_file(path);
+    if (data.size() < kHeaderSize)
+      throw format_error(path, "truncated header (" + std::to_string(data.size()) +
+                                   " bytes); not a crosslayer code file");
+    if (std::memcmp(data.data(), kMagic, sizeof kMagic) != 0)
+      throw format_error(path, "not a crosslayer code file (bad magic)");
+    const auto version = get<std::uint32_t>(data.data() + 8);
+    if (version != 1 && version != 2)
+      throw format_error(path, "code file version " + std::to_string(version) +
+                                   ", this crosslayer reads versions (1, 2)");
+    const auto header_size = get<std::uint32_t>(data.data() + 12);
+    const auto n = get<std::uint64_t>(data.data() + 16);
+    const std::int64_t dk = get<std::uint32_t>(data.data() + 24), dt = get<std::uint32_t>(data.data() + 28);
+    const std::int64_t words = get<std::uint32_t>(data.data() + 32);
+    const auto crc = get<std::uint32_t>(data.data() + kCrcOffset);
+    if (header_size != kHeaderSize || dk < 1 || dt < 1 || words != words_per_plane(dt))
+      throw format_error(path, "inconsistent header (Dk=" + std::to_string(dk) + ", Dt=" + std::to_string(dt) +
+                                   ", words=" + std::to_string(words) + ")");
+    // n comes from the file: bound it by the file size before multiplying
+    const std::uint64_t item_bytes = static_cast<std::uint64_t>(dk) * (kPlanes * words * 8 + 4);
+    if (n > (data.size() - kHeaderSize) / item_bytes || (data.size() - kHeaderSize) != n * item_bytes)
+      throw format_error(path, "expected " + std::to_string(kHeaderSize + n * item_bytes) + " bytes for " +
+                                   std::to_string(n) + " codes, file has " + std::to_string(data.size()) +
+                                   " (truncated or extended)");
+    const std::size_t bits_bytes = static_cast<std::size_t>(n * dk * kPlanes * words * 8);
+    std::uint32_t actual = version >= 2 ? crc32(data.data(), kCrcOffset, 0) : 0;
+    actual = crc32(data.data() + kHeaderSize, data.size() - kHeaderSize, actual);
+    if (actual != crc) throw format_error(path, "checksum mismatch (file is damaged)");
+    auto codes = std::make_unique<crosslayer_codes>();
+    codes->n = static_cast<std::int64_t>(n);
+    codes->dk = dk;
+    codes->dt = dt;
+    codes->bits.resize(bits_bytes / 8);
+    codes->channel_mean.resize(static_cast<std::size_t>(n * dk));
+    std::memcpy(codes->bits.data(), data.data() + kHeaderSize, bits_bytes);
+    std::memcpy(codes->channel_mean.data(), data.data() + kHeaderSize + bits_bytes, codes->channel_mean.size() * 4);
+    const std::string reason = invalid_bits_reason(codes->bits.data(), codes->n, dk, dt);
+    if (!reason.empty()) throw format_error(path, "bits: " + reason);
+    *out = codes.release();
+  });
+}
+
+void crosslayer_codes_free(crosslayer_codes* codes) { delete codes; }
+int64_t crosslayer_codes_n(const crosslayer_codes* codes) { return codes ? codes->n : 0; }
+int64_t crosslayer_codes_dk(const crosslayer_codes* codes) { return codes ? codes->dk : 0; }
+int64_t crosslayer_codes_dt(const crosslayer_codes* codes) { return codes ? codes->dt : 0; }
+const uint64_t* crosslayer_codes_bits(const crosslayer_codes* codes) { return codes ? codes->bits.data() : nullptr; }
+const float* crosslayer_codes_channel_mean(const crosslayer_codes* codes) {
+  return codes ? codes->channel_mean.data() : nullptr;
+}
+
+}  // extern "C"

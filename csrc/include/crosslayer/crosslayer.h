@@ -1,0 +1,134 @@
+/* crosslayer/crosslayer.h — the C API of libcrosslayer (cross-convolutional-layer pooling, Liu/Shen/van den
+ * Hengel TPAMI 2017), for C, C++ and any language with a C FFI. The C++ headers beside this one (pool.h, search.h,
+ * codes.h) describe the kernels; this header is the only ABI the shared library exports.
+ *
+ * Contract
+ *   Arrays are C-contiguous (row-major), in host memory, little-endian, never retained after a call returns.
+ *   The caller owns every buffer it passes and allocates every output at the size stated below; the library only
+ *   allocates the crosslayer_codes object that crosslayer_codes_read returns (free it with crosslayer_codes_free).
+ *
+ *   Pooling (paper eq. 2). local float32 [n][dt_in][positions], guidance float32 [n][dk][positions], positions = H*W
+ *   (NCHW activations of two conv layers at the same H, W). Optional PCA: pca_mean float32 [dt_in] and
+ *   pca_projection float32 [dt_in][dt], both or neither (NULL: no PCA, dt must equal dt_in). For image b, channel k:
+ *       P[b][k][:] = sum_i guidance[b][k][i] * ((local[b][:][i] - pca_mean) @ pca_projection)
+ *   crosslayer_pool_float writes representation float32 [n][dk*dt], channel k at [k*dt, (k+1)*dt): each P[b][k]
+ *   L2-normalised (an all-zero channel stays zero), then v -> sign(v)*sqrt(|v|).
+ *   crosslayer_pool_codes writes bits uint64 [n][dk][2][words], words = ceil(dt/64) (CROSSLAYER_WORDS_PER_PLANE):
+ *       plane 0 "nonzero":  bit j set <=> P[b][k][j] != 0;   plane 1 "negative": bit j set <=> P[b][k][j] < 0
+ *       value j in word j/64, bit j%64 (bit 0 least significant); padding bits (j >= dt) are zero; the negative
+ *       plane is a subset of the nonzero plane. This is exactly Python's `crosslayer.pool(..., output="codes").bits`.
+ *   channel_mean float32 [n][dk] (NULL to skip): the mean of guidance[b][k][:] over the positions.
+ *   A pooled value that is not finite (NaN/Inf inputs, or |P| > FLT_MAX) fails with CROSSLAYER_NOT_FINITE.
+ *
+ *   Ternary similarity of codes q, x over channels S:
+ *       dot = sum_{k in S} popcount(nz_q & nz_x) - 2 * popcount(nz_q & nz_x & (neg_q ^ neg_x))
+ *   crosslayer_gram: out int32 [n_a][n_b], all channels; b == NULL compares a with itself.
+ *   crosslayer_search: channels int32 [n_queries][n_channels] (each in [0, dk)); the k best database items per
+ *       query by decreasing score, ties to the smaller id; out_scores int32 [n_queries][k], out_ids int64
+ *       [n_queries][k], id of database item j = id_base + j. merge_with_existing != 0: the k entries already in the
+ *       outputs (an earlier segment's result) take part, so searching segment by segment equals one search.
+ *   Code bits given to gram/search must keep the layout's rules (crosslayer_codes_check says whether they do).
+ *
+ *   Code files (.xlc, version 2, as Python's Codes.save writes them; versions 1 and 2 are read): a 40-byte header
+ *   "<8sIIQIIII" = magic "XLCODES\0", version, header size (40), n, dk, dt, words per plane, crc32; then bits as
+ *   uint64 LE [n][dk][2][words], then channel_mean float32 LE [n][dk]. The crc32 (zlib's) runs over the header
+ *   without its crc field, then the payload. Writes are atomic (temporary file, fsync, rename): a reader sees the
+ *   old file or the complete new one.
+ *
+ * Errors
+ *   Every call that can fail returns a crosslayer_status; CROSSLAYER_OK is 0. On failure the outputs are
+ *   unspecified and crosslayer_last_error() returns a message naming the argument and what was expected. No C++
+ *   exception ever crosses this ABI.
+ *
+ * Threads
+ *   num_threads <= 0 uses the OpenMP default (OMP_NUM_THREADS or the core count). All calls are thread-safe and
+ *   reentrant; the last-error message is per thread. crosslayer_set_popcount_path changes a process-wide setting
+ *   and must not run concurrently with gram/search.
+ */
+#ifndef CROSSLAYER_CROSSLAYER_H
+#define CROSSLAYER_CROSSLAYER_H
+
+#include <stdint.h>
+
+#if defined(_WIN32)
+#  if defined(CROSSLAYER_BUILDING_LIBRARY)
+#    define CROSSLAYER_API __declspec(dllexport)
+#  else
+#    define CROSSLAYER_API __declspec(dllimport)
+#  endif
+#else
+#  define CROSSLAYER_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped whenever a function's signature or meaning changes; crosslayer_api_version() reports the library's. */
+#define CROSSLAYER_API_VERSION 1
+#define CROSSLAYER_WORDS_PER_PLANE(dt) (((dt) + 63) / 64)
+
+typedef enum crosslayer_status {
+  CROSSLAYER_OK = 0,
+  CROSSLAYER_INVALID_ARGUMENT = 1, /* a NULL pointer, a bad shape or value; the message names it */
+  CROSSLAYER_NOT_FINITE = 2,       /* a pooled value is NaN or infinite */
+  CROSSLAYER_IO_ERROR = 3,         /* a file could not be opened, read or written */
+  CROSSLAYER_FORMAT_ERROR = 4,     /* a file is not a code file, of an unknown version, or damaged */
+  CROSSLAYER_OUT_OF_MEMORY = 5,
+  CROSSLAYER_INTERNAL_ERROR = 6
+} crosslayer_status;
+
+/* ---- version, build, errors ------------------------------------------------------------------------------------ */
+CROSSLAYER_API const char* crosslayer_version(void);   /* the package version, e.g. "0.2.0" */
+CROSSLAYER_API int crosslayer_api_version(void);       /* CROSSLAYER_API_VERSION the library was built with */
+/* "key=value" pairs separated by ';': version, api, blas, openmp_max_threads, popcount, compiler. */
+CROSSLAYER_API const char* crosslayer_build_info(void);
+/* The message of this thread's last failed call ("" if none). Valid until this thread's next failing call. */
+CROSSLAYER_API const char* crosslayer_last_error(void);
+CROSSLAYER_API const char* crosslayer_status_name(crosslayer_status status); /* "CROSSLAYER_OK", ... */
+
+/* ---- popcount implementation of gram/search ------------------------------------------------------------------- */
+CROSSLAYER_API const char* crosslayer_popcount_path(void);
+CROSSLAYER_API crosslayer_status crosslayer_set_popcount_path(const char* name);
+CROSSLAYER_API int crosslayer_popcount_path_count(void);
+CROSSLAYER_API const char* crosslayer_popcount_path_name(int index); /* NULL when out of range */
+
+/* ---- pooling --------------------------------------------------------------------------------------------------- */
+CROSSLAYER_API crosslayer_status crosslayer_pool_float(const float* local, const float* guidance, int64_t n,
+                                                       int64_t dt_in, int64_t dk, int64_t positions,
+                                                       const float* pca_mean, const float* pca_projection, int64_t dt,
+                                                       float* representation, float* channel_mean, int num_threads);
+CROSSLAYER_API crosslayer_status crosslayer_pool_codes(const float* local, const float* guidance, int64_t n,
+                                                       int64_t dt_in, int64_t dk, int64_t positions,
+                                                       const float* pca_mean, const float* pca_projection, int64_t dt,
+                                                       uint64_t* bits, float* channel_mean, int num_threads);
+
+/* ---- similarity of codes ---------------------------------------------------------------------------------------- */
+CROSSLAYER_API crosslayer_status crosslayer_gram(const uint64_t* a, int64_t n_a, const uint64_t* b, int64_t n_b,
+                                                 int64_t dk, int64_t dt, int32_t* out, int num_threads);
+CROSSLAYER_API crosslayer_status crosslayer_search(const uint64_t* queries, int64_t n_queries,
+                                                   const uint64_t* database, int64_t n_database, int64_t dk,
+                                                   int64_t dt, const int32_t* channels, int64_t n_channels, int64_t k,
+                                                   int64_t id_base, int merge_with_existing, int32_t* out_scores,
+                                                   int64_t* out_ids, int num_threads);
+/* CROSSLAYER_OK when bits [n][dk][2][words] keep the layout's rules; otherwise INVALID_ARGUMENT naming the item. */
+CROSSLAYER_API crosslayer_status crosslayer_codes_check(const uint64_t* bits, int64_t n, int64_t dk, int64_t dt);
+
+/* ---- code files (.xlc) ------------------------------------------------------------------------------------------ */
+typedef struct crosslayer_codes crosslayer_codes; /* opaque; owns its bits and channel_mean */
+CROSSLAYER_API crosslayer_status crosslayer_codes_write(const char* path, const uint64_t* bits,
+                                                        const float* channel_mean, int64_t n, int64_t dk, int64_t dt);
+/* On success *out is a new object; on failure *out is NULL. */
+CROSSLAYER_API crosslayer_status crosslayer_codes_read(const char* path, crosslayer_codes** out);
+CROSSLAYER_API void crosslayer_codes_free(crosslayer_codes* codes); /* NULL is allowed */
+CROSSLAYER_API int64_t crosslayer_codes_n(const crosslayer_codes* codes);
+CROSSLAYER_API int64_t crosslayer_codes_dk(const crosslayer_codes* codes);
+CROSSLAYER_API int64_t crosslayer_codes_dt(const crosslayer_codes* codes);
+CROSSLAYER_API const uint64_t* crosslayer_codes_bits(const crosslayer_codes* codes);       /* [n][dk][2][words] */
+CROSSLAYER_API const float* crosslayer_codes_channel_mean(const crosslayer_codes* codes);  /* [n][dk] */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CROSSLAYER_CROSSLAYER_H */

@@ -1,0 +1,295 @@
+"""libcrosslayer's C API (crosslayer/crosslayer.h): the installed CMake package builds examples/c/encode_codes, whose
+codes equal crosslayer.pool's; code files cross between C and Python; errors come back as status + message."""
+
+import ctypes
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import crosslayer
+from crosslayer import Codes, CodesFormatError
+
+ROOT = Path(__file__).resolve().parent.parent
+OK, INVALID_ARGUMENT, NOT_FINITE, IO_ERROR, FORMAT_ERROR = 0, 1, 2, 3, 4
+
+u64p = ctypes.POINTER(ctypes.c_uint64)
+f32p = ctypes.POINTER(ctypes.c_float)
+i32p = ctypes.POINTER(ctypes.c_int32)
+i64p = ctypes.POINTER(ctypes.c_int64)
+i64 = ctypes.c_int64
+
+
+@pytest.fixture(scope="module")
+def lib():
+    lib = ctypes.CDLL(crosslayer.library_path())
+    lib.crosslayer_version.restype = ctypes.c_char_p
+    lib.crosslayer_build_info.restype = ctypes.c_char_p
+    lib.crosslayer_last_error.restype = ctypes.c_char_p
+    lib.crosslayer_status_name.restype = ctypes.c_char_p
+    lib.crosslayer_popcount_path.restype = ctypes.c_char_p
+    lib.crosslayer_popcount_path_name.restype = ctypes.c_char_p
+    pool_args = [f32p, f32p, i64, i64, i64, i64, f32p, f32p, i64]
+    lib.crosslayer_pool_codes.argtypes = pool_args + [u64p, f32p, ctypes.c_int]
+    lib.crosslayer_pool_float.argtypes = pool_args + [f32p, f32p, ctypes.c_int]
+    lib.crosslayer_gram.argtypes = [u64p, i64, u64p, i64, i64, i64, i32p, ctypes.c_int]
+    lib.crosslayer_search.argtypes = [u64p, i64, u64p, i64, i64, i64, i32p, i64, i64, i64, ctypes.c_int, i32p, i64p,
+                                      ctypes.c_int]
+    lib.crosslayer_codes_write.argtypes = [ctypes.c_char_p, u64p, f32p, i64, i64, i64]
+    lib.crosslayer_codes_read.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+    lib.crosslayer_codes_check.argtypes = [u64p, i64, i64, i64]
+    for name in ("n", "dk", "dt"):
+        getattr(lib, f"crosslayer_codes_{name}").restype = i64
+        getattr(lib, f"crosslayer_codes_{name}").argtypes = [ctypes.c_void_p]
+    lib.crosslayer_codes_bits.restype = u64p
+    lib.crosslayer_codes_bits.argtypes = [ctypes.c_void_p]
+    lib.crosslayer_codes_channel_mean.restype = f32p
+    lib.crosslayer_codes_channel_mean.argtypes = [ctypes.c_void_p]
+    lib.crosslayer_codes_free.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def ptr(array, kind):
+    return array.ctypes.data_as(kind) if array is not None else None
+
+
+def last_error(lib) -> str:
+    return lib.crosslayer_last_error().decode()
+
+
+def random_codes(rng, n, dk, dt):
+    local = rng.standard_normal((n, 5, 3, 2)).astype(np.float32)
+    guidance = np.maximum(rng.standard_normal((n, dk, 3, 2)), 0).astype(np.float32)
+    projection = rng.standard_normal((5, dt)).astype(np.float32)
+    return crosslayer.pool(local, guidance, pca=(np.zeros(5, np.float32), projection), output="codes")
+
+
+# ---- the library itself ---------------------------------------------------------------------------------------------
+def test_version_and_build_info_describe_this_build(lib):
+    assert lib.crosslayer_version().decode() == crosslayer.__version__
+    assert lib.crosslayer_api_version() == 1
+    info = dict(pair.split("=", 1) for pair in lib.crosslayer_build_info().decode().split(";"))
+    assert info["version"] == crosslayer.__version__
+    assert info["blas"] == crosslayer.build_info()["blas_choice"]
+    assert info["popcount"] == crosslayer.popcount_path()
+    assert lib.crosslayer_status_name(FORMAT_ERROR) == b"CROSSLAYER_FORMAT_ERROR"
+
+
+def test_only_c_symbols_are_exported_and_python_links_the_same_library():
+    if shutil.which("nm") is None:
+        pytest.skip("nm is not installed")
+    library = crosslayer.library_path()
+    exported = subprocess.run(["nm", "-D", "--defined-only", library], capture_output=True, text=True, check=True)
+    names = [line.split()[-1] for line in exported.stdout.splitlines() if line.strip()]
+    assert names and all(name.startswith("crosslayer_") for name in names), names
+    soname = subprocess.run(["readelf", "-d", library], capture_output=True, text=True, check=True).stdout
+    assert f"[{Path(library).name}]" in soname  # SONAME libcrosslayer.so.MAJOR.MINOR, the installed file's name
+    core = next(Path(crosslayer.__file__).parent.glob("_core*.so"))
+    imports = subprocess.run(["nm", "-D", "--undefined-only", str(core)], capture_output=True, text=True, check=True)
+    assert "crosslayer_pool_codes" in imports.stdout and "crosslayer_search" in imports.stdout
+    needed = subprocess.run(["readelf", "-d", str(core)], capture_output=True, text=True, check=True).stdout
+    assert f"[{Path(library).name}]" in needed
+
+
+def test_pool_with_pca_equals_python(lib, rng):
+    local = rng.standard_normal((3, 6, 4, 3)).astype(np.float32)
+    guidance = np.maximum(rng.standard_normal((3, 7, 4, 3)), 0).astype(np.float32)
+    mean, projection = rng.standard_normal(6).astype(np.float32), rng.standard_normal((6, 70)).astype(np.float32)
+    codes = crosslayer.pool(local, guidance, pca=(mean, projection), output="codes")
+    floats = crosslayer.pool(local, guidance, pca=(mean, projection), output="float")
+    bits = np.empty_like(codes.bits)
+    channel_mean = np.empty_like(codes.channel_mean)
+    representation = np.empty_like(floats)
+    args = (ptr(local, f32p), ptr(guidance, f32p), 3, 6, 7, 12, ptr(mean, f32p), ptr(projection, f32p), 70)
+    assert lib.crosslayer_pool_codes(*args, ptr(bits, u64p), ptr(channel_mean, f32p), 0) == OK
+    assert lib.crosslayer_pool_float(*args, ptr(representation, f32p), None, 1) == OK
+    np.testing.assert_array_equal(bits, codes.bits)
+    np.testing.assert_array_equal(channel_mean, codes.channel_mean)
+    np.testing.assert_array_equal(representation, floats)
+
+
+def test_gram_and_search_equal_python(lib, rng):
+    database = random_codes(rng, 9, 4, 70)
+    queries = random_codes(rng, 3, 4, 70)
+    gram = np.empty((3, 9), np.int32)
+    assert lib.crosslayer_gram(ptr(queries.bits, u64p), 3, ptr(database.bits, u64p), 9, 4, 70, ptr(gram, i32p), 0) == OK
+    np.testing.assert_array_equal(gram, crosslayer.gram(queries, database))
+    channels = np.array([[0, 2], [1, 3], [3, 0]], np.int32)
+    scores, ids = np.empty((3, 4), np.int32), np.empty((3, 4), np.int64)
+    status = lib.crosslayer_search(ptr(queries.bits, u64p), 3, ptr(database.bits, u64p), 9, 4, 70, ptr(channels, i32p),
+                                   2, 4, 0, 0, ptr(scores, i32p), ptr(ids, i64p), 0)
+    assert status == OK
+    # the definition: ternary dot over each query's channels, best first, ties to the smaller id
+    signs_q, signs_d = queries.signs().astype(np.int64), database.signs().astype(np.int64)
+    for q in range(3):
+        dots = np.einsum("kd,nkd->n", signs_q[q, channels[q]], signs_d[:, channels[q]])
+        order = sorted(range(9), key=lambda j: (-dots[j], j))[:4]
+        assert list(ids[q]) == order and list(scores[q]) == [dots[j] for j in order]
+
+
+def test_bad_arguments_return_a_status_and_a_message_naming_them(lib, rng):
+    local = np.ones((1, 2, 1, 1), np.float32)
+    bits = np.empty((1, 1, 2, 1), np.uint64)
+    assert lib.crosslayer_pool_codes(None, ptr(local, f32p), 1, 2, 1, 1, None, None, 2, ptr(bits, u64p), None, 0) == INVALID_ARGUMENT
+    assert last_error(lib).startswith("local: expected float32")
+    assert lib.crosslayer_pool_codes(ptr(local, f32p), ptr(local, f32p), 1, 2, 1, 1, None, None, 3, ptr(bits, u64p), None, 0) == INVALID_ARGUMENT
+    assert last_error(lib).startswith("dt: without PCA it must equal dt_in (2), got 3")
+    assert lib.crosslayer_pool_codes(ptr(local, f32p), ptr(local, f32p), 1, 2, 1, -4, None, None, 2, ptr(bits, u64p), None, 0) == INVALID_ARGUMENT
+    assert last_error(lib).startswith("positions: expected an integer in [1, 2^40), got -4")
+    codes = random_codes(rng, 2, 3, 10)
+    channels = np.array([[0, 5]], np.int32)
+    scores, ids = np.empty((1, 1), np.int32), np.empty((1, 1), np.int64)
+    status = lib.crosslayer_search(ptr(codes.bits, u64p), 1, ptr(codes.bits, u64p), 2, 3, 10, ptr(channels, i32p), 2, 1,
+                                   0, 0, ptr(scores, i32p), ptr(ids, i64p), 0)
+    assert status == INVALID_ARGUMENT and "channels: entry 1 is 5" in last_error(lib)
+    assert lib.crosslayer_set_popcount_path(b"no-such-path") == INVALID_ARGUMENT
+    assert "unknown popcount path" in last_error(lib)
+
+
+def test_non_finite_pooled_values_are_reported(lib):
+    local = np.full((1, 1, 1, 1), np.inf, np.float32)
+    guidance = np.ones((1, 1, 1, 1), np.float32)
+    bits = np.empty((1, 1, 2, 1), np.uint64)
+    assert lib.crosslayer_pool_codes(ptr(local, f32p), ptr(guidance, f32p), 1, 1, 1, 1, None, None, 1, ptr(bits, u64p), None, 0) == NOT_FINITE
+    assert "not finite" in last_error(lib)
+
+
+def test_last_error_is_per_thread(lib):
+    assert lib.crosslayer_set_popcount_path(b"bogus-main") == INVALID_ARGUMENT
+    seen = []
+
+    def other():
+        seen.append(last_error(lib))
+        lib.crosslayer_set_popcount_path(b"bogus-other")
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    assert seen == [""]
+    assert "bogus-main" in last_error(lib)
+
+
+# ---- code files across the languages ------------------------------------------------------------------------------
+def read_with_c(lib, path):
+    handle = ctypes.c_void_p()
+    status = lib.crosslayer_codes_read(str(path).encode(), ctypes.byref(handle))
+    if status != OK:
+        assert not handle.value
+        return status, last_error(lib)
+    n, dk, dt = (getattr(lib, f"crosslayer_codes_{name}")(handle) for name in ("n", "dk", "dt"))
+    words = (dt + 63) // 64
+    bits = np.ctypeslib.as_array(lib.crosslayer_codes_bits(handle), (n * dk * 2 * words,)).reshape(n, dk, 2, words).copy() if n else np.zeros((0, dk, 2, words), np.uint64)
+    mean = np.ctypeslib.as_array(lib.crosslayer_codes_channel_mean(handle), (n * dk,)).reshape(n, dk).copy() if n else np.zeros((0, dk), np.float32)
+    lib.crosslayer_codes_free(handle)
+    return status, Codes(bits, mean, dt)
+
+
+@pytest.mark.parametrize("n, dk, dt", [(4, 3, 70), (1, 1, 1), (0, 2, 64)])
+def test_code_files_written_by_c_load_in_python_and_back(lib, rng, tmp_path, n, dk, dt):
+    codes = random_codes(rng, n, dk, dt) if n else Codes.empty(dk, dt)
+    path = tmp_path / "from_c.xlc"
+    assert lib.crosslayer_codes_write(str(path).encode(), ptr(codes.bits, u64p), ptr(codes.channel_mean, f32p), n, dk, dt) == OK
+    assert Codes.load(path) == codes
+    python_file = tmp_path / "from_python.xlc"
+    codes.save(python_file)
+    assert path.read_bytes() == python_file.read_bytes()
+    assert path.stat().st_mode == python_file.stat().st_mode  # both follow the umask, as open() would
+    status, back = read_with_c(lib, python_file)
+    assert status == OK and back == codes
+
+
+def test_c_refuses_damaged_files_as_python_does(lib, rng, tmp_path):
+    path = tmp_path / "codes.xlc"
+    random_codes(rng, 3, 2, 20).save(path)
+    data = bytearray(path.read_bytes())
+    cases = {
+        "flipped_payload": data[:-1] + bytes([data[-1] ^ 1]),
+        "flipped_dk_header": data[:24] + bytes([data[24] ^ 1]) + data[25:],
+        "truncated": data[:-3],
+        "other_magic": b"NOTCODES" + data[8:],
+        "future_version": data[:8] + (9).to_bytes(4, "little") + data[12:],
+    }
+    for name, damaged in cases.items():
+        bad = tmp_path / f"{name}.xlc"
+        bad.write_bytes(bytes(damaged))
+        with pytest.raises(CodesFormatError):
+            Codes.load(bad)
+        status, message = read_with_c(lib, bad)
+        assert status == FORMAT_ERROR and message.startswith(str(bad)), (name, message)
+    status, message = read_with_c(lib, tmp_path / "missing.xlc")
+    assert status == IO_ERROR and "cannot open" in message
+
+
+def test_c_writes_nothing_for_bits_that_break_the_layout(lib, rng, tmp_path):
+    codes = random_codes(rng, 2, 2, 10)
+    bits = codes.bits.copy()
+    bits[1, 0, 0, 0] |= np.uint64(1) << np.uint64(12)  # a padding bit (Dt=10)
+    path = tmp_path / "bad.xlc"
+    status = lib.crosslayer_codes_write(str(path).encode(), ptr(bits, u64p), ptr(codes.channel_mean, f32p), 2, 2, 10)
+    assert status == INVALID_ARGUMENT and "item 1 has padding bits set" in last_error(lib)
+    assert not path.exists() and not list(tmp_path.iterdir())
+    assert lib.crosslayer_codes_check(ptr(bits, u64p), 2, 2, 10) == INVALID_ARGUMENT
+    assert lib.crosslayer_codes_check(ptr(codes.bits, u64p), 2, 2, 10) == OK
+
+
+# ---- examples/c/encode_codes built against the installed CMake package --------------------------------------------
+@pytest.fixture(scope="module")
+def encode_codes(tmp_path_factory):
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    build = tmp_path_factory.mktemp("encode_codes")
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    # only the installed package: the example's own folder and crosslayer_DIR, nothing from the source tree
+    configure = ["cmake", "-S", str(ROOT / "examples" / "c"), "-B", str(build), *generator,
+                 f"-Dcrosslayer_DIR={crosslayer.cmake_dir()}"]
+    for command in (configure, ["cmake", "--build", str(build)]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+    return build / "encode_codes"
+
+
+def run_example(program, *args):
+    return subprocess.run([str(program), *map(str, args)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("n, dt, dk, h, w", [(3, 5, 7, 4, 3), (1, 130, 2, 2, 5), (5, 64, 9, 1, 1)])
+def test_encode_codes_example_gives_the_bits_of_crosslayer_pool(encode_codes, tmp_path, n, dt, dk, h, w):
+    rng = np.random.default_rng(n * 1000 + dt)
+    local = np.maximum(rng.standard_normal((n, dt, h, w)), 0).astype(np.float32)
+    guidance = np.maximum(rng.standard_normal((n, dk, h, w)), 0).astype(np.float32)
+    local.tofile(tmp_path / "local.f32")
+    guidance.tofile(tmp_path / "guidance.f32")
+    result = run_example(encode_codes, tmp_path / "local.f32", tmp_path / "guidance.f32", n, dt, dk, h, w,
+                         tmp_path / "out.bits")
+    assert result.returncode == 0, result.stderr
+    expected = crosslayer.pool(local, guidance, output="codes").bits
+    bits = np.fromfile(tmp_path / "out.bits", dtype="<u8").reshape(expected.shape)
+    np.testing.assert_array_equal(bits, expected)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["local.f32", "guidance.f32", 2, 3, 4, 2, 2], "usage: encode_codes"),
+        (["local.f32", "guidance.f32", "two", 3, 4, 2, 2, "out.bits"], "N: expected a positive integer, got 'two'"),
+        (["local.f32", "guidance.f32", 2, 3, 0, 2, 2, "out.bits"], "DK: expected a positive integer, got '0'"),
+        (["local.f32", "guidance.f32", 2, 4, 4, 2, 2, "out.bits"], "LOCAL: "),  # 2*4*4 floats wanted, file has 2*3*4
+        (["local.f32", "guidance.f32", 2, 3, 5, 2, 2, "out.bits"], "GUIDANCE: "),
+        (["missing.f32", "guidance.f32", 2, 3, 4, 2, 2, "out.bits"], "LOCAL: cannot open"),
+        (["local.f32", "guidance.f32", 2, 3, 4, 2, 2, "no/such/dir/out.bits"], "cannot create OUT.bits"),
+        (["nan.f32", "guidance.f32", 2, 3, 4, 2, 2, "out.bits"], "pooling failed: x_t, a_t1: the pooled values are not finite"),
+    ],
+)
+def test_encode_codes_example_refuses_bad_input(encode_codes, tmp_path, args, message):
+    np.ones((2, 3, 2, 2), np.float32).tofile(tmp_path / "local.f32")
+    np.full((2, 3, 2, 2), np.nan, np.float32).tofile(tmp_path / "nan.f32")
+    np.ones((2, 4, 2, 2), np.float32).tofile(tmp_path / "guidance.f32")
+    result = subprocess.run([str(encode_codes), *map(str, args)], capture_output=True, text=True, timeout=60,
+                            cwd=tmp_path)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert not (tmp_path / "out.bits").exists()
