@@ -18,6 +18,7 @@ import numpy as np
 from crosslayer._native import core
 from crosslayer._validate import check_layer_pair, is_gpu_dlpack, unsupported_gpu_array
 from crosslayer.codes import item_slice
+from crosslayer.errors import UsageError
 
 _INPUT_TYPES = {"<f4": 0, "bfloat16": 1, "<f2": 2}
 
@@ -127,7 +128,7 @@ def view(value, name: str, dtypes: tuple, ndim: int | None = None) -> DeviceArra
         strides = interface.get("strides")
         if dtype in ("<f4", "<f2", "<u8", "<i4", "<i8") and strides is not None:
             if tuple(strides) != _c_strides(shape, np.dtype(dtype).itemsize):
-                raise ValueError(f"{name}: expected a C-contiguous array, got strides {tuple(strides)}")
+                raise UsageError(f"{name}: expected a C-contiguous array, got strides {tuple(strides)}")
         if framework != "cupy":
             raise unsupported_gpu_array(name, value)
         address, device = int(interface["data"][0]), int(value.device.id)
@@ -138,7 +139,7 @@ def view(value, name: str, dtypes: tuple, ndim: int | None = None) -> DeviceArra
     if dtype not in dtypes:
         raise TypeError(f"{name}: expected dtype {' or '.join(dtypes)}, got {dtype}")
     if ndim is not None and len(shape) != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-d array, got shape {shape}")
+        raise UsageError(f"{name}: expected a {ndim}-d array, got shape {shape}")
     return DeviceArray(value, address, shape, dtype, framework, device)
 
 
@@ -149,7 +150,7 @@ def same_device(arrays: dict) -> tuple[str, int]:
         if arr.framework != first.framework:
             raise TypeError(f"{name}: a {arr.framework} array, but {first_name} is a {first.framework} array")
         if arr.device != first.device:
-            raise ValueError(f"{name}: on cuda:{arr.device}, but {first_name} is on cuda:{first.device}")
+            raise UsageError(f"{name}: on cuda:{arr.device}, but {first_name} is on cuda:{first.device}")
     return first.framework, first.device
 
 
@@ -261,15 +262,15 @@ def pool_device(x_t, a_t1, pca=None, output: str = "float", return_channel_mean:
         arrays["pca[0] (mean)"] = mean = view(_float32(pca[0]), "pca[0] (mean)", ("<f4",), ndim=1)
         arrays["pca[1] (projection)"] = proj = view(_float32(pca[1]), "pca[1] (projection)", ("<f4",), ndim=2)
         if mean.shape[0] != dt_in:
-            raise ValueError(f"pca[0] (mean): expected length {dt_in} (channels of x_t), got {mean.shape[0]}")
+            raise UsageError(f"pca[0] (mean): expected length {dt_in} (channels of x_t), got {mean.shape[0]}")
         if proj.shape[0] != dt_in or proj.shape[1] < 1:
-            raise ValueError(f"pca[1] (projection): expected shape ({dt_in}, Dt) with Dt >= 1, got {proj.shape}")
+            raise UsageError(f"pca[1] (projection): expected shape ({dt_in}, Dt) with Dt >= 1, got {proj.shape}")
         dt, mean_address, proj_address = proj.shape[1], mean.address, proj.address
     framework, device = same_device(arrays)
     if check_finite:
         bad = _non_finite(arrays, framework)
         if bad:
-            raise ValueError(f"{', '.join(bad)}: contains NaN or Inf")
+            raise UsageError(f"{', '.join(bad)}: contains NaN or Inf")
     dk = a.shape[1]
     stream = current_stream(framework, device)
     channel_mean = empty(framework, device, (n, dk), "<f4")
@@ -288,7 +289,7 @@ def pool_device(x_t, a_t1, pca=None, output: str = "float", return_channel_mean:
 def _code_matrix(bits, name: str, dt: int) -> DeviceArray:
     arr = view(bits, name, ("<u8",), ndim=4)
     if arr.shape[2] != 2 or arr.shape[3] != (dt + 63) // 64:
-        raise ValueError(f"{name}: expected shape (n, Dk, 2, {(dt + 63) // 64}) for Dt={dt}, got {arr.shape}")
+        raise UsageError(f"{name}: expected shape (n, Dk, 2, {(dt + 63) // 64}) for Dt={dt}, got {arr.shape}")
     return arr
 
 
@@ -296,7 +297,7 @@ def gram_device(a_bits, b_bits, dt: int):
     """(len(a), len(b)) int32 ternary dot products over all channels of two GPU code arrays."""
     a, b = _code_matrix(a_bits, "a", dt), _code_matrix(b_bits, "b", dt)
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"b: Dk={b.shape[1]} differs from a's Dk={a.shape[1]}")
+        raise UsageError(f"b: Dk={b.shape[1]} differs from a's Dk={a.shape[1]}")
     framework, device = same_device({"a": a, "b": b})
     out = empty(framework, device, (a.shape[0], b.shape[0]), "<i4")
     core.gram_cuda(a.address, a.shape[0], b.address, b.shape[0], a.shape[1], dt, _address(out),
@@ -356,16 +357,16 @@ def search_device(query_bits, database_bits, dt: int, channels, k: int, id_base:
     """
     queries, database = _code_matrix(query_bits, "queries", dt), _code_matrix(database_bits, "database", dt)
     if queries.shape[1] != database.shape[1]:
-        raise ValueError(f"database: Dk={database.shape[1]} differs from the queries' Dk={queries.shape[1]}")
+        raise UsageError(f"database: Dk={database.shape[1]} differs from the queries' Dk={queries.shape[1]}")
     chans = view(channels, "channels", ("<i4",), ndim=2)
     nq, dk = queries.shape[0], queries.shape[1]
     if chans.shape[0] != nq or chans.shape[1] > dk:
-        raise ValueError(f"channels: expected shape ({nq}, n_channels <= {dk}), got {chans.shape}")
+        raise UsageError(f"channels: expected shape ({nq}, n_channels <= {dk}), got {chans.shape}")
     arrays = {"queries": queries, "database": database, "channels": chans}
     k = int(k)
     available = database.shape[0] + (k if existing is not None else 0)
     if k < 0 or k > available:
-        raise ValueError(f"k: expected 0 <= k <= {available} (database items{' + merged' if existing else ''}), got {k}")
+        raise UsageError(f"k: expected 0 <= k <= {available} (database items{' + merged' if existing else ''}), got {k}")
     framework, device = same_device(arrays)
     scores = empty(framework, device, (nq, k), "<i4")
     ids = empty(framework, device, (nq, k), "<i8")
@@ -373,14 +374,14 @@ def search_device(query_bits, database_bits, dt: int, channels, k: int, id_base:
         prev_scores = view(existing[0], "existing[0] (scores)", ("<i4",), ndim=2)
         prev_ids = view(existing[1], "existing[1] (ids)", ("<i8",), ndim=2)
         if prev_scores.shape != (nq, k) or prev_ids.shape != (nq, k):
-            raise ValueError(f"existing: expected (scores, ids) of shape ({nq}, {k})")
+            raise UsageError(f"existing: expected (scores, ids) of shape ({nq}, {k})")
         same_device({**arrays, "existing[0] (scores)": prev_scores, "existing[1] (ids)": prev_ids})
         scores[...] = prev_scores.value
         ids[...] = prev_ids.value
     if chans.shape[1] and nq:
         low, high = _read_back(framework, [chans.value.min(), chans.value.max()])
         if low < 0 or high >= dk:
-            raise ValueError(f"channels: expected channel indices in [0, {dk}), got values in [{low}, {high}]")
+            raise UsageError(f"channels: expected channel indices in [0, {dk}), got values in [{low}, {high}]")
     core.search_cuda(queries.address, nq, database.address, database.shape[0], dk, dt, chans.address,
                      chans.shape[1], k, int(id_base), existing is not None, _address(scores), _address(ids),
                      current_stream(framework, device), device)

@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from crosslayer.errors import UsageError
+
 # More threads than this only adds scheduling overhead; a larger request (10**10, say) is capped rather than handed to
 # OpenMP, which would try to start them all.
 MAX_THREADS = 4 * (os.cpu_count() or 1)
@@ -26,13 +28,13 @@ def as_float32_array(value, name: str, ndim: int | None = None, allow_copy: bool
     if value.dtype.kind != "f":
         raise TypeError(f"{name}: expected a floating-point array (float32), got dtype {value.dtype}")
     if ndim is not None and value.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-d array, got shape {value.shape}")
+        raise UsageError(f"{name}: expected a {ndim}-d array, got shape {value.shape}")
     if value.dtype != np.float32 or not value.flags.c_contiguous:
         if not allow_copy:
-            raise ValueError(f"{name}: expected a C-contiguous float32 array")
+            raise UsageError(f"{name}: expected a C-contiguous float32 array")
         value = np.ascontiguousarray(value, dtype=np.float32)
     if check_finite and value.size and not np.isfinite(value).all():
-        raise ValueError(f"{name}: contains NaN or Inf")
+        raise UsageError(f"{name}: contains NaN or Inf")
     return value
 
 
@@ -64,7 +66,7 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
     if value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+        raise UsageError(f"{name}: expected an integer >= {minimum}, got {value}")
     return int(value)
 
 
@@ -73,7 +75,7 @@ def check_num_threads(value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"num_threads: expected an integer >= 0 (0 = the OpenMP default), got {type(value).__name__}")
     if value < 0:
-        raise ValueError(f"num_threads: expected an integer >= 0 (0 = the OpenMP default), got {value}")
+        raise UsageError(f"num_threads: expected an integer >= 0 (0 = the OpenMP default), got {value}")
     return min(int(value), MAX_THREADS)
 
 
@@ -81,8 +83,8 @@ def check_layer_pair(x_shape: tuple, a_shape: tuple) -> None:
     """The two layers of a pooling call: (n, Dt, H, W) and (n, Dk, H, W), same n and spatial layout, non-empty."""
     n, dt_in, h, w = x_shape
     if a_shape[0] != n:
-        raise ValueError(f"a_t1: batch size {a_shape[0]} differs from x_t's {n}")
+        raise UsageError(f"a_t1: batch size {a_shape[0]} differs from x_t's {n}")
     if tuple(a_shape[2:]) != (h, w):
-        raise ValueError(f"a_t1: spatial size {tuple(a_shape[2:])} differs from x_t's {(h, w)}; the layers must share a layout")
+        raise UsageError(f"a_t1: spatial size {tuple(a_shape[2:])} differs from x_t's {(h, w)}; the layers must share a layout")
     if dt_in < 1 or a_shape[1] < 1 or h * w < 1:
-        raise ValueError(f"x_t/a_t1: need at least one channel and one position, got {tuple(x_shape)} and {tuple(a_shape)}")
+        raise UsageError(f"x_t/a_t1: need at least one channel and one position, got {tuple(x_shape)} and {tuple(a_shape)}")

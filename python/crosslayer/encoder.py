@@ -123,10 +123,10 @@ class CrossLayerEncoder:
         self.layers = self.spec.check_pair(layers)
         self.side = check_side(side, self.spec.side_multiple)
         if policy not in RESIZE_POLICIES:
-            raise ValueError(f"policy: expected one of {RESIZE_POLICIES}, got {policy!r}")
+            raise UsageError(f"policy: expected one of {RESIZE_POLICIES}, got {policy!r}")
         dt_in = self.spec.channels[self.layers[0]]
         if pca_dim is not None and (isinstance(pca_dim, bool) or not isinstance(pca_dim, (int, np.integer)) or not 1 <= pca_dim <= dt_in):
-            raise ValueError(f"pca_dim: expected None or an integer in [1, {dt_in}], got {pca_dim!r}")
+            raise UsageError(f"pca_dim: expected None or an integer in [1, {dt_in}], got {pca_dim!r}")
         self.pca_dim = None if pca_dim is None else int(pca_dim)
         self.policy = policy
         self.weights = None if weights is None else str(weights)

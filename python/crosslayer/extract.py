@@ -41,7 +41,7 @@ def committed_chunks(folder: Path) -> list[dict]:
 def list_images(folder) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"folder: {folder} is not a directory")
+        raise UsageError(f"folder: {folder} is not a directory")
     return sorted(str(p) for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -53,7 +53,7 @@ def read_manifest(path) -> list[str]:
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     if not rows or not rows[0] or rows[0][0].strip() != "path":
-        raise ValueError(f"manifest: {path} must be a CSV whose header starts with 'path'")
+        raise UsageError(f"manifest: {path} must be a CSV whose header starts with 'path'")
     base = path.parent
     return [str(base / row[0]) if not Path(row[0]).is_absolute() else row[0] for row in rows[1:] if row and row[0]]
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from crosslayer._atomic import atomic_write
-from crosslayer.errors import FormatError
+from crosslayer.errors import FormatError, UsageError
 
 _RESERVED = ("format", "version", "crc32")
 _CRC_CHUNK = 1 << 24
@@ -50,7 +50,7 @@ def _body_checksum(body: dict) -> int:
 def _document_text(format: str, version: int, body: dict) -> str:
     clash = [key for key in _RESERVED if key in body]
     if clash:
-        raise ValueError(f"body: keys {clash} are reserved for the document header")
+        raise UsageError(f"body: keys {clash} are reserved for the document header")
     return json.dumps({"format": format, "version": int(version), "crc32": _body_checksum(body), **body}, indent=1)
 
 
@@ -208,7 +208,7 @@ class CodeFile:
     def write(cls, path, bits: np.ndarray, channel_mean: np.ndarray, Dt: int, identity=None, keys=None) -> "CodeFile":
         """Writes a code file atomically; returns its header (with the crc32)."""
         if identity is not None and (not identity.isascii() or len(identity) > cls.IDENTITY_BYTES):
-            raise ValueError(f"identity: expected at most {cls.IDENTITY_BYTES} ASCII characters, got {identity!r}")
+            raise UsageError(f"identity: expected at most {cls.IDENTITY_BYTES} ASCII characters, got {identity!r}")
         block = cls.key_block(keys)
         payload = (bits.astype("<u8", copy=False).tobytes(), channel_mean.astype("<f4", copy=False).tobytes(), block)
         header = cls(len(bits), bits.shape[1], int(Dt), len(block), identity)
@@ -339,7 +339,7 @@ def write_zip_document(path, format: str, version: int, body: dict, arrays: dict
 def _zip_member(archive: zipfile.ZipFile, name: str) -> bytes:
     info = archive.getinfo(name)
     if info.file_size > _MAX_MEMBER_BYTES:
-        raise ValueError(f"{name} claims {info.file_size} bytes")
+        raise UsageError(f"{name} claims {info.file_size} bytes")
     return archive.read(info)
 
 

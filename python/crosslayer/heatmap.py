@@ -19,6 +19,7 @@ import numpy as np
 
 from crosslayer._atomic import atomic_write
 from crosslayer._validate import check_positive_int
+from crosslayer.errors import UsageError
 
 HEATMAP_FORMAT = "crosslayer-heatmap"
 HEATMAP_VERSION = 1
@@ -52,7 +53,7 @@ def upsample(activation: np.ndarray, size: int) -> np.ndarray:
 
     activation = np.ascontiguousarray(activation, dtype=np.float32)
     if activation.ndim != 2:
-        raise ValueError(f"activation: expected an (h, w) map, got shape {activation.shape}")
+        raise UsageError(f"activation: expected an (h, w) map, got shape {activation.shape}")
     return np.asarray(Image.fromarray(activation, mode="F").resize((size, size), Image.BILINEAR), dtype=np.float32)
 
 
@@ -91,7 +92,7 @@ def tile_origin(position: int, tile: int = TILE) -> tuple[int, int]:
 
 def check_heatmap_path(out) -> Path:
     if Path(out).suffix.lower() != ".png":
-        raise ValueError(f"out: expected a .png file name, got {str(out)!r}")
+        raise UsageError(f"out: expected a .png file name, got {str(out)!r}")
     return Path(out)
 
 
@@ -100,20 +101,20 @@ def check_channel_choice(dk: int, channels=DEFAULT_CHANNELS, channel_ids=None) -
     if channel_ids is None:
         count = check_positive_int(channels, "channels")
         if count > min(dk, MAX_CHANNELS):
-            raise ValueError(f"channels: expected at most {min(dk, MAX_CHANNELS)} (Dk={dk}, and a sheet shows at most "
+            raise UsageError(f"channels: expected at most {min(dk, MAX_CHANNELS)} (Dk={dk}, and a sheet shows at most "
                              f"{MAX_CHANNELS}), got {count}")
         return
     ids = list(channel_ids)
     if not ids:
-        raise ValueError("channel_ids: expected at least one channel id")
+        raise UsageError("channel_ids: expected at least one channel id")
     if len(ids) > MAX_CHANNELS:
-        raise ValueError(f"channel_ids: a sheet shows at most {MAX_CHANNELS} channels, got {len(ids)}")
+        raise UsageError(f"channel_ids: a sheet shows at most {MAX_CHANNELS} channels, got {len(ids)}")
     for value in ids:
         check_positive_int(value, "channel_ids", minimum=0)
         if value >= dk:
-            raise ValueError(f"channel_ids: {value} is not a guidance channel (expected ids in [0, {dk - 1}], Dk={dk})")
+            raise UsageError(f"channel_ids: {value} is not a guidance channel (expected ids in [0, {dk - 1}], Dk={dk})")
     if len(set(ids)) != len(ids):
-        raise ValueError(f"channel_ids: expected distinct ids, got {ids}")
+        raise UsageError(f"channel_ids: expected distinct ids, got {ids}")
 
 
 def choose_channels(channel_mean: np.ndarray, channels=DEFAULT_CHANNELS, channel_ids=None) -> np.ndarray:

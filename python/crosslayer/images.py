@@ -118,7 +118,7 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
-        raise ValueError(f"max_pixels: expected a positive integer, got {max_pixels!r}")
+        raise UsageError(f"max_pixels: expected a positive integer, got {max_pixels!r}")
     path = Path(path)
     too_large = f"exceeds the limit of {max_pixels} pixels (decompression bomb?)"
     try:
@@ -163,7 +163,7 @@ def resize(rgb: np.ndarray, side: int, policy: str = "square", fill=(124, 116, 1
     from PIL import Image
 
     if policy not in RESIZE_POLICIES:
-        raise ValueError(f"policy: expected one of {RESIZE_POLICIES}, got {policy!r}")
+        raise UsageError(f"policy: expected one of {RESIZE_POLICIES}, got {policy!r}")
     height, width = rgb.shape[:2]
     image = Image.fromarray(rgb)
     if policy == "square":

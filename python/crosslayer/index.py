@@ -693,7 +693,7 @@ def _check_manifest(body: dict) -> None:
     """The manifest's fields have the types and relations the reader relies on (KeyError/TypeError/ValueError)."""
     def integer(value, low=0):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{value!r} is not an integer >= {low}")
+            raise UsageError(f"{value!r} is not an integer >= {low}")
         return value
 
     integer(body["Dk"], 1), integer(body["Dt"], 1), integer(body["next_segment"])
@@ -705,20 +705,20 @@ def _check_manifest(body: dict) -> None:
     expected = 0
     for segment in body["segments"]:
         if integer(segment["id_base"]) != expected or not _SEGMENT_FILE.match(segment["file"]):
-            raise ValueError(f"segment {segment['file']!r} is not contiguous or misnamed")
+            raise UsageError(f"segment {segment['file']!r} is not contiguous or misnamed")
         expected += integer(segment["count"])
         integer(segment["size"]), integer(segment["crc32"])
         if not isinstance(segment["keys"], bool) or set(segment["side"]) != set(body["side"]):
-            raise ValueError(f"segment {segment['file']} keys/side entries")
+            raise UsageError(f"segment {segment['file']} keys/side entries")
         for entry in segment["side"].values():
             if not _SEGMENT_FILE.match(entry["file"]):
-                raise ValueError(f"side file {entry['file']!r}")
+                raise UsageError(f"side file {entry['file']!r}")
             integer(entry["size"]), integer(entry["crc32"])
     if integer(body["count"]) != expected:
-        raise ValueError(f"count {body['count']} != sum of segments {expected}")
+        raise UsageError(f"count {body['count']} != sum of segments {expected}")
     deleted = body["deleted"]
     if any(integer(i) >= expected for i in deleted) or deleted != sorted(set(deleted)):
-        raise ValueError("deleted ids out of range or unsorted")
+        raise UsageError("deleted ids out of range or unsorted")
 
 
 __all__ = ["CodeIndex", "CodeIndexError", "CodeIndexFormatError", "IdentityMismatchError", "VERIFY_POLICIES"]

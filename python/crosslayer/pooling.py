@@ -8,6 +8,7 @@ from crosslayer import _device
 from crosslayer._native import core
 from crosslayer._validate import as_float32_array, check_layer_pair, check_num_threads
 from crosslayer.codes import Codes, words_per_plane
+from crosslayer.errors import UsageError
 
 OUTPUTS = ("float", "codes")
 
@@ -20,9 +21,9 @@ def _check_pca(pca, dt_in: int, check_finite: bool):
     mean = as_float32_array(pca[0], "pca[0] (mean)", ndim=1, check_finite=check_finite)
     proj = as_float32_array(pca[1], "pca[1] (projection)", ndim=2, check_finite=check_finite)
     if mean.shape[0] != dt_in:
-        raise ValueError(f"pca[0] (mean): expected length {dt_in} (channels of x_t), got {mean.shape[0]}")
+        raise UsageError(f"pca[0] (mean): expected length {dt_in} (channels of x_t), got {mean.shape[0]}")
     if proj.shape[0] != dt_in or proj.shape[1] < 1:
-        raise ValueError(f"pca[1] (projection): expected shape ({dt_in}, Dt) with Dt >= 1, got {proj.shape}")
+        raise UsageError(f"pca[1] (projection): expected shape ({dt_in}, Dt) with Dt >= 1, got {proj.shape}")
     return mean, proj
 
 
@@ -48,7 +49,7 @@ def pool(x_t, a_t1, pca=None, output: str = "float", return_channel_mean: bool =
     """
     num_threads = check_num_threads(num_threads)
     if output not in OUTPUTS:
-        raise ValueError(f"output: expected one of {OUTPUTS}, got {output!r}")
+        raise UsageError(f"output: expected one of {OUTPUTS}, got {output!r}")
     if not isinstance(check_finite, (bool, np.bool_)):
         raise TypeError(f"check_finite: expected a bool, got {type(check_finite).__name__}")
     check_finite = bool(check_finite)

@@ -13,6 +13,7 @@ from crosslayer import _device
 from crosslayer._native import core as _core
 from crosslayer._validate import check_num_threads, check_positive_int
 from crosslayer.codes import Codes, common_identity
+from crosslayer.errors import UsageError
 
 POPCOUNT_ENV = "CROSSLAYER_POPCOUNT"
 
@@ -49,7 +50,7 @@ def _check_codes(value, name: str) -> Codes:
 def _check_same_layout(a: Codes, b: Codes, name_a: str, name_b: str) -> None:
     """Same shape and, where both are known, the same encoder identity (IdentityMismatchError naming both)."""
     if (a.Dk, a.Dt) != (b.Dk, b.Dt):
-        raise ValueError(f"{name_b}: Dk={b.Dk}, Dt={b.Dt} differs from {name_a} (Dk={a.Dk}, Dt={a.Dt})")
+        raise UsageError(f"{name_b}: Dk={b.Dk}, Dt={b.Dt} differs from {name_a} (Dk={a.Dk}, Dt={a.Dt})")
     common_identity({name_a: getattr(a, "identity", None), name_b: getattr(b, "identity", None)})
 
 
@@ -129,7 +130,7 @@ def check_search_args(queries: Codes, k, channels, dk: int) -> tuple[int, int]:
         return k, dk
     channels = check_positive_int(channels, "channels")
     if channels > dk:
-        raise ValueError(f"channels: expected at most Dk={dk} guidance channels, got {channels}")
+        raise UsageError(f"channels: expected at most Dk={dk} guidance channels, got {channels}")
     return k, channels
 
 

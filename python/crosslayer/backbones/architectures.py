@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from crosslayer.errors import UsageError
+
 
 def _make_divisible(value: float, divisor: int = 8) -> int:
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
@@ -211,4 +213,4 @@ def build(architecture: str) -> nn.Module:
         return AlexNet()
     if architecture == "efficientnet_lite0":
         return EfficientNetLite0()
-    raise ValueError(f"architecture: unknown {architecture!r}")
+    raise UsageError(f"architecture: unknown {architecture!r}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from crosslayer._atomic import atomic_write
 from crosslayer.backbones.registry import get_backbone
 from crosslayer.backbones.weights import file_sha256, resolve_weights
+from crosslayer.errors import UsageError
 
 # 2: VGG/AlexNet embedding and logits start from the last conv tap (version 1 pooled after the final max-pool)
 EXPORT_VERSION = 2
@@ -134,7 +135,7 @@ def export(
     spec = get_backbone(backbone)
     taps = spec.default_pair if layers is None else tuple(str(t) for t in layers)
     if not taps:
-        raise ValueError("layers: expected at least one tap")
+        raise UsageError("layers: expected at least one tap")
     indices = [spec.tap_index(tap) for tap in taps]
     weights_path, weights_id = resolve_weights(spec, weights)
     key = _cache_key(spec, taps, weights_id if weights_path is not None else f"random:{seed}", opset, with_embedding, with_logits)

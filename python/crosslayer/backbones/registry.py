@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from crosslayer.errors import UsageError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -45,7 +47,7 @@ class BackboneSpec:
 
     def tap_index(self, tap: str) -> int:
         if tap not in self.taps:
-            raise ValueError(f"layers: {tap!r} is not a tap of {self.name}; available: {', '.join(self.taps)}")
+            raise UsageError(f"layers: {tap!r} is not a tap of {self.name}; available: {', '.join(self.taps)}")
         return int(tap.rsplit(".", 1)[1])
 
     def check_pair(self, layers) -> tuple[str, str]:
@@ -56,14 +58,14 @@ class BackboneSpec:
         if layers is None:
             return self.default_pair
         if isinstance(layers, str) or len(layers) != 2:
-            raise ValueError(f"layers: expected a pair (local layer, later guidance layer) of {self.name} taps, "
+            raise UsageError(f"layers: expected a pair (local layer, later guidance layer) of {self.name} taps, "
                              f"got {layers!r}")
         local, guidance = (str(layer) for layer in layers)
         if self.tap_index(local) >= self.tap_index(guidance):
-            raise ValueError(f"layers: the local layer {local!r} must come before the guidance layer {guidance!r} "
+            raise UsageError(f"layers: the local layer {local!r} must come before the guidance layer {guidance!r} "
                              "in the network")
         if self.stride[local] != self.stride[guidance]:
-            raise ValueError(
+            raise UsageError(
                 f"layers: {local!r} (stride {self.stride[local]}) and {guidance!r} (stride {self.stride[guidance]}) "
                 "do not share a spatial layout"
             )
@@ -170,5 +172,5 @@ def get_backbone(name: str) -> BackboneSpec:
     if isinstance(name, BackboneSpec):
         return name
     if name not in BACKBONES:
-        raise ValueError(f"backbone: unknown {name!r}; available: {', '.join(BACKBONES)}")
+        raise UsageError(f"backbone: unknown {name!r}; available: {', '.join(BACKBONES)}")
     return BACKBONES[name]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from crosslayer.errors import UsageError
+
 
 class OnnxBackbone:
     """Runs an exported model: ``run(images (n, 3, H, W) float32)`` -> {output name: array}."""
@@ -12,7 +14,7 @@ class OnnxBackbone:
         import onnxruntime as ort
 
         if isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int) or intra_op_threads < 0:
-            raise ValueError(f"intra_op_threads: expected an integer >= 0 (0 = all cores), got {intra_op_threads!r}")
+            raise UsageError(f"intra_op_threads: expected an integer >= 0 (0 = all cores), got {intra_op_threads!r}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
@@ -25,6 +27,6 @@ class OnnxBackbone:
     def run(self, images: np.ndarray) -> dict:
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images: expected (n, 3, H, W) float32, got shape {images.shape}")
+            raise UsageError(f"images: expected (n, 3, H, W) float32, got shape {images.shape}")
         outputs = self.session.run(self.output_names, {self.input_name: images})
         return dict(zip(self.output_names, outputs))

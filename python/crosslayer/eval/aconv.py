@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from crosslayer.errors import UsageError
+
 ROW_CHUNK = 256
 
 
@@ -37,9 +39,9 @@ def train_guidance(regions: np.ndarray, labels: np.ndarray, classes: int, filter
     import torch
 
     if len(regions) != len(labels):
-        raise ValueError(f"labels: {len(labels)} labels for {len(regions)} images")
+        raise UsageError(f"labels: {len(labels)} labels for {len(regions)} images")
     if len(regions) == 0:
-        raise ValueError("regions: no training images")
+        raise UsageError("regions: no training images")
     data = torch.from_numpy(np.asarray(regions, dtype=np.float32))
     target = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     model = build_model(data.shape[2], filters, classes, seed)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from crosslayer._atomic import atomic_write
+from crosslayer.errors import UsageError
 from crosslayer.eval.methods import (
     DEFAULT_FIT_IMAGES,
     DEFAULT_SEED,
@@ -189,7 +190,7 @@ def extract(dataset, configs, backbone="mobilenet_v2", side: int = 448, cache_ro
         config.check_backbone(spec)
         # the PCA sample and the network are shared by the pass, so every config must describe the same ones
         if (config.fit_images, config.seed) != (fit_images, seed):
-            raise ValueError(f"configs: {config.label()} has fit_images={config.fit_images}, seed={config.seed}; "
+            raise UsageError(f"configs: {config.label()} has fit_images={config.fit_images}, seed={config.seed}; "
                              f"this extraction uses fit_images={fit_images}, seed={seed}")
     directory = pass_directory(cache_root or default_cache_root(), dataset, spec.name, side, weights)
     directory.mkdir(parents=True, exist_ok=True)

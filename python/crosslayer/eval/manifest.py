@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslayer.errors import CrossLayerError
+from crosslayer.errors import CrossLayerError, UsageError
 
 MANIFEST_NAME = "manifest.csv"
 SPLITS = ("train", "val", "test")
@@ -35,7 +35,7 @@ class Dataset:
 
     def indices(self, split: str) -> np.ndarray:
         if split not in SPLITS:
-            raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+            raise UsageError(f"split: expected one of {SPLITS}, got {split!r}")
         return np.flatnonzero(self.splits == split)
 
     def subset_per_class(self, limit: int | None, seed: int = 0) -> "Dataset":
@@ -43,7 +43,7 @@ class Dataset:
         if limit is None:
             return self
         if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
-            raise ValueError(f"limit_per_class: expected a positive integer or None, got {limit!r}")
+            raise UsageError(f"limit_per_class: expected a positive integer or None, got {limit!r}")
         rng = np.random.default_rng(seed)
         keep = []
         for split in SPLITS:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from crosslayer._validate import check_positive_int
+from crosslayer.errors import UsageError
 
 METHODS = ("global", "jitter", "sum-spm", "max-spm", "crosslayer", "crosslayer-sign", "crosslayer-max", "aconv", "aconv-fast")
 CROSSLAYER_METHODS = ("crosslayer", "crosslayer-sign", "crosslayer-max")
@@ -53,7 +54,7 @@ class MethodConfig:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
+            raise UsageError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
         for name in ("aconv_side", "aconv_region", "aconv_stride", "aconv_region_side", "aconv_pca_dim",
                      "aconv_filters", "aconv_epochs", "fit_images"):
             object.__setattr__(self, name, check_positive_int(getattr(self, name), name))
@@ -61,22 +62,22 @@ class MethodConfig:
         if isinstance(self.aconv_lr, bool) or not isinstance(self.aconv_lr, (int, float, np.floating, np.integer)):
             raise TypeError(f"aconv_lr: expected a number, got {type(self.aconv_lr).__name__}")
         if not (math.isfinite(self.aconv_lr) and self.aconv_lr > 0):
-            raise ValueError(f"aconv_lr: expected a positive finite learning rate, got {self.aconv_lr}")
+            raise UsageError(f"aconv_lr: expected a positive finite learning rate, got {self.aconv_lr}")
         if self.spm_layer not in SPM_LAYERS:
-            raise ValueError(f"spm_layer: expected one of {SPM_LAYERS}, got {self.spm_layer!r}")
+            raise UsageError(f"spm_layer: expected one of {SPM_LAYERS}, got {self.spm_layer!r}")
         levels = tuple(int(level) for level in self.spm_levels)
         if not levels or any(level < 0 or level > 4 for level in levels) or len(set(levels)) != len(levels):
-            raise ValueError(f"spm_levels: expected distinct levels in 0..4, got {self.spm_levels!r}")
+            raise UsageError(f"spm_levels: expected distinct levels in 0..4, got {self.spm_levels!r}")
         object.__setattr__(self, "spm_levels", levels)
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(str(layer) for layer in self.layers))
         if not 0.25 <= self.jitter_crop <= 1.0:
-            raise ValueError(f"jitter_crop: expected a fraction in [0.25, 1], got {self.jitter_crop}")
+            raise UsageError(f"jitter_crop: expected a fraction in [0.25, 1], got {self.jitter_crop}")
         if self.aconv_region > self.aconv_side or self.aconv_region % self.aconv_stride:
-            raise ValueError(f"aconv_region: must fit in aconv_side ({self.aconv_side}) and be a multiple of "
+            raise UsageError(f"aconv_region: must fit in aconv_side ({self.aconv_side}) and be a multiple of "
                              f"aconv_stride ({self.aconv_stride}), got {self.aconv_region}")
         if (self.aconv_side - self.aconv_region) % self.aconv_stride:
-            raise ValueError("aconv_side: (aconv_side - aconv_region) must be a multiple of aconv_stride")
+            raise UsageError("aconv_side: (aconv_side - aconv_region) must be a multiple of aconv_stride")
 
     # ---- which pass, which keys -----------------------------------------------------------------------------------
     @property
@@ -94,7 +95,7 @@ class MethodConfig:
         if self.method in ACONV_METHODS:
             channels = spec.channels[spec.taps[-1]]
             if self.aconv_pca_dim > channels:
-                raise ValueError(f"aconv_pca_dim: at most the {channels} channels of {spec.name}'s embedding, "
+                raise UsageError(f"aconv_pca_dim: at most the {channels} channels of {spec.name}'s embedding, "
                                  f"got {self.aconv_pca_dim}")
 
     def relevant(self) -> dict:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from crosslayer.errors import UsageError
+
 
 def region_grid(side: int, region: int, stride: int) -> int:
     return (side - region) // stride + 1
@@ -19,7 +21,7 @@ def window_mean(maps: np.ndarray, window: int, step: int) -> np.ndarray:
     """(n, C, H, W) -> (n, G*G, C): means of window x window cells at `step`, row-major positions."""
     maps = np.asarray(maps, np.float32)
     if window > maps.shape[2] or window > maps.shape[3]:
-        raise ValueError(f"window: {window} cells do not fit a {maps.shape[2]}x{maps.shape[3]} map")
+        raise UsageError(f"window: {window} cells do not fit a {maps.shape[2]}x{maps.shape[3]} map")
     views = sliding_window_view(maps, (window, window), axis=(2, 3))[:, :, ::step, ::step]  # (n, C, G, G, w, w)
     pooled = views.mean(axis=(4, 5))
     n, c = pooled.shape[:2]
@@ -29,7 +31,7 @@ def window_mean(maps: np.ndarray, window: int, step: int) -> np.ndarray:
 def fast_windows(network_stride: int, region: int, stride: int) -> tuple[int, int]:
     """(window, step) in cells of the last conv map for regions of `region` pixels at `stride` pixels."""
     if region % network_stride or stride % network_stride:
-        raise ValueError(
+        raise UsageError(
             f"aconv_region/aconv_stride: fast region embeddings need multiples of the network stride {network_stride}, "
             f"got {region} and {stride}"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from crosslayer.errors import UsageError
 from crosslayer.l2 import l2_normalize
 
 POOLINGS = ("sum", "max")
@@ -26,13 +27,13 @@ def spm_pool(maps: np.ndarray, levels=(0, 1, 2), pooling: str = "sum") -> np.nda
     An empty cell (map smaller than the grid) pools to zeros.
     """
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+        raise UsageError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
     maps = np.asarray(maps, dtype=np.float32)
     if maps.ndim != 4:
-        raise ValueError(f"maps: expected (n, C, H, W), got shape {maps.shape}")
+        raise UsageError(f"maps: expected (n, C, H, W), got shape {maps.shape}")
     levels = tuple(int(level) for level in levels)
     if not levels or any(level < 0 for level in levels):
-        raise ValueError(f"levels: expected non-negative pyramid levels, got {levels}")
+        raise UsageError(f"levels: expected non-negative pyramid levels, got {levels}")
     n, c, h, w = maps.shape
     parts = []
     for level in levels:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from crosslayer._atomic import atomic_write
-from crosslayer.errors import CrossLayerError
+from crosslayer.errors import CrossLayerError, UsageError
 
 STORE_FORMAT = "crosslayer-eval-store"
 STORE_VERSION = 1
@@ -95,12 +95,12 @@ class RowStore:
     def append(self, start: int, values: np.ndarray) -> None:
         """Writes rows [start, start + len(values)); `start` must be where the complete prefix ends."""
         if start != self.done:
-            raise ValueError(f"start: rows must be written in order; store has {self.done} rows, got start={start}")
+            raise UsageError(f"start: rows must be written in order; store has {self.done} rows, got start={start}")
         values = np.asarray(values)
         if values.shape[1:] != self.row_shape:
-            raise ValueError(f"values: expected rows of shape {self.row_shape}, got {values.shape[1:]}")
+            raise UsageError(f"values: expected rows of shape {self.row_shape}, got {values.shape[1:]}")
         if start + len(values) > self.n:
-            raise ValueError(f"values: {len(values)} rows from {start} overflow the store of {self.n}")
+            raise UsageError(f"values: {len(values)} rows from {start} overflow the store of {self.n}")
         if self._rows is None:
             self._rows = self.rows("r+")
         self._rows[start : start + len(values)] = values.astype(self.dtype, copy=False)

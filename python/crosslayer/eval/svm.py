@@ -6,6 +6,8 @@ import time
 
 import numpy as np
 
+from crosslayer.errors import UsageError
+
 DEFAULT_C_GRID = tuple(10.0**e for e in range(-3, 4))
 
 
@@ -30,11 +32,11 @@ def check_svm_options(c_grid, folds) -> tuple[tuple, int]:
     try:
         grid = tuple(float(c) for c in c_grid)
     except (TypeError, ValueError):
-        raise ValueError(f"c_grid: expected positive numbers, got {c_grid!r}") from None
+        raise UsageError(f"c_grid: expected positive numbers, got {c_grid!r}") from None
     if not grid or any(not (np.isfinite(c) and c > 0) for c in grid):
-        raise ValueError(f"c_grid: expected positive finite values, got {grid}")
+        raise UsageError(f"c_grid: expected positive finite values, got {grid}")
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ValueError(f"folds: expected an integer >= 2 (cross-validation folds), got {folds!r}")
+        raise UsageError(f"folds: expected an integer >= 2 (cross-validation folds), got {folds!r}")
     return grid, int(folds)
 
 
@@ -49,7 +51,7 @@ def select_c(k_train: np.ndarray, labels: np.ndarray, c_grid=DEFAULT_C_GRID, fol
     smallest_class = min(np.unique(labels, return_counts=True)[1]) if len(labels) else 0
     folds = min(folds, int(smallest_class))
     if folds < 2:
-        raise ValueError(f"labels: cross-validation needs at least 2 training images per class, the smallest class has {smallest_class}")
+        raise UsageError(f"labels: cross-validation needs at least 2 training images per class, the smallest class has {smallest_class}")
     splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
 
     def score(c, train, held):

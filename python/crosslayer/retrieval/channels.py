@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from crosslayer._validate import check_positive_int
+from crosslayer.errors import UsageError
 from crosslayer.search import select_channels
 
 
@@ -14,7 +15,7 @@ def check_channel_count(channels, dk: int) -> int | None:
         return None
     channels = check_positive_int(channels, "channels")
     if channels > dk:
-        raise ValueError(f"channels: expected at most Dk={dk} guidance channels (this encoder has {dk}), got {channels}")
+        raise UsageError(f"channels: expected at most Dk={dk} guidance channels (this encoder has {dk}), got {channels}")
     return channels
 
 
@@ -27,7 +28,7 @@ def parse_channel_list(text: str, dk: int) -> list:
             continue
         values.append(check_channel_count(None if part == "all" else _as_int(part), dk))
     if not values:
-        raise ValueError(f"channels: expected a comma-separated list of counts or 'all', got {text!r}")
+        raise UsageError(f"channels: expected a comma-separated list of counts or 'all', got {text!r}")
     return values
 
 
@@ -35,7 +36,7 @@ def _as_int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"channels: expected an integer or 'all', got {text!r}") from None
+        raise UsageError(f"channels: expected an integer or 'all', got {text!r}") from None
 
 
 def channel_label(channels) -> str:

@@ -6,6 +6,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from crosslayer.errors import UsageError
 from crosslayer.extract import list_images
 
 
@@ -30,7 +31,7 @@ def read_labelled_csv(path, label_column: str) -> LabelledImages:
         reader = csv.DictReader(handle)
         missing = {"path", label_column} - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{path}: expected columns 'path' and {label_column!r}, missing {sorted(missing)}")
+            raise UsageError(f"{path}: expected columns 'path' and {label_column!r}, missing {sorted(missing)}")
         rows = list(reader)
     paths = [row["path"] if Path(row["path"]).is_absolute() else str(path.parent / row["path"]) for row in rows]
     return LabelledImages(paths, [row[label_column] for row in rows])
@@ -40,7 +41,7 @@ def read_retrieval_set(folder) -> RetrievalSet:
     folder = Path(folder)
     for name in ("queries.csv", "database.csv"):
         if not (folder / name).is_file():
-            raise ValueError(f"data: {folder} has no {name} (expected queries.csv and database.csv, columns path,item)")
+            raise UsageError(f"data: {folder} has no {name} (expected queries.csv and database.csv, columns path,item)")
     return RetrievalSet(
         folder.resolve().name or str(folder),
         read_labelled_csv(folder / "queries.csv", "item"),
@@ -61,5 +62,5 @@ def image_paths(source) -> list[str]:
     elif source.is_dir():
         paths = list_images(source)
     else:
-        raise ValueError(f"images: {source} is neither an image folder nor a CSV manifest")
+        raise UsageError(f"images: {source} is neither an image folder nor a CSV manifest")
     return [str(Path(p).resolve()) for p in paths]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from crosslayer.encoder import CrossLayerEncoder
+from crosslayer.errors import UsageError
 from crosslayer.retrieval.channels import channel_label, selection_masks
 from crosslayer.retrieval.datasets import image_paths, read_retrieval_set
 from crosslayer.retrieval.feature_cache import FeatureCache, float_key
@@ -105,7 +106,7 @@ def evaluate(cache: FeatureCache, rset, distractors=(), channel_counts=DEFAULT_C
         # channel counts here would label them wrongly
         expected = {float_key(queries["paths"], channel_counts)}
         if any(p["float_key"] != expected for p in parts):
-            raise ValueError("channel_counts: the cached float scores were computed against other queries or channel "
+            raise UsageError("channel_counts: the cached float scores were computed against other queries or channel "
                              "counts; pass the ones given to compute_features")
     item_of = dict(zip(rset.database.paths, rset.database.items))
     labels = [item_of[p] for p in database["paths"]] + [None] * sum(len(p["paths"]) for p in parts[1:])
@@ -134,7 +135,7 @@ def evaluate(cache: FeatureCache, rset, distractors=(), channel_counts=DEFAULT_C
 
     # SPoC and the global embedding: dense dot products
     if cache.learn_paths is None:
-        raise ValueError("cache: opened without its learn set (fit_sources), which SPoC whitening is learnt on")
+        raise UsageError("cache: opened without its learn set (fit_sources), which SPoC whitening is learnt on")
     learn = cache.load("learn", cache.learn_paths)
     whitening = SpocWhitening(spoc_dim).fit(learn["embedding"])
     all_embeddings = np.concatenate([p["embedding"] for p in parts])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from crosslayer.errors import UsageError
+
 
 class FloatQueryScorer:
     """Holds the queries' float representations (nq, Dk*Dt) and their channel selections (S, nq, Dk)."""
@@ -18,10 +20,10 @@ class FloatQueryScorer:
         query_reps = np.asarray(query_reps, dtype=np.float32)
         nq = query_reps.shape[0]
         if query_reps.ndim != 2 or query_reps.shape[1] % dk:
-            raise ValueError(f"query_reps: expected (n_queries, Dk*Dt) with Dk={dk}, got {query_reps.shape}")
+            raise UsageError(f"query_reps: expected (n_queries, Dk*Dt) with Dk={dk}, got {query_reps.shape}")
         masks = np.asarray(masks, dtype=bool)
         if masks.ndim != 3 or masks.shape[1:] != (nq, dk):
-            raise ValueError(f"masks: expected (settings, {nq}, {dk}), got {masks.shape}")
+            raise UsageError(f"masks: expected (settings, {nq}, {dk}), got {masks.shape}")
         self.dk, self.dt = dk, query_reps.shape[1] // dk
         per_channel = query_reps.reshape(nq, dk, self.dt)
         # (Dk, nq, Dt): one matmul per channel against the database batch

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from crosslayer.errors import UsageError
+
 DEFAULT_KS = (1, 5, 10)
 
 
@@ -16,7 +18,7 @@ def relevant_ranks(scores: np.ndarray, relevant: np.ndarray) -> list[np.ndarray]
     scores = np.asarray(scores)
     relevant = np.asarray(relevant, dtype=bool)
     if scores.ndim != 2 or scores.shape != relevant.shape:
-        raise ValueError(f"scores/relevant: expected two (n_queries, n_items) arrays, got {scores.shape} and {relevant.shape}")
+        raise UsageError(f"scores/relevant: expected two (n_queries, n_items) arrays, got {scores.shape} and {relevant.shape}")
     ranks = []
     for row, rel in zip(scores, relevant):
         # lexsort: last key is primary -> by decreasing score, then irrelevant (0) before relevant (1)
@@ -29,7 +31,7 @@ def average_precision(ranks: np.ndarray) -> float:
     """AP of one query from the sorted 1-based ranks of its relevant items (1/rank when there is one)."""
     ranks = np.asarray(ranks, dtype=np.float64)
     if ranks.size == 0:
-        raise ValueError("ranks: a query without relevant items has no average precision")
+        raise UsageError("ranks: a query without relevant items has no average precision")
     return float(np.mean(np.arange(1, ranks.size + 1) / ranks))
 
 
@@ -41,7 +43,7 @@ def recall_at(ranks: np.ndarray, k: int) -> float:
 
 def evaluate_ranks(ranks: list, ks=DEFAULT_KS) -> dict:
     if not ranks:
-        raise ValueError("ranks: expected at least one query")
+        raise UsageError("ranks: expected at least one query")
     result = {"map": float(np.mean([average_precision(r) for r in ranks]))}
     for k in ks:
         result[f"recall@{k}"] = float(np.mean([recall_at(r, k) for r in ranks]))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crosslayer._atomic import atomic_write
+from crosslayer.errors import UsageError
 
 THUMB = 128
 CAPTION = 30
@@ -117,7 +118,7 @@ def check_sheet_path(out) -> str:
     """The sheet format (file suffix) of `out`; ValueError unless .png or .html."""
     suffix = Path(out).suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"sheet: expected a .png or .html file name, got {str(out)!r}")
+        raise UsageError(f"sheet: expected a .png or .html file name, got {str(out)!r}")
     return suffix
 
 
@@ -126,5 +127,5 @@ def render_sheet(rows, out, thumb: int = THUMB):
     suffix = check_sheet_path(out)
     rows = list(rows)
     if not rows:
-        raise ValueError("rows: expected at least one query to render")
+        raise UsageError("rows: expected at least one query to render")
     return render_png(rows, out, thumb) if suffix == ".png" else render_html(rows, out, thumb)
