@@ -18,7 +18,6 @@ Sets are named relative to --data (default ../shared/data beside the repository)
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,8 +29,6 @@ from _data import add_data_argument, data_set, relative_to_data  # noqa: E402
 from crosslayer._atomic import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# 2: "data" and "distractors" are relative to the data root (version 1 recorded absolute paths)
-RESULTS_VERSION = 2  # of retrieval*.json: {"format", "version", "data", "distractors", "records"}
 
 
 def plot(records, out, dk_of_records: int, pair: str) -> None:
@@ -69,7 +66,7 @@ def plot(records, out, dk_of_records: int, pair: str) -> None:
 
 def main(argv=None) -> int:
     from crosslayer.retrieval.evaluate import (DEFAULT_CHANNELS, compute_features, evaluate, markdown_table,
-                                               result_sheet)
+                                               result_sheet, write_results)
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_argument(parser)
@@ -100,10 +97,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     sheet_queries = result_sheet(cache, rset, out / f"retrieval_sheet{args.tag}.png", settings[-1], channels=200, queries=8, top=5)
     plot(records, out / f"retrieval_channels{args.tag}.png", cache.encoder.Dk, "/".join(cache.encoder.layers))
-    with atomic_write(out / f"retrieval{args.tag}.json", "w") as handle:
-        json.dump({"format": "crosslayer-retrieval-results", "version": RESULTS_VERSION,
-                   "data": relative_to_data(args.data, retrieval_set),
-                   "distractors": [relative_to_data(args.data, d) for d in settings[-1]], "records": records}, handle, indent=1)
+    write_results(out / f"retrieval{args.tag}.json", relative_to_data(args.data, retrieval_set),
+                  [relative_to_data(args.data, d) for d in settings[-1]], records)
     encoder = cache.encoder
     text = [
         "# Retrieval on SMVS (book covers + museum paintings), paper Section 4.4",

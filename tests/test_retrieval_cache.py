@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 from crosslayer.encoder import CrossLayerEncoder  # noqa: E402
 from crosslayer.retrieval import evaluate as evaluate_module  # noqa: E402
 from crosslayer.retrieval.evaluate import compute_features, distractor_name  # noqa: E402
-from crosslayer.retrieval.feature_cache import FeatureCache, FeatureCacheError  # noqa: E402
+from crosslayer.retrieval.feature_cache import FeatureCache, FeatureCacheError, FeatureCacheFormatError  # noqa: E402,E501
 
 OPTIONS = dict(weights="random", side=64, fit_images=6, batch_size=4, threads=1)
 CHANNELS = [3, None]
@@ -64,20 +64,34 @@ def test_spoc_whitening_is_learnt_on_the_requested_learn_set_only(retrieval_set,
     assert fitted_on == [6]
 
 
-def test_a_cache_made_before_the_learn_set_was_recorded(retrieval_set, backbone_cache):
+def test_the_cache_is_an_image_index_per_set_and_its_metadata_is_checked(retrieval_set, backbone_cache):
+    from crosslayer.errors import FormatError
+    from crosslayer.retrieval.image_index import ImageIndex
+
     root = retrieval_set
-    _features(root, [root / "learn_a"])
+    cache, rset = _features(root, [root / "learn_a"])
+    # every set is an image index of the cache's encoder: searchable like any other
+    with ImageIndex.open(root / "cache" / "queries") as index:
+        assert index.encoder.identity_digest == cache.encoder.identity_digest
+        assert sorted(index.paths()) == sorted(rset.queries.paths)
+        assert index.codes.side_names == ["embedding"]
     meta_path = root / "cache" / "cache.json"
     meta = json.loads(meta_path.read_text())
-    old_meta = {k: v for k, v in meta.items() if k != "learn_set"}
-    meta_path.write_text(json.dumps(old_meta))
-    # its learn images are not the requested ones: unknown, refused
-    with pytest.raises(FeatureCacheError, match="made before the learn set was recorded.*new --cache"):
-        _features(root, [root / "learn_b"])
-    assert json.loads(meta_path.read_text()) == old_meta
-    # exactly the requested ones: the PCA was learnt on them; usable, and recorded from now on
+    assert (meta["format"], meta["version"]) == ("crosslayer-retrieval-features", 2)
+    # a cache of the chunk format (version 1), or damaged metadata: a FormatError naming the file, nothing changed
+    for text in (json.dumps({"format": "crosslayer-retrieval-features", "version": 1, "learn_set": meta["learn_set"]}),
+                 meta_path.read_text().replace(meta["learn_set"], "0" * 16)):
+        meta_path.write_text(text)
+        with pytest.raises(FeatureCacheFormatError, match=f"{meta_path}: .*(version 1|checksum)") as info:
+            _features(root, [root / "learn_a"])
+        assert isinstance(info.value, FormatError) and meta_path.read_text() == text
+
+
+def test_a_cache_of_another_encoder_is_refused(retrieval_set, backbone_cache):
+    root = retrieval_set
     _features(root, [root / "learn_a"])
-    assert json.loads(meta_path.read_text()) == meta
+    with pytest.raises(FeatureCacheError, match="made with another encoder: side 64 \\(requested 96\\).*--cache"):
+        FeatureCache(root / "cache", CrossLayerEncoder(**dict(OPTIONS, side=96)))
 
 
 def test_distractor_folders_of_one_name_are_two_sets(retrieval_set, backbone_cache):
@@ -121,34 +135,33 @@ def test_an_interrupted_compute_resumes_to_the_uninterrupted_result(retrieval_se
     scorer = FloatQueryScorer(scorer_inputs["float_reps"], cache.encoder.Dk,
                               selection_masks(scorer_inputs["codes"].channel_mean, CHANNELS))
     paths = evaluate_module.image_paths(root / "learn_b") + evaluate_module.image_paths(root / "set")
-    full = cache.compute("whole", paths, scorer, "k", chunk_size=3, progress=False)
+    full = cache.compute("whole", paths, scorer, "k", commit_images=3, progress=False)
     assert full == 10
 
-    batches = cache.encoder.activations
+    batches = CrossLayerEncoder.activations
 
-    def interrupted(images, on_error="raise"):
-        for number, batch in enumerate(batches(images, on_error)):
+    def interrupted(self, images, on_error="raise", **kwargs):
+        for number, batch in enumerate(batches(self, images, on_error, **kwargs)):
             if number == 1:
                 raise KeyboardInterrupt
             yield batch
 
-    monkeypatch.setattr(cache.encoder, "activations", interrupted)
+    monkeypatch.setattr(CrossLayerEncoder, "activations", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        cache.compute("resumed", paths, scorer, "k", chunk_size=3, progress=False)
+        cache.compute("resumed", paths, scorer, "k", commit_images=3, progress=False)
     assert len(cache.load("resumed")["paths"]) == 4  # the first batch was committed
-    monkeypatch.setattr(cache.encoder, "activations", batches)
-    assert cache.compute("resumed", paths, scorer, "k", chunk_size=3, progress=False) == 6
-    import crosslayer.codes
-
-    scans = []
-    real = crosslayer.codes.invalid_bits_reason
-    monkeypatch.setattr(crosslayer.codes, "invalid_bits_reason", lambda *args: scans.append(1) or real(*args))
+    monkeypatch.setattr(CrossLayerEncoder, "activations", batches)
+    assert cache.compute("resumed", paths, scorer, "k", commit_images=3, progress=False) == 6
     whole, resumed = cache.load("whole", paths), cache.load("resumed", paths)
-    assert len(scans) == 2  # once per load: reordering rows of checked codes does not scan them again
     assert resumed["paths"] == whole["paths"] == paths
     np.testing.assert_array_equal(resumed["codes"].bits, whole["codes"].bits)
     np.testing.assert_array_equal(resumed["embedding"], whole["embedding"])
+    assert resumed["float_scores"].shape == (len(rset.queries.paths), 10, len(CHANNELS))
     np.testing.assert_array_equal(resumed["float_scores"], whole["float_scores"])
+    # rows come back in the order asked for, by the store's own keys
+    backwards = cache.load("whole", paths[::-1])
+    assert backwards["paths"] == paths[::-1]
+    np.testing.assert_array_equal(backwards["float_scores"], whole["float_scores"][:, ::-1])
 
 
 def test_eval_retrieve_caches_under_crosslayer_cache_by_default(retrieval_set, backbone_cache, monkeypatch):
@@ -159,3 +172,4 @@ def test_eval_retrieve_caches_under_crosslayer_cache_by_default(retrieval_set, b
     assert main(["eval", "retrieve", "--data", str(root), "--learn", str(root / "learn_a"), "--learn-images", "6",
                  "--no-float", "--weights", "random", "--side", "64", "--fit-images", "6", "--threads", "1"]) == 0
     assert json.loads((backbone_cache / "retrieval-eval" / "cache.json").read_text())["learn_set"]
+    assert (backbone_cache / "retrieval-eval" / "queries" / "image-index.json").is_file()

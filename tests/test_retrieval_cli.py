@@ -87,7 +87,11 @@ def test_eval_retrieve_end_to_end_on_identical_queries(tmp_path, model_cache, ca
     assert main(argv) == 0
     table = capsys.readouterr().out
     assert "| crosslayer-codes | 3 | 8 |" in table
-    records = json.loads(out.read_text())["records"]
+    from crosslayer.retrieval.evaluate import read_results
+
+    results = read_results(out)  # a checksummed crosslayer.formats document
+    records = results["records"]
+    assert (results["data"], results["distractors"]) == (str(tmp_path), [str(tmp_path / "learn")])
     found = {(r["method"], r["channels"]) for r in records}
     assert found == {("spoc", "all"), ("spoc-sign", "all"), ("embedding", "all"), ("crosslayer-float", "3"),
                      ("crosslayer-float", "all"), ("crosslayer-codes", "3"), ("crosslayer-codes", "all")}

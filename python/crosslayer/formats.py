@@ -1,6 +1,7 @@
 """The one home of crosslayer's on-disk formats: every versioned file is written and read through here.
 
-JSON document (`write_json`/`read_json`; index manifests, the image-index marker)::
+JSON document (`write_json`/`read_json`; index manifests, the image-index marker, caches' metadata, evaluation
+records; `document_text`/`parse_json` for one kept inside another file)::
 
     {"format": NAME, "version": V, "crc32": C, ...body}      C = crc32 of the body alone (keys sorted, compact)
 
@@ -47,7 +48,9 @@ def _body_checksum(body: dict) -> int:
     return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
-def _document_text(format: str, version: int, body: dict) -> str:
+def document_text(format: str, version: int, body: dict) -> str:
+    """The text of a JSON document (see `write_json`), for documents kept inside another file (a PNG text chunk);
+    `parse_json` reads it back."""
     clash = [key for key in _RESERVED if key in body]
     if clash:
         raise UsageError(f"body: keys {clash} are reserved for the document header")
@@ -56,7 +59,7 @@ def _document_text(format: str, version: int, body: dict) -> str:
 
 def write_json(path, format: str, version: int, body: dict) -> None:
     """Writes `body` atomically as a document of `format` and `version`, with the crc32 of the body."""
-    text = _document_text(format, version, body)
+    text = document_text(format, version, body)
     with atomic_write(path, "w") as handle:
         handle.write(text)
 
@@ -328,7 +331,7 @@ def write_zip_document(path, format: str, version: int, body: dict, arrays: dict
     blobs = {name: _npy_bytes(array) for name, array in arrays.items()}
     described = {name: {"crc32": zlib.crc32(blob), "dtype": np.asarray(arrays[name]).dtype.str,
                         "shape": list(np.shape(arrays[name]))} for name, blob in blobs.items()}
-    text = _document_text(format, version, {**body, "arrays": described})
+    text = document_text(format, version, {**body, "arrays": described})
     with atomic_write(path) as handle:
         with zipfile.ZipFile(handle, "w") as archive:
             archive.writestr(_ZIP_DOCUMENT, text)

@@ -43,7 +43,7 @@ def run_classify(args) -> int:
 def run_retrieve(args) -> int:
     from crosslayer.encoder import CrossLayerEncoder
     from crosslayer.retrieval.channels import parse_channel_list
-    from crosslayer.retrieval.evaluate import compute_features, evaluate, markdown_table
+    from crosslayer.retrieval.evaluate import compute_features, evaluate, markdown_table, write_results
 
     check_side(args.backbone, args.side)
     learn = args.learn or args.distractors
@@ -61,11 +61,7 @@ def run_retrieve(args) -> int:
                        spoc_dim=args.spoc_dim, progress=progress)
     print(markdown_table(records))
     if args.json:
-        from crosslayer._atomic import atomic_write
-
-        with atomic_write(args.json, "w") as handle:
-            json.dump({"format": "crosslayer-retrieval-eval", "version": 1, "data": str(args.data),
-                       "distractors": [str(d) for d in args.distractors], "records": records}, handle, indent=1)
+        write_results(args.json, args.data, args.distractors, records)
     return 0
 
 

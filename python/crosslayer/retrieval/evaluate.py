@@ -27,6 +27,28 @@ from crosslayer.l2 import l2_normalize
 from crosslayer.retrieval.spoc import SpocWhitening
 
 DEFAULT_CHANNELS = (10, 20, 50, 100, 200, None)
+RESULTS_FORMAT = "crosslayer-retrieval-results"
+RESULTS_VERSION = 3
+
+
+def write_results(path, data: str, distractors, records: list[dict]) -> None:
+    """Writes the records of `evaluate` (a `crosslayer.formats` document) with the retrieval set and distractor
+    folders they are of (as the caller names them: relative to a data root, or as given)."""
+    from crosslayer.formats import write_json
+
+    write_json(path, RESULTS_FORMAT, RESULTS_VERSION,
+               {"data": str(data), "distractors": [str(d) for d in distractors], "records": records})
+
+
+def read_results(path) -> dict:
+    """{"data", "distractors", "records"} of a file from `write_results` (FormatError otherwise)."""
+    from crosslayer.errors import FormatError
+    from crosslayer.formats import read_json
+
+    body = read_json(path, RESULTS_FORMAT, RESULTS_VERSION, "crosslayer retrieval results")
+    if not isinstance(body.get("records"), list) or not isinstance(body.get("distractors"), list):
+        raise FormatError(f"{path}: damaged crosslayer retrieval results (no records or distractors list)")
+    return body
 
 
 def sample_paths(folders, count: int, seed: int = 0) -> list[str]:
@@ -104,7 +126,7 @@ def evaluate(cache: FeatureCache, rset, distractors=(), channel_counts=DEFAULT_C
     if with_float and all(p["float_scores"] is not None for p in parts):
         # float scores are columns per (query, channel count) as `compute_features` was asked for: other queries or
         # channel counts here would label them wrongly
-        expected = {float_key(queries["paths"], channel_counts)}
+        expected = float_key(queries["paths"], channel_counts)
         if any(p["float_key"] != expected for p in parts):
             raise UsageError("channel_counts: the cached float scores were computed against other queries or channel "
                              "counts; pass the ones given to compute_features")

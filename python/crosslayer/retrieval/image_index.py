@@ -218,6 +218,12 @@ class ImageIndex:
         """The stored keys (paths relative to the root) of the live images, in id order."""
         return self.codes.keys(self.codes.live_ids())
 
+    def find(self, paths) -> np.ndarray:
+        """The live id of each path (absolute, or a key relative to the root); -1 where it is not indexed."""
+        if isinstance(paths, (str, bytes)):
+            raise TypeError("paths: expected a sequence of paths, got a single string")
+        return self.codes.find([self._lookup_key(p) for p in paths])
+
     def rebase(self, new_root) -> None:
         """Records `new_root` as the folder the keys are relative to (after moving the images there)."""
         new_root = Path(new_root)
@@ -238,14 +244,16 @@ class ImageIndex:
     # ---- adding --------------------------------------------------------------------------------------------------
     def add(self, sources, commit_seconds: float | None = 30.0, commit_images: int | None = None,
             on_error: str = "skip", retry_failed: bool = False, embeddings: bool | None = None,
-            progress: bool = True) -> AddReport:
+            progress: bool = True, side=None) -> AddReport:
         """Encodes and commits the images not yet indexed (by path); returns what this run did.
 
         commit_seconds / commit_images: commit whenever that much time has passed or that many images are pending
         (None: no such bound), so a kill loses at most that much work. on_error: "skip" records a bad image (path
         and reason, committed with the codes; not retried later unless `retry_failed`) and goes on, "raise" stops
         with its ImageError (what was encoded before is committed). embeddings: keep the pooled embeddings (None:
-        as the index does; True on an empty index without them starts keeping them)."""
+        as the index does; True on an empty index without them starts keeping them). side: a callable
+        (`ActivationBatch` -> {name: (n, ...) rows}) of further side arrays kept per image, computed while the
+        batch's activations are in memory (the same names on every add)."""
         from tqdm.auto import tqdm
 
         from crosslayer.codes import Codes
@@ -276,20 +284,22 @@ class ImageIndex:
             seen.add(key)
         key_of = dict(zip(todo, keys))
         report = AddReport(skipped=len(resolved) - len(todo))
-        pending = {"codes": [], "keys": [], "embeddings": [], "dirty": False}
+        pending = {"codes": [], "keys": [], "embeddings": [], "side": [], "dirty": False}
         last_commit = time.monotonic()
 
         def commit():
             nonlocal last_commit
             if pending["keys"]:
-                side = {EMBEDDING: np.concatenate(pending["embeddings"])} if keep_embeddings else None
-                self.codes.append(Codes.concatenate(pending["codes"]), pending["keys"], side, attributes)
+                rows = {EMBEDDING: np.concatenate(pending["embeddings"])} if keep_embeddings else {}
+                rows.update({name: np.concatenate([part[name] for part in pending["side"]])
+                             for name in (pending["side"][0] if pending["side"] else ())})
+                self.codes.append(Codes.concatenate(pending["codes"]), pending["keys"], rows or None, attributes)
             elif pending["dirty"]:
                 self.codes.set_attributes(attributes)
             else:
                 return
             report.commits += 1
-            pending.update(codes=[], keys=[], embeddings=[], dirty=False)
+            pending.update(codes=[], keys=[], embeddings=[], side=[], dirty=False)
             last_commit = time.monotonic()
 
         mode = "raise" if on_error == "raise" else "skip"
@@ -301,13 +311,18 @@ class ImageIndex:
                         report.failed.append((str(error.path), error.reason))
                         pending["dirty"] = True
                     if batch.positions:
-                        pending["codes"].append(self.encoder.pool_batch(batch.outputs, "codes"))
+                        # everything computed before anything is pending: an interrupt here commits whole batches
+                        codes = self.encoder.pool_batch(batch.outputs, "codes")
+                        extra = side(batch) if side is not None else None
+                        pending["codes"].append(codes)
                         batch_keys = [key_of[str(s)] for s in batch.sources]
                         pending["keys"].extend(batch_keys)
                         for key in batch_keys:
                             pending["dirty"] |= failed.pop(key, None) is not None
                         if keep_embeddings:
                             pending["embeddings"].append(np.asarray(batch.outputs[EMBEDDING], np.float32))
+                        if extra is not None:
+                            pending["side"].append(extra)
                         report.added += len(batch.positions)
                     bar.update(len(batch.positions) + len(batch.errors))
                     due_by_size = commit_images is not None and len(pending["keys"]) >= commit_images
