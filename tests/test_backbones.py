@@ -70,9 +70,17 @@ def test_onnx_export_matches_torch_and_is_cached(backbone_cache, rng):
     for name, expected in zip(got, want):
         # float32 conv arithmetic in two engines (other blockings/algorithms): seen <= 2.5e-6 of the output's scale
         np.testing.assert_allclose(got[name], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
-    path.with_suffix(".json").write_text("{}")  # a damaged sidecar forces a fresh export
-    assert export("alexnet", layers, weights="random", with_embedding=True) == path
-    assert path.stat().st_mtime_ns != stamp
+    from crosslayer.backbones.export import EXPORT_VERSION, SIDECAR_FORMAT
+    from crosslayer.formats import read_json
+
+    sidecar = path.with_suffix(".json")
+    assert read_json(sidecar, SIDECAR_FORMAT, EXPORT_VERSION)["key"] in path.name  # a crosslayer.formats document
+    # a damaged sidecar (unreadable, or a changed field failing the checksum) forces a fresh export
+    for damage in ("{}", sidecar.read_text().replace('"size": ', '"size": 1')):
+        sidecar.write_text(damage)
+        assert export("alexnet", layers, weights="random", with_embedding=True) == path
+        assert path.stat().st_mtime_ns != stamp
+        stamp = path.stat().st_mtime_ns
 
 
 @pytest.mark.parametrize("name,side", [("alexnet", 96), ("vgg16", 64)])

@@ -113,7 +113,7 @@ def _sane(record, dims):
 def test_crosslayer_max_rows_are_the_max_pooling_reference(tiny_set, shared_cache, scaled_weights):
     from crosslayer import reference
     from crosslayer.backbones import get_backbone
-    from crosslayer.eval.extract import pca_path
+    from crosslayer.eval.extract import pca_path, read_pca
     from crosslayer.eval.methods import MethodConfig
     from crosslayer.images import prepare
 
@@ -125,8 +125,7 @@ def test_crosslayer_max_rows_are_the_max_pooling_reference(tiny_set, shared_cach
     spec = get_backbone("mobilenet_v2")
     image = prepare(dataset.paths[5], 64, "square", spec.mean, spec.std)[None]
     outputs = _network(shared_cache, ["features.17", "features.18"], weights=scaled_weights).run(image)
-    with np.load(pca_path(directory, "features.17", **FIT)) as stored:
-        pca = (stored["mean"], stored["projection"])
+    pca = read_pca(pca_path(directory, "features.17", **FIT), **FIT)
     pooled = reference.cross_layer_max_pool(outputs["features.17"], outputs["features.18"], pca)
     bound = max_pool_float32_bound(outputs["features.17"], outputs["features.18"], pca)
     # rows are float16: the stored square root is rounded by 2^-11 relative, its square by 2^-10 = 2^14 u (first
@@ -159,7 +158,7 @@ def test_aconv_regions_are_the_embeddings_of_the_crops_and_guidance_trains(tiny_
     from PIL import Image
 
     from crosslayer.backbones import get_backbone
-    from crosslayer.eval.extract import pca_path
+    from crosslayer.eval.extract import pca_path, read_pca
     from crosslayer.eval.methods import MethodConfig
     from crosslayer.images import load_image, normalize, resize
 
@@ -183,8 +182,8 @@ def test_aconv_regions_are_the_embeddings_of_the_crops_and_guidance_trains(tiny_
         network = _network(shared_cache, ["features.18"], with_embedding=False, weights=scaled_weights)
         maps = network.run(normalize(image, spec.mean, spec.std)[None])
         embeddings = maps["features.18"][0].reshape(1280, 4).T
-    with np.load(pca_path(directory, config.key(), **FIT)) as stored:
-        want = (embeddings - stored["mean"]) @ stored["projection"]
+    mean, projection = read_pca(pca_path(directory, config.key(), **FIT), **FIT)
+    want = (embeddings - mean) @ projection
     # rows are float16: one rounding of what `want` computes in float32 (whose own errors are far below a float16 ulp)
     assert np.all(np.abs(rows[7].astype(np.float64) - want) <= np.spacing(np.abs(want).astype(np.float16)))
 

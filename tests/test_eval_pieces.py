@@ -16,7 +16,8 @@ from crosslayer.eval.manifest import ManifestError, load_manifest
 from crosslayer.eval.methods import MethodConfig
 from crosslayer.eval.record import RecordError, read_record, write_record
 from crosslayer.eval.regions import region_grid, window_mean
-from crosslayer.eval.store import RowStore, StoreError
+from crosslayer.eval.store import RowStore, StoreError, StoreFormatError
+from crosslayer.errors import FormatError
 
 from _tolerances import assert_normalized_within, max_pool_float32_bound
 
@@ -128,6 +129,26 @@ def test_row_store_resumes_and_refuses_another_key(tmp_path, rng):
     np.testing.assert_array_equal(again.read(), rows)
     with pytest.raises(StoreError, match="expected"):
         RowStore(tmp_path / "s", "k2", 7, (3,), "float16")
+
+
+def test_row_store_files_are_checked(tmp_path, rng):
+    store = RowStore(tmp_path / "s", "k", 4, (3,), "float16")
+    store.append(0, rng.standard_normal((4, 3)).astype(np.float16))
+    store.close()
+    data = tmp_path / "s" / "rows.bin"
+    damaged = bytearray(data.read_bytes())
+    damaged[5] ^= 1
+    data.write_bytes(bytes(damaged))
+    with pytest.raises(StoreFormatError, match="rows.bin: checksum mismatch"):
+        RowStore(tmp_path / "s", "k", 4, (3,), "float16").read()
+    meta = tmp_path / "s" / "meta.json"
+    body = json.loads(meta.read_text())
+    for text, message in ((json.dumps({**body, "done": 2}), "checksum"), (json.dumps({**body, "version": 1}),
+                                                                           "version 1"), ("{", "not valid JSON")):
+        meta.write_text(text)
+        with pytest.raises(StoreFormatError, match=message) as info:
+            RowStore(tmp_path / "s", "k", 4, (3,), "float16")
+        assert isinstance(info.value, FormatError)
 
 
 # ---- Grams -------------------------------------------------------------------------------------------------------
@@ -361,14 +382,15 @@ def test_record_round_trip_and_version_check(tmp_path):
     record = {"method": "crosslayer", "accuracy": 0.875, "seconds": {"gram": 1.5}}
     path = write_record(tmp_path / "r.json", record)
     loaded = read_record(path)
-    assert loaded["accuracy"] == 0.875 and loaded["seconds"] == {"gram": 1.5} and loaded["version"] == 1
+    assert loaded["accuracy"] == 0.875 and loaded["seconds"] == {"gram": 1.5} and loaded["version"] == 2
     data = json.loads(path.read_text())
-    data["version"] = 99
-    path.write_text(json.dumps(data))
-    with pytest.raises(RecordError, match="version"):
-        read_record(path)
+    for change, message in (({"version": 1}, "version 1"), ({"accuracy": 0.9}, "checksum")):
+        path.write_text(json.dumps({**data, **change}))
+        with pytest.raises(RecordError, match=message) as info:
+            read_record(path)
+        assert isinstance(info.value, FormatError)
     (tmp_path / "x.json").write_text("not json")
-    with pytest.raises(RecordError, match="not JSON"):
+    with pytest.raises(RecordError, match="not valid JSON"):
         read_record(tmp_path / "x.json")
 
 

@@ -1,6 +1,8 @@
 """Every reader of an on-disk format, fed random bytes, truncations and byte flips of valid files: a CrossLayerError
 (subclass), never another exception, a crash or a hang. Bounded: a fixed number of examples per reader."""
 
+import hashlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -146,3 +148,93 @@ def test_image_index_reader(tmp_path_factory, data, which):
             index.summary(), index.paths(), index.failures()
 
     _refused_or_read(read)
+
+
+# ---- evaluation files and caches ------------------------------------------------------------------------------------
+def _fuzz_file(tmp_path_factory, data, valid: bytes, name: str):
+    path = tmp_path_factory.mktemp("fuzz") / name
+    path.write_bytes(data.draw(damaged(valid)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def eval_files(tmp_path_factory):
+    """Valid bytes of every evaluation file: record, row store metadata, PCA, retrieval results, feature cache
+    metadata (beside its encoder file), heatmap sheet."""
+    from crosslayer.eval.extract import write_pca
+    from crosslayer.eval.record import write_record
+    from crosslayer.eval.store import RowStore
+    from crosslayer.heatmap import GuidanceMaps, render_heatmaps
+    from crosslayer.retrieval.evaluate import write_results
+    from crosslayer.retrieval.feature_cache import FeatureCache
+
+    folder = tmp_path_factory.mktemp("eval")
+    write_record(folder / "record.json", {"method": "crosslayer", "accuracy": 0.5, "seconds": {"gram": 1.0}})
+    store = RowStore(folder / "store", "k", 3, (2,), "float16", info={"config": {"a": 1}})
+    store.append(0, np.ones((3, 2), np.float16))
+    write_pca(folder / "pca.zip", np.zeros(3, np.float32), np.eye(3, 2, dtype=np.float32), 4, 0)
+    write_results(folder / "results.json", "smvs", ["scene15"], [{"method": "spoc", "map": 0.5}])
+    encoder = _saved_encoder(folder / "encoder.xle")
+    FeatureCache(folder / "cache", encoder)
+    rng = np.random.default_rng(0)
+    maps = GuidanceMaps("x.jpg", rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+                        rng.random((4, 2, 2), dtype=np.float32), rng.random(4, dtype=np.float32), {"side": 16})
+    render_heatmaps(maps, [0, 2], folder / "heat.png", tile=16)
+    files = {name: (folder / name).read_bytes() for name in ("record.json", "pca.zip", "results.json", "heat.png")}
+    files["store"] = (folder / "store" / "meta.json").read_bytes()
+    files["cache"] = (folder / "cache" / "cache.json").read_bytes()
+    files["encoder"] = (folder / "cache" / "encoder.xle").read_bytes()
+    return files
+
+
+def _store_reader(path):
+    from crosslayer.eval.store import RowStore
+
+    RowStore(path.parent, "k", 3, (2,), "float16").read()
+
+
+def _cache_reader(path, encoder_bytes):
+    from crosslayer.retrieval.feature_cache import FeatureCache
+
+    path.rename(path.parent / "cache.json")
+    (path.parent / "encoder.xle").write_bytes(encoder_bytes)
+    FeatureCache(path.parent, CrossLayerEncoder(side=64, weights="random", pca_dim=4), fit_sources=["a.jpg"])
+
+
+def _readers():
+    from crosslayer.eval.extract import read_pca
+    from crosslayer.eval.record import read_record
+    from crosslayer.heatmap import read_heatmap_settings
+    from crosslayer.retrieval.evaluate import read_results
+
+    return {"record.json": read_record, "pca.zip": lambda path: read_pca(path, 4, 0), "results.json": read_results,
+            "heat.png": read_heatmap_settings, "store": _store_reader}
+
+
+@FUZZ
+@given(data=st.data(), which=st.sampled_from(["record.json", "pca.zip", "results.json", "heat.png", "store"]))
+def test_evaluation_file_readers(tmp_path_factory, eval_files, data, which):
+    path = _fuzz_file(tmp_path_factory, data, eval_files[which], "meta.json" if which == "store" else which)
+    _refused_or_read(lambda: _readers()[which](path))
+
+
+@settings(FUZZ, max_examples=60)
+@given(data=st.data())
+def test_feature_cache_metadata_reader(tmp_path_factory, eval_files, data):
+    path = _fuzz_file(tmp_path_factory, data, eval_files["cache"], "damaged.json")
+    _refused_or_read(lambda: _cache_reader(path, eval_files["encoder"]))
+
+
+@settings(FUZZ, max_examples=60)
+@given(data=st.data())
+def test_onnx_export_sidecar_reader(tmp_path_factory, data):
+    from crosslayer.backbones.export import EXPORT_VERSION, SIDECAR_FORMAT, _sidecar_valid
+
+    folder = tmp_path_factory.mktemp("sidecar")
+    (folder / "m.onnx").write_bytes(b"model")
+    body = {"key": "k", "size": 5, "sha256": hashlib.sha256(b"model").hexdigest()}
+    formats.write_json(folder / "m.json", SIDECAR_FORMAT, EXPORT_VERSION, body)
+    assert _sidecar_valid(folder / "m.onnx", folder / "m.json", "k")
+    (folder / "m.json").write_bytes(data.draw(damaged((folder / "m.json").read_bytes())))
+    if _sidecar_valid(folder / "m.onnx", folder / "m.json", "k"):  # never raises; trusted only if still sound
+        assert formats.read_json(folder / "m.json", SIDECAR_FORMAT, EXPORT_VERSION) == {**body, "version": 2}

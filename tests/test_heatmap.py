@@ -104,7 +104,7 @@ def test_cli_heatmap_shows_the_channels_a_search_compares(backbone_cache, tmp_pa
 
     from crosslayer import reference
     from crosslayer.commands import main
-    from crosslayer.heatmap import HEATMAP_FORMAT, guidance_maps
+    from crosslayer.heatmap import HEATMAP_FORMAT, guidance_maps, read_heatmap_settings
     from crosslayer.retrieval.image_index import ImageIndex
 
     images = _write_images(tmp_path / "imgs", 4)
@@ -117,8 +117,9 @@ def test_cli_heatmap_shows_the_channels_a_search_compares(backbone_cache, tmp_pa
     printed = capsys.readouterr().out
     with Image.open(out) as sheet:
         assert sheet.size == heatmap_size(5)
-        meta = json.loads(sheet.text[HEATMAP_FORMAT])
-    assert meta["format"] == HEATMAP_FORMAT and meta["version"] == 1 and meta["side"] == SIDE
+        assert json.loads(sheet.text[HEATMAP_FORMAT])["format"] == HEATMAP_FORMAT
+    meta = read_heatmap_settings(out)  # a crosslayer.formats document: version and checksum checked
+    assert meta["version"] == 2 and meta["side"] == SIDE
 
     with ImageIndex.open(db, "r", threads=1) as index:
         encoder = index.encoder

@@ -7,8 +7,6 @@ extraction's users read it (paths, codes, embeddings, failures). Also the image 
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,20 +20,6 @@ from crosslayer.retrieval.image_index import ImageIndex, ImageIndexError
 
 StoreError = ImageIndexError  # one store, one error
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-_CHUNK = re.compile(r"^chunk-(\d{6})\.json$")
-
-
-def committed_chunks(folder: Path) -> list[dict]:
-    """The records of the committed chunks in `folder` (a chunk's JSON is written last, so its presence commits the
-    chunk), in index order, each with its "index"."""
-    found = []
-    for path in sorted(Path(folder).iterdir()):
-        match = _CHUNK.match(path.name)
-        if match:
-            record = json.loads(path.read_text())
-            record["index"] = int(match.group(1))
-            found.append(record)
-    return found
 
 
 def list_images(folder) -> list[str]:

@@ -5,13 +5,15 @@ compares a query only on its `channels` guidance channels of largest mean activa
 as the network saw it (after the encoder's resize policy), then the sum of the selected maps (the region the masked
 similarity attends to), then each selected map a_k, bilinearly upsampled to the image and overlaid in an
 inferno-like colour map. The channel tiles share one colour scale, so their strengths compare at a glance; the sum
-has its own. PNG, written atomically, with the settings in a versioned text chunk.
+has its own. PNG, written atomically, with the settings in a text chunk holding a `crosslayer.formats` document
+(`read_heatmap_settings`).
 """
 
 from __future__ import annotations
 
-import json
 import math
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +21,16 @@ import numpy as np
 
 from crosslayer._atomic import atomic_write
 from crosslayer._validate import check_positive_int
-from crosslayer.errors import UsageError
+from crosslayer.errors import FormatError, UsageError
+from crosslayer.formats import document_text, parse_json
 
 HEATMAP_FORMAT = "crosslayer-heatmap"
-HEATMAP_VERSION = 1
+HEATMAP_VERSION = 2
+_PNG_ERRORS = (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError, struct.error, zlib.error)
+
+
+class HeatmapFormatError(FormatError):
+    """A file is not a heatmap sheet, is of another version, or its settings chunk is damaged."""
 DEFAULT_CHANNELS = 6
 MAX_CHANNELS = 64  # beyond a few dozen tiles a sheet is no longer something to look at
 TILE = 256
@@ -219,11 +227,33 @@ def render_heatmaps(maps: GuidanceMaps, channel_ids, out, tile: int = TILE) -> t
         for line, detail in enumerate(details):
             draw.text((left, top + tile + 22 + 17 * line), detail, fill=(80, 80, 80), font=small)
 
-    meta = {"format": HEATMAP_FORMAT, "version": HEATMAP_VERSION, "image": maps.source, **maps.settings,
-            "channels": ids, "channel_mean": [float(maps.channel_mean[c]) for c in ids],
+    meta = {"image": maps.source, **maps.settings, "channels": ids,
+            "channel_mean": [float(maps.channel_mean[c]) for c in ids],
             "channel_colour_range": [low, high], "sum_colour_range": [total_low, total_high]}
     info = PngInfo()
-    info.add_text(HEATMAP_FORMAT, json.dumps(meta))
+    info.add_text(HEATMAP_FORMAT, document_text(HEATMAP_FORMAT, HEATMAP_VERSION, meta))
     with atomic_write(out) as handle:
         sheet.save(handle, format="PNG", pnginfo=info)
     return size
+
+
+def read_heatmap_settings(path) -> dict:
+    """The settings a heatmap sheet was drawn with (image, encoder settings, channels, colour ranges), from its text
+    chunk, format, version and checksum checked (HeatmapFormatError otherwise)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as sheet:
+            if sheet.format != "PNG":
+                raise HeatmapFormatError(f"{path}: not a heatmap sheet (a {sheet.format} image, not a PNG)")
+            text = sheet.text.get(HEATMAP_FORMAT)
+    except HeatmapFormatError:
+        raise
+    except FileNotFoundError:
+        raise HeatmapFormatError(f"{path}: no heatmap sheet here (file not found)") from None
+    except (*_PNG_ERRORS, Image.DecompressionBombError) as exc:
+        raise HeatmapFormatError(f"{path}: not a readable PNG ({type(exc).__name__}: {exc})") from None
+    if text is None:
+        raise HeatmapFormatError(f"{path}: not a heatmap sheet (no {HEATMAP_FORMAT} text chunk)")
+    return parse_json(text.encode("utf-8", "surrogatepass"), path, HEATMAP_FORMAT, HEATMAP_VERSION,
+                      "heatmap settings chunk", HeatmapFormatError)

@@ -3,8 +3,8 @@
 Outputs, in order: the requested taps (named by their module names), then optionally ``embedding`` (n, C: the global
 average of the backbone's last tap, as the registry describes) and ``logits`` (n, 1000: torchvision's forward).
 Batch, height and width are dynamic. The cache key covers architecture, taps, extra outputs, weights hash and opset;
-a JSON sidecar (written after the model, both atomically) carries a version and the model's size and sha256, so a
-partial or foreign file is never reused.
+a JSON sidecar (a `crosslayer.formats` document "crosslayer-onnx-export", written after the model, both atomically)
+carries the model's size and sha256, so a partial, foreign or damaged file is never reused (it is exported again).
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from pathlib import Path
 from crosslayer._atomic import atomic_write
 from crosslayer.backbones.registry import get_backbone
 from crosslayer.backbones.weights import file_sha256, resolve_weights
-from crosslayer.errors import UsageError
+from crosslayer.errors import FormatError, UsageError
+from crosslayer.formats import read_json, write_json
 
 # 2: VGG/AlexNet embedding and logits start from the last conv tap (version 1 pooled after the final max-pool)
 EXPORT_VERSION = 2
+SIDECAR_FORMAT = "crosslayer-onnx-export"
 DEFAULT_OPSET = 17
 EMBEDDING = "embedding"
 LOGITS = "logits"
@@ -104,15 +106,12 @@ def _cache_key(spec, taps, weights_id, opset, with_embedding, with_logits) -> st
 
 
 def _sidecar_valid(model_path: Path, sidecar_path: Path, key: str) -> bool:
+    """Whether the sidecar is a sound document describing exactly the model file beside it (else: export again)."""
     try:
-        meta = json.loads(sidecar_path.read_text())
-        return (
-            meta.get("version") == EXPORT_VERSION
-            and meta.get("key") == key
-            and model_path.stat().st_size == meta.get("size")
-            and file_sha256(model_path) == meta.get("sha256")
-        )
-    except (OSError, ValueError):
+        meta = read_json(sidecar_path, SIDECAR_FORMAT, EXPORT_VERSION, "crosslayer ONNX export record")
+        return (meta.get("key") == key and model_path.stat().st_size == meta.get("size")
+                and file_sha256(model_path) == meta.get("sha256"))
+    except (FormatError, OSError):
         return False
 
 
@@ -165,7 +164,6 @@ def export(
             dynamic_axes=dynamic, opset_version=opset, dynamo=False,
         )
     meta = {
-        "version": EXPORT_VERSION,
         "key": key,
         "backbone": spec.name,
         "architecture": spec.architecture,
@@ -177,8 +175,7 @@ def export(
         "size": model_path.stat().st_size,
         "sha256": file_sha256(model_path),
     }
-    with atomic_write(sidecar_path, "w") as handle:
-        json.dump(meta, handle, indent=1)
+    write_json(sidecar_path, SIDECAR_FORMAT, EXPORT_VERSION, meta)
     return model_path
 
 

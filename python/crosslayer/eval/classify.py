@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import time
 from pathlib import Path
 
 import numpy as np
 
-from crosslayer._atomic import atomic_write
 from crosslayer.eval.extract import default_cache_root, extract, pass_directory
 from crosslayer.eval.manifest import load_manifest
 from crosslayer.eval.methods import DEFAULT_FIT_IMAGES, DEFAULT_SEED, MethodConfig, resolve_layers
@@ -20,14 +20,21 @@ GRAM_NAME = "gram-vs-train.npy"
 
 
 def _gram(store: RowStore, config: MethodConfig, spec, train_index, progress: bool) -> tuple[np.ndarray, bool]:
-    """K (n, n_train) of the stored rows against the training rows, cached next to the rows. (K, was cached)."""
+    """K (n, n_train) of the stored rows against the training rows, cached next to the rows (a side array whose
+    size, crc32 and training rows the store's metadata records). (K, was cached)."""
     from crosslayer.eval.gram import codes_gram, streaming_gram
+    from crosslayer.eval.store import StoreFormatError
+    from crosslayer.formats import check_npy, open_npy, write_npy
 
     path = store.directory / GRAM_NAME
-    if path.exists():
-        cached = np.load(path)
-        if cached.shape == (store.n, len(train_index)):
-            return cached, True
+    train = hashlib.sha256(np.asarray(train_index, np.int64).tobytes()).hexdigest()[:16]
+    recorded = store.info.get("gram")
+    if isinstance(recorded, dict) and recorded.get("train") == train and path.exists():
+        try:
+            check_npy(path, recorded.get("size"), recorded.get("crc32"), StoreFormatError)
+            return np.array(open_npy(path, "<f8", (store.n, len(train_index)), StoreFormatError)), True
+        except StoreFormatError:
+            pass  # a damaged cache is recomputed
     rows = store.read()
     if config.method == "crosslayer-sign":
         local, _ = resolve_layers(config, spec)
@@ -47,14 +54,14 @@ def _gram(store: RowStore, config: MethodConfig, spec, train_index, progress: bo
         gram = streaming_gram(rows.reshape(store.n, -1), train_index, progress=None if bar is None else report)
         if bar is not None:
             bar.close()
-    with atomic_write(path) as handle:
-        np.save(handle, gram)
+    gram = np.asarray(gram, "<f8")
+    store.info["gram"] = {"train": train, **write_npy(path, gram)}
+    store.save_info()
     return gram, False
 
 
 def _aconv_store(regions: RowStore, config: MethodConfig, dataset, directory: Path, seed: int, progress: bool):
     """Trains the guidance layer and stores the guided representation; returns (store, training seconds, losses)."""
-    import hashlib
     import json
 
     from crosslayer.eval.aconv import guided_representation, train_guidance
@@ -74,7 +81,7 @@ def _aconv_store(regions: RowStore, config: MethodConfig, dataset, directory: Pa
     for start in range(store.done, store.n, 256):
         store.append(start, guided_representation(model, rows[start : start + 256]))
     store.info.update(seconds_train=trained, losses=losses)
-    store._write_meta()
+    store.save_info()
     store.close()
     return store, trained, losses
 

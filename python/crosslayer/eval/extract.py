@@ -19,11 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslayer._atomic import atomic_write
-from crosslayer.errors import UsageError
+from crosslayer.errors import FormatError, UsageError
 from crosslayer.eval.methods import (
-    DEFAULT_FIT_IMAGES,
-    DEFAULT_SEED,
     EMBEDDING,
     MethodConfig,
     encode_main,
@@ -33,10 +30,16 @@ from crosslayer.eval.methods import (
     row_layout,
 )
 from crosslayer.eval.store import RowStore
+from crosslayer.formats import read_zip_document, write_zip_document
 
-PCA_VERSION = 1
+PCA_FORMAT = "crosslayer-eval-pca"
+PCA_VERSION = 2
 JITTER_CROPS = 10
 REGIONS = "regions"
+
+
+class PcaFormatError(FormatError):
+    """A cached eval PCA file is not one, is of another version or sample, or is damaged."""
 
 
 def default_cache_root() -> Path:
@@ -114,9 +117,27 @@ def _pass(kind, config, spec, side, taps):
 # ---- PCA ---------------------------------------------------------------------------------------------------------
 
 def pca_path(directory, name: str, fit_images: int, seed: int) -> Path:
-    """The default sample keeps the name PCA files had before the sample was part of it, so they stay reusable."""
-    suffix = "" if (fit_images, seed) == (DEFAULT_FIT_IMAGES, DEFAULT_SEED) else f"-fit{fit_images}-seed{seed}"
-    return Path(directory) / f"pca-{name}{suffix}.npz"
+    return Path(directory) / f"pca-{name}-fit{fit_images}-seed{seed}.zip"
+
+
+def write_pca(path, mean: np.ndarray, projection: np.ndarray, fit_images: int, seed: int) -> None:
+    """A fitted PCA as a `crosslayer.formats` zip document (arrays checksummed; the sample it was fitted on)."""
+    write_zip_document(path, PCA_FORMAT, PCA_VERSION, {"fit_images": int(fit_images), "seed": int(seed)},
+                       {"mean": mean, "projection": projection})
+
+
+def read_pca(path, fit_images: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, projection) float32 of a PCA from `write_pca`, refused (PcaFormatError) unless it was fitted on the
+    sample of `fit_images` and `seed` and its arrays are float32 (Dt_in,) and (Dt_in, components)."""
+    body, arrays = read_zip_document(path, PCA_FORMAT, PCA_VERSION, "crosslayer eval PCA", PcaFormatError)
+    if (body.get("fit_images"), body.get("seed")) != (fit_images, seed):
+        raise PcaFormatError(f"{path}: fitted on fit_images={body.get('fit_images')}, seed={body.get('seed')}; "
+                             f"expected {fit_images}, {seed}")
+    mean, projection = arrays.get("mean"), arrays.get("projection")
+    if (mean is None or projection is None or mean.dtype != np.float32 or projection.dtype != np.float32
+            or mean.ndim != 1 or projection.ndim != 2 or projection.shape[0] != mean.shape[0]):
+        raise PcaFormatError(f"{path}: damaged crosslayer eval PCA (arrays are not a float32 mean and projection)")
+    return mean, projection
 
 
 def _load_or_fit_pcas(directory, wanted: dict, dataset, encoder, step, fit_images, seed, progress):
@@ -131,13 +152,11 @@ def _load_or_fit_pcas(directory, wanted: dict, dataset, encoder, step, fit_image
     for name, (output, components) in wanted.items():
         path = pca_path(directory, name, fit_images, seed)
         if path.exists():
-            with np.load(path) as stored:
-                # files written before the seed was recorded lie only at the default name, fitted with the default seed
-                stored_seed = int(stored["seed"]) if "seed" in stored.files else DEFAULT_SEED
-                if (int(stored["version"]) == PCA_VERSION and int(stored["fit_images"]) == fit_images
-                        and stored_seed == seed):
-                    pcas[name] = (stored["mean"], stored["projection"])
-                    continue
+            try:
+                pcas[name] = read_pca(path, fit_images, seed)
+                continue
+            except PcaFormatError:
+                pass  # damaged or of another version: fitted again (seeded: the same PCA) and replaced
         missing[name] = (output, components, path)
     if not missing:
         return pcas
@@ -160,9 +179,7 @@ def _load_or_fit_pcas(directory, wanted: dict, dataset, encoder, step, fit_image
     for name, (_, components, path) in missing.items():
         mean, projection = accumulators[name].pca(components)
         pcas[name] = (mean.astype(np.float32), np.ascontiguousarray(projection, dtype=np.float32))
-        with atomic_write(path) as handle:
-            np.savez(handle, version=PCA_VERSION, fit_images=fit_images, seed=seed, mean=pcas[name][0],
-                     projection=pcas[name][1])
+        write_pca(path, *pcas[name], fit_images, seed)
     return pcas
 
 
@@ -283,7 +300,7 @@ def _run_pass(dataset, members, stores, spec, encoder, step, pcas, progress, kin
             spent["pca"] = spent.get("pca", 0.0) + fit_seconds[config]
         store.info["seconds"] = spent
         store.info["pass"] = kind
-        store._write_meta()
+        store.save_info()
     if failures:
         raise BadImagesError(failures + _find_bad(sources[checked:], encoder),
                              f"rows before the first are kept; remove or replace them, then rerun to resume")

@@ -1,28 +1,52 @@
 """On-disk row stores with resume: one fixed-shape row per image in a memmap, filled in manifest order.
 
-``meta.json`` (written atomically, with a format version and the store's key) records how many leading rows are
-complete; a pass that stops mid-way resumes from there. Rows are flushed before ``done`` advances, so a crash never
-marks an unwritten row complete. Float features are kept as float16 (a cross-layer row is 409,600 values).
+``meta.json`` (a `crosslayer.formats` document "crosslayer-eval-store", version 2) records the store's key and
+layout, how many leading rows are complete, and the crc32 of those rows; a pass that stops mid-way resumes from
+there. Rows are flushed before ``done`` advances, so a crash never marks an unwritten row complete; `read` checks the
+rows against their crc32. Float features are kept as float16 (a cross-layer row is 409,600 values).
+
+Why not an image index (`crosslayer.retrieval.image_index`): that store is keyed, append-only and holds sign codes
+with optional side arrays. These rows are of methods that make no codes (SPoC-like globals, SPM, AConv, float
+cross-layer), must stay in the manifest's fixed order (the SVM's kernel rows and the train/test split are by
+position), and are 0.8 MB each, written into one preallocated memmap with a resumable prefix so that the Gram
+matrix streams over them. A code index would need fake codes per row and a copy to get one contiguous array.
 """
 
 from __future__ import annotations
 
-import json
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from crosslayer._atomic import atomic_write
-from crosslayer.errors import CrossLayerError, UsageError
+from crosslayer.errors import CrossLayerError, FormatError, UsageError
+from crosslayer.formats import file_crc, read_json, write_json
 
 STORE_FORMAT = "crosslayer-eval-store"
-STORE_VERSION = 1
+STORE_VERSION = 2
 DATA_NAME = "rows.bin"
 META_NAME = "meta.json"
 
 
 class StoreError(CrossLayerError, ValueError):
-    """A store on disk belongs to another computation, has another version, or is damaged."""
+    """A store on disk belongs to another computation, or is incomplete."""
+
+
+class StoreFormatError(StoreError, FormatError):
+    """A store's files are not one's, are of another version, or are damaged (checksum, size)."""
+
+
+def read_store_meta(path) -> dict:
+    """The body of a store's meta.json, its fields' types checked (StoreFormatError otherwise)."""
+    meta = read_json(path, STORE_FORMAT, STORE_VERSION, "crosslayer eval store metadata", StoreFormatError)
+    kinds = {"key": str, "n": int, "row_shape": list, "dtype": str, "done": int, "rows_crc32": int, "info": dict}
+    wrong = [name for name, kind in kinds.items()
+             if not isinstance(meta.get(name), kind) or isinstance(meta.get(name), bool)]
+    if not wrong and not (0 <= meta["done"] <= meta["n"]):
+        wrong = ["done"]
+    if wrong:
+        raise StoreFormatError(f"{path}: damaged crosslayer eval store metadata (fields {wrong})")
+    return meta
 
 
 class RowStore:
@@ -36,6 +60,7 @@ class RowStore:
         self.dtype = np.dtype(dtype)
         self.info = dict(info or {})
         self.done = 0
+        self.rows_crc = 0  # crc32 of the complete prefix's bytes
         self._rows = None
         meta_path = self.directory / META_NAME
         if meta_path.exists():
@@ -45,22 +70,16 @@ class RowStore:
             self._write_meta()
 
     def _adopt(self, meta_path: Path) -> None:
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError as error:
-            raise StoreError(f"{meta_path}: unreadable store metadata ({error})") from None
-        if meta.get("format") != STORE_FORMAT or meta.get("version") != STORE_VERSION:
-            raise StoreError(f"{meta_path}: store format {meta.get('format')!r} v{meta.get('version')}, expected {STORE_FORMAT} v{STORE_VERSION}")
+        meta = read_store_meta(meta_path)
         expected = {"key": self.key, "n": self.n, "row_shape": list(self.row_shape), "dtype": self.dtype.str}
-        found = {name: meta.get(name) for name in expected}
+        found = {name: meta[name] for name in expected}
         if found != expected:
             raise StoreError(f"{meta_path}: store holds {found}, expected {expected}; remove the folder to recompute")
         data_path = self.directory / DATA_NAME
-        done = int(meta.get("done", 0))
-        if done and (not data_path.exists() or data_path.stat().st_size != self.nbytes_total):
-            raise StoreError(f"{data_path}: missing or of the wrong size for {self.n} rows")
-        self.done = done
-        self.info = meta.get("info", {}) or self.info
+        if meta["done"] and (not data_path.exists() or data_path.stat().st_size != self.nbytes_total):
+            raise StoreFormatError(f"{data_path}: missing or of the wrong size for {self.n} rows")
+        self.done, self.rows_crc = meta["done"], meta["rows_crc32"]
+        self.info = meta["info"] or self.info
 
     @property
     def row_bytes(self) -> int:
@@ -75,12 +94,13 @@ class RowStore:
         return self.done >= self.n
 
     def _write_meta(self) -> None:
-        meta = {
-            "format": STORE_FORMAT, "version": STORE_VERSION, "key": self.key, "n": self.n,
-            "row_shape": list(self.row_shape), "dtype": self.dtype.str, "done": self.done, "info": self.info,
-        }
-        with atomic_write(self.directory / META_NAME, "w") as handle:
-            json.dump(meta, handle, indent=1)
+        write_json(self.directory / META_NAME, STORE_FORMAT, STORE_VERSION, {
+            "key": self.key, "n": self.n, "row_shape": list(self.row_shape), "dtype": self.dtype.str,
+            "done": self.done, "rows_crc32": self.rows_crc, "info": self.info})
+
+    def save_info(self) -> None:
+        """Commits `info` (timings, cached Gram description) with the rest of the metadata."""
+        self._write_meta()
 
     def rows(self, mode: str = "r") -> np.memmap:
         """The whole (n, *row_shape) array as a memmap (mode "r" to read, "r+" to fill)."""
@@ -103,9 +123,11 @@ class RowStore:
             raise UsageError(f"values: {len(values)} rows from {start} overflow the store of {self.n}")
         if self._rows is None:
             self._rows = self.rows("r+")
-        self._rows[start : start + len(values)] = values.astype(self.dtype, copy=False)
+        rows = np.ascontiguousarray(values, dtype=self.dtype)
+        self._rows[start : start + len(rows)] = rows
         self._rows.flush()
-        self.done = start + len(values)
+        self.rows_crc = zlib.crc32(rows.tobytes(), self.rows_crc)
+        self.done = start + len(rows)
         self._write_meta()
 
     def close(self) -> None:
@@ -114,6 +136,16 @@ class RowStore:
             self._rows = None
 
     def read(self) -> np.ndarray:
+        """Every row (a read-only memmap), after checking them against their crc32 (reads the file once)."""
         if not self.complete:
             raise StoreError(f"{self.directory}: only {self.done} of {self.n} rows are complete")
+        if self.n == 0:
+            return np.zeros((0,) + self.row_shape, self.dtype)
+        path = self.directory / DATA_NAME
+        try:
+            crc = file_crc(path)
+        except OSError as exc:
+            raise StoreFormatError(f"{path}: cannot read the rows: {exc.strerror or exc}") from None
+        if crc != self.rows_crc:
+            raise StoreFormatError(f"{path}: checksum mismatch (rows are damaged); remove the folder to recompute")
         return self.rows("r")
