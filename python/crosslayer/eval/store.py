@@ -70,7 +70,10 @@ class RowStore:
             self._write_meta()
 
     def _adopt(self, meta_path: Path) -> None:
-        meta = read_store_meta(meta_path)
+        try:
+            meta = read_store_meta(meta_path)
+        except StoreFormatError as error:
+            raise StoreFormatError(f"{error}; remove {self.directory} to recompute") from None
         expected = {"key": self.key, "n": self.n, "row_shape": list(self.row_shape), "dtype": self.dtype.str}
         found = {name: meta[name] for name in expected}
         if found != expected:
