@@ -112,6 +112,14 @@ def test_float_run_on_a_cache_made_without_floats_is_a_clear_error(retrieval_set
         _features(root, [root / "learn_a"], with_float=True)
 
 
+def test_a_set_cached_with_float_representations_keeps_them_for_every_image(retrieval_set, backbone_cache):
+    root = retrieval_set
+    cache, rset = _features(root, [root / "learn_a"], with_float=True)
+    more = rset.queries.paths + evaluate_module.image_paths(root / "learn_b")
+    assert cache.compute("queries", more, keep_float=False, progress=False) == 6
+    assert cache.load("queries", more)["float_reps"].shape == (10, cache.encoder.Dk * cache.encoder.Dt)
+
+
 def test_float_scores_of_other_queries_or_channels_are_not_reused(retrieval_set, backbone_cache):
     root = retrieval_set
     _features(root, [root / "learn_a"], with_float=True)

@@ -158,6 +158,8 @@ class FeatureCache:
         with index:
             if len(index.codes):
                 self._check_compatible(index, folder, scorer_key, keep_float)
+                # every row of a set has the same side arrays: a set holding float representations keeps them
+                keep_float = FLOAT_REPS in index.codes.side_names
             if index.codes.attributes.get("float_key") != scorer_key:
                 index.codes.set_attributes(dict(index.codes.attributes, float_key=scorer_key))
             encoder = index.encoder
@@ -178,13 +180,12 @@ class FeatureCache:
         return report.added
 
     def _check_compatible(self, index: ImageIndex, folder: Path, scorer_key, keep_float: bool) -> None:
-        """Refuses to extend a set with rows of other side arrays (every row of a set has the same ones)."""
+        """Refuses to extend a set with rows of other float scores, or to want float representations of a set
+        cached without them."""
         recorded = index.codes.attributes.get("float_key")
         if recorded != scorer_key:
             raise FeatureCacheError(f"{folder}: cached with float scores {recorded!r}, requested {scorer_key!r} "
                                     "(other queries or channel counts); use another --cache")
-        if keep_float != (FLOAT_REPS in index.codes.side_names):
-            held = "without" if keep_float else "with"
-            raise FeatureCacheError(f"{folder}: cached {held} float representations (by a "
-                                    f"{'--no-float' if keep_float else 'float'} run); use another --cache, or "
-                                    f"{'--no-float' if keep_float else 'the same float setting'}")
+        if keep_float and FLOAT_REPS not in index.codes.side_names:
+            raise FeatureCacheError(f"{folder}: cached without float representations (by a --no-float run); "
+                                    "use another --cache, or --no-float")
