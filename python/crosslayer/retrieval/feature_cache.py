@@ -143,13 +143,14 @@ class FeatureCache:
 
     # ---- computing -----------------------------------------------------------------------------------------------
     def compute(self, name: str, paths, scorer=None, scorer_key: str | None = None, keep_float: bool = False,
-                commit_images: int | None = None, commit_seconds: float | None = 30.0, on_error: str = "skip",
+                commit_images: int | None = 128, commit_seconds: float | None = 30.0, on_error: str = "skip",
                 progress: bool = True) -> int:
         """Encodes the images of `paths` not yet in set `name`; returns how many were encoded now.
 
         scorer: a `FloatQueryScorer`; each image's float scores against the queries are kept (`scorer_key` says
         against which). keep_float: keep the float representations themselves (queries only: 1.6 MB/image).
-        commit_images / commit_seconds: as `ImageIndex.add` (a kill loses at most that much work)."""
+        commit_images / commit_seconds: as `ImageIndex.add` (a kill loses at most that much work); the image bound
+        also bounds the pending float representations (1.6 MB each) held in memory."""
         folder = self._set_directory(name)
         if ImageIndex.exists(folder):
             index = ImageIndex.resume(folder, self.encoder)
