@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from crosslayer.commands.options import add_command, bounded_int, positive_int
@@ -78,7 +79,12 @@ def run_rebase(args) -> int:
         before = index.root
         index.rebase(args.new_root)
         after = index.root
+        keys = index.keys()
+        missing = [key for key in keys if not os.path.exists(index.path_of(key))]
     print(f"root of {args.db_dir}: {before} -> {after}")
+    if missing:
+        print(f"warning: {len(missing)} of {len(keys)} indexed images are not under {after} (e.g. {missing[0]})",
+              file=sys.stderr)
     return 0
 
 
