@@ -219,3 +219,38 @@ def test_python_dash_m_and_version():
     assert ok(run_cli("--version")).stdout.strip() == f"crosslayer {crosslayer.__version__}"
     done = ok(run_cli("search", "--help"))
     assert "examples:" in done.stdout and "(default: 10)" in done.stdout
+
+
+@pytest.mark.parametrize("ops", ["standard", "custom"])
+def test_export_a_fitted_encoder_to_onnx(photos, index, tmp_path, ops):
+    import onnxruntime as ort
+
+    import crosslayer
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.onnx_encoder import model_metadata
+
+    options = ort.SessionOptions()
+    if ops == "custom":
+        try:
+            options.register_custom_ops_library(crosslayer.ort_ops_library())
+        except crosslayer.NotBuiltError as error:
+            pytest.skip(str(error))
+    _, images = photos
+    out = tmp_path / "encoder.onnx"
+    done = ok(run_cli("export", "--encoder", index / "encoder.xle", "--out", out, "--ops", ops, "--embedding"))
+    assert done.stdout.strip() == str(out)
+    assert model_metadata(out)["ops"] == ops and model_metadata(out)["side"] == str(SIDE)
+    encoder = CrossLayerEncoder.load(index / "encoder.xle")
+    session = ort.InferenceSession(str(out), options)
+    names = [output.name for output in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, {session.get_inputs()[0].name: encoder.load_pixels(images[:2])})))
+    assert outputs["bits"].shape == (2, encoder.Dk, 2, (encoder.Dt + 63) // 64) and outputs["embedding"].shape[0] == 2
+    # backbone-only options do not apply to an encoder, and an encoder export needs a file to write
+    one_line_error(run_cli("export", "--encoder", index / "encoder.xle"), "--out")
+    one_line_error(run_cli("export", "--out", out), "--encoder")
+
+
+def test_python_dash_m_cmake_dir():
+    import crosslayer
+
+    assert ok(run_cli("--cmake-dir")).stdout.strip() == crosslayer.cmake_dir()

@@ -51,10 +51,10 @@ def run(args) -> int:
             raise UsageError(f"--sheet: shows query images; {code_files[0]} holds codes only")
     elif args.heatmaps:
         raise UsageError("--heatmaps: draws on the contact sheet; give --sheet too")
-    images = image_sources(image_queries, "QUERY") if image_queries else []
     timing = {"encode_s": 0.0, "search_s": 0.0}
     queries = []
     with ImageIndex.open(args.db_dir, "r", verify=args.verify, threads=args.threads, weights=args.weights) as index:
+        images = image_sources(image_queries, "QUERY") if image_queries else []
         search = {"top": args.top, "channels": args.channels, "normalize": args.normalize}
         if images:
             results, spent = index.search(images, **search)
