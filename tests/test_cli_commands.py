@@ -87,37 +87,72 @@ def test_heatmap_takes_the_index_network(photos, index, tmp_path):
     assert len(shown) == 4
 
 
-def test_extract_then_info_and_export_from_the_cache(photos, tmp_path):
-    root, _ = photos
-    store = tmp_path / "store"
-    done = ok(run_cli("extract", root / "db", store, *TINY))
-    assert "encoded 6 images" in done.stdout and "extract: 100%" in done.stderr
-    assert "learning the PCA on 6 of 6 images" in done.stderr
-    summary = json.loads(ok(run_cli("info", store)).stdout)
-    assert summary["images"] == 6
-    assert json.loads(ok(run_cli("info", store / "encoder.xle")).stdout)["side"] == SIDE
+def test_extract_then_info_search_and_export_from_the_cache(photos, tmp_path):
+    root, images = photos
+    db = tmp_path / "db"
+    done = ok(run_cli("extract", root / "db", db, *TINY))
+    assert "indexed 6 images (0 already there, 0 failed)" in done.stdout and "index: 100%" in done.stderr
+    # the fit shows progress and its time is counted
+    assert "learning the PCA on 6 of 6 images" in done.stderr and "fit PCA: 100%" in done.stderr
+    assert float(done.stdout.split("(PCA ")[1].split(" s)")[0]) > 0
+    summary = json.loads(ok(run_cli("info", db)).stdout)
+    assert summary["images"] == 6 and "embedding" in summary["side"]  # extract = index build --embeddings
+    # what extract made is an image index: searchable as it is
+    done = ok(run_cli("search", db, images[2], "--top", "2", "--threads", "1"))
+    assert done.stdout.splitlines()[1].split()[2] == str(images[2].resolve())
+    assert json.loads(ok(run_cli("info", db / "encoder.xle")).stdout)["side"] == SIDE
     assert "popcount" in ok(run_cli("info")).stdout
 
     exported = ok(run_cli("export", "--weights", "random")).stdout.strip()
     assert exported.endswith(".onnx")
 
 
+def bad_images(folder):
+    """A 0-byte file, a text file named .jpg and a macOS `._x.jpg` among three good images."""
+    write_block_images(folder, 3, seed=3, side=SIDE)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "text.jpg").write_text("not an image")
+    (folder / "._x.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    return ["empty.jpg", "text.jpg", "._x.jpg"]
+
+
+@pytest.mark.parametrize("command", ["extract", "index build"])
+def test_bad_images_in_the_fit_sample_are_skipped_and_all_reported(command, tmp_path):
+    bad = bad_images(tmp_path / "mixed")
+    db = tmp_path / "db"
+    arguments = ([command, tmp_path / "mixed", db] if command == "extract" else
+                 ["index", "build", db, "--images", tmp_path / "mixed"])
+    done = ok(run_cli(*arguments, *TINY, "--on-error", "skip"))
+    assert "learning the PCA on 6 of 6 images" in done.stderr  # the bad images are in the fit sample
+    assert "indexed 3 images (0 already there, 3 failed)" in done.stdout
+    reported = [line for line in done.stderr.splitlines() if line.startswith("  failed: ")]
+    assert sorted(line.split(": ")[1].rsplit("/", 1)[1] for line in reported) == sorted(bad)
+    # recorded in the index (info shows them) and not retried by a later run unless asked
+    summary = json.loads(ok(run_cli("info", db)).stdout)
+    assert summary["failed"] == 3 and sorted(p.rsplit("/", 1)[1] for p in summary["failures"]) == sorted(bad)
+    done = ok(run_cli(*arguments, *TINY))
+    assert "indexed 0 images (6 already there, 0 failed)" in done.stdout
+    done = ok(run_cli("index", "add", db, "--images", tmp_path / "mixed", "--weights", "random", "--retry-failed"))
+    assert "indexed 0 images (3 already there, 3 failed)" in done.stdout
+
+
 def test_extract_skips_bad_images_and_reports_them(photos, tmp_path):
     root, images = photos
-    store = tmp_path / "store"
-    ok(run_cli("extract", root / "db", store, *TINY))
+    db = tmp_path / "db"
+    ok(run_cli("extract", root / "db", db, *TINY))
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     (mixed / "empty.jpg").write_bytes(b"")
     (mixed / "text.jpg").write_text("not an image")
     write_block_images(mixed, 1, seed=3, side=SIDE)
-    done = ok(run_cli("extract", mixed, store, *TINY))
-    assert "encoded 1 images" in done.stdout and "2 failed" in done.stdout
-    assert "empty.jpg" in done.stdout and "text.jpg" in done.stdout
+    done = ok(run_cli("extract", mixed, db, *TINY))
+    assert "indexed 1 images (0 already there, 2 failed)" in done.stdout
+    assert "empty.jpg" in done.stderr and "text.jpg" in done.stderr
 
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    one_line_error(run_cli("extract", tmp_path / "bad", store, *TINY, "--on-error", "raise"), "broken.jpg")
+    one_line_error(run_cli("extract", tmp_path / "bad", db, *TINY, "--on-error", "raise"), "broken.jpg")
+    assert json.loads(ok(run_cli("info", db)).stdout)["images"] == 7  # nothing lost
 
 
 def test_index_add_reports_bad_images_and_on_error_raise_is_never_ignored(photos, index, tmp_path):
@@ -129,10 +164,9 @@ def test_index_add_reports_bad_images_and_on_error_raise_is_never_ignored(photos
     (tmp_path / "bad" / "empty.png").write_bytes(b"")
     done = ok(run_cli("index", "add", copy, "--images", tmp_path / "bad", "--weights", "random"))
     assert "1 failed" in done.stdout and "empty.png" in done.stderr
-    # stops at the bad image, or (an index that cannot stop at one) refuses before encoding anything
     error = one_line_error(run_cli("index", "add", copy, "--images", tmp_path / "bad", "--weights", "random",
-                                   "--on-error", "raise"))
-    assert "empty.png" in error or "--on-error raise" in error
+                                   "--on-error", "raise", "--retry-failed"))
+    assert "empty.png" in error
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +219,38 @@ def test_python_dash_m_and_version():
     assert ok(run_cli("--version")).stdout.strip() == f"crosslayer {crosslayer.__version__}"
     done = ok(run_cli("search", "--help"))
     assert "examples:" in done.stdout and "(default: 10)" in done.stdout
+
+
+@pytest.mark.parametrize("ops", ["standard", "custom"])
+def test_export_a_fitted_encoder_to_onnx(photos, index, tmp_path, ops):
+    import onnxruntime as ort
+
+    import crosslayer
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.onnx_encoder import model_metadata
+
+    options = ort.SessionOptions()
+    if ops == "custom":
+        try:
+            options.register_custom_ops_library(crosslayer.ort_ops_library())
+        except crosslayer.NotBuiltError as error:
+            pytest.skip(str(error))
+    _, images = photos
+    out = tmp_path / "encoder.onnx"
+    done = ok(run_cli("export", "--encoder", index / "encoder.xle", "--out", out, "--ops", ops, "--embedding"))
+    assert done.stdout.strip() == str(out)
+    assert model_metadata(out)["ops"] == ops and model_metadata(out)["side"] == str(SIDE)
+    encoder = CrossLayerEncoder.load(index / "encoder.xle")
+    session = ort.InferenceSession(str(out), options)
+    names = [output.name for output in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, {session.get_inputs()[0].name: encoder.load_pixels(images[:2])})))
+    assert outputs["bits"].shape == (2, encoder.Dk, 2, (encoder.Dt + 63) // 64) and outputs["embedding"].shape[0] == 2
+    # backbone-only options do not apply to an encoder, and an encoder export needs a file to write
+    one_line_error(run_cli("export", "--encoder", index / "encoder.xle"), "--out")
+    one_line_error(run_cli("export", "--out", out), "--encoder")
+
+
+def test_python_dash_m_cmake_dir():
+    import crosslayer
+
+    assert ok(run_cli("--cmake-dir")).stdout.strip() == crosslayer.cmake_dir()

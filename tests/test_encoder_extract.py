@@ -124,10 +124,10 @@ def test_cli_extract_and_info(backbone_cache, tmp_path, rng, capsys):
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("path,label\n" + "".join(f"photos/{p.rsplit('/', 1)[1]},0\n" for p in paths))
     assert main(["extract", str(manifest), str(tmp_path / "store"), "--side", str(SIDE), "--threads", "2", "--quiet"]) == 0
-    assert "encoded 3 images" in capsys.readouterr().out
+    assert "indexed 3 images" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "store")]) == 0
     out = capsys.readouterr().out
     assert '"images": 3' in out and "mobilenet_v2" in out
     # a rerun with the same settings resumes (other settings are refused: tests/test_resume_checks.py)
     assert main(["extract", str(tmp_path / "photos"), str(tmp_path / "store"), "--side", str(SIDE), "--quiet"]) == 0
-    assert "encoded 0 images" in capsys.readouterr().out
+    assert "indexed 0 images (3 already there" in capsys.readouterr().out

@@ -161,3 +161,32 @@ def test_a_deleted_marker_is_completed_by_the_build_not_a_type_error(backbone_ca
     other = _encoder(pca_dim=8)
     with pytest.raises(ImageIndexError, match="another encoder"):
         ImageIndex.create(tmp_path / "db", other, fit_sources=images)
+
+
+def test_create_records_the_bad_images_of_the_fit_sample(backbone_cache, tmp_path):
+    images = [str(p) for p in write_block_images(tmp_path / "imgs", 3, side=SIDE)]
+    bad = _bad_files(tmp_path / "imgs" / "bad")
+    encoder = _encoder()
+    assert ImageIndex.will_fit(tmp_path / "db", encoder)
+    with ImageIndex.create(tmp_path / "db", encoder, fit_sources=images + bad, on_error="skip") as index:
+        assert sorted(index.failures()) == bad and encoder.fit_seconds_ > 0
+        assert sorted(index.codes.attributes["failed"]) == sorted(f"bad/{os.path.basename(p)}" for p in bad)
+        report = index.add(images + bad, progress=False)  # recorded: not retried
+        assert (report.added, report.skipped, report.failed) == (3, 3, [])
+        assert not ImageIndex.will_fit(tmp_path / "db", encoder)
+        # ids by key or path, repeats and absent keys named; export of those codes
+        assert index.ids_of(["img01.png", images[2]]).tolist() == [1, 2]
+        with pytest.raises(UsageError, match="more than once"):
+            index.ids_of(["img01.png", images[1]])
+        with pytest.raises(UsageError, match="not in the index"):
+            index.ids_of(["bad/empty.jpg"])
+        assert index.export(tmp_path / "two.xlc", ["img00.png", "img02.png"]) == 2
+        exported = Codes.load(tmp_path / "two.xlc")
+        assert exported.keys == ["img00.png", "img02.png"]
+        results, _ = index.search_codes(exported, top=1)
+        assert [hits[0].key for hits in results] == ["img00.png", "img02.png"]
+    from crosslayer.images import ImageError
+
+    with pytest.raises(ImageError, match="/bad/.*not a recognised image format"):
+        ImageIndex.create(tmp_path / "db2", _encoder(), fit_sources=images + bad, on_error="raise")
+    assert not (tmp_path / "db2").exists()

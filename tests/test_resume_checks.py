@@ -138,7 +138,7 @@ def test_cli_extract_checks_its_flags_on_resume(backbone_cache, tmp_path, capsys
     runtime = [a for a in TINY if a not in ("--batch-size", "4", "--threads", "1")]
     assert main(["extract", str(tmp_path / "imgs"), store, "--quiet", *runtime, "--batch-size", "3", "--threads", "2",
                  "--decode-workers", "1"]) == 0
-    assert "encoded 1 images" in capsys.readouterr().out
+    assert "indexed 1 images (3 already there" in capsys.readouterr().out
     assert used == {"batch_size": 3, "threads": 2, "decode_workers": 1}
 
 

@@ -88,8 +88,10 @@ class Store:
 class ExtractReport:
     done: int = 0  # images encoded by this run
     skipped: int = 0  # already in the store, recorded as failed, or given twice
-    failed: list = field(default_factory=list)  # (path, reason)
-    seconds: float = 0.0
+    failed: list = field(default_factory=list)  # (path, reason), the PCA fit's bad images first
+    seconds: float = 0.0  # the whole run, PCA fit included
+    fit_seconds: float = 0.0  # the PCA fit (0 when the encoder was fitted already)
+    total: int = 0  # images in the store after this run
 
 
 def resolve_sources(sources) -> tuple[list[str], int]:
@@ -108,21 +110,32 @@ def extract(sources, store_dir, encoder: CrossLayerEncoder | None = None, chunk_
     encoder: a configured (optionally fitted) encoder; unfitted, its PCA is learnt on `fit_sources` (default: the
     sources); None: the stored one (or the default encoder for a new store). chunk_size: commit at least every that
     many images (and every `commit_seconds`). on_error: "skip" records a bad image and goes on; "raise" stops with
-    its ImageError (what was encoded before stays)."""
+    its ImageError (what was encoded before stays); it applies to the PCA fit too, whose bad images are recorded
+    and reported like the others. progress: bars for the fit and the encoding."""
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise UsageError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
     sources, repeats = resolve_sources(sources)
     start = time.perf_counter()
     directory = Path(store_dir)
+    fit_failures, fit_seconds = [], 0.0
     if ImageIndex.exists(directory):
         index = (ImageIndex.open(directory, "a") if encoder is None else ImageIndex.resume(directory, encoder))
     else:
-        index = ImageIndex.create(directory, encoder or CrossLayerEncoder(),
-                                  fit_sources=fit_sources if fit_sources is not None else sources,
-                                  embeddings=save_embedding)
+        encoder = encoder or CrossLayerEncoder()
+        fitting = ImageIndex.will_fit(directory, encoder)
+        index = ImageIndex.create(directory, encoder, fit_sources=fit_sources if fit_sources is not None else sources,
+                                  embeddings=save_embedding, on_error=on_error, progress=progress)
+        if fitting:
+            fit_failures, fit_seconds = list(index.encoder.fit_failures_), index.encoder.fit_seconds_
     with index:
         added = index.add(sources, commit_seconds=commit_seconds, commit_images=chunk_size, on_error=on_error,
                           retry_failed=retry_failed, embeddings=save_embedding if len(index.codes) == 0 else None,
                           progress=progress)
-    return ExtractReport(done=added.added, skipped=repeats + added.skipped, failed=added.failed,
-                         seconds=time.perf_counter() - start)
+        total = len(index)
+    # the fit's bad images are recorded failures, which `add` skips (or retries and reports): this run's failures
+    if retry_failed:
+        fit_failures = []
+    sampled = {str(Path(path).resolve()) for path, _ in fit_failures} & set(sources)
+    return ExtractReport(done=added.added, skipped=repeats + added.skipped - len(sampled),
+                         failed=[(str(path), reason) for path, reason in fit_failures] + added.failed,
+                         seconds=time.perf_counter() - start, fit_seconds=fit_seconds, total=total)

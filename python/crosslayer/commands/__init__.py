@@ -8,6 +8,7 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import sys
@@ -34,10 +35,29 @@ def build_parser() -> Parser:
     parser = Parser(prog="crosslayer", description="Cross-convolutional-layer pooling: images to sign codes, "
                     "searched with masked popcount.", epilog=EXAMPLES, formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"crosslayer {__version__}")
+    parser.add_argument("--cmake-dir", action=PrintAndExit, nargs=0, source="cmake_dir",
+                        help="print the folder of crosslayerConfig.cmake (for -Dcrosslayer_DIR=...) and exit")
     commands = subcommands(parser, "command")
     for family in FAMILIES:
         family.register(commands)
     return parser
+
+
+class PrintAndExit(argparse.Action):
+    """An option that prints what a function of the package returns, then exits (like --version)."""
+
+    def __init__(self, option_strings, dest, source: str, **kwargs):
+        self.source = source
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import crosslayer
+
+        try:
+            print(getattr(crosslayer, self.source)())
+        except CrossLayerError as error:
+            _fail(parser.prog, error)
+        parser.exit()
 
 
 def _fail(prog: str, message) -> None:
@@ -73,9 +93,6 @@ def main(argv=None) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
     except CrossLayerError as error:
-        _fail(prog, error)
-    except ValueError as error:
-        # argument checks of the library that do not raise UsageError yet (plain ValueError)
         _fail(prog, error)
     except OSError as error:
         if error.filename is not None:

@@ -1,83 +1,103 @@
-"""`crosslayer index build|add`: an on-disk image index, built (resumably) and extended."""
+"""`crosslayer index build|add` (and `crosslayer extract`, the same build): images into an on-disk image index.
+
+The management actions (ls, rm, compact, verify, export, rebase) live in `commands.index_manage`."""
 
 from __future__ import annotations
 
-import inspect
 import sys
 
+from crosslayer.commands import index_manage
 from crosslayer.commands.options import (add_command, add_encoder_options, add_on_error_option, add_quiet_option,
-                                         add_runtime_options, add_weights_option, build_encoder, fit_with_notice,
-                                         image_sources, runtime_options, subcommands)
-from crosslayer.errors import UsageError
+                                         add_runtime_options, add_weights_option, build_encoder, image_sources,
+                                         positive_float, runtime_options, subcommands)
 
 BUILD_EXAMPLES = """\
   crosslayer index build db --images photos/               # every image under photos/
   crosslayer index build db --images a/ b.csv c.jpg --side 224 --pca-dim 64
   crosslayer index build db --images photos/               # again: resumes, encodes only what is missing
+  crosslayer index build db --images photos/ --embeddings --commit-seconds 10
 """
 ADD_EXAMPLES = """\
   crosslayer index add db --images new-photos/
   crosslayer index add db --images more.csv --weights /moved/vgg16.pth
+  crosslayer index add db --images photos/ --retry-failed  # try the images recorded as bad again
 """
 IMAGES_HELP = "image folders (their manifest.csv if they have one), CSV manifests (first column 'path') or image files"
 
 
+def add_build_options(parser) -> None:
+    """What `index build` and its alias `extract` take besides their inputs."""
+    add_encoder_options(parser)
+    parser.add_argument("--encoder", default=None,
+                        help="a fitted encoder file (.xle) to use as it is, instead of the encoder options and a PCA "
+                             "fit (default: learn one)")
+    add_runtime_options(parser)
+    add_adding_options(parser)
+
+
+def add_adding_options(parser, embeddings_help: str = "keep each image's pooled backbone embedding (a side array)"):
+    add_on_error_option(parser)
+    parser.add_argument("--commit-seconds", type=positive_float, default=30.0,
+                        help="commit the work done at least this often: a kill loses at most that much")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="encode again the images recorded as bad by an earlier run (default: skipped)")
+    parser.add_argument("--embeddings", action="store_true", help=embeddings_help)
+    add_quiet_option(parser)
+
+
 def run_build(args) -> int:
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.extract import extract
     from crosslayer.retrieval.image_index import ImageIndex
 
-    encoder = build_encoder(args)
-    sources = image_sources(args.images, "--images")
-    fit_seconds = 0.0
+    encoder = CrossLayerEncoder.load(args.encoder, **runtime_options(args)) if args.encoder else build_encoder(args)
+    sources = image_sources(args.images, args.images_option)
+    progress = not args.quiet
     if ImageIndex.exists(args.db_dir):
-        index = ImageIndex.resume(args.db_dir, encoder)
-        print(f"resuming the build of {args.db_dir} ({len(index)} images indexed)", file=sys.stderr)
-    else:
-        if not ImageIndex.interrupted_creation(args.db_dir):  # an interrupted creation has its saved, fitted encoder
-            fit_seconds = fit_with_notice(encoder, sources, progress=not args.quiet)
-        index = ImageIndex.create(args.db_dir, encoder, fit_sources=sources)
-    return _add(index, sources, args, fit_seconds)
+        print(f"resuming the build of {args.db_dir}", file=sys.stderr)
+    elif progress and ImageIndex.will_fit(args.db_dir, encoder):
+        count = min(len(sources), encoder.fit_images) if encoder.fit_images else len(sources)
+        print(f"learning the PCA on {count} of {len(sources)} images ...", file=sys.stderr, flush=True)
+    report = extract(sources, args.db_dir, encoder, save_embedding=args.embeddings, on_error=args.on_error,
+                     progress=progress, commit_seconds=args.commit_seconds, retry_failed=args.retry_failed)
+    _print_report(report.done, report.skipped, report.failed, report.seconds, report.fit_seconds, report.total,
+                  args.db_dir)
+    return 0
 
 
 def run_add(args) -> int:
     from crosslayer.retrieval.image_index import ImageIndex
 
     sources = image_sources(args.images, "--images")
-    index = ImageIndex.open(args.db_dir, "a", weights=args.weights, **runtime_options(args))
-    return _add(index, sources, args, 0.0)
-
-
-def _on_error_keywords(add, on_error: str) -> dict:
-    """`ImageIndex.add` skips and reports bad images; it stops at one only if it takes on_error."""
-    if "on_error" in inspect.signature(add).parameters:
-        return {"on_error": on_error}
-    if on_error == "raise":
-        raise UsageError("--on-error raise: this image index always skips and reports bad images; use --on-error skip")
-    return {}
-
-
-def _add(index, sources, args, fit_seconds: float) -> int:
-    with index:
-        report = index.add(sources, progress=not args.quiet, **_on_error_keywords(index.add, args.on_error))
-        print(f"indexed {report.added} images ({report.skipped} already there, {len(report.failed)} failed) "
-              f"in {report.seconds + fit_seconds:.1f} s (PCA {fit_seconds:.1f} s); {len(index)} in {index.directory}")
-        for path, reason in report.failed:
-            print(f"  failed: {path}: {reason}", file=sys.stderr)
+    with ImageIndex.open(args.db_dir, "a", weights=args.weights, **runtime_options(args)) as index:
+        report = index.add(sources, commit_seconds=args.commit_seconds, on_error=args.on_error,
+                           retry_failed=args.retry_failed, embeddings=True if args.embeddings else None,
+                           progress=not args.quiet)
+        total = len(index)
+    _print_report(report.added, report.skipped, report.failed, report.seconds, 0.0, total, args.db_dir)
     return 0
 
 
+def _print_report(added: int, skipped: int, failed: list, seconds: float, fit_seconds: float, total: int,
+                  directory) -> None:
+    print(f"indexed {added} images ({skipped} already there, {len(failed)} failed) in {seconds:.1f} s "
+          f"(PCA {fit_seconds:.1f} s); {total} in {directory}")
+    for path, reason in failed:
+        print(f"  failed: {path}: {reason}", file=sys.stderr)
+
+
 def register(commands) -> None:
-    group = commands.add_parser("index", help="build or extend an on-disk image index",
-                                description="Build or extend an on-disk image index (searched with 'crosslayer search').")
+    group = commands.add_parser("index", help="build, extend, list, check and maintain an on-disk image index",
+                                description="Build, extend, list, check and maintain an on-disk image index "
+                                            "(searched with 'crosslayer search', described by 'crosslayer info').")
     actions = subcommands(group, "index_command")
 
     build = add_command(actions, "build", run_build, "index images (resumes an interrupted build of the same DB_DIR)",
                         BUILD_EXAMPLES)
     build.add_argument("db_dir", metavar="DB_DIR", help="the index directory (created, or resumed)")
     build.add_argument("--images", nargs="+", required=True, help=IMAGES_HELP)
-    add_encoder_options(build)
-    add_runtime_options(build)
-    add_on_error_option(build)
-    add_quiet_option(build)
+    build.set_defaults(images_option="--images")
+    add_build_options(build)
 
     add = add_command(actions, "add", run_add, "add images to an existing index (already indexed paths are skipped)",
                       ADD_EXAMPLES)
@@ -85,5 +105,7 @@ def register(commands) -> None:
     add.add_argument("--images", nargs="+", required=True, help=IMAGES_HELP)
     add_weights_option(add, recorded=True)
     add_runtime_options(add)
-    add_on_error_option(add)
-    add_quiet_option(add)
+    add_adding_options(add, embeddings_help="start keeping embeddings (an empty index only); an index that keeps "
+                                            "them always does")
+
+    index_manage.register(actions)

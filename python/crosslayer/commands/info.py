@@ -1,4 +1,4 @@
-"""`crosslayer info [PATH]`: build info, or what a store, an image index or an encoder file holds."""
+"""`crosslayer info [PATH]`: build info, or what an image index or an encoder file holds."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ from crosslayer.errors import UsageError
 
 EXAMPLES = """\
   crosslayer info                  # what the compiled core was built with
-  crosslayer info my-index         # an image index: images, encoder settings
-  crosslayer info my-store         # a store made by 'crosslayer extract'
+  crosslayer info my-index         # an image index: images, deleted, failed (with reasons), bytes, encoder, root
   crosslayer info encoder.xle      # an encoder file
 """
 
@@ -25,25 +24,22 @@ def run(args) -> int:
     from pathlib import Path
 
     from crosslayer.encoder import CrossLayerEncoder
-    from crosslayer.extract import Store
     from crosslayer.retrieval.image_index import ImageIndex
 
     path = Path(args.path)
     if not path.exists():
-        raise UsageError(f"PATH: {path} does not exist (expected a store, an image index or an encoder file)")
+        raise UsageError(f"PATH: {path} does not exist (expected an image index or an encoder file)")
     if not path.is_dir():
         summary = CrossLayerEncoder.read_meta(path)
-    elif ImageIndex.exists(path) or ImageIndex.interrupted_creation(path):
-        with ImageIndex.open(path, "r") as index:
-            summary = index.summary()
     else:
-        summary = Store(path).summary()
+        with ImageIndex.open(path, "r") as index:
+            summary = dict(index.summary(), failures=index.failures())
     print(json.dumps(summary, indent=1))
     return 0
 
 
 def register(commands) -> None:
-    parser = add_command(commands, "info", run, "build info, or what a store, an image index or an encoder file holds",
-                         EXAMPLES)
+    parser = add_command(commands, "info", run, "build info, or what an image index (made by 'index build' or "
+                         "'extract') or an encoder file holds", EXAMPLES)
     parser.add_argument("path", nargs="?", default=None, metavar="PATH",
-                        help="a store directory, an image index directory or an encoder file (default: build info)")
+                        help="an image index directory or an encoder file (default: build info)")

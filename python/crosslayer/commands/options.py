@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from crosslayer.config import ENCODER_DEFAULTS, MAX_SIDE, MIN_SIDE, EncoderConfig
 from crosslayer.errors import UsageError
@@ -91,6 +90,19 @@ def bounded_int(low: int, high: int | None = None):
 
 
 positive_int = bounded_int(1)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
 
 
 def channel_count(text: str) -> int | None:
@@ -228,27 +240,6 @@ def runtime_options(args) -> dict:
     """The runtime options given, as keywords of `CrossLayerEncoder.load` / `ImageIndex.open`."""
     names = ("batch_size", "threads", "decode_workers")
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
-
-
-def fit_with_notice(encoder, sources, progress: bool = True) -> float:
-    """Learns the encoder's PCA, saying so first (it runs the backbone on up to --fit-images images before the
-    encoding's progress bar; with its own bar where `fit` offers one); returns the seconds it took, which the command
-    counts in its reported time."""
-    import inspect
-    import time
-
-    count = min(len(sources), encoder.fit_images) if encoder.fit_images else len(sources)
-    if progress:
-        print(f"learning the PCA on {count} of {len(sources)} images ...", file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    if "progress" in inspect.signature(encoder.fit).parameters:
-        encoder.fit(sources, progress=progress)
-    else:
-        encoder.fit(sources)
-    seconds = time.perf_counter() - start
-    if progress:
-        print(f"PCA learnt in {seconds:.1f} s", file=sys.stderr, flush=True)
-    return seconds
 
 
 def image_sources(values, option: str) -> list[str]:

@@ -1,49 +1,128 @@
-"""`crosslayer search DB_DIR QUERY...`: ranked hits from an image index, optionally as a contact sheet."""
+"""`crosslayer search DB_DIR QUERY...`: ranked hits from an image index, as text, JSON or a contact sheet.
+
+Queries are images (files, folders, CSV manifests: encoded with the index's encoder), code files (.xlc, e.g. from
+`index export`: used as they are, refused if another encoder made them) or indexed images (`--key`: their stored
+codes, nothing re-encoded)."""
 
 from __future__ import annotations
 
+import json
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from crosslayer.commands.options import (add_command, add_threads_option, add_weights_option, channel_count,
-                                         positive_int)
+                                         image_sources, positive_int)
 from crosslayer.errors import UsageError
 
 EXAMPLES = """\
   crosslayer search db query.jpg                           # top 10 over each query's 50 strongest channels
   crosslayer search db q1.jpg q2.jpg --top 5 --channels all
+  crosslayer search db queries/ --json > hits.json         # every image of a folder (or a CSV) as a query
+  crosslayer search db --key holiday/img_001.jpg --normalize
+  crosslayer search db exported.xlc                        # codes from 'crosslayer index export'
   crosslayer search db query.jpg --sheet hits.png --heatmaps
 """
+SCORE_HELP = ("a raw score is the masked ternary dot product of the sign codes over the compared channels: an "
+              "integer in [-(channels*Dt), channels*Dt], Dt being the PCA dimension")
+CODE_FILE_SUFFIX = ".xlc"
+
+
+@dataclass
+class Query:
+    label: str  # as given: an image path, a key, or FILE.xlc#row (or the key stored with that row)
+    kind: str  # "image", "key" or "codes"
+    image: str | None  # the image file, when there is one (for the sheet)
+    hits: list
 
 
 def run(args) -> int:
-    from crosslayer.retrieval.channels import channel_label
     from crosslayer.retrieval.image_index import ImageIndex
-    from crosslayer.retrieval.sheet import SheetHit, SheetRow, check_sheet_path, render_sheet
+    from crosslayer.retrieval.sheet import check_sheet_path
 
     # every argument is checked before the backbone runs on the queries
+    code_files = [q for q in args.queries if Path(q).suffix.lower() == CODE_FILE_SUFFIX]
+    image_queries = [q for q in args.queries if q not in code_files]
+    if not args.queries and not args.keys:
+        raise UsageError("QUERY: give query images (files, folders or CSV manifests), code files (.xlc) or --key KEY")
     if args.sheet:
         check_sheet_path(args.sheet)
+        if code_files:
+            raise UsageError(f"--sheet: shows query images; {code_files[0]} holds codes only")
     elif args.heatmaps:
         raise UsageError("--heatmaps: draws on the contact sheet; give --sheet too")
-    with ImageIndex.open(args.db_dir, "r", threads=args.threads, weights=args.weights) as index:
-        results, timing = index.search(args.queries, args.top, args.channels)
+    timing = {"encode_s": 0.0, "search_s": 0.0}
+    queries = []
+    with ImageIndex.open(args.db_dir, "r", verify=args.verify, threads=args.threads, weights=args.weights) as index:
+        images = image_sources(image_queries, "QUERY") if image_queries else []
+        search = {"top": args.top, "channels": args.channels, "normalize": args.normalize}
+        if images:
+            results, spent = index.search(images, **search)
+            queries += [Query(path, "image", path, hits) for path, hits in zip(images, results)]
+            _add_times(timing, spent)
+        for file in code_files:
+            codes = _read_code_file(file)
+            results, spent = index.search_codes(codes, **search)
+            labels = codes.keys or [f"{file}#{row}" for row in range(len(codes))]
+            queries += [Query(label, "codes", None, hits) for label, hits in zip(labels, results)]
+            _add_times(timing, spent)
+        if args.keys:
+            results, spent = index.search_keys(args.keys, **search)
+            queries += [Query(key, "key", index.path_of(key), hits) for key, hits in zip(args.keys, results)]
+            _add_times(timing, spent)
         indexed = len(index)
-        query_views = ([_attended_query(index.encoder, q, args.channels) for q in args.queries]
-                       if args.heatmaps else None)
-    for query, hits in zip(args.queries, results):
-        print(f"query {query}")
-        for hit in hits:
-            print(f"  {hit.rank:>3}  {hit.score:>8}  {hit.path}")
-    n = len(args.queries)
+        views = ([_attended_query(index.encoder, q.image, args.channels) for q in queries] if args.heatmaps else None)
+    _print_results(args, queries, timing, indexed)
+    if args.sheet:
+        _write_sheet(args, queries, views)
+    return 0
+
+
+def _add_times(total: dict, spent: dict) -> None:
+    for name, seconds in spent.items():
+        total[name] += seconds
+
+
+def _read_code_file(file):
+    from crosslayer.codes import Codes
+
+    if not Path(file).is_file():
+        raise UsageError(f"QUERY: {file} does not exist (expected a code file)")
+    return Codes.load(file)
+
+
+def _print_results(args, queries: list, timing: dict, indexed: int) -> None:
+    n = len(queries)
+    if args.json:
+        document = {
+            "index": str(args.db_dir), "indexed": indexed, "top": args.top, "channels": args.channels,
+            "score": "normalized" if args.normalize else "raw",
+            "queries": [{"query": q.label, "kind": q.kind,
+                         "hits": [{"rank": h.rank, "key": h.key, "path": h.path, "score": h.score, "id": h.id}
+                                  for h in q.hits]} for q in queries],
+            "timings": {**timing, "encode_ms_per_query": 1e3 * timing["encode_s"] / n,
+                        "search_ms_per_query": 1e3 * timing["search_s"] / n},
+        }
+        print(json.dumps(document, indent=1))
+    else:
+        for query in queries:
+            print(f"query {query.label}")
+            for hit in query.hits:
+                score = f"{hit.score:>8.4f}" if args.normalize else f"{hit.score:>8}"
+                print(f"  {hit.rank:>3}  {score}  {hit.path}")
     print(f"encode {1e3 * timing['encode_s'] / n:.1f} ms/query, search {1e3 * timing['search_s'] / n:.2f} ms/query "
           f"over {indexed} images", file=sys.stderr)
-    if args.sheet:
-        rows = [SheetRow(q, [SheetHit(h.path, h.score) for h in hits]) for q, hits in zip(args.queries, results)]
-        for row, view in zip(rows, query_views or []):
-            row.query_pixels, row.query_caption = view, f"query, heat: {channel_label(args.channels)} ch"
-        render_sheet(rows, args.sheet)
-        print(f"sheet: {args.sheet}", file=sys.stderr)
-    return 0
+
+
+def _write_sheet(args, queries: list, views) -> None:
+    from crosslayer.retrieval.channels import channel_label
+    from crosslayer.retrieval.sheet import SheetHit, SheetRow, render_sheet
+
+    rows = [SheetRow(q.image, [SheetHit(h.path, h.score) for h in q.hits]) for q in queries]
+    for row, view in zip(rows, views or []):
+        row.query_pixels, row.query_caption = view, f"query, heat: {channel_label(args.channels)} ch"
+    render_sheet(rows, args.sheet)
+    print(f"sheet: {args.sheet}", file=sys.stderr)
 
 
 def _attended_query(encoder, query, channels):
@@ -61,13 +140,27 @@ def _attended_query(encoder, query, channels):
 
 
 def register(commands) -> None:
-    parser = add_command(commands, "search", run, "search an image index with query images", EXAMPLES)
+    from crosslayer.index import VERIFY_POLICIES
+
+    parser = add_command(commands, "search", run, "search an image index with query images, code files or indexed "
+                         "images", EXAMPLES)
     parser.add_argument("db_dir", metavar="DB_DIR", help="an image index directory")
-    parser.add_argument("queries", nargs="+", metavar="QUERY_IMAGE", help="query image files")
+    parser.add_argument("queries", nargs="*", metavar="QUERY",
+                        help="query image files, folders or CSV manifests (first column 'path'), or code files "
+                             "(.xlc) of the same encoder")
+    parser.add_argument("--key", dest="keys", nargs="+", default=None, metavar="KEY",
+                        help="indexed images as queries, by key or path: their stored codes, not re-encoded")
     parser.add_argument("--top", type=positive_int, default=10, help="hits per query")
     parser.add_argument("--channels", type=channel_count, default=50,
-                        help="guidance channels compared per query (its strongest), or 'all'; a score is the "
-                             "popcount similarity summed over them")
+                        help="guidance channels compared per query (its strongest), or 'all'; " + SCORE_HELP)
+    parser.add_argument("--normalize", action="store_true",
+                        help="report scores divided by sqrt(nonzeros of query * nonzeros of hit) over the compared "
+                             "channels: in [-1, 1] (the ranking is the raw one) (default: raw scores)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON document: queries, hits (rank, key, path, score, id), timings")
+    parser.add_argument("--verify", choices=VERIFY_POLICIES, default="lazy",
+                        help="checksums: 'lazy' checks each segment the search reads, once; 'full' the whole index "
+                             "first; 'none' sizes and headers only")
     parser.add_argument("--sheet", default=None,
                         help="write a contact sheet of the results, .png or .html (default: none)")
     parser.add_argument("--heatmaps", action="store_true", help="on the sheet, overlay each query with where its "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class Hit:
     path: str  # absolute, under the index's current root
     score: float  # raw masked ternary dot product (int), or normalised to [-1, 1]
     id: int
+    key: str | None = None  # the stored key: the path relative to the index's root
 
 
 def common_folder(paths) -> str:
@@ -84,15 +86,25 @@ class ImageIndex:
                    for entry in directory.iterdir())
 
     @classmethod
+    def will_fit(cls, directory, encoder: CrossLayerEncoder) -> bool:
+        """Whether `create(directory, encoder, ...)` would learn the encoder's PCA (it is unfitted and `directory`
+        holds no interrupted creation with its saved, fitted encoder)."""
+        return encoder.pca_ is None and not cls.exists(directory) and not cls.interrupted_creation(directory)
+
+    @classmethod
     def create(cls, directory, encoder: CrossLayerEncoder, fit_sources=None, root=None,
-               embeddings: bool = False) -> "ImageIndex":
+               embeddings: bool = False, on_error: str = "skip", progress: bool = False) -> "ImageIndex":
         """A new index in `directory` (absent or empty); an unfitted encoder learns its PCA on `fit_sources`.
 
         root: the folder keys are relative to (default: the common folder of `fit_sources`, else of the first
-        `add`). embeddings: keep each image's pooled backbone embedding (side array "embedding").
+        `add`). embeddings: keep each image's pooled backbone embedding (side array "embedding"). on_error and
+        progress are the fit's (`CrossLayerEncoder.fit`): with "skip", the bad images of the fit sample are recorded
+        as the index's failures (so `add` does not retry them unless asked, and `info` shows them); the fit's time
+        is `encoder.fit_seconds_`.
         A directory left by an interrupted creation (or whose marker was deleted) is completed with its saved
         encoder and codes, provided `encoder` is the same (ImageIndexError naming the differences otherwise)."""
         directory = Path(directory)
+        fit_failures = []
         if cls.interrupted_creation(directory):
             encoder = cls._load_checked(directory, encoder)
             codes = _completed_code_index(directory / "codes", encoder, embeddings)
@@ -105,14 +117,21 @@ class ImageIndex:
             if encoder.pca_ is None:
                 if not fit_sources:
                     raise UsageError("images: need at least one image to learn the encoder's PCA on")
-                encoder.fit(fit_sources)
+                encoder.fit(fit_sources, on_error=on_error, progress=progress)
+                fit_failures = encoder.fit_failures_
             directory.mkdir(parents=True, exist_ok=True)
             encoder.save(directory / "encoder.xle")
             codes = _new_code_index(directory / "codes", encoder, embeddings)
         if root is None and codes.attributes.get("root") is None and fit_sources:
             root = common_folder(fit_sources)
+        attributes = codes.attributes
         if root is not None:
-            codes.set_attributes(dict(codes.attributes, root=str(Path(root).resolve())))
+            attributes["root"] = str(Path(root).resolve())
+        if fit_failures and attributes.get("root") is not None:
+            attributes.setdefault("failed", {}).update(
+                {_relative_key(path, attributes["root"]): reason for path, reason in fit_failures})
+        if attributes != codes.attributes:
+            codes.set_attributes(attributes)
         write_json(directory / _MARKER, INDEX_FORMAT, INDEX_VERSION, {})
         return cls(directory, encoder, codes)
 
@@ -169,7 +188,7 @@ class ImageIndex:
 
     def failures(self) -> dict:
         """{path: reason} of the images recorded as unusable (not retried unless asked)."""
-        return {self._absolute(key): reason for key, reason in self.codes.attributes.get("failed", {}).items()}
+        return {self.path_of(key): reason for key, reason in self.codes.attributes.get("failed", {}).items()}
 
     def summary(self) -> dict:
         """What the index holds, for `crosslayer info`."""
@@ -204,15 +223,16 @@ class ImageIndex:
     def __len__(self) -> int:
         return self.codes.live_count
 
-    def _absolute(self, key: str) -> str:
+    def path_of(self, key: str) -> str:
+        """The absolute path of an image given by its key (under the current root)."""
         return os.path.normpath(os.path.join(self.root, key)) if self.root is not None else key
 
     def _key_of(self, path) -> str:
-        return Path(os.path.relpath(str(Path(path).resolve()), self.root)).as_posix()
+        return _relative_key(path, self.root)
 
     def paths(self) -> list[str]:
         """Absolute paths of the live images, in id order."""
-        return [self._absolute(key) for key in self.codes.keys(self.codes.live_ids())]
+        return [self.path_of(key) for key in self.codes.keys(self.codes.live_ids())]
 
     def keys(self) -> list[str]:
         """The stored keys (paths relative to the root) of the live images, in id order."""
@@ -234,6 +254,28 @@ class ImageIndex:
     def remove(self, paths) -> int:
         """Tombstones the images given by path (absolute, or a key relative to the root); returns how many."""
         return self.codes.delete_keys([self._lookup_key(p) for p in paths])
+
+    def ids_of(self, keys) -> np.ndarray:
+        """The ids (int64) of the live images given by path (absolute, or a key relative to the root), in order;
+        UsageError naming those not indexed, or given more than once."""
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("keys: expected a sequence of paths, got a single string")
+        keys = list(keys)
+        lookup = [self._lookup_key(k) for k in keys]
+        counts = Counter(lookup)
+        repeated = sorted({str(k) for k, stored in zip(keys, lookup) if counts[stored] > 1})
+        if repeated:
+            raise UsageError(f"keys: given more than once: {repeated[:5]}")
+        ids = self.codes.find(lookup)
+        absent = [k for k, i in zip(keys, ids) if i < 0]
+        if absent:
+            raise UsageError(f"keys: not in the index: {absent[:5]}")
+        return ids
+
+    def export(self, path, keys=None) -> int:
+        """Writes the codes of the images `keys` (default: every live image) with their keys (relative to the root)
+        and the encoder identity to one code file (`Codes.load` reads it); returns how many."""
+        return self.codes.export(path, None if keys is None else self.ids_of(keys))
 
     def _lookup_key(self, given) -> str:
         given = str(given)
@@ -372,26 +414,34 @@ class ImageIndex:
         paths (absolute, or relative to the root); UsageError naming those not indexed."""
         top = check_positive_int(top, "top")
         channels = check_channel_count(channels, self.encoder.Dk)
-        if isinstance(keys, (str, bytes)):
-            raise TypeError("keys: expected a sequence of paths, got a single string")
         start = time.perf_counter()
-        lookup = [self._lookup_key(k) for k in keys]
-        ids = self.codes.find(lookup)
-        absent = [k for k, i in zip(keys, ids) if i < 0]
-        if absent:
-            raise UsageError(f"keys: not in the index: {absent[:5]}")
-        query_codes = self.codes.get(ids)
+        query_codes = self.codes.get(self.ids_of(keys))
         fetched = time.perf_counter()
         results = self._hits(query_codes, top, channels, normalize)
         return results, {"encode_s": fetched - start, "search_s": time.perf_counter() - fetched}
 
+    def search_codes(self, query_codes, top: int = 10, channels: int | None = 50, normalize: bool = False):
+        """`search` with given query codes (e.g. read from an exported .xlc): they must be this index's encoder's
+        (IdentityMismatchError naming both otherwise; UsageError for another shape)."""
+        top = check_positive_int(top, "top")
+        channels = check_channel_count(channels, self.encoder.Dk)
+        start = time.perf_counter()
+        results = self._hits(query_codes, top, channels, normalize)
+        return results, {"encode_s": 0.0, "search_s": time.perf_counter() - start}
+
     def _hits(self, query_codes, top, channels, normalize) -> list:
         scores, ids = self.codes.search(query_codes, top, channels, normalize=normalize)
         all_ids = sorted({int(i) for row in ids for i in row})
-        path_of = dict(zip(all_ids, (self._absolute(k) for k in self.codes.keys(all_ids)))) if all_ids else {}
+        key_of = dict(zip(all_ids, self.codes.keys(all_ids))) if all_ids else {}
         convert = float if normalize else int
-        return [[Hit(rank + 1, path_of[int(i)], convert(s), int(i)) for rank, (s, i) in enumerate(zip(srow, irow))]
+        return [[Hit(rank + 1, self.path_of(key_of[int(i)]), convert(s), int(i), key_of[int(i)])
+                 for rank, (s, i) in enumerate(zip(srow, irow))]
                 for srow, irow in zip(scores, ids)]
+
+
+def _relative_key(path, root: str) -> str:
+    """The key of an image: its resolved path relative to `root`, with POSIX separators."""
+    return Path(os.path.relpath(str(Path(path).resolve()), root)).as_posix()
 
 
 def _is_atomic_write_leftover(name: str) -> bool:
