@@ -210,13 +210,10 @@ def test_custom_graph_is_one_pool_codes_node(fitted):
 
 
 def _ort_ops_library():
-    library = getattr(crosslayer, "ort_ops_library", None)
-    if library is None:
-        pytest.skip("crosslayer.ort_ops_library is not in this build (the libcrosslayer_ortops branch provides it)")
-    path = library()
-    if path is None or not Path(path).exists():
-        pytest.skip("libcrosslayer_ortops was not built (CROSSLAYER_ORT_INCLUDE_DIR unset)")
-    return path
+    try:
+        return crosslayer.ort_ops_library()
+    except crosslayer.NotBuiltError as exc:
+        pytest.skip(str(exc))
 
 
 def test_custom_graph_gives_the_encoders_codes(fitted):
