@@ -5,7 +5,10 @@ Decoding is excluded from both: the images are decoded and resized once (`CrossL
 ONNX model gets those uint8 pixels and `encode` gets the same arrays (it still normalises them, in its decode
 threads, as the graph does inside). Before timing, each model's codes are checked against `encode`'s: a sign may
 differ only where the float64 pooled value is within the float32 rounding bound of zero
-(`reference.float32_pool_bound`), and channel means within 2 float32 ulps. Usage:
+(`reference.float32_pool_bound`), and channel means within 2 float32 ulps. The paths are timed in interleaved
+rounds (each round runs every path once) and the median round time of each is reported: a load change on the shared
+machine then hits every path alike. `--write` replaces only the generated part of benchmarks/results/embed.md
+(between its RESULTS_BEGIN/RESULTS_END markers), keeping the hand-written notes around it. Usage:
     PYTHONPATH=python python benchmarks/bench_embed.py [--data ../shared/data] [--images 48] [--side 448] [--write]
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -22,6 +26,18 @@ from pathlib import Path
 import numpy as np
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+RESULTS = REPOSITORY / "benchmarks" / "results" / "embed.md"
+RESULTS_BEGIN = "<!-- RESULTS_BEGIN: written by bench_embed.py --write; edit the notes outside these markers -->"
+RESULTS_END = "<!-- RESULTS_END -->"
+
+
+def _replace_results(document: str, generated: str) -> str:
+    """`document` with the text between its markers replaced by `generated` (markers appended when absent)."""
+    block = f"{RESULTS_BEGIN}\n{generated}\n{RESULTS_END}"
+    if RESULTS_BEGIN in document and RESULTS_END in document:
+        head, rest = document.split(RESULTS_BEGIN, 1)
+        return head + block + rest.split(RESULTS_END, 1)[1]
+    return document.rstrip("\n") + "\n\n" + block + "\n"
 
 
 def _paths(data: Path, count: int) -> list[Path]:
@@ -84,8 +100,11 @@ def main(argv=None) -> int:
     parser.add_argument("--side", type=int, default=448, help="encoder side (default 448)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of every path (default 2)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per run (default 16)")
-    parser.add_argument("--repeat", type=int, default=5, help="timed runs of each path, interleaved, best kept (default 5)")
-    parser.add_argument("--write", action="store_true", help="write benchmarks/results/embed.md")
+    parser.add_argument("--repeat", type=int, default=7,
+                        help="interleaved timing rounds; each path's median round is reported (default 7)")
+    parser.add_argument("--write", action="store_true", help="write the results into --out")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="results file --write updates between its markers (default benchmarks/results/embed.md)")
     args = parser.parse_args(argv)
     if not (args.data / "cub100").is_dir():
         parser.error(f"--data: {args.data} holds no cub100/ (pass the folder of the evaluation sets)")
@@ -102,12 +121,10 @@ def main(argv=None) -> int:
     codes = encoder.encode(images)  # also warms the session up
 
     forms = {"standard": None}
-    library_fn = getattr(crosslayer, "ort_ops_library", None)
-    library = library_fn() if library_fn is not None else None
-    if library is not None and Path(library).exists():
-        forms["custom"] = library
-    else:
-        print("custom: skipped (crosslayer.ort_ops_library is missing or the library is not built)")
+    try:
+        forms["custom"] = crosslayer.ort_ops_library()
+    except crosslayer.NotBuiltError as exc:
+        print(f"custom: skipped ({exc})")
 
     with tempfile.TemporaryDirectory() as folder:
         sessions = {}
@@ -117,35 +134,47 @@ def main(argv=None) -> int:
             bits, channel_mean = _run_model(sessions[ops], pixels, args.batch_size)
             print(f"{ops}: {_check(encoder, images, codes, bits, channel_mean)}")
 
-        # interleaved, best of `repeat` each: the machine is shared, so a load change hits every path alike
+        # interleaved rounds, median per path: the machine is shared, so a load change hits every path alike
         timed = {"CrossLayerEncoder.encode": lambda: encoder.encode(images)}
         for ops, session in sessions.items():
             timed[f"encoder.onnx ({ops} ops)"] = lambda session=session: _run_model(session, pixels, args.batch_size)
-        best = {name: float("inf") for name in timed}
+        rounds = {name: [] for name in timed}
+        load_start = os.getloadavg()
         for _ in range(args.repeat):
             for name, fn in timed.items():
                 start = time.perf_counter()
                 fn()
-                best[name] = min(best[name], time.perf_counter() - start)
-        encode_s = best["CrossLayerEncoder.encode"]
-        rows = [(name, seconds, encode_s / seconds) for name, seconds in best.items()]
+                rounds[name].append(time.perf_counter() - start)
+        load_end = os.getloadavg()
+        median = {name: statistics.median(times) for name, times in rounds.items()}
+        best = {name: min(times) for name, times in rounds.items()}
+        rows = [(name, median[name], median["CrossLayerEncoder.encode"] / median[name],
+                 best["CrossLayerEncoder.encode"] / best[name]) for name in timed]
 
-    load = os.getloadavg()
     lines = [
         f"{len(paths)} CUB images at side {args.side}, mobilenet_v2 default pair, full PCA (Dt=320), batch "
-        f"{args.batch_size}, {args.threads} threads, best of {args.repeat} interleaved runs; decoding excluded from both (pre-loaded "
-        f"pixels). Load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores.",
+        f"{args.batch_size}, {args.threads} threads everywhere (onnxruntime intra-op = encode's threads), "
+        f"{args.repeat} interleaved rounds, median reported; decoding excluded from both (pre-loaded pixels). "
+        f"Load average (1/5/15 min) {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} before timing, "
+        f"{load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f} after, on {os.cpu_count()} cores.",
         "",
-        "| path | images/s | speed vs encode |",
-        "|---|---:|---:|",
+        "| path | images/s (median) | speed vs encode (median) | speed vs encode (best rounds) |",
+        "|---|---:|---:|---:|",
     ]
-    lines += [f"| {name} | {len(paths) / seconds:.2f} | {ratio:.2f}x |" for name, seconds, ratio in rows]
+    lines += [f"| {name} | {len(paths) / seconds:.2f} | {ratio:.2f}x | {best_ratio:.2f}x |"
+              for name, seconds, ratio, best_ratio in rows]
+    lines += ["", "Round times (s, in run order): the spread is the machine's load, not the paths."]
+    lines += [f"- {name}: " + " ".join(f"{t:.2f}" for t in times) for name, times in rounds.items()]
     text = "\n".join(lines)
     print(text)
     if args.write:
-        out = REPOSITORY / "benchmarks" / "results" / "embed.md"
-        out.write_text("# Encoder as one ONNX model vs CrossLayerEncoder.encode\n\n"
-                       f"`PYTHONPATH=python python benchmarks/bench_embed.py --data {args.data} --write`\n\n" + text + "\n")
+        title = "# Encoder as one ONNX model vs CrossLayerEncoder.encode\n"
+        document = args.out.read_text() if args.out.exists() else title
+        command = f"`PYTHONPATH=python python benchmarks/bench_embed.py --data {args.data} --write`\n\n"
+        from crosslayer._atomic import atomic_write
+
+        with atomic_write(args.out, "w") as handle:
+            handle.write(_replace_results(document, command + text))
     return 0
 
 

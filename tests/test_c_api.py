@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import crosslayer
 from crosslayer import Codes, CodesFormatError
@@ -39,7 +40,8 @@ def lib():
     lib.crosslayer_gram.argtypes = [u64p, i64, u64p, i64, i64, i64, i32p, ctypes.c_int]
     lib.crosslayer_search.argtypes = [u64p, i64, u64p, i64, i64, i64, i32p, i64, i64, i64, ctypes.c_int, i32p, i64p,
                                       ctypes.c_int]
-    lib.crosslayer_codes_write.argtypes = [ctypes.c_char_p, u64p, f32p, i64, i64, i64]
+    lib.crosslayer_codes_write.argtypes = [ctypes.c_char_p, u64p, f32p, i64, i64, i64, ctypes.c_char_p,
+                                           ctypes.POINTER(ctypes.c_char_p), i64p]
     lib.crosslayer_codes_read.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
     lib.crosslayer_codes_check.argtypes = [u64p, i64, i64, i64]
     for name in ("n", "dk", "dt"):
@@ -50,6 +52,11 @@ def lib():
     lib.crosslayer_codes_channel_mean.restype = f32p
     lib.crosslayer_codes_channel_mean.argtypes = [ctypes.c_void_p]
     lib.crosslayer_codes_free.argtypes = [ctypes.c_void_p]
+    lib.crosslayer_codes_identity.restype = ctypes.c_char_p
+    lib.crosslayer_codes_identity.argtypes = [ctypes.c_void_p]
+    lib.crosslayer_codes_has_keys.argtypes = [ctypes.c_void_p]
+    lib.crosslayer_codes_key.restype = ctypes.c_void_p  # not c_char_p: a key may hold NUL bytes
+    lib.crosslayer_codes_key.argtypes = [ctypes.c_void_p, i64, i64p]
     return lib
 
 
@@ -71,7 +78,7 @@ def random_codes(rng, n, dk, dt):
 # ---- the library itself ---------------------------------------------------------------------------------------------
 def test_version_and_build_info_describe_this_build(lib):
     assert lib.crosslayer_version().decode() == crosslayer.__version__
-    assert lib.crosslayer_api_version() == 1
+    assert lib.crosslayer_api_version() == 2
     info = dict(pair.split("=", 1) for pair in lib.crosslayer_build_info().decode().split(";"))
     assert info["version"] == crosslayer.__version__
     assert info["blas"] == crosslayer.build_info()["blas_choice"]
@@ -174,6 +181,18 @@ def test_last_error_is_per_thread(lib):
 
 
 # ---- code files across the languages ------------------------------------------------------------------------------
+def write_with_c(lib, path, bits, channel_mean, n, dk, dt, identity=None, keys=None):
+    """crosslayer_codes_write; keys are passed with their byte lengths (so keys holding NUL work)."""
+    key_array = length_array = None
+    if keys is not None:
+        encoded = [None if key is None else key.encode() for key in keys]
+        key_array = (ctypes.c_char_p * max(n, 1))(*encoded)
+        length_array = np.array([0 if key is None else len(key) for key in encoded] or [0], np.int64)
+    return lib.crosslayer_codes_write(str(path).encode(), ptr(bits, u64p), ptr(channel_mean, f32p), n, dk, dt,
+                                      None if identity is None else identity.encode(), key_array,
+                                      ptr(length_array, i64p))
+
+
 def read_with_c(lib, path):
     handle = ctypes.c_void_p()
     status = lib.crosslayer_codes_read(str(path).encode(), ctypes.byref(handle))
@@ -184,22 +203,156 @@ def read_with_c(lib, path):
     words = (dt + 63) // 64
     bits = np.ctypeslib.as_array(lib.crosslayer_codes_bits(handle), (n * dk * 2 * words,)).reshape(n, dk, 2, words).copy() if n else np.zeros((0, dk, 2, words), np.uint64)
     mean = np.ctypeslib.as_array(lib.crosslayer_codes_channel_mean(handle), (n * dk,)).reshape(n, dk).copy() if n else np.zeros((0, dk), np.float32)
+    identity = lib.crosslayer_codes_identity(handle)
+    keys = None
+    if lib.crosslayer_codes_has_keys(handle):
+        keys = []
+        for i in range(n):
+            length = ctypes.c_int64(-1)
+            address = lib.crosslayer_codes_key(handle, i, ctypes.byref(length))
+            keys.append(None if address is None else ctypes.string_at(address, length.value).decode())
+            assert address is None or ctypes.string_at(address + length.value, 1) == b"\0"  # NUL-terminated too
+    outside = ctypes.c_int64(-1)
+    assert lib.crosslayer_codes_key(handle, n, ctypes.byref(outside)) is None and outside.value == 0
     lib.crosslayer_codes_free(handle)
-    return status, Codes(bits, mean, dt)
+    return status, Codes(bits, mean, dt, None if identity is None else identity.decode(), keys)
 
 
-@pytest.mark.parametrize("n, dk, dt", [(4, 3, 70), (1, 1, 1), (0, 2, 64)])
-def test_code_files_written_by_c_load_in_python_and_back(lib, rng, tmp_path, n, dk, dt):
+# every kind of character JSON escapes differently: quotes, backslash, short escapes, other controls, DEL, Latin-1,
+# the BMP, beyond it (a surrogate pair in JSON), NUL inside a key, an empty key, a null key
+AWKWARD_KEYS = ['a "quoted" \\ path/x.jpg', "tab\there\nnewline\r\b\f", "\x01\x1f\x7f", "café", "日本語", "😀 emoji",
+                "nul\x00inside", "", None]
+
+
+@pytest.mark.parametrize("n, dk, dt, identity, keys", [
+    (4, 3, 70, "0123456789abcdef", ["img-0.jpg", None, "ü", "x"]),
+    (len(AWKWARD_KEYS), 2, 9, "abc", AWKWARD_KEYS),
+    (1, 1, 1, None, None),
+    (0, 2, 64, "e" * 16, []),  # an empty key list is a 2-byte block "[]", not no block
+    (0, 2, 64, None, None),
+])
+def test_code_files_written_by_c_load_in_python_and_back(lib, rng, tmp_path, n, dk, dt, identity, keys):
     codes = random_codes(rng, n, dk, dt) if n else Codes.empty(dk, dt)
+    codes = Codes(codes.bits, codes.channel_mean, dt, identity, keys)
     path = tmp_path / "from_c.xlc"
-    assert lib.crosslayer_codes_write(str(path).encode(), ptr(codes.bits, u64p), ptr(codes.channel_mean, f32p), n, dk, dt) == OK
-    assert Codes.load(path) == codes
+    assert write_with_c(lib, path, codes.bits, codes.channel_mean, n, dk, dt, identity, keys) == OK, last_error(lib)
+    loaded = Codes.load(path)
+    assert loaded == codes and loaded.identity == identity and loaded.keys == keys
     python_file = tmp_path / "from_python.xlc"
     codes.save(python_file)
     assert path.read_bytes() == python_file.read_bytes()
     assert path.stat().st_mode == python_file.stat().st_mode  # both follow the umask, as open() would
     status, back = read_with_c(lib, python_file)
-    assert status == OK and back == codes
+    assert status == OK and back == codes and back.identity == identity and back.keys == keys
+
+
+@settings(max_examples=40, deadline=None)
+@given(keys=st.lists(st.one_of(st.none(), st.text(max_size=12)), max_size=6), identity=st.one_of(
+    st.none(), st.text(st.characters(max_codepoint=127, blacklist_characters="\x00"), min_size=1, max_size=16)))
+def test_any_keys_and_identity_cross_byte_identical(lib, tmp_path_factory, keys, identity):
+    folder = tmp_path_factory.mktemp("keys")
+    codes = random_codes(np.random.default_rng(len(keys)), len(keys), 2, 5) if keys else Codes.empty(2, 5)
+    codes = Codes(codes.bits, codes.channel_mean, 5, identity, keys)
+    codes.save(folder / "python.xlc")
+    assert write_with_c(lib, folder / "c.xlc", codes.bits, codes.channel_mean, len(keys), 2, 5, identity, keys) == OK
+    assert (folder / "c.xlc").read_bytes() == (folder / "python.xlc").read_bytes()
+    status, back = read_with_c(lib, folder / "python.xlc")
+    assert status == OK and back.identity == identity and back.keys == keys
+
+
+def old_format_file(path, version):
+    """A version 1/2 code file of 2 items as crosslayer 0.2 wrote it (40-byte header, then bits and means)."""
+    import struct
+    import zlib
+
+    header = struct.pack("<8sIIQIII", b"XLCODES\0", version, 40, 2, 2, 5, 1)
+    payload = bytes(2 * 2 * 2 * 8) + np.ones((2, 2), "<f4").tobytes()
+    path.write_bytes(header + struct.pack("<I", zlib.crc32(payload, zlib.crc32(header) if version == 2 else 0)) + payload)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_older_code_file_versions_are_refused_with_the_version(lib, tmp_path, version):
+    old_format_file(tmp_path / "old.xlc", version)
+    status, message = read_with_c(lib, tmp_path / "old.xlc")
+    assert status == FORMAT_ERROR
+    assert message == f"{tmp_path / 'old.xlc'}: code file version {version}; this crosslayer reads version 3"
+    with pytest.raises(CodesFormatError, match=f"code file version {version}; this crosslayer reads version 3"):
+        Codes.load(tmp_path / "old.xlc")
+
+
+def rewrite_keys(path, block: bytes):
+    """Replaces the key block of the code file at `path` with `block`, with a correct size and crc32: damage the
+    checksum cannot see."""
+    import zlib
+
+    from crosslayer.formats import CodeFile
+
+    header, bits, means, _ = CodeFile.read(path)
+    header = CodeFile(header.n, header.Dk, header.Dt, len(block), header.identity)
+    payload = bits.tobytes() + means.tobytes() + block
+    path.write_bytes(header.pack(zlib.crc32(payload, header.checksum_seed())) + payload)
+
+
+@pytest.mark.parametrize("block, message", [
+    (b'["a", "b"]', "expected 3 strings, found 2"),
+    (b'["a", "b", 3]', "expected a string or null at byte 11"),
+    (b'["a", "b", "c"', "expected ',' or ']' at byte 14"),
+    (b'["a", "\xff", "c"]', "invalid UTF-8 at byte 7"),
+    (b'["a", "\\ud800", "c"]', "unpaired surrogate escape"),
+    (b'["a", "b", "c"] x', "extra data after the list"),
+    (b'{"a": 1}', "expected a JSON list"),
+])
+def test_damaged_key_blocks_are_refused(lib, rng, tmp_path, block, message):
+    path = tmp_path / "keys.xlc"
+    codes = random_codes(rng, 3, 2, 5)
+    Codes(codes.bits, codes.channel_mean, 5, None, ["x", "y", "z"]).save(path)
+    rewrite_keys(path, block)
+    status, error = read_with_c(lib, path)
+    assert status == FORMAT_ERROR and error.startswith(f"{path}: damaged key block (") and message in error, error
+    if b"ud800" not in block:  # Python reads a lone surrogate escape (the one documented divergence for keys)
+        with pytest.raises(CodesFormatError, match="damaged key block"):
+            Codes.load(path)
+
+
+def test_key_blocks_python_would_read_in_any_json_layout_are_read(lib, rng, tmp_path):
+    path = tmp_path / "keys.xlc"
+    codes = random_codes(rng, 3, 2, 5)
+    Codes(codes.bits, codes.channel_mean, 5, None, ["x", "y", "z"]).save(path)
+    rewrite_keys(path, b' [ "\\u00e9\\/" ,\n\tnull,"\\ud83d\\ude00\xc3\xa9"\r] ')
+    status, back = read_with_c(lib, path)
+    assert status == OK and back.keys == ["é/", None, "😀é"] == Codes.load(path).keys
+
+
+def test_identity_fields_c_cannot_return_are_refused(lib, rng, tmp_path):
+    codes = random_codes(rng, 2, 2, 5)
+    Codes(codes.bits, codes.channel_mean, 5, "ab\x00cd").save(tmp_path / "nul.xlc")
+    status, message = read_with_c(lib, tmp_path / "nul.xlc")
+    assert status == FORMAT_ERROR and message.endswith("inconsistent header (identity holds a NUL byte)")
+    data = bytearray((tmp_path / "nul.xlc").read_bytes())
+    data[44] = 0xE9  # a non-ASCII identity byte: the crc covers the header, so both readers refuse the file
+    (tmp_path / "latin.xlc").write_bytes(bytes(data))
+    status, message = read_with_c(lib, tmp_path / "latin.xlc")
+    assert status == FORMAT_ERROR and message.endswith("inconsistent header (identity is not ASCII)")
+    with pytest.raises(CodesFormatError, match="identity is not ASCII"):
+        Codes.load(tmp_path / "latin.xlc")
+
+
+@pytest.mark.parametrize("identity, keys, message", [
+    ("0123456789abcdefX", None, "identity: expected NULL, \"\" or at most 16 ASCII characters"),
+    ("caf\xe9", None, "identity: expected NULL, \"\" or at most 16 ASCII characters (an encoder identity digest), got \"caf\\xe9\""),
+    (None, ["ok", b"\xc3(", None], "keys[1]: not valid UTF-8 at byte 0"),
+    (None, ["ok", b"\xed\xa0\x80"], "keys[1]: not valid UTF-8"),  # a UTF-8 encoded surrogate
+])
+def test_c_writes_nothing_for_a_bad_identity_or_key(lib, rng, tmp_path, identity, keys, message):
+    codes = random_codes(rng, 3, 2, 5)
+    key_array = None
+    if keys is not None:
+        key_array = (ctypes.c_char_p * 3)(*[k.encode() if isinstance(k, str) else k for k in keys] + [None] * (3 - len(keys)))
+    path = tmp_path / "bad.xlc"
+    status = lib.crosslayer_codes_write(str(path).encode(), ptr(codes.bits, u64p), ptr(codes.channel_mean, f32p), 3, 2,
+                                        5, None if identity is None else identity.encode("latin-1"), key_array, None)
+    assert status == INVALID_ARGUMENT and last_error(lib).startswith(message), last_error(lib)
+    assert not list(tmp_path.iterdir())
 
 
 def test_c_refuses_damaged_files_as_python_does(lib, rng, tmp_path):
@@ -229,7 +382,8 @@ def test_c_writes_nothing_for_bits_that_break_the_layout(lib, rng, tmp_path):
     bits = codes.bits.copy()
     bits[1, 0, 0, 0] |= np.uint64(1) << np.uint64(12)  # a padding bit (Dt=10)
     path = tmp_path / "bad.xlc"
-    status = lib.crosslayer_codes_write(str(path).encode(), ptr(bits, u64p), ptr(codes.channel_mean, f32p), 2, 2, 10)
+    status = lib.crosslayer_codes_write(str(path).encode(), ptr(bits, u64p), ptr(codes.channel_mean, f32p), 2, 2, 10,
+                                        None, None, None)
     assert status == INVALID_ARGUMENT and "item 1 has padding bits set" in last_error(lib)
     assert not path.exists() and not list(tmp_path.iterdir())
     assert lib.crosslayer_codes_check(ptr(bits, u64p), 2, 2, 10) == INVALID_ARGUMENT

@@ -210,13 +210,9 @@ def test_custom_graph_is_one_pool_codes_node(fitted):
 
 
 def _ort_ops_library():
-    library = getattr(crosslayer, "ort_ops_library", None)
-    if library is None:
-        pytest.skip("crosslayer.ort_ops_library is not in this build (the libcrosslayer_ortops branch provides it)")
-    path = library()
-    if path is None or not Path(path).exists():
-        pytest.skip("libcrosslayer_ortops was not built (CROSSLAYER_ORT_INCLUDE_DIR unset)")
-    return path
+    from _cpp_runner import ort_ops_library
+
+    return ort_ops_library()
 
 
 def test_custom_graph_gives_the_encoders_codes(fitted):
@@ -224,4 +220,24 @@ def test_custom_graph_gives_the_encoders_codes(fitted):
     encoder, paths, tmp_path = fitted
     out = export_encoder_onnx(encoder, tmp_path / "custom.onnx", ops="custom")
     bits, channel_mean = _session(out, library).run(None, {"images": encoder.load_pixels(paths)})
+    _check_against_encoder(encoder, paths, bits, channel_mean)
+
+
+def test_custom_graph_runs_from_cpp_without_python(fitted, tmp_path_factory):
+    """examples/cpp/run_encoder (onnxruntime's C API; the process holds no Python) on the exported custom-op encoder
+    and real images: the encoder's codes, within the same bounds as in Python."""
+    library = _ort_ops_library()
+    from _cpp_runner import build_cpp_runner, run_cpp
+
+    runner = build_cpp_runner(tmp_path_factory)
+    encoder, paths, tmp_path = fitted
+    model = export_encoder_onnx(encoder, tmp_path / "custom-cpp.onnx", ops="custom")
+    folder = tmp_path_factory.mktemp("cpp-encoder")
+    pixels = encoder.load_pixels(paths)
+    result = run_cpp(runner, model, library, {"images": pixels}, folder, types={"images": "uint8"})
+    assert result.returncode == 0, result.stderr
+    n, dk, words = len(paths), encoder.Dk, (encoder.Dt + 63) // 64
+    assert result.stdout.splitlines() == [f"bits uint64 {n}x{dk}x2x{words}", f"channel_mean float32 {n}x{dk}"]
+    bits = np.fromfile(folder / "bits.bin", "<u8").reshape(n, dk, 2, words)
+    channel_mean = np.fromfile(folder / "channel_mean.bin", "<f4").reshape(n, dk)
     _check_against_encoder(encoder, paths, bits, channel_mean)

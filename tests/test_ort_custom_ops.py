@@ -1,8 +1,5 @@
 """libcrosslayer_ortops in onnxruntime (Python): PoolCodes / PoolFloat give exactly crosslayer.pool's results."""
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import crosslayer
-from crosslayer import NotBuiltError
 
+from _cpp_runner import build_cpp_runner, ort_ops_library, run_cpp
 from _ortops_models import pool_model, random_inputs
 
 ort = pytest.importorskip("onnxruntime")
@@ -19,10 +16,7 @@ pytest.importorskip("onnx")
 
 
 def ops_library() -> str:
-    try:
-        return crosslayer.ort_ops_library()
-    except NotBuiltError as exc:
-        pytest.skip(str(exc))
+    return ort_ops_library()
 
 
 _SESSIONS = {}
@@ -116,51 +110,21 @@ def test_ops_library_path_names_the_built_library():
 
 
 # ---- the same ops from C++ through onnxruntime's C API, no Python in the process --------------------------------
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def ort_include_dir():
-    """onnxruntime's C headers: CROSSLAYER_ORT_INCLUDE_DIR, else the shared vendor folder beside the repository."""
-    for candidate in (os.environ.get("CROSSLAYER_ORT_INCLUDE_DIR"), ROOT.parent / "shared/vendor/onnxruntime/include"):
-        if candidate and (Path(candidate) / "onnxruntime_c_api.h").exists():
-            return Path(candidate)
-    return None
-
-
 @pytest.fixture(scope="module")
 def cpp_runner(tmp_path_factory):
     ops_library()
-    include = ort_include_dir()
-    if include is None:
-        pytest.skip("onnxruntime's C headers are not available (set CROSSLAYER_ORT_INCLUDE_DIR)")
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake is not installed")
-    libraries = sorted((Path(ort.__file__).parent / "capi").glob("libonnxruntime.so*"))
-    assert libraries, "the onnxruntime wheel ships no libonnxruntime.so"
-    build = tmp_path_factory.mktemp("run_encoder")
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    configure = ["cmake", "-S", str(ROOT / "examples" / "cpp"), "-B", str(build), *generator,
-                 f"-DONNXRUNTIME_INCLUDE_DIR={include}", f"-DONNXRUNTIME_LIBRARY={libraries[0]}"]
-    for command in (configure, ["cmake", "--build", str(build)]):
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stdout + result.stderr
-    return build / "run_encoder"
+    return build_cpp_runner(tmp_path_factory)
 
 
-def run_cpp(runner, model: bytes, inputs: dict, folder: Path):
+def run_model(runner, model: bytes, inputs: dict, folder: Path):
     (folder / "model.onnx").write_bytes(model)
-    specs = []
-    for name, array in inputs.items():
-        array.tofile(folder / f"{name}.in")
-        specs.append(f"{name}=float32:{'x'.join(map(str, array.shape))}:{folder / f'{name}.in'}")
-    return subprocess.run([str(runner), str(folder / "model.onnx"), ops_library(), str(folder), *specs],
-                          capture_output=True, text=True, timeout=60)
+    return run_cpp(runner, folder / "model.onnx", ops_library(), inputs, folder)
 
 
 @pytest.mark.parametrize("dt", [None, 70])
 def test_cpp_runner_gives_the_codes_python_gives(cpp_runner, tmp_path, dt):
     inputs = random_inputs(np.random.default_rng(7), 5, 6, 33, 4, 3, dt=dt)
-    result = run_cpp(cpp_runner, pool_model("PoolCodes", dt is not None), inputs, tmp_path)
+    result = run_model(cpp_runner, pool_model("PoolCodes", dt is not None), inputs, tmp_path)
     assert result.returncode == 0, result.stderr
     codes = expected(inputs, "codes")
     n, dk, _, words = codes.bits.shape
@@ -171,7 +135,7 @@ def test_cpp_runner_gives_the_codes_python_gives(cpp_runner, tmp_path, dt):
 
 def test_cpp_runner_gives_the_floats_python_gives(cpp_runner, tmp_path):
     inputs = random_inputs(np.random.default_rng(8), 2, 6, 5, 3, 3, dt=4)
-    result = run_cpp(cpp_runner, pool_model("PoolFloat", True), inputs, tmp_path)
+    result = run_model(cpp_runner, pool_model("PoolFloat", True), inputs, tmp_path)
     assert result.returncode == 0, result.stderr
     reference, _ = expected(inputs, "float")
     np.testing.assert_array_equal(np.fromfile(tmp_path / "representation.bin", "<f4").reshape(reference.shape), reference)
@@ -180,6 +144,6 @@ def test_cpp_runner_gives_the_floats_python_gives(cpp_runner, tmp_path):
 def test_cpp_runner_reports_the_ops_error_and_exits_nonzero(cpp_runner, tmp_path):
     inputs = random_inputs(np.random.default_rng(9), 2, 3, 4, 2, 2, dt=5)
     inputs["pca_mean"] = inputs["pca_mean"][:2]
-    result = run_cpp(cpp_runner, pool_model("PoolCodes", True, ranked=False), inputs, tmp_path)
+    result = run_model(cpp_runner, pool_model("PoolCodes", True, ranked=False), inputs, tmp_path)
     assert result.returncode == 1
     assert "pca_mean: expected shape (3,), got (2,)" in result.stderr

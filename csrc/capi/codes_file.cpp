@@ -1,5 +1,5 @@
-// Code files (.xlc) in C: the byte layout Python's crosslayer.codes.Codes.save writes (see crosslayer.h), read back
-// with the same checks as Codes.load (magic, version, header, size, crc32, bit rules).
+// Code files (.xlc) in C: version 3, the byte layout of Python's crosslayer.formats.CodeFile (see crosslayer.h),
+// read back with the same checks as Codes.load (magic, version, header, identity, size, crc32, key block, bit rules).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -15,20 +15,27 @@
 
 #include "crosslayer/codes.h"
 #include "crosslayer/crosslayer.h"
+#include "key_block.h"
 #include "status.h"
 
 struct crosslayer_codes {
   std::int64_t n = 0, dk = 0, dt = 0;
   std::vector<std::uint64_t> bits;
   std::vector<float> channel_mean;
+  std::string identity;  // "" when the file records none
+  bool has_keys = false;
+  std::vector<crosslayer::capi::Key> keys;
 };
 
 namespace crosslayer::capi {
 namespace {
 
 constexpr char kMagic[8] = {'X', 'L', 'C', 'O', 'D', 'E', 'S', '\0'};
-constexpr std::uint32_t kFormatVersion = 2;
-constexpr std::size_t kHeaderSize = 40;  // "<8sIIQIIII"
+constexpr std::uint32_t kFormatVersion = 3;
+constexpr std::size_t kHeaderSize = 64;  // "<8sIIQIIIQ16sI"
+constexpr std::size_t kKeyBytesOffset = 36;
+constexpr std::size_t kIdentityOffset = 44;
+constexpr std::size_t kIdentityBytes = 16;
 constexpr std::size_t kCrcOffset = kHeaderSize - 4;
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the code file layout is little-endian; so is this build");
 
@@ -150,10 +157,14 @@ std::string parent_directory(const std::string& path) {
   return slash == 0 ? "/" : path.substr(0, slash);
 }
 
-// Writes header + payload to a temporary file beside `path`, fsyncs it and renames it over `path`, so a reader sees
+// Writes `parts` (header, payload) to a temporary file beside `path`, fsyncs it and renames it over `path`, so a reader sees
 // the old file or the complete new one (crosslayer._atomic.atomic_write does the same in Python).
-void atomic_write(const std::string& path, const unsigned char* header, const std::uint64_t* bits,
-                  std::size_t bits_bytes, const float* mean, std::size_t mean_bytes) {
+struct Part {
+  const void* data;
+  std::size_t size;
+};
+
+void atomic_write(const std::string& path, const std::vector<Part>& parts) {
   const std::string directory = parent_directory(path);
   const std::size_t slash = path.rfind('/');
   std::string tmp = directory + "/." + path.substr(slash == std::string::npos ? 0 : slash + 1) + ".XXXXXX";
@@ -164,9 +175,7 @@ void atomic_write(const std::string& path, const unsigned char* header, const st
   tmp.assign(tmp_name.data());
   try {
     ::fchmod(file.fd(), 0666 & ~current_umask());  // mkstemp creates 0600; give what open() would
-    write_all(file.fd(), header, kHeaderSize, path);
-    write_all(file.fd(), bits, bits_bytes, path);
-    write_all(file.fd(), mean, mean_bytes, path);
+    for (const Part& part : parts) write_all(file.fd(), part.data, part.size, path);
     if (::fsync(file.fd()) != 0) throw Failure{CROSSLAYER_IO_ERROR, system_error("fsync failed", path)};
     if (::close(file.release()) != 0) throw Failure{CROSSLAYER_IO_ERROR, system_error("close failed", path)};
     if (::rename(tmp.c_str(), path.c_str()) != 0) throw Failure{CROSSLAYER_IO_ERROR, system_error("rename failed", path)};
@@ -199,6 +208,57 @@ Failure format_error(const std::string& path, const std::string& what) {
   return Failure{CROSSLAYER_FORMAT_ERROR, path + ": " + what};
 }
 
+// The identity a caller passes: NULL or "" for none, else at most 16 ASCII characters (CodeFile.write's rule).
+std::string identity_argument(const char* identity) {
+  if (identity == nullptr) return "";
+  const std::string text(identity);
+  bool ascii = text.size() <= kIdentityBytes;
+  for (unsigned char c : text) ascii = ascii && c < 0x80;
+  if (ascii) return text;
+  std::string shown;  // printable ASCII as is, other bytes as \xNN: the message itself stays ASCII
+  for (unsigned char c : text.substr(0, 40)) {
+    char escaped[8];
+    std::snprintf(escaped, sizeof escaped, "\\x%02x", c);
+    shown += (c >= 0x20 && c < 0x7F) ? std::string(1, static_cast<char>(c)) : std::string(escaped);
+  }
+  throw Failure{CROSSLAYER_INVALID_ARGUMENT, "identity: expected NULL, \"\" or at most " +
+                                                 std::to_string(kIdentityBytes) +
+                                                 " ASCII characters (an encoder identity digest), got \"" + shown +
+                                                 (text.size() > 40 ? "...\"" : "\"")};
+}
+
+// The identity field of a header: ASCII, zero padded (Python strips the padding); a NUL inside it has no C string.
+std::string identity_field(const unsigned char* field, const std::string& path) {
+  std::size_t length = kIdentityBytes;
+  while (length > 0 && field[length - 1] == 0) --length;
+  for (std::size_t i = 0; i < length; ++i) {
+    if (field[i] >= 0x80) throw format_error(path, "inconsistent header (identity is not ASCII)");
+    if (field[i] == 0) throw format_error(path, "inconsistent header (identity holds a NUL byte)");
+  }
+  return std::string(reinterpret_cast<const char*>(field), length);
+}
+
+// keys[i] (NULL: a null key) of key_lengths[i] bytes (key_lengths NULL: NUL-terminated), each valid UTF-8.
+std::vector<Key> key_arguments(const char* const* keys, const std::int64_t* key_lengths, std::int64_t n) {
+  std::vector<Key> out;
+  out.reserve(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    const std::string name = "keys[" + std::to_string(i) + "]";
+    if (keys[i] == nullptr) {
+      out.emplace_back();
+      continue;
+    }
+    require(key_lengths == nullptr || key_lengths[i] >= 0,
+            "key_lengths[" + std::to_string(i) + "]: expected a length >= 0, got " +
+                std::to_string(key_lengths ? key_lengths[i] : 0));
+    const std::size_t length = key_lengths ? static_cast<std::size_t>(key_lengths[i]) : std::strlen(keys[i]);
+    const std::string reason = invalid_utf8_reason(keys[i], length);
+    require(reason.empty(), name + ": " + reason + " (keys are UTF-8 text)");
+    out.emplace_back(std::string(keys[i], length));
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace crosslayer::capi
 
@@ -217,18 +277,23 @@ crosslayer_status crosslayer_codes_check(const uint64_t* bits, int64_t n, int64_
 }
 
 crosslayer_status crosslayer_codes_write(const char* path, const uint64_t* bits, const float* channel_mean, int64_t n,
-                                         int64_t dk, int64_t dt) {
+                                         int64_t dk, int64_t dt, const char* identity, const char* const* keys,
+                                         const int64_t* key_lengths) {
   return guarded([&] {
     require(path != nullptr && path[0] != '\0', "path: expected a file path, got NULL or \"\"");
     require_shape(n, dk, dt);
     require(n == 0 || bits != nullptr, "bits: expected uint64 [n][dk][2][ceil(dt/64)], got NULL");
     require(n == 0 || channel_mean != nullptr, "channel_mean: expected float32 [n][dk], got NULL");
+    const std::string identity_text = identity_argument(identity);
+    require(keys != nullptr || key_lengths == nullptr, "key_lengths: expected NULL when keys is NULL");
+    std::string key_block;
+    if (keys != nullptr) key_block = encode_key_block(key_arguments(keys, key_lengths, n));
     const std::string reason = invalid_bits_reason(bits, n, dk, dt);
     require(reason.empty(), "bits: " + reason + "; nothing was written");
     const std::int64_t words = words_per_plane(dt);
     const std::size_t bits_bytes = static_cast<std::size_t>(n * dk * kPlanes * words) * sizeof(std::uint64_t);
     const std::size_t mean_bytes = static_cast<std::size_t>(n * dk) * sizeof(float);
-    unsigned char header[kHeaderSize];
+    unsigned char header[kHeaderSize] = {};
     std::memcpy(header, kMagic, sizeof kMagic);
     put<std::uint32_t>(header + 8, kFormatVersion);
     put<std::uint32_t>(header + 12, static_cast<std::uint32_t>(kHeaderSize));
@@ -236,11 +301,15 @@ crosslayer_status crosslayer_codes_write(const char* path, const uint64_t* bits,
     put<std::uint32_t>(header + 24, static_cast<std::uint32_t>(dk));
     put<std::uint32_t>(header + 28, static_cast<std::uint32_t>(dt));
     put<std::uint32_t>(header + 32, static_cast<std::uint32_t>(words));
+    put<std::uint64_t>(header + kKeyBytesOffset, static_cast<std::uint64_t>(key_block.size()));
+    std::memcpy(header + kIdentityOffset, identity_text.data(), identity_text.size());
+    const std::vector<Part> payload = {{bits, bits_bytes}, {channel_mean, mean_bytes}, {key_block.data(), key_block.size()}};
     std::uint32_t crc = crc32(header, kCrcOffset, 0);
-    crc = crc32(bits, bits_bytes, crc);
-    crc = crc32(channel_mean, mean_bytes, crc);
+    for (const Part& part : payload) crc = crc32(part.data, part.size, crc);
     put<std::uint32_t>(header + kCrcOffset, crc);
-    atomic_write(path, header, bits, bits_bytes, channel_mean, mean_bytes);
+    std::vector<Part> parts = {{header, kHeaderSize}};
+    parts.insert(parts.end(), payload.begin(), payload.end());
+    atomic_write(path, parts);
   });
 }
 
@@ -257,35 +326,50 @@ crosslayer_status crosslayer_codes_read(const char* path_text, crosslayer_codes*
     if (std::memcmp(data.data(), kMagic, sizeof kMagic) != 0)
       throw format_error(path, "not a crosslayer code file (bad magic)");
     const auto version = get<std::uint32_t>(data.data() + 8);
-    if (version != 1 && version != 2)
-      throw format_error(path, "code file version " + std::to_string(version) +
-                                   ", this crosslayer reads versions (1, 2)");
+    if (version != kFormatVersion)
+      throw format_error(path, "code file version " + std::to_string(version) + "; this crosslayer reads version " +
+                                   std::to_string(kFormatVersion));
     const auto header_size = get<std::uint32_t>(data.data() + 12);
     const auto n = get<std::uint64_t>(data.data() + 16);
     const std::int64_t dk = get<std::uint32_t>(data.data() + 24), dt = get<std::uint32_t>(data.data() + 28);
     const std::int64_t words = get<std::uint32_t>(data.data() + 32);
+    const auto key_bytes = get<std::uint64_t>(data.data() + kKeyBytesOffset);
     const auto crc = get<std::uint32_t>(data.data() + kCrcOffset);
     if (header_size != kHeaderSize || dk < 1 || dt < 1 || words != words_per_plane(dt))
       throw format_error(path, "inconsistent header (Dk=" + std::to_string(dk) + ", Dt=" + std::to_string(dt) +
                                    ", words=" + std::to_string(words) + ")");
-    // n comes from the file: bound it by the file size before multiplying
+    const std::string identity = identity_field(data.data() + kIdentityOffset, path);
+    // n and the key block's size come from the file: bound them by the file size before multiplying
+    const std::uint64_t payload = data.size() - kHeaderSize;
     const std::uint64_t item_bytes = static_cast<std::uint64_t>(dk) * (kPlanes * words * 8 + 4);
-    if (n > (data.size() - kHeaderSize) / item_bytes || (data.size() - kHeaderSize) != n * item_bytes)
-      throw format_error(path, "expected " + std::to_string(kHeaderSize + n * item_bytes) + " bytes for " +
+    if (key_bytes > payload || n > (payload - key_bytes) / item_bytes || payload != n * item_bytes + key_bytes)
+      throw format_error(path, "expected " + std::to_string(kHeaderSize) + " + " + std::to_string(n) + " x " +
+                                   std::to_string(item_bytes) + " + " + std::to_string(key_bytes) + " bytes for " +
                                    std::to_string(n) + " codes, file has " + std::to_string(data.size()) +
                                    " (truncated or extended)");
-    const std::size_t bits_bytes = static_cast<std::size_t>(n * dk * kPlanes * words * 8);
-    std::uint32_t actual = version >= 2 ? crc32(data.data(), kCrcOffset, 0) : 0;
-    actual = crc32(data.data() + kHeaderSize, data.size() - kHeaderSize, actual);
+    std::uint32_t actual = crc32(data.data(), kCrcOffset, 0);
+    actual = crc32(data.data() + kHeaderSize, payload, actual);
     if (actual != crc) throw format_error(path, "checksum mismatch (file is damaged)");
+    const std::size_t bits_bytes = static_cast<std::size_t>(n * dk * kPlanes * words * 8);
+    const std::size_t mean_bytes = static_cast<std::size_t>(n * dk * 4);
     auto codes = std::make_unique<crosslayer_codes>();
     codes->n = static_cast<std::int64_t>(n);
     codes->dk = dk;
     codes->dt = dt;
+    codes->identity = identity;
     codes->bits.resize(bits_bytes / 8);
-    codes->channel_mean.resize(static_cast<std::size_t>(n * dk));
-    std::memcpy(codes->bits.data(), data.data() + kHeaderSize, bits_bytes);
-    std::memcpy(codes->channel_mean.data(), data.data() + kHeaderSize + bits_bytes, codes->channel_mean.size() * 4);
+    codes->channel_mean.resize(mean_bytes / 4);
+    const unsigned char* at = data.data() + kHeaderSize;
+    if (bits_bytes) std::memcpy(codes->bits.data(), at, bits_bytes);
+    if (mean_bytes) std::memcpy(codes->channel_mean.data(), at + bits_bytes, mean_bytes);
+    if (key_bytes > 0) {
+      codes->has_keys = true;
+      const std::string error = decode_key_block(at + bits_bytes + mean_bytes, key_bytes, codes->keys);
+      if (!error.empty()) throw format_error(path, "damaged key block (" + error + ")");
+      if (codes->keys.size() != n)
+        throw format_error(path, "damaged key block (expected " + std::to_string(n) + " strings, found " +
+                                     std::to_string(codes->keys.size()) + ")");
+    }
     const std::string reason = invalid_bits_reason(codes->bits.data(), codes->n, dk, dt);
     if (!reason.empty()) throw format_error(path, "bits: " + reason);
     *out = codes.release();
@@ -299,6 +383,18 @@ int64_t crosslayer_codes_dt(const crosslayer_codes* codes) { return codes ? code
 const uint64_t* crosslayer_codes_bits(const crosslayer_codes* codes) { return codes ? codes->bits.data() : nullptr; }
 const float* crosslayer_codes_channel_mean(const crosslayer_codes* codes) {
   return codes ? codes->channel_mean.data() : nullptr;
+}
+const char* crosslayer_codes_identity(const crosslayer_codes* codes) {
+  return codes && !codes->identity.empty() ? codes->identity.c_str() : nullptr;
+}
+int crosslayer_codes_has_keys(const crosslayer_codes* codes) { return codes && codes->has_keys ? 1 : 0; }
+const char* crosslayer_codes_key(const crosslayer_codes* codes, int64_t index, int64_t* length) {
+  if (length != nullptr) *length = 0;
+  if (codes == nullptr || !codes->has_keys || index < 0 || index >= codes->n) return nullptr;
+  const Key& key = codes->keys[static_cast<std::size_t>(index)];
+  if (!key) return nullptr;
+  if (length != nullptr) *length = static_cast<int64_t>(key->size());
+  return key->c_str();
 }
 
 }  // extern "C"

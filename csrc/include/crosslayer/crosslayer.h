@@ -29,12 +29,25 @@
  *       outputs (an earlier segment's result) take part, so searching segment by segment equals one search.
  *   Code bits given to gram/search must keep the layout's rules (crosslayer_codes_check says whether they do).
  *
- *   Code files (.xlc, version 2, as Python's Codes.save writes them; versions 1 and 2 are read): a 40-byte header
- *   "<8sIIQIIII" = magic "XLCODES\0", version, header size (40), n, dk, dt, words per plane, crc32; then bits as
- *   uint64 LE [n][dk][2][words], then channel_mean float32 LE [n][dk]. The crc32 (zlib's) runs over the header
- *   without its crc field, then the payload. Writes are atomic (temporary file, fsync, rename): a reader sees the
- *   old file or the complete new one.
- *
+ *   Code files (.xlc), version 3 exactly as Python's crosslayer.formats.CodeFile (Codes.save/load, index exports);
+ *   other versions are refused with CROSSLAYER_FORMAT_ERROR. Little-endian:
+ *       header (64 bytes, "<8sIIQIIIQ16sI"): magic "XLCODES\0", version 3, header size 64, n, dk, dt, words per
+ *           plane, key block bytes (u64), identity (16 bytes: ASCII, zero padded), crc32
+ *       bits uint64 [n][dk][2][words], then channel_mean float32 [n][dk], then the key block (absent when its size
+ *       is 0): a JSON list of n strings or nulls, UTF-8.
+ *   The crc32 (zlib's) runs over the header without its crc field, then every payload byte in order.
+ *   Identity: the digest of the encoder that made the codes (CrossLayerEncoder.identity_digest). On write NULL or ""
+ *   records none, otherwise at most 16 ASCII characters; on read crosslayer_codes_identity gives it, NULL for none.
+ *   Keys: optional per-item strings (e.g. image names). On write keys == NULL writes no key block; otherwise keys
+ *   [n] of UTF-8 strings, a NULL entry being a JSON null, each NUL-terminated (key_lengths == NULL) or of
+ *   key_lengths[i] bytes. The block is written as Python's json.dumps writes it, so a file written here is
+ *   byte-identical to Codes.save's. On read every key is decoded and checked (a damaged block fails, as in
+ *   Python); crosslayer_codes_key returns key i as UTF-8 (NUL-terminated, with its length for keys holding U+0000).
+ *   Two files Python reads are refused here, neither of which Python writes from an encoder: an identity holding
+ *   a NUL byte, and a key with an unpaired UTF-16 surrogate escape (it has no UTF-8 form).
+ *   Writes are atomic (temporary file, fsync, rename; the mode follows the umask as open() would): a reader sees
+ *   the old file or the complete new one, and a refused write leaves no file.
+
  * Errors
  *   Every call that can fail returns a crosslayer_status; CROSSLAYER_OK is 0. On failure the outputs are
  *   unspecified and crosslayer_last_error() returns a message naming the argument and what was expected. No C++
@@ -65,7 +78,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a function's signature or meaning changes; crosslayer_api_version() reports the library's. */
-#define CROSSLAYER_API_VERSION 1
+#define CROSSLAYER_API_VERSION 2  /* 2: code file v3 (identity, keys) */
 #define CROSSLAYER_WORDS_PER_PLANE(dt) (((dt) + 63) / 64)
 
 typedef enum crosslayer_status {
@@ -115,9 +128,13 @@ CROSSLAYER_API crosslayer_status crosslayer_search(const uint64_t* queries, int6
 CROSSLAYER_API crosslayer_status crosslayer_codes_check(const uint64_t* bits, int64_t n, int64_t dk, int64_t dt);
 
 /* ---- code files (.xlc) ------------------------------------------------------------------------------------------ */
-typedef struct crosslayer_codes crosslayer_codes; /* opaque; owns its bits and channel_mean */
+typedef struct crosslayer_codes crosslayer_codes; /* opaque; owns its bits, channel_mean, identity and keys */
+/* identity: NULL/"" or <= 16 ASCII chars; keys: NULL (no key block) or [n] UTF-8 strings (NULL entry: null key);
+ * key_lengths: NULL (NUL-terminated keys) or [n] byte lengths. */
 CROSSLAYER_API crosslayer_status crosslayer_codes_write(const char* path, const uint64_t* bits,
-                                                        const float* channel_mean, int64_t n, int64_t dk, int64_t dt);
+                                                        const float* channel_mean, int64_t n, int64_t dk, int64_t dt,
+                                                        const char* identity, const char* const* keys,
+                                                        const int64_t* key_lengths);
 /* On success *out is a new object; on failure *out is NULL. */
 CROSSLAYER_API crosslayer_status crosslayer_codes_read(const char* path, crosslayer_codes** out);
 CROSSLAYER_API void crosslayer_codes_free(crosslayer_codes* codes); /* NULL is allowed */
@@ -126,6 +143,13 @@ CROSSLAYER_API int64_t crosslayer_codes_dk(const crosslayer_codes* codes);
 CROSSLAYER_API int64_t crosslayer_codes_dt(const crosslayer_codes* codes);
 CROSSLAYER_API const uint64_t* crosslayer_codes_bits(const crosslayer_codes* codes);       /* [n][dk][2][words] */
 CROSSLAYER_API const float* crosslayer_codes_channel_mean(const crosslayer_codes* codes);  /* [n][dk] */
+/* The encoder identity the file records; NULL when it records none. Valid until crosslayer_codes_free. */
+CROSSLAYER_API const char* crosslayer_codes_identity(const crosslayer_codes* codes);
+/* 1 when the file has a key block (n keys, possibly null), else 0. */
+CROSSLAYER_API int crosslayer_codes_has_keys(const crosslayer_codes* codes);
+/* Key `index` (UTF-8, NUL-terminated) and its byte length in *length (length may be NULL); NULL (and *length 0) for
+ * a null key, a file without keys or an index outside [0, n). Valid until crosslayer_codes_free. */
+CROSSLAYER_API const char* crosslayer_codes_key(const crosslayer_codes* codes, int64_t index, int64_t* length);
 
 #ifdef __cplusplus
 }
