@@ -1,12 +1,13 @@
 """benchmarks/bench_embed.py end to end on a few tiny images: both ONNX forms checked against encode and timed, and
 --write replaces only the generated part of the results file, keeping the hand-written notes."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from _cli import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = next((folder for folder in (ROOT.parent / "shared" / "data", ROOT.parents[1] / "shared" / "data")
@@ -26,7 +27,7 @@ def test_write_replaces_the_results_and_keeps_the_notes(tmp_path, backbone_cache
     out = tmp_path / "embed.md"
     out.write_text(f"# Title\n\nNotes before.\n\n{bench_embed.RESULTS_BEGIN}\nold table\n{bench_embed.RESULTS_END}\n\n"
                    "Notes after, by hand.\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python"))
+    env = child_env()  # the crosslayer under test (installed in CI), not the source tree
     command = [sys.executable, str(ROOT / "benchmarks" / "bench_embed.py"), "--data", str(DATA), "--images", "3",
                "--fit", "3", "--side", "64", "--batch-size", "2", "--repeat", "1", "--write", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)

@@ -2,12 +2,13 @@
 relative to it."""
 
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from _cli import child_env
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -31,7 +32,7 @@ def test_default_data_root_is_beside_the_repository_whatever_the_working_directo
 
 @pytest.mark.parametrize("script", ["bench_extract.py", "reproduce_retrieval.py", "reproduce_classification.py"])
 def test_benchmarks_take_data_with_the_default_beside_the_repository(script, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(BENCHMARKS.parent / "python"))
+    env = child_env()  # the crosslayer under test (installed in CI), not the source tree
     done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
                           cwd=tmp_path, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
