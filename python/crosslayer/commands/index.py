@@ -8,6 +8,7 @@ import sys
 from crosslayer.commands.options import (add_command, add_encoder_options, add_on_error_option, add_quiet_option,
                                          add_runtime_options, add_weights_option, build_encoder, fit_with_notice,
                                          image_sources, runtime_options, subcommands)
+from crosslayer.commands.ray_options import add_on_ray, add_ray_options, uses_ray
 from crosslayer.errors import UsageError
 
 BUILD_EXAMPLES = """\
@@ -56,6 +57,8 @@ def _on_error_keywords(add, on_error: str) -> dict:
 
 
 def _add(index, sources, args, fit_seconds: float) -> int:
+    if uses_ray(args):
+        return add_on_ray(index, sources, args, fit_seconds)
     with index:
         report = index.add(sources, progress=not args.quiet, **_on_error_keywords(index.add, args.on_error))
         print(f"indexed {report.added} images ({report.skipped} already there, {len(report.failed)} failed) "
@@ -78,6 +81,7 @@ def register(commands) -> None:
     add_runtime_options(build)
     add_on_error_option(build)
     add_quiet_option(build)
+    add_ray_options(build)
 
     add = add_command(actions, "add", run_add, "add images to an existing index (already indexed paths are skipped)",
                       ADD_EXAMPLES)
@@ -87,3 +91,4 @@ def register(commands) -> None:
     add_runtime_options(add)
     add_on_error_option(add)
     add_quiet_option(add)
+    add_ray_options(add)

@@ -6,6 +6,7 @@ import sys
 
 from crosslayer.commands.options import (add_command, add_threads_option, add_weights_option, channel_count,
                                          positive_int)
+from crosslayer.commands.ray_options import add_ray_options, search_on_ray, uses_ray
 from crosslayer.errors import UsageError
 
 EXAMPLES = """\
@@ -20,6 +21,8 @@ def run(args) -> int:
     from crosslayer.retrieval.image_index import ImageIndex
     from crosslayer.retrieval.sheet import SheetHit, SheetRow, check_sheet_path, render_sheet
 
+    if uses_ray(args):
+        return search_on_ray(args)
     # every argument is checked before the backbone runs on the queries
     if args.sheet:
         check_sheet_path(args.sheet)
@@ -74,3 +77,4 @@ def register(commands) -> None:
                         "compared guidance channels fire (their summed maps; runs the backbone once more per query)")
     add_weights_option(parser, recorded=True)
     add_threads_option(parser)
+    add_ray_options(parser)
