@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from crosslayer.errors import CrossLayerError, UsageError
 
 LOOPBACK = "127.0.0.1"
-_AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+# token authentication; Ray's switch that keeps a single-machine cluster on the loopback address (its own default on
+# macOS and Windows) instead of the machine's network address
+_SESSION_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
 
 
 class RayMissingError(CrossLayerError, ImportError):
@@ -69,9 +71,15 @@ def ray_session(address: str | None = None, cpus: int | None = None, dashboard: 
         return
     if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, int) or cpus < 1):
         raise UsageError(f"workers: expected a positive number of CPUs, got {cpus!r}")
-    saved = {name: os.environ.get(name) for name in _AUTH_VARIABLES}
+    from ray._private import ray_constants
+
+    saved = {name: os.environ.get(name) for name in _SESSION_VARIABLES}
+    saved_cluster_switch = ray_constants.ENABLE_RAY_CLUSTER
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # for the processes Ray starts
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read when this process picks the node address
+    _reload_auth_settings()
     try:
         ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=dashboard, dashboard_host=LOOPBACK,
                  _node_ip_address=LOOPBACK, log_to_driver=False)
@@ -80,8 +88,18 @@ def ray_session(address: str | None = None, cpus: int | None = None, dashboard: 
         finally:
             ray.shutdown()
     finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_cluster_switch
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        _reload_auth_settings()
+
+
+def _reload_auth_settings() -> None:
+    """Ray reads RAY_AUTH_MODE and the token once per process; a session started later must read them anew."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
