@@ -34,6 +34,7 @@ class BuildReport:
     encoded: int = 0  # images the workers encoded in this run (good and bad)
     seconds: float = 0.0
     commit_seconds: list = field(default_factory=list)  # the driver's time adopting each shard
+    refused: list = field(default_factory=list)  # (shard, reason) of staged shards the index refused (re-encoded once)
 
 
 def encode_shard(encoder, shard: Shard, folder, embeddings: bool) -> dict:
@@ -121,7 +122,8 @@ def _adopt_staged(index, folder, embeddings: bool, report: BuildReport) -> int:
     return adopted
 
 
-def _commit(index, folder, record: dict, embeddings: bool, report: BuildReport) -> None:
+def _commit(index, folder, record: dict, embeddings: bool, report: BuildReport) -> bool:
+    """Adopts a staged shard; False (its files removed) if the index refused it."""
     from crosslayer.errors import CrossLayerError
 
     begin = time.perf_counter()
@@ -129,15 +131,17 @@ def _commit(index, folder, record: dict, embeddings: bool, report: BuildReport) 
     side = {name: folder / file for name, file in record["side"].items()} if embeddings else None
     try:
         added = index.adopt(code_file, side, record["failed"], embeddings)
-    except CrossLayerError:
-        # keys committed meanwhile, or a damaged file: the images still missing are encoded again
+    except CrossLayerError as error:
+        # keys committed meanwhile, or a file damaged on its way: the images still missing are encoded again
         remove_staged(folder, record["name"])
-        return
+        report.refused.append((record["name"], str(error)))
+        return False
     remove_staged(folder, record["name"])
     report.added += added
     report.failed += [(os.path.normpath(os.path.join(index.root, key)), reason)
                       for key, reason in record["failed"].items()]
     report.commit_seconds.append(time.perf_counter() - begin)
+    return True
 
 
 def _run_shards(ray, index, shards, folder, embeddings, workers, cpus_per_worker, batch_size, runtime_env,
@@ -157,6 +161,7 @@ def _run_shards(ray, index, shards, folder, embeddings, workers, cpus_per_worker
             options["name"] = f"{actor_name_prefix}-{number}"
         actors.append(actor_class.options(**options).remote(bundle, str(folder), embeddings, batch_size))
     queue = list(reversed(shards))
+    by_name, retried = {shard.name: shard for shard in shards}, set()
     running = {}
     try:
         with tqdm(total=sum(len(s.paths) for s in shards), unit="img", desc="index (ray)", disable=not progress) as bar:
@@ -169,8 +174,12 @@ def _run_shards(ray, index, shards, folder, embeddings, workers, cpus_per_worker
                 result = ray.get(done[0])
                 if queue:
                     running[actor.encode.remote(queue.pop())] = actor
-                record = read_staged_record(folder, result["name"])
-                _commit(index, folder, record, embeddings, report)
+                committed = _commit(index, folder, read_staged_record(folder, result["name"]), embeddings, report)
+                if not committed and result["name"] not in retried:
+                    retried.add(result["name"])
+                    queue.insert(0, by_name[result["name"]])
+                    if len(running) < len(actors):
+                        running[actor.encode.remote(queue.pop())] = actor
                 report.shards += 1
                 report.encoded += result["count"] + len(result["failed"])
                 bar.update(result["count"] + len(result["failed"]))

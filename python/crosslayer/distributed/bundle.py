@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from crosslayer._atomic import atomic_write
 from crosslayer.errors import FormatError
 
 
@@ -30,9 +31,14 @@ class WorkerBundle:
 
         if _digest(self.encoder_file, self.model) != self.sha256:
             raise FormatError("worker bundle: checksum mismatch (damaged in transit)")
-        folder = Path(tempfile.mkdtemp(prefix="crosslayer-bundle-"))
-        (folder / "encoder.xle").write_bytes(self.encoder_file)
-        (folder / "backbone.onnx").write_bytes(self.model)
+        # one copy per bundle and machine, shared by its actors (and by reruns): written atomically, checked on use
+        folder = Path(tempfile.gettempdir()) / f"crosslayer-bundle-{self.sha256[:16]}"
+        folder.mkdir(exist_ok=True)
+        for name, data in (("encoder.xle", self.encoder_file), ("backbone.onnx", self.model)):
+            file = folder / name
+            if not file.is_file() or hashlib.sha256(file.read_bytes()).digest() != hashlib.sha256(data).digest():
+                with atomic_write(file) as handle:
+                    handle.write(data)
         options = {"threads": threads, "decode_workers": 1}
         if batch_size is not None:
             options["batch_size"] = batch_size
