@@ -115,11 +115,9 @@ def build_on_ray(index, sources, workers: int | None = None, address: str | None
 
 def _adopt_staged(index, folder, embeddings: bool, report: BuildReport) -> int:
     """Commits the shards an interrupted run staged (those whose images are all still missing)."""
-    adopted = 0
-    for record in read_staged_records(folder):
-        _commit(index, folder, record, embeddings, report)
-        adopted += 1
-    return adopted
+    # a record whose files are gone (a driver killed between adopting's renames and its commit) is refused: its
+    # images are still missing and are encoded again
+    return sum(_commit(index, folder, record, embeddings, report) for record in read_staged_records(folder))
 
 
 def _commit(index, folder, record: dict, embeddings: bool, report: BuildReport) -> bool:
