@@ -183,7 +183,8 @@ def test_driver_killed_and_rerun_encodes_only_missing_shards(cluster, tmp_path, 
 
 def test_sharded_search_equals_single_index(cluster, tmp_path, images, fitted, single):
     index = ImageIndex.create(tmp_path / "db", fitted, root=images[0], embeddings=True)
-    build_on_ray(index, images[1], workers=2, shard_size=2)
+    report = build_on_ray(index, images[1], workers=1, cpus_per_worker=2, shard_size=2)
+    assert report.worker_threads == {2}  # threads from the actor's CPUs, not the machine's cores
     index.remove([index.keys()[1], index.keys()[6]])
     index.close()
     queries = single.codes.get(single.codes.live_ids())

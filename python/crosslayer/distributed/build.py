@@ -35,6 +35,7 @@ class BuildReport:
     seconds: float = 0.0
     commit_seconds: list = field(default_factory=list)  # the driver's time adopting each shard
     refused: list = field(default_factory=list)  # (shard, reason) of staged shards the index refused (re-encoded once)
+    worker_threads: set = field(default_factory=set)  # onnxruntime and OpenMP threads of the actors (their CPUs)
 
 
 def encode_shard(encoder, shard: Shard, folder, embeddings: bool) -> dict:
@@ -179,6 +180,7 @@ def _run_shards(ray, index, shards, folder, embeddings, workers, cpus_per_worker
                     if len(running) < len(actors):
                         running[actor.encode.remote(queue.pop())] = actor
                 report.shards += 1
+                report.worker_threads.add(result["threads"])
                 report.encoded += result["count"] + len(result["failed"])
                 bar.update(result["count"] + len(result["failed"]))
     finally:
