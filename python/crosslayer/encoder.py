@@ -212,6 +212,22 @@ class CrossLayerEncoder:
             self._runners[key] = OnnxBackbone(path, intra_op_threads=self.threads)
         return self._runners[key]
 
+    def backbone_model(self) -> Path:
+        """The ONNX model `activations` runs (exported now or found in the cache): with the encoder file, all a
+        worker needs to encode images (`use_backbone_model`)."""
+        self._check_weights(f"{self.backbone} encoder")
+        from crosslayer.backbones.export import export
+
+        return export(self.spec, self.layers, self.weights, with_embedding=True, with_logits=self.logits,
+                      cache=self.cache, seed=self.seed)
+
+    def use_backbone_model(self, model_path) -> None:
+        """Runs `activations` on `model_path` (this encoder's `backbone_model()`, shipped to a worker), so the
+        worker needs neither torch nor the weights. Threads: this encoder's `threads`."""
+        from crosslayer.backbones.runtime import OnnxBackbone
+
+        self._runners[(tuple(self.layers), True)] = OnnxBackbone(model_path, intra_op_threads=self.threads)
+
     def _prepare(self, source):
         return prepare(source, self.side, self.policy, self.spec.mean, self.spec.std)
 

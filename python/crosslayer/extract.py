@@ -101,6 +101,24 @@ def resolve_sources(sources) -> tuple[list[str], int]:
     return unique, len(sources) - len(unique)
 
 
+def open_for_build(directory, encoder: CrossLayerEncoder | None, fit_sources, save_embedding: bool = True,
+                   on_error: str = "skip", progress: bool = True) -> tuple[ImageIndex, list, float]:
+    """(the image index at `directory` open for adding, the PCA fit's bad images, the fit's seconds): an existing
+    index resumed with `encoder` (checked to be the one it was built with; None: its own), else one created with
+    `encoder` (default: the default encoder), its PCA learnt on `fit_sources` when it has none."""
+    directory = Path(directory)
+    if ImageIndex.exists(directory):
+        index = ImageIndex.open(directory, "a") if encoder is None else ImageIndex.resume(directory, encoder)
+        return index, [], 0.0
+    encoder = encoder or CrossLayerEncoder()
+    fitting = ImageIndex.will_fit(directory, encoder)
+    index = ImageIndex.create(directory, encoder, fit_sources=fit_sources, embeddings=save_embedding,
+                              on_error=on_error, progress=progress)
+    if not fitting:
+        return index, [], 0.0
+    return index, list(index.encoder.fit_failures_), index.encoder.fit_seconds_
+
+
 def extract(sources, store_dir, encoder: CrossLayerEncoder | None = None, chunk_size: int | None = None,
             save_embedding: bool = True, on_error: str = "skip", progress: bool = True, fit_sources=None,
             commit_seconds: float | None = 30.0, retry_failed: bool = False) -> ExtractReport:
@@ -116,17 +134,8 @@ def extract(sources, store_dir, encoder: CrossLayerEncoder | None = None, chunk_
         raise UsageError(f"chunk_size: expected a positive integer, got {chunk_size!r}")
     sources, repeats = resolve_sources(sources)
     start = time.perf_counter()
-    directory = Path(store_dir)
-    fit_failures, fit_seconds = [], 0.0
-    if ImageIndex.exists(directory):
-        index = (ImageIndex.open(directory, "a") if encoder is None else ImageIndex.resume(directory, encoder))
-    else:
-        encoder = encoder or CrossLayerEncoder()
-        fitting = ImageIndex.will_fit(directory, encoder)
-        index = ImageIndex.create(directory, encoder, fit_sources=fit_sources if fit_sources is not None else sources,
-                                  embeddings=save_embedding, on_error=on_error, progress=progress)
-        if fitting:
-            fit_failures, fit_seconds = list(index.encoder.fit_failures_), index.encoder.fit_seconds_
+    index, fit_failures, fit_seconds = open_for_build(store_dir, encoder, fit_sources if fit_sources is not None
+                                                      else sources, save_embedding, on_error, progress)
     with index:
         added = index.add(sources, commit_seconds=commit_seconds, commit_images=chunk_size, on_error=on_error,
                           retry_failed=retry_failed, embeddings=save_embedding if len(index.codes) == 0 else None,

@@ -37,7 +37,7 @@ import numpy as np
 
 from crosslayer.codes import Codes, IdentityMismatchError, common_identity, invalid_bits_reason
 from crosslayer.errors import CrossLayerError, FormatError, UsageError
-from crosslayer.formats import CodeFile, check_npy, open_npy, read_json, write_json, write_npy
+from crosslayer.formats import CodeFile, check_npy, file_crc, open_npy, read_json, write_json, write_npy
 from crosslayer.search import check_search_args, masked_nonzero_counts, search_segments, select_channels
 
 MANIFEST_NAME = "MANIFEST.json"
@@ -357,6 +357,73 @@ class CodeIndex:
         self._commit(manifest)
         return np.arange(id_base, id_base + len(codes), dtype=np.int64)
 
+    def adopt(self, code_file, side_files: dict | None = None, attributes: dict | None = None) -> np.ndarray:
+        """Commits a segment written elsewhere (a worker of a distributed build) by renaming its files into the
+        index — nothing is copied — and returns its ids. `code_file`: a code file (`Codes.save`, with keys) on the
+        index's file system; side_files: {name: .npy file (`formats.write_npy`)} for every side array the index
+        declares. Everything is checked first (checksum, code bits, Dk/Dt, identity, keys new and unique, side
+        array shapes): a bad file raises CodeIndexFormatError/UsageError and the index is unchanged."""
+        self._require_writable()
+        code_file, side_files = Path(code_file), {name: Path(p) for name, p in (side_files or {}).items()}
+        header, size = CodeFile.read_header(code_file, CodeIndexFormatError)
+        header.verify(code_file, CodeIndexFormatError)
+        if (header.Dk, header.Dt) != (self.Dk, self.Dt):
+            raise UsageError(f"code_file: Dk={header.Dk}, Dt={header.Dt} differs from the index "
+                             f"(Dk={self.Dk}, Dt={self.Dt})")
+        identity = common_identity({"index": self.identity, "code_file": header.identity})
+        try:
+            codes = Codes.load(code_file)  # checks the bits and the key block
+        except CrossLayerError as exc:
+            raise CodeIndexFormatError(f"{code_file}: {exc}") from None
+        if codes.keys is None or any(key is None for key in codes.keys):
+            raise UsageError(f"code_file: {code_file} has no key for every item (save it with keys)")
+        self._check_new_keys(codes.keys)
+        declared, side_entries = self._adopted_side(side_files, header.n)
+        attributes = self._check_attributes(attributes)
+        number, id_base = self._manifest["next_segment"], len(self)
+        name = f"seg-{number:08d}"
+        segment = {"file": f"{name}.xlc", "count": header.n, "size": size, "crc32": header.crc, "keys": True,
+                   "side": {}, "id_base": id_base}
+        code_file.rename(self.path / segment["file"])
+        for side_name, path in side_files.items():
+            file = f"{name}.{side_name}.npy"
+            path.rename(self.path / file)
+            segment["side"][side_name] = {"file": file, **side_entries[side_name]}
+        manifest = dict(self._manifest, identity=identity, side=declared, count=id_base + header.n,
+                        segments=self._manifest["segments"] + [segment], next_segment=number + 1)
+        if attributes is not None:
+            manifest["attributes"] = attributes
+        self._commit(manifest)
+        return np.arange(id_base, id_base + header.n, dtype=np.int64)
+
+    def _adopted_side(self, side_files: dict, n: int) -> tuple[dict, dict]:
+        """(the side declaration after adopting, {name: {"size", "crc32"}}) of a segment's side array files."""
+        declared = self._manifest["side"]
+        if not declared and side_files:
+            if len(self) > 0:
+                raise UsageError(f"side_files: the index holds {len(self)} items without side arrays")
+            found = {}
+            for name, path in side_files.items():
+                try:
+                    array = np.load(path, mmap_mode="r", allow_pickle=False)
+                except Exception as exc:  # numpy's header parser raises arbitrary errors on damage
+                    raise CodeIndexFormatError(f"{path}: not a readable .npy file ({exc})") from None
+                found[name] = (array.dtype, array.shape[1:])
+                del array
+            declared = _declare_side(found)
+        missing, unknown = sorted(set(declared) - set(side_files)), sorted(set(side_files) - set(declared))
+        if missing or unknown:
+            raise UsageError(f"side_files: the index declares {sorted(declared)}; missing {missing}, unknown {unknown}")
+        entries = {}
+        for name, path in side_files.items():
+            spec = declared[name]
+            open_npy(path, spec["dtype"], (n, *spec["shape"]), CodeIndexFormatError)  # the exact header, n rows
+            try:
+                entries[name] = {"size": path.stat().st_size, "crc32": file_crc(path)}
+            except OSError as exc:
+                raise CodeIndexFormatError(f"{path}: unreadable ({exc.strerror or exc})") from None
+        return declared, entries
+
     def set_attributes(self, attributes: dict) -> None:
         """Commits `attributes` (JSON) as the index's attributes."""
         self._require_writable()
@@ -495,6 +562,11 @@ class CodeIndex:
     def _deleted_array(self) -> np.ndarray:
         return np.asarray(self._manifest["deleted"], np.int64)
 
+    def segment_files(self) -> list[tuple[str, int]]:
+        """(file, item count) of each committed segment, in id order (groups of them: `search(segments=)`)."""
+        self._require_open()
+        return [(segment["file"], segment["count"]) for segment in self._manifest["segments"]]
+
     def live_ids(self) -> np.ndarray:
         """The ids not deleted, increasing (int64)."""
         self._require_open()
@@ -502,14 +574,17 @@ class CodeIndex:
         return everything[~np.isin(everything, self._deleted_array())] if self.deleted else everything
 
     def search(self, queries: Codes, k: int = 10, channels: int | None = 50, num_threads: int = 0,
-               normalize: bool = False):
+               normalize: bool = False, segments=None):
         """Masked top-k over the live items (see `crosslayer.search`): (scores, ids int64), each
         (n_queries, min(k, live items)), by decreasing raw score, ties to the smaller id.
 
         Raw scores (int32) are exact ternary dot products over the query's `channels` selected guidance channels.
         With ``normalize=True`` each reported score is divided by sqrt(nnz_q * nnz_x), the nonzero counts of the
         query and the item over those same channels (float64 in [-1, 1], 0 where either is all zero); the ranking
-        stays the raw one (`crosslayer.reference.masked_cosine_reference`)."""
+        stays the raw one (`crosslayer.reference.masked_cosine_reference`).
+
+        segments: search only these segment files (a group of `segment_files()`; ids stay the index's): the top-k of
+        each group of a partition, merged by (decreasing raw score, id), is the top-k of the whole index."""
         self._require_open()
         if not isinstance(queries, Codes):
             raise TypeError(f"queries: expected crosslayer.Codes, got {type(queries).__name__}")
@@ -517,18 +592,36 @@ class CodeIndex:
             raise UsageError(f"queries: Dk={queries.Dk}, Dt={queries.Dt} differs from the index (Dk={self.Dk}, Dt={self.Dt})")
         common_identity({"index": self.identity, "queries": queries.identity})
         k, channels = check_search_args(queries, k, channels, self.Dk)
-        segments = [(self._segment_arrays(s)[0], s["id_base"]) for s in self._manifest["segments"]]
-        scores, ids = search_segments(queries, segments, k + self.deleted, channels, num_threads)
-        if self.deleted:
-            keep = min(k, self.live_count)
+        chosen = self._manifest["segments"]
+        if segments is not None:
+            unknown = set(segments) - {segment["file"] for segment in chosen}
+            if unknown:
+                raise UsageError(f"segments: not committed segments of the index: {sorted(unknown)[:5]}")
+            chosen = [segment for segment in chosen if segment["file"] in set(segments)]
+        searched = sum(segment["count"] for segment in chosen)
+        deleted = self._deleted_array()
+        if segments is not None:
+            inside = np.zeros(len(deleted), bool)
+            for segment in chosen:
+                inside |= (deleted >= segment["id_base"]) & (deleted < segment["id_base"] + segment["count"])
+            deleted = deleted[inside]
+            if not chosen:
+                empty = np.zeros((len(queries), 0), np.float64 if normalize else np.int32)
+                return empty, np.zeros((len(queries), 0), np.int64)
+        arrays = [(self._segment_arrays(s)[0], s["id_base"]) for s in chosen]
+        scores, ids = search_segments(queries, arrays, k + len(deleted), channels, num_threads)
+        if len(deleted):
+            keep = min(k, searched - len(deleted))
             # stable: the live hits keep their order (decreasing score, ties to the smaller id)
-            order = np.argsort(np.isin(ids, self._deleted_array()), axis=1, kind="stable")[:, :keep]
+            order = np.argsort(np.isin(ids, deleted), axis=1, kind="stable")[:, :keep]
             scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
         if normalize:
-            scores = self._normalized(queries, scores, ids, channels)
+            scores = self.normalized_scores(queries, scores, ids, channels)
         return scores, ids
 
-    def _normalized(self, queries: Codes, scores: np.ndarray, ids: np.ndarray, channels: int) -> np.ndarray:
+    def normalized_scores(self, queries: Codes, scores: np.ndarray, ids: np.ndarray, channels: int) -> np.ndarray:
+        """The raw `scores` of hits `ids` (from `search`) divided by sqrt(nnz_q * nnz_x) over each query's
+        `channels` selected channels (see `search(normalize=True)`)."""
         selection = select_channels(queries.channel_mean, channels)
         out = np.zeros(scores.shape, np.float64)
         if ids.size == 0:

@@ -10,6 +10,7 @@ from crosslayer.commands import index_manage
 from crosslayer.commands.options import (add_command, add_encoder_options, add_on_error_option, add_quiet_option,
                                          add_runtime_options, add_weights_option, build_encoder, image_sources,
                                          positive_float, runtime_options, subcommands)
+from crosslayer.commands.ray_options import add_on_ray, add_ray_options, uses_ray
 
 BUILD_EXAMPLES = """\
   crosslayer index build db --images photos/               # every image under photos/
@@ -33,6 +34,7 @@ def add_build_options(parser) -> None:
                              "fit (default: learn one)")
     add_runtime_options(parser)
     add_adding_options(parser)
+    add_ray_options(parser)
 
 
 def add_adding_options(parser, embeddings_help: str = "keep each image's pooled backbone embedding (a side array)"):
@@ -47,7 +49,7 @@ def add_adding_options(parser, embeddings_help: str = "keep each image's pooled 
 
 def run_build(args) -> int:
     from crosslayer.encoder import CrossLayerEncoder
-    from crosslayer.extract import extract
+    from crosslayer.extract import extract, open_for_build
     from crosslayer.retrieval.image_index import ImageIndex
 
     encoder = CrossLayerEncoder.load(args.encoder, **runtime_options(args)) if args.encoder else build_encoder(args)
@@ -58,6 +60,10 @@ def run_build(args) -> int:
     elif progress and ImageIndex.will_fit(args.db_dir, encoder):
         count = min(len(sources), encoder.fit_images) if encoder.fit_images else len(sources)
         print(f"learning the PCA on {count} of {len(sources)} images ...", file=sys.stderr, flush=True)
+    if uses_ray(args):
+        index, fit_failures, fit_seconds = open_for_build(args.db_dir, encoder, sources, args.embeddings,
+                                                          args.on_error, progress)
+        return add_on_ray(index, sources, args, fit_seconds, fit_failures)
     report = extract(sources, args.db_dir, encoder, save_embedding=args.embeddings, on_error=args.on_error,
                      progress=progress, commit_seconds=args.commit_seconds, retry_failed=args.retry_failed)
     _print_report(report.done, report.skipped, report.failed, report.seconds, report.fit_seconds, report.total,
@@ -69,6 +75,9 @@ def run_add(args) -> int:
     from crosslayer.retrieval.image_index import ImageIndex
 
     sources = image_sources(args.images, "--images")
+    if uses_ray(args):
+        index = ImageIndex.open(args.db_dir, "a", weights=args.weights, **runtime_options(args))
+        return add_on_ray(index, sources, args, 0.0, [])
     with ImageIndex.open(args.db_dir, "a", weights=args.weights, **runtime_options(args)) as index:
         report = index.add(sources, commit_seconds=args.commit_seconds, on_error=args.on_error,
                            retry_failed=args.retry_failed, embeddings=True if args.embeddings else None,
@@ -107,5 +116,6 @@ def register(commands) -> None:
     add_runtime_options(add)
     add_adding_options(add, embeddings_help="start keeping embeddings (an empty index only); an index that keeps "
                                             "them always does")
+    add_ray_options(add)
 
     index_manage.register(actions)

@@ -6,6 +6,7 @@ codes, nothing re-encoded)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from crosslayer.commands.options import (add_command, add_threads_option, add_weights_option, channel_count,
                                          image_sources, positive_int)
+from crosslayer.commands.ray_options import add_ray_options, open_sharded, uses_ray
 from crosslayer.errors import UsageError
 
 EXAMPLES = """\
@@ -40,6 +42,7 @@ def run(args) -> int:
     from crosslayer.retrieval.image_index import ImageIndex
     from crosslayer.retrieval.sheet import check_sheet_path
 
+    on_ray = uses_ray(args)
     # every argument is checked before the backbone runs on the queries
     code_files = [q for q in args.queries if Path(q).suffix.lower() == CODE_FILE_SUFFIX]
     image_queries = [q for q in args.queries if q not in code_files]
@@ -53,9 +56,16 @@ def run(args) -> int:
         raise UsageError("--heatmaps: draws on the contact sheet; give --sheet too")
     timing = {"encode_s": 0.0, "search_s": 0.0}
     queries = []
-    with ImageIndex.open(args.db_dir, "r", verify=args.verify, threads=args.threads, weights=args.weights) as index:
+    with contextlib.ExitStack() as stack:
+        open_options = {"verify": args.verify, "threads": args.threads, "weights": args.weights}
+        if on_ray:
+            sharded = open_sharded(stack, args, **open_options)
+            index, codes_search, where = sharded.index, sharded.search_codes, f" on {len(sharded.groups)} Ray actors"
+        else:
+            index, codes_search, where = stack.enter_context(ImageIndex.open(args.db_dir, "r", **open_options)), None, ""
         images = image_sources(image_queries, "QUERY") if image_queries else []
-        search = {"top": args.top, "channels": args.channels, "normalize": args.normalize}
+        search = {"top": args.top, "channels": args.channels, "normalize": args.normalize,
+                  "codes_search": codes_search}
         if images:
             results, spent = index.search(images, **search)
             queries += [Query(path, "image", path, hits) for path, hits in zip(images, results)]
@@ -72,7 +82,7 @@ def run(args) -> int:
             _add_times(timing, spent)
         indexed = len(index)
         views = ([_attended_query(index.encoder, q.image, args.channels) for q in queries] if args.heatmaps else None)
-    _print_results(args, queries, timing, indexed)
+    _print_results(args, queries, timing, indexed, where)
     if args.sheet:
         _write_sheet(args, queries, views)
     return 0
@@ -91,7 +101,7 @@ def _read_code_file(file):
     return Codes.load(file)
 
 
-def _print_results(args, queries: list, timing: dict, indexed: int) -> None:
+def _print_results(args, queries: list, timing: dict, indexed: int, where: str = "") -> None:
     n = len(queries)
     if args.json:
         document = {
@@ -111,7 +121,7 @@ def _print_results(args, queries: list, timing: dict, indexed: int) -> None:
                 score = f"{hit.score:>8.4f}" if args.normalize else f"{hit.score:>8}"
                 print(f"  {hit.rank:>3}  {score}  {hit.path}")
     print(f"encode {1e3 * timing['encode_s'] / n:.1f} ms/query, search {1e3 * timing['search_s'] / n:.2f} ms/query "
-          f"over {indexed} images", file=sys.stderr)
+          f"over {indexed} images{where}", file=sys.stderr)
 
 
 def _write_sheet(args, queries: list, views) -> None:
@@ -167,3 +177,4 @@ def register(commands) -> None:
                         "compared guidance channels fire (their summed maps; runs the backbone once more per query)")
     add_weights_option(parser, recorded=True)
     add_threads_option(parser)
+    add_ray_options(parser)

@@ -306,24 +306,14 @@ class ImageIndex:
             raise UsageError(f"commit_seconds: expected a positive number of seconds or None, got {commit_seconds!r}")
         if commit_images is not None:
             commit_images = check_positive_int(commit_images, "commit_images")
-        keep_embeddings = self._embedding_choice(embeddings)
+        keep_embeddings = self.embedding_choice(embeddings)
         start = time.perf_counter()
         resolved = [str(Path(s).resolve()) for s in sources]
-        if self.root is None:
-            if not resolved:
-                return AddReport(seconds=time.perf_counter() - start)
-            self.codes.set_attributes(dict(self.codes.attributes, root=common_folder(resolved)))
+        if self.root is None and not resolved:
+            return AddReport(seconds=time.perf_counter() - start)
+        todo, keys = self.pending(resolved, retry_failed)
         attributes = dict(self.codes.attributes, embeddings=keep_embeddings)
         failed = attributes.setdefault("failed", {})
-        indexed = set(self.keys())
-        todo, keys, seen = [], [], set()
-        for source in resolved:
-            key = self._key_of(source)
-            if key in indexed or key in seen or (key in failed and not retry_failed):
-                continue
-            todo.append(source)
-            keys.append(key)
-            seen.add(key)
         key_of = dict(zip(todo, keys))
         report = AddReport(skipped=len(resolved) - len(todo))
         pending = {"codes": [], "keys": [], "embeddings": [], "side": [], "dirty": False}
@@ -376,7 +366,39 @@ class ImageIndex:
         report.seconds = time.perf_counter() - start
         return report
 
-    def _embedding_choice(self, embeddings: bool | None) -> bool:
+    def pending(self, sources, retry_failed: bool = False) -> tuple[list[str], list[str]]:
+        """(absolute paths, keys) of `sources` not indexed yet, in the order given, each once; images recorded as
+        failed are left out unless `retry_failed`. An index without a root takes the sources' common folder."""
+        resolved = [str(Path(s).resolve()) for s in sources]
+        if self.root is None and resolved:
+            self.codes.set_attributes(dict(self.codes.attributes, root=common_folder(resolved)))
+        failed = self.codes.attributes.get("failed", {})
+        indexed = set(self.keys())
+        todo, keys, seen = [], [], set()
+        for source in resolved:
+            key = self._key_of(source)
+            if key in indexed or key in seen or (key in failed and not retry_failed):
+                continue
+            todo.append(source)
+            keys.append(key)
+            seen.add(key)
+        return todo, keys
+
+    def adopt(self, code_file, side_files: dict | None = None, failed: dict | None = None,
+              embeddings: bool | None = None) -> int:
+        """Commits a segment of these images' codes written elsewhere (`CodeIndex.adopt`: renamed, not copied;
+        keys relative to the root) together with the images that could not be encoded ({key: reason}, recorded as
+        `add` records them); returns how many images it added. code_file None: only failures to record."""
+        attributes = dict(self.codes.attributes, embeddings=self.embedding_choice(embeddings))
+        attributes.setdefault("failed", {}).update(failed or {})
+        if code_file is None:
+            self.codes.set_attributes(attributes)
+            return 0
+        keys_added = self.codes.adopt(code_file, side_files, attributes)
+        return len(keys_added)
+
+    def embedding_choice(self, embeddings: bool | None) -> bool:
+        """Whether an add with `embeddings` (None: as the index does) keeps them; UsageError if it cannot."""
         empty = len(self.codes) == 0
         has = EMBEDDING in self.codes.side_names or (empty and bool(self.codes.attributes.get("embeddings")))
         if embeddings is None or bool(embeddings) == has:
@@ -395,21 +417,24 @@ class ImageIndex:
         return self.codes.side(EMBEDDING)
 
     # ---- searching -----------------------------------------------------------------------------------------------
-    def search(self, queries, top: int = 10, channels: int | None = 50, normalize: bool = False):
+    def search(self, queries, top: int = 10, channels: int | None = 50, normalize: bool = False, codes_search=None):
         """Encodes the query images and returns, per query, its `top` hits (ranked `Hit`s) and timings (seconds).
 
         Scores are raw masked ternary dot products (integers; the range grows with the channels compared and Dt),
-        or with ``normalize=True`` those divided by sqrt(nnz_q * nnz_x) over the compared channels: in [-1, 1]."""
+        or with ``normalize=True`` those divided by sqrt(nnz_q * nnz_x) over the compared channels: in [-1, 1].
+        codes_search: what searches the codes, with `CodeIndex.search`'s signature (default: this index's codes;
+        e.g. `crosslayer.distributed.ShardedIndex.search_codes`)."""
         # checked before the backbone runs on the queries
         top = check_positive_int(top, "top")
         channels = check_channel_count(channels, self.encoder.Dk)
         start = time.perf_counter()
         query_codes = self.encoder.encode([str(q) for q in queries])
         encoded = time.perf_counter()
-        results = self._hits(query_codes, top, channels, normalize)
+        results = self._hits(query_codes, top, channels, normalize, codes_search)
         return results, {"encode_s": encoded - start, "search_s": time.perf_counter() - encoded}
 
-    def search_keys(self, keys, top: int = 10, channels: int | None = 50, normalize: bool = False):
+    def search_keys(self, keys, top: int = 10, channels: int | None = 50, normalize: bool = False,
+                    codes_search=None):
         """`search` with indexed images as the queries (their stored codes: nothing is re-encoded). Keys are
         paths (absolute, or relative to the root); UsageError naming those not indexed."""
         top = check_positive_int(top, "top")
@@ -417,20 +442,21 @@ class ImageIndex:
         start = time.perf_counter()
         query_codes = self.codes.get(self.ids_of(keys))
         fetched = time.perf_counter()
-        results = self._hits(query_codes, top, channels, normalize)
+        results = self._hits(query_codes, top, channels, normalize, codes_search)
         return results, {"encode_s": fetched - start, "search_s": time.perf_counter() - fetched}
 
-    def search_codes(self, query_codes, top: int = 10, channels: int | None = 50, normalize: bool = False):
+    def search_codes(self, query_codes, top: int = 10, channels: int | None = 50, normalize: bool = False,
+                     codes_search=None):
         """`search` with given query codes (e.g. read from an exported .xlc): they must be this index's encoder's
         (IdentityMismatchError naming both otherwise; UsageError for another shape)."""
         top = check_positive_int(top, "top")
         channels = check_channel_count(channels, self.encoder.Dk)
         start = time.perf_counter()
-        results = self._hits(query_codes, top, channels, normalize)
+        results = self._hits(query_codes, top, channels, normalize, codes_search)
         return results, {"encode_s": 0.0, "search_s": time.perf_counter() - start}
 
-    def _hits(self, query_codes, top, channels, normalize) -> list:
-        scores, ids = self.codes.search(query_codes, top, channels, normalize=normalize)
+    def _hits(self, query_codes, top, channels, normalize, codes_search=None) -> list:
+        scores, ids = (codes_search or self.codes.search)(query_codes, top, channels, normalize=normalize)
         all_ids = sorted({int(i) for row in ids for i in row})
         key_of = dict(zip(all_ids, self.codes.keys(all_ids))) if all_ids else {}
         convert = float if normalize else int
