@@ -62,7 +62,8 @@ def run(args) -> int:
             sharded = open_sharded(stack, args, **open_options)
             index, codes_search, where = sharded.index, sharded.search_codes, f" on {len(sharded.groups)} Ray actors"
         else:
-            index, codes_search, where = stack.enter_context(ImageIndex.open(args.db_dir, "r", **open_options)), None, ""
+            index = stack.enter_context(ImageIndex.open(args.db_dir, "r", **open_options))
+            codes_search, where = None, ""
         images = image_sources(image_queries, "QUERY") if image_queries else []
         search = {"top": args.top, "channels": args.channels, "normalize": args.normalize,
                   "codes_search": codes_search}
