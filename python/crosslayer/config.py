@@ -25,6 +25,7 @@ class EncoderConfig:
     batch_size:     images per backbone run.
     threads:        onnxruntime and pooling threads; 0: all cores.
     decode_workers: threads decoding and resizing images ahead of the backbone.
+    draft:          decode JPEGs of at least twice the side at a reduced scale (Pillow draft mode; changes pixels).
     """
 
     backbone: str = "mobilenet_v2"
@@ -37,6 +38,7 @@ class EncoderConfig:
     batch_size: int = 16
     threads: int = 0
     decode_workers: int = 2
+    draft: bool = False
 
 
 ENCODER_DEFAULTS = EncoderConfig()

@@ -26,6 +26,7 @@ from crosslayer.formats import read_zip_document, write_zip_document
 from crosslayer.images import RESIZE_POLICIES, check_side, prepare
 from crosslayer.pca import CovarianceAccumulator, local_rows
 from crosslayer.pooling import pool
+from crosslayer.stage_times import StageTimes
 
 ENCODER_FORMAT = "crosslayer-encoder"
 # Version 2: a `crosslayer.formats` zip document (checksummed meta and arrays), weights_id always recorded.
@@ -34,7 +35,7 @@ _META_KEYS = ("backbone", "layers", "side", "policy", "pca_dim", "weights", "wei
 # What must match to add codes to those an encoder made: the same network (these and its weights) and the same PCA.
 COMPARED_SETTINGS = ("backbone", "layers", "side", "pca_dim", "policy")
 # What a resumed run may choose anew: they change speed and memory, not the codes.
-RUNTIME_OPTIONS = ("batch_size", "threads", "decode_workers", "cache")
+RUNTIME_OPTIONS = ("batch_size", "threads", "decode_workers", "cache", "draft")
 _UNRESOLVED = object()  # weights_id not computed yet
 
 
@@ -102,6 +103,13 @@ class CrossLayerEncoder:
     pca_dim:  PCA output dimension Dt (None: full decorrelating rotation, as in the paper).
     weights:  None (the pinned packaged weights), a state-dict file path, or "random" (untrained; tests only).
     logits:   also compute ImageNet logits in `activations` (for display).
+    draft:    decode JPEGs of at least twice `side` at a reduced scale (`crosslayer.images.load_image`); faster on
+              large photos, but the pixels differ slightly from a full decode (off by default).
+
+    Threads: `threads` onnxruntime intra-op threads run the network and, after it on the same thread, the pooling
+    kernel (its OpenMP threads take the network's slot); `decode_workers` threads decode the next batch meanwhile.
+    onnxruntime's threads do not spin while idle (`OnnxBackbone`), so the decoders get the cores inference leaves.
+    `stage_times_` sums the seconds of each stage over every run (`crosslayer.stage_times`).
     """
 
     def __init__(self,
@@ -117,7 +125,8 @@ class CrossLayerEncoder:
                  fit_images=ENCODER_DEFAULTS.fit_images,
                  logits=False,
                  cache=None,
-                 seed=ENCODER_DEFAULTS.seed):
+                 seed=ENCODER_DEFAULTS.seed,
+                 draft=ENCODER_DEFAULTS.draft):
         self.spec = get_backbone(backbone)
         self.backbone = self.spec.name
         self.layers = self.spec.check_pair(layers)
@@ -137,6 +146,10 @@ class CrossLayerEncoder:
         self.logits = logits
         self.cache = cache
         self.seed = seed
+        if not isinstance(draft, (bool, np.bool_)):
+            raise UsageError(f"draft: expected True or False, got {draft!r}")
+        self.draft = bool(draft)
+        self.stage_times_ = StageTimes()
         self.pca_ = None
         self.fit_failures_ = []  # (path, reason) of the images fit skipped
         self.fit_seconds_ = 0.0  # wall time of the last fit (part of a build's time)
@@ -213,7 +226,8 @@ class CrossLayerEncoder:
         return self._runners[key]
 
     def _prepare(self, source):
-        return prepare(source, self.side, self.policy, self.spec.mean, self.spec.std)
+        return prepare(source, self.side, self.policy, self.spec.mean, self.spec.std, draft=self.draft,
+                       stage_times=self.stage_times_)
 
     def load_pixels(self, images) -> np.ndarray:
         """(n, side, side, 3) uint8 RGB: the images (file paths or HxWx3 uint8 arrays) decoded and resized by this
@@ -260,7 +274,8 @@ class CrossLayerEncoder:
                 outputs = runner.run(stacked)
             return step.reduce(outputs) if step.reduce is not None else outputs
 
-        batches = stream_batches(images, step.prepare or self._prepare, run, batch_size, self.decode_workers, on_error)
+        batches = stream_batches(images, step.prepare or self._prepare, run, batch_size, self.decode_workers, on_error,
+                                 stage_times=self.stage_times_)
         if not progress:
             return batches
         return _with_progress(batches, images, desc)
@@ -312,7 +327,8 @@ class CrossLayerEncoder:
         """Cross-layer pooling of one activations batch (`output` as in `crosslayer.pool`)."""
         self._check_fitted()
         local, guidance = outputs[self.layers[0]], outputs[self.layers[1]]
-        pooled = pool(local, guidance, self.pca_, output=output, num_threads=self.threads)
+        with self.stage_times_.timing("pooling"):
+            pooled = pool(local, guidance, self.pca_, output=output, num_threads=self.threads)
         if output == "codes":
             pooled.identity = self.identity_digest
         return pooled
@@ -408,6 +424,7 @@ class CrossLayerEncoder:
         if found:
             raise EncoderMismatchError(path, found)
         stored = cls.load(path, weights=requested.weights, **{key: getattr(requested, key) for key in RUNTIME_OPTIONS})
+        stored.stage_times_ = requested.stage_times_  # the caller's profile sees the work done by the stored encoder
         if requested.pca_ is not None and not all(np.array_equal(a, b) for a, b in zip(requested.pca_, stored.pca_)):
             raise EncoderMismatchError(path, ["another PCA (the same settings, fitted separately)"])
         return stored

@@ -194,6 +194,14 @@ def add_runtime_options(parser, decode_workers: bool = True) -> None:
     if decode_workers:
         parser.add_argument("--decode-workers", type=positive_int, default=ENCODER_DEFAULTS.decode_workers,
                             help="threads decoding and resizing images ahead of the backbone")
+        parser.add_argument("--draft", action="store_true",
+                            help="decode JPEGs of at least twice --side at a reduced scale (faster on large photos; "
+                                 "the pixels differ slightly from a full decode)")
+
+
+def add_profile_option(parser) -> None:
+    parser.add_argument("--profile", action="store_true",
+                        help="print the seconds spent in each stage (decode, resize, inference, pooling, writing...)")
 
 
 def add_on_error_option(parser) -> None:
@@ -232,13 +240,13 @@ def build_encoder(args, **extra):
     config = encoder_config(args)
     return CrossLayerEncoder(backbone=config.backbone, layers=config.layers, side=config.side, pca_dim=config.pca_dim,
                              policy=config.policy, weights=args.weights, batch_size=config.batch_size,
-                             threads=config.threads, decode_workers=config.decode_workers,
+                             threads=config.threads, decode_workers=config.decode_workers, draft=config.draft,
                              fit_images=config.fit_images, seed=config.seed, **extra)
 
 
 def runtime_options(args) -> dict:
     """The runtime options given, as keywords of `CrossLayerEncoder.load` / `ImageIndex.open`."""
-    names = ("batch_size", "threads", "decode_workers")
+    names = ("batch_size", "threads", "decode_workers", "draft")
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
