@@ -1,5 +1,6 @@
 """Extraction speed pieces: per-stage seconds (the encoder path and `index build --profile`), onnxruntime's
-non-spinning threads (same outputs), and JPEG draft decoding (reduced scale, never below the side)."""
+non-spinning threads (same outputs), JPEG draft decoding (reduced scale, never below the side) and the int8
+precision (quantised backbone saved with the encoder, its codes never mixed with fp32 codes)."""
 
 import numpy as np
 import pytest
@@ -122,3 +123,64 @@ def test_index_build_profile_and_draft_on_the_command_line(photos, backbone_cach
     assert any(line.startswith("wall") for line in lines)
     plain = ok(run_cli("index", "build", tmp_path / "plain", "--images", photos[0].parent, *TINY, "--quiet"))
     assert "inference" not in plain.stdout
+
+
+# ---- precision int8 --------------------------------------------------------------------------------------------------
+
+def test_quantize_int8_is_deterministic_and_checks_its_inputs(backbone_cache):
+    from crosslayer.backbones.export import export, quantize_int8
+    from crosslayer.backbones.runtime import OnnxBackbone
+
+    path = export("mobilenet_v2", weights="random", with_embedding=True)
+    inputs = np.random.default_rng(0).standard_normal((4, 3, 64, 64)).astype(np.float32)
+    model = quantize_int8(path, inputs)
+    assert model == quantize_int8(path, inputs)
+    quantised, reference = OnnxBackbone(model, intra_op_threads=1), OnnxBackbone(path, intra_op_threads=1)
+    assert quantised.model_path == "<in memory>"
+    got, want = quantised.run(inputs), reference.run(inputs)
+    for name in want:
+        assert got[name].shape == want[name].shape
+        # int8 is an approximation of the fp32 maps, not another network
+        assert np.corrcoef(got[name].ravel(), want[name].ravel())[0, 1] > 0.9, name
+    for bad in (inputs.astype(np.float64), inputs[:, :2], inputs[:0]):
+        with pytest.raises(UsageError, match="calibration_inputs"):
+            quantize_int8(path, bad)
+
+
+def test_int8_encoder_saves_its_model_and_never_mixes_with_fp32(photos, backbone_cache, tmp_path):
+    from crosslayer.encoder import CrossLayerEncoder, EncoderMismatchError, NotFittedError, Pass
+
+    settings = dict(weights="random", side=SIDE, fit_images=6, batch_size=4, threads=1)
+    sources = [str(p) for p in photos]
+    with pytest.raises(UsageError, match="precision"):
+        CrossLayerEncoder(precision="fp16", **settings)
+    int8 = CrossLayerEncoder(precision="int8", **settings)
+    with pytest.raises(NotFittedError, match="int8"):
+        next(iter(int8.activations(sources)))
+    int8.fit(sources)
+    fp32 = CrossLayerEncoder(**settings).fit(sources)
+    assert int8.identity["precision"] == "int8" and "precision" not in fp32.identity
+    assert int8.identity_digest != fp32.identity_digest
+    codes = int8.encode(sources)
+    path = tmp_path / "int8.xle"
+    int8.save(path)
+    loaded = CrossLayerEncoder.load(path)
+    assert loaded.precision == "int8" and loaded.int8_model_ == int8.int8_model_
+    again = loaded.encode(sources)
+    assert again.identity == codes.identity and np.array_equal(again.signs(), codes.signs())
+    with pytest.raises(EncoderMismatchError, match="precision 'int8' \\(requested 'fp32'\\)"):
+        CrossLayerEncoder.load_for_resume(path, CrossLayerEncoder(**settings))
+    with pytest.raises(UsageError, match="int8 covers"):
+        next(iter(loaded.activations(sources, pass_=Pass(taps=("features.18",)))))
+
+
+def test_index_build_precision_int8_on_the_command_line_refuses_fp32_on_resume(photos, backbone_cache, tmp_path):
+    from test_cli_commands import one_line_error
+
+    db = tmp_path / "db"
+    done = ok(run_cli("index", "build", db, "--images", photos[0].parent, *TINY, "--precision", "int8", "--quiet"))
+    assert "indexed 6 images" in done.stdout
+    refused = run_cli("index", "build", db, "--images", photos[0].parent, *TINY, "--quiet")
+    one_line_error(refused, "precision 'int8' (requested 'fp32')")
+    resumed = ok(run_cli("index", "build", db, "--images", photos[0].parent, *TINY, "--precision", "int8", "--quiet"))
+    assert "6 already there" in resumed.stdout

@@ -20,7 +20,7 @@ from crosslayer.backbones.registry import get_backbone
 from crosslayer.backbones.weights import describe_weights, weights_identity
 from crosslayer.batches import ON_ERROR, batch_size_within_budget, check_batch_size, stream_batches
 from crosslayer.codes import Codes
-from crosslayer.config import ENCODER_DEFAULTS
+from crosslayer.config import ENCODER_DEFAULTS, PRECISIONS
 from crosslayer.errors import CrossLayerError, FormatError, UsageError
 from crosslayer.formats import read_zip_document, write_zip_document
 from crosslayer.images import RESIZE_POLICIES, check_side, prepare
@@ -37,6 +37,10 @@ COMPARED_SETTINGS = ("backbone", "layers", "side", "pca_dim", "policy")
 # What a resumed run may choose anew: they change speed and memory, not the codes.
 RUNTIME_OPTIONS = ("batch_size", "threads", "decode_workers", "cache", "draft")
 _UNRESOLVED = object()  # weights_id not computed yet
+# The backbone's arithmetic. int8 is onnxruntime's static QDQ quantisation calibrated on the first
+# CALIBRATION_IMAGES of the fit sample; its model is saved in the encoder file, and its precision and model hash are
+# part of the identity, so int8 codes are never mixed with fp32 codes (nor with another calibration's).
+CALIBRATION_IMAGES = 48
 
 
 class EncoderFormatError(FormatError):
@@ -103,6 +107,9 @@ class CrossLayerEncoder:
     pca_dim:  PCA output dimension Dt (None: full decorrelating rotation, as in the paper).
     weights:  None (the pinned packaged weights), a state-dict file path, or "random" (untrained; tests only).
     logits:   also compute ImageNet logits in `activations` (for display).
+    precision: "fp32" (the reference, default) or "int8": the backbone quantised by onnxruntime, calibrated during
+              `fit`; ~1.7x faster on a CPU with VNNI, but ~15% of code signs differ from fp32's
+              (benchmarks/results/extract.md).
     draft:    decode JPEGs of at least twice `side` at a reduced scale (`crosslayer.images.load_image`); faster on
               large photos, but the pixels differ slightly from a full decode (off by default).
 
@@ -126,7 +133,8 @@ class CrossLayerEncoder:
                  logits=False,
                  cache=None,
                  seed=ENCODER_DEFAULTS.seed,
-                 draft=ENCODER_DEFAULTS.draft):
+                 draft=ENCODER_DEFAULTS.draft,
+                 precision=ENCODER_DEFAULTS.precision):
         self.spec = get_backbone(backbone)
         self.backbone = self.spec.name
         self.layers = self.spec.check_pair(layers)
@@ -149,6 +157,10 @@ class CrossLayerEncoder:
         if not isinstance(draft, (bool, np.bool_)):
             raise UsageError(f"draft: expected True or False, got {draft!r}")
         self.draft = bool(draft)
+        if precision not in PRECISIONS:
+            raise UsageError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
+        self.int8_model_ = None  # the quantised backbone's ONNX bytes (precision "int8", after fit or load)
         self.stage_times_ = StageTimes()
         self.pca_ = None
         self.fit_failures_ = []  # (path, reason) of the images fit skipped
@@ -197,6 +209,9 @@ class CrossLayerEncoder:
             for array in self.pca_:
                 sha.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
             identity = {**self.settings(), "weights_id": self.weights_id, "pca_sha256": sha.hexdigest()}
+            if self.precision != "fp32":  # fp32 identities stay as they were before precisions existed
+                identity["precision"] = self.precision
+                identity["int8_model_sha256"] = hashlib.sha256(self.int8_model_).hexdigest()
             digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
             self._identity_cache = (self.pca_, identity, digest)
         return self._identity_cache[1:]
@@ -215,15 +230,46 @@ class CrossLayerEncoder:
         taps = tuple(self.layers if taps is None else taps)
         key = (taps, embedding)
         if key not in self._runners:
-            from crosslayer.backbones.export import export
             from crosslayer.backbones.runtime import OnnxBackbone
 
-            # the file recorded (or given) may have been replaced since the PCA was learnt
-            self._check_weights(f"{self.backbone} encoder")
-            path = export(self.spec, taps, self.weights, with_embedding=embedding, with_logits=self.logits,
-                          cache=self.cache, seed=self.seed)
-            self._runners[key] = OnnxBackbone(path, intra_op_threads=self.threads)
+            if self.precision == "int8":
+                if key != (tuple(self.layers), True):
+                    raise UsageError(f"precision: int8 covers this encoder's own layer pair {self.layers} with its "
+                                     f"embedding, not taps {taps}; use an fp32 encoder for other taps")
+                if self.int8_model_ is None:
+                    raise NotFittedError("precision int8: the quantised backbone is calibrated by fit(images) (or "
+                                         "read by CrossLayerEncoder.load)")
+                self._runners[key] = OnnxBackbone(self.int8_model_, intra_op_threads=self.threads)
+            else:
+                self._runners[key] = OnnxBackbone(self._fp32_export(taps, embedding), intra_op_threads=self.threads)
         return self._runners[key]
+
+    def _fp32_export(self, taps, embedding):
+        from crosslayer.backbones.export import export
+
+        # the file recorded (or given) may have been replaced since the PCA was learnt
+        self._check_weights(f"{self.backbone} encoder")
+        return export(self.spec, taps, self.weights, with_embedding=embedding, with_logits=self.logits,
+                      cache=self.cache, seed=self.seed)
+
+    def _calibrate_int8(self, images, on_error):
+        """The int8 backbone's bytes, calibrated on the first CALIBRATION_IMAGES usable images (bad ones skipped
+        with on_error="skip")."""
+        from crosslayer.backbones.export import quantize_int8
+        from crosslayer.images import ImageError
+
+        inputs = []
+        for source in images:
+            if len(inputs) == CALIBRATION_IMAGES:
+                break
+            try:
+                inputs.append(self._prepare(source))
+            except ImageError:
+                if on_error == "raise":
+                    raise
+        if not inputs:
+            raise FitError("images: no usable image to calibrate the int8 backbone on", [])
+        return quantize_int8(self._fp32_export(tuple(self.layers), True), np.stack(inputs))
 
     def _prepare(self, source):
         return prepare(source, self.side, self.policy, self.spec.mean, self.spec.std, draft=self.draft,
@@ -295,6 +341,10 @@ class CrossLayerEncoder:
         if self.fit_images is not None and len(images) > self.fit_images:
             chosen = np.sort(np.random.default_rng(self.seed).choice(len(images), self.fit_images, replace=False))
             images = [images[i] for i in chosen]
+        if self.precision == "int8":
+            self.pca_ = None  # the PCA is learnt anew on the newly calibrated backbone's activations
+            self.int8_model_ = self._calibrate_int8(images, on_error)
+            self._runners.clear()
         channels = self.spec.channels[self.layers[0]]
         accumulator = CovarianceAccumulator(channels)
         failures, used = [], 0
@@ -357,13 +407,16 @@ class CrossLayerEncoder:
 
     def config(self) -> dict:
         return {**self.settings(), "weights": self.weights, "weights_id": self.weights_id, "seed": self.seed,
-                "Dk": self.Dk, "Dt": self.Dt}
+                "Dk": self.Dk, "Dt": self.Dt, "precision": self.precision}
 
     def differences(self, made: dict) -> list[str]:
         """How this (requested) encoder differs from the one whose `config()` is `made` — [] when codes of both can
         be mixed. The weights are compared (a file hashed) only when the settings match; unrecorded weights are not."""
         wanted = self.settings()
         found = [f"{key} {made[key]!r} (requested {wanted[key]!r})" for key in COMPARED_SETTINGS if made[key] != wanted[key]]
+        made_precision = made.get("precision", "fp32")  # files from before precisions existed are fp32
+        if made_precision != self.precision:
+            found.append(f"precision {made_precision!r} (requested {self.precision!r})")
         if not found and made.get("weights_id") is not None and made["weights_id"] != self.weights_id:
             given = "the packaged weights" if self.weights is None else f"{self.weights}"
             found.append(f"{describe_weights(made['weights_id'])} (requested {given}: {describe_weights(self.weights_id)})")
@@ -373,8 +426,10 @@ class CrossLayerEncoder:
         """Writes the fitted encoder atomically (`crosslayer.formats` zip document: meta + PCA arrays, checksummed)."""
         self._check_fitted()
         body = {**self.config(), "identity": self.identity_digest}
-        write_zip_document(path, ENCODER_FORMAT, ENCODER_VERSION, body,
-                           {"pca_mean": self.pca_[0], "pca_projection": self.pca_[1]})
+        arrays = {"pca_mean": self.pca_[0], "pca_projection": self.pca_[1]}
+        if self.precision == "int8":
+            arrays["int8_model"] = np.frombuffer(self.int8_model_, np.uint8)
+        write_zip_document(path, ENCODER_FORMAT, ENCODER_VERSION, body, arrays)
 
     @staticmethod
     def read_meta(path) -> dict:
@@ -395,6 +450,7 @@ class CrossLayerEncoder:
         _check_meta(meta, path)
         params = {key: meta[key] for key in ("backbone", "side", "pca_dim", "policy", "weights", "seed")}
         params["layers"] = tuple(meta["layers"])
+        params["precision"] = meta.get("precision", "fp32")
         params.update(runtime_options)
         try:
             encoder = cls(**params)
@@ -410,6 +466,11 @@ class CrossLayerEncoder:
         if mean is None or projection is None or mean.shape != (dt_in,) or projection.shape != (dt_in, encoder.Dt):
             raise EncoderFormatError(f"{path}: PCA arrays do not match the encoder (damaged encoder file)")
         encoder.pca_ = (mean.astype(np.float32), np.ascontiguousarray(projection, dtype=np.float32))
+        if encoder.precision == "int8":
+            model = arrays.get("int8_model")
+            if model is None or model.dtype != np.uint8 or model.ndim != 1:
+                raise EncoderFormatError(f"{path}: damaged encoder file (precision int8 without its int8 model)")
+            encoder.int8_model_ = model.tobytes()
         if encoder.identity_digest != meta["identity"]:
             raise EncoderFormatError(f"{path}: damaged encoder file (identity {encoder.identity_digest} of its "
                                      f"contents differs from the {meta['identity']} recorded)")

@@ -8,7 +8,8 @@ from crosslayer.errors import UsageError
 
 
 class OnnxBackbone:
-    """Runs an exported model: ``run(images (n, 3, H, W) float32)`` -> {output name: array}.
+    """Runs an exported model (a file path, or the model's bytes): ``run(images (n, 3, H, W) float32)`` ->
+    {output name: array}.
 
     allow_spinning: whether onnxruntime's idle intra-op threads busy-wait for work. Off by default: the decode
     workers run beside inference on the same cores, and spinning threads take their time (measured on 2 shared
@@ -27,9 +28,11 @@ class OnnxBackbone:
         options.inter_op_num_threads = inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-        self.model_path = str(model_path)
+        in_memory = isinstance(model_path, (bytes, bytearray))
+        self.model_path = "<in memory>" if in_memory else str(model_path)
         self.allow_spinning = allow_spinning
-        self.session = ort.InferenceSession(self.model_path, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(bytes(model_path) if in_memory else self.model_path, options,
+                                            providers=["CPUExecutionProvider"])
         self.output_names = [output.name for output in self.session.get_outputs()]
         self.input_name = self.session.get_inputs()[0].name
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from crosslayer.config import ENCODER_DEFAULTS, MAX_SIDE, MIN_SIDE, EncoderConfig
+from crosslayer.config import ENCODER_DEFAULTS, MAX_SIDE, MIN_SIDE, PRECISIONS, EncoderConfig
 from crosslayer.errors import UsageError
 
 ON_ERROR_CHOICES = ("skip", "raise")
@@ -199,6 +199,12 @@ def add_runtime_options(parser, decode_workers: bool = True) -> None:
                                  "the pixels differ slightly from a full decode)")
 
 
+def add_precision_option(parser) -> None:
+    parser.add_argument("--precision", default=ENCODER_DEFAULTS.precision, choices=PRECISIONS,
+                        help="the backbone's arithmetic: fp32 (the reference) or int8 (quantised, calibrated on the "
+                             "PCA sample: faster, codes differ from fp32's)")
+
+
 def add_profile_option(parser) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="print the seconds spent in each stage (decode, resize, inference, pooling, writing...)")
@@ -241,6 +247,7 @@ def build_encoder(args, **extra):
     return CrossLayerEncoder(backbone=config.backbone, layers=config.layers, side=config.side, pca_dim=config.pca_dim,
                              policy=config.policy, weights=args.weights, batch_size=config.batch_size,
                              threads=config.threads, decode_workers=config.decode_workers, draft=config.draft,
+                             precision=config.precision,
                              fit_images=config.fit_images, seed=config.seed, **extra)
 
 
