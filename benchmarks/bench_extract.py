@@ -256,7 +256,7 @@ def quality(args) -> int:
         matrix = np.empty(scores.shape, np.float64)
         np.put_along_axis(matrix, ids, scores.astype(np.float64), axis=1)
         # average precision per query (one relevant item each: reciprocal rank, ties counted against)
-        per_query[name] = np.array([evaluate_scores(matrix[i : i + 1], relevant[i : i + 1])["mAP"]
+        per_query[name] = np.array([evaluate_scores(matrix[i : i + 1], relevant[i : i + 1])["map"]
                                     for i in range(len(matrix))])
     difference = per_query["int8"] - per_query["fp32"]
     rng = np.random.default_rng(0)
