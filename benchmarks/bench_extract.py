@@ -269,9 +269,9 @@ def quality(args) -> int:
     plain = CrossLayerEncoder(side=side, threads=args.threads, fit_images=len(train)).fit(train)
     drafted = CrossLayerEncoder(side=side, draft=True, threads=args.threads)
     drafted.pca_ = plain.pca_  # the same encoder but for the decode
-    photos = smvs.database.paths[:third]
+    photos = smvs.queries.paths[:third]  # phone photos of 640 x 480 (the database scans are under 448 on a side)
     agree = (drafted.encode(photos).signs() == plain.encode(photos).signs()).mean(axis=(1, 2))
-    print(f"draft vs full decode, smvs database at side {side} ({len(photos)} images, 640 px decoded at 320): "
+    print(f"draft vs full decode, smvs queries at side {side} ({len(photos)} images, 640 x 480 decoded at 320 x 240): "
           f"sign agreement median {np.median(agree):.4f}, min {agree.min():.4f}")
     return 0
 

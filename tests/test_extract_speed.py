@@ -119,8 +119,10 @@ def test_index_build_profile_and_draft_on_the_command_line(photos, backbone_cach
     assert "indexed 6 images" in done.stdout
     stages = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0] in STAGES}
     assert set(stages) == set(STAGES)
-    assert float(stages["inference"][1]) > 0 and float(stages["pooling"][1]) > 0 and float(stages["writing"][1]) > 0
-    assert any(line.startswith("wall") for line in lines)
+    seconds = {stage: float(row[1]) for stage, row in stages.items()}
+    (wall,) = [float(line.split()[1]) for line in lines if line.startswith("wall")]
+    # the table rounds to 1 ms: tiny stages of this tiny run may show 0.00 (the library test checks each is > 0)
+    assert all(value >= 0 for value in seconds.values()) and 0 < seconds["inference"] <= wall
     plain = ok(run_cli("index", "build", tmp_path / "plain", "--images", photos[0].parent, *TINY, "--quiet"))
     assert "inference" not in plain.stdout
 
@@ -184,3 +186,16 @@ def test_index_build_precision_int8_on_the_command_line_refuses_fp32_on_resume(p
     one_line_error(refused, "precision 'int8' (requested 'fp32')")
     resumed = ok(run_cli("index", "build", db, "--images", photos[0].parent, *TINY, "--precision", "int8", "--quiet"))
     assert "6 already there" in resumed.stdout
+
+
+def test_normalize_is_the_float32_formula_bit_for_bit():
+    from crosslayer.images import normalization, normalize
+
+    rng = np.random.default_rng(3)
+    for height, width in ((1, 1), (7, 5), (64, 33)):
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        scale, offset = normalization(MEAN, STD)
+        want = rgb.astype(np.float32) * scale - offset  # what the exported encoder graph computes
+        got = normalize(rgb, MEAN, STD)
+        assert got.flags.c_contiguous and got.dtype == np.float32
+        assert np.array_equal(got, want.transpose(2, 0, 1))

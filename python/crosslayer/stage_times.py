@@ -59,11 +59,11 @@ class StageTimes:
             per_image = 1e3 * seconds[stage] / self.images if self.images else 0.0
             share = ("  worker" if stage in WORKER_STAGES else
                      f"{100 * seconds[stage] / wall_seconds:7.1f}%" if wall_seconds else "")
-            lines.append(f"{stage:<12} {seconds[stage]:9.2f} {per_image:9.1f} {share:>8}")
+            lines.append(f"{stage:<12} {seconds[stage]:9.3f} {per_image:9.1f} {share:>8}")
         if wall_seconds:
             main = sum(seconds[stage] for stage in STAGES if stage not in WORKER_STAGES)
-            lines.append(f"{'other':<12} {max(0.0, wall_seconds - main):9.2f} {'':>9} "
+            lines.append(f"{'other':<12} {max(0.0, wall_seconds - main):9.3f} {'':>9} "
                          f"{100 * max(0.0, wall_seconds - main) / wall_seconds:7.1f}%")
-            lines.append(f"{'wall':<12} {wall_seconds:9.2f} "
+            lines.append(f"{'wall':<12} {wall_seconds:9.3f} "
                          f"{(1e3 * wall_seconds / self.images if self.images else 0.0):9.1f}")
         return "\n".join(lines)
