@@ -35,7 +35,10 @@ _META_KEYS = ("backbone", "layers", "side", "policy", "pca_dim", "weights", "wei
 # What must match to add codes to those an encoder made: the same network (these and its weights) and the same PCA.
 COMPARED_SETTINGS = ("backbone", "layers", "side", "pca_dim", "policy")
 # What a resumed run may choose anew: they change speed and memory, not the codes.
-RUNTIME_OPTIONS = ("batch_size", "threads", "decode_workers", "cache", "draft")
+RUNTIME_OPTIONS = ("batch_size", "threads", "decode_workers", "cache")
+# Settings that change the codes, added after files and identities existed: recorded in every file, compared like
+# COMPARED_SETTINGS, and part of the identity only when not at these defaults (so older identities stay valid).
+LATER_SETTINGS = {"precision": "fp32", "draft": False}
 _UNRESOLVED = object()  # weights_id not computed yet
 # The backbone's arithmetic. int8 is onnxruntime's static QDQ quantisation calibrated on the first
 # CALIBRATION_IMAGES of the fit sample; its model is saved in the encoder file, and its precision and model hash are
@@ -108,10 +111,10 @@ class CrossLayerEncoder:
     weights:  None (the pinned packaged weights), a state-dict file path, or "random" (untrained; tests only).
     logits:   also compute ImageNet logits in `activations` (for display).
     precision: "fp32" (the reference, default) or "int8": the backbone quantised by onnxruntime, calibrated during
-              `fit`; ~1.7x faster on a CPU with VNNI, but ~15% of code signs differ from fp32's
-              (benchmarks/results/extract.md).
+              `fit`; ~2.5x the fp32 session's speed on a CPU with VNNI, but ~18% of code signs differ from fp32's
+              and SMVS mAP moved by more than its noise (benchmarks/results/extract.md).
     draft:    decode JPEGs of at least twice `side` at a reduced scale (`crosslayer.images.load_image`); faster on
-              large photos, but the pixels differ slightly from a full decode (off by default).
+              large photos, but ~4% of code signs differ from a full decode's (off by default).
 
     Threads: `threads` onnxruntime intra-op threads run the network and, after it on the same thread, the pooling
     kernel (its OpenMP threads take the network's slot); `decode_workers` threads decode the next batch meanwhile.
@@ -209,8 +212,9 @@ class CrossLayerEncoder:
             for array in self.pca_:
                 sha.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
             identity = {**self.settings(), "weights_id": self.weights_id, "pca_sha256": sha.hexdigest()}
-            if self.precision != "fp32":  # fp32 identities stay as they were before precisions existed
-                identity["precision"] = self.precision
+            identity.update({key: getattr(self, key) for key, default in LATER_SETTINGS.items()
+                             if getattr(self, key) != default})
+            if self.precision == "int8":
                 identity["int8_model_sha256"] = hashlib.sha256(self.int8_model_).hexdigest()
             digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
             self._identity_cache = (self.pca_, identity, digest)
@@ -407,16 +411,16 @@ class CrossLayerEncoder:
 
     def config(self) -> dict:
         return {**self.settings(), "weights": self.weights, "weights_id": self.weights_id, "seed": self.seed,
-                "Dk": self.Dk, "Dt": self.Dt, "precision": self.precision}
+                "Dk": self.Dk, "Dt": self.Dt, **{key: getattr(self, key) for key in LATER_SETTINGS}}
 
     def differences(self, made: dict) -> list[str]:
         """How this (requested) encoder differs from the one whose `config()` is `made` — [] when codes of both can
         be mixed. The weights are compared (a file hashed) only when the settings match; unrecorded weights are not."""
         wanted = self.settings()
         found = [f"{key} {made[key]!r} (requested {wanted[key]!r})" for key in COMPARED_SETTINGS if made[key] != wanted[key]]
-        made_precision = made.get("precision", "fp32")  # files from before precisions existed are fp32
-        if made_precision != self.precision:
-            found.append(f"precision {made_precision!r} (requested {self.precision!r})")
+        for key, default in LATER_SETTINGS.items():  # files from before they existed had the defaults
+            if made.get(key, default) != getattr(self, key):
+                found.append(f"{key} {made.get(key, default)!r} (requested {getattr(self, key)!r})")
         if not found and made.get("weights_id") is not None and made["weights_id"] != self.weights_id:
             given = "the packaged weights" if self.weights is None else f"{self.weights}"
             found.append(f"{describe_weights(made['weights_id'])} (requested {given}: {describe_weights(self.weights_id)})")
@@ -450,7 +454,7 @@ class CrossLayerEncoder:
         _check_meta(meta, path)
         params = {key: meta[key] for key in ("backbone", "side", "pca_dim", "policy", "weights", "seed")}
         params["layers"] = tuple(meta["layers"])
-        params["precision"] = meta.get("precision", "fp32")
+        params.update({key: meta.get(key, default) for key, default in LATER_SETTINGS.items()})
         params.update(runtime_options)
         try:
             encoder = cls(**params)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from crosslayer.commands import index_manage
-from crosslayer.commands.options import (add_command, add_encoder_options, add_on_error_option, add_precision_option,
+from crosslayer.commands.options import (add_command, add_encoder_options, add_on_error_option, add_precision_options,
                                          add_profile_option, add_quiet_option, add_runtime_options, add_weights_option,
                                          build_encoder, image_sources, positive_float, runtime_options, subcommands)
 
@@ -32,7 +32,7 @@ def add_build_options(parser) -> None:
                         help="a fitted encoder file (.xle) to use as it is, instead of the encoder options and a PCA "
                              "fit (default: learn one)")
     add_runtime_options(parser)
-    add_precision_option(parser)
+    add_precision_options(parser)
     add_profile_option(parser)
     add_adding_options(parser)
 

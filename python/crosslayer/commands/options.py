@@ -194,15 +194,16 @@ def add_runtime_options(parser, decode_workers: bool = True) -> None:
     if decode_workers:
         parser.add_argument("--decode-workers", type=positive_int, default=ENCODER_DEFAULTS.decode_workers,
                             help="threads decoding and resizing images ahead of the backbone")
-        parser.add_argument("--draft", action="store_true",
-                            help="decode JPEGs of at least twice --side at a reduced scale (faster on large photos; "
-                                 "the pixels differ slightly from a full decode)")
 
 
-def add_precision_option(parser) -> None:
+def add_precision_options(parser) -> None:
+    """--precision and --draft: faster ways to encode that change the codes (recorded in the encoder)."""
     parser.add_argument("--precision", default=ENCODER_DEFAULTS.precision, choices=PRECISIONS,
                         help="the backbone's arithmetic: fp32 (the reference) or int8 (quantised, calibrated on the "
                              "PCA sample: faster, codes differ from fp32's)")
+    parser.add_argument("--draft", action="store_true",
+                        help="decode JPEGs of at least twice --side at a reduced scale (faster on large photos; "
+                             "~4%% of code signs differ from a full decode's)")
 
 
 def add_profile_option(parser) -> None:
@@ -253,7 +254,7 @@ def build_encoder(args, **extra):
 
 def runtime_options(args) -> dict:
     """The runtime options given, as keywords of `CrossLayerEncoder.load` / `ImageIndex.open`."""
-    names = ("batch_size", "threads", "decode_workers", "draft")
+    names = ("batch_size", "threads", "decode_workers")
     return {name: getattr(args, name) for name in names if hasattr(args, name)}
 
 
