@@ -125,6 +125,11 @@ def test_index_build_profile_and_draft_on_the_command_line(photos, backbone_cach
     assert all(value >= 0 for value in seconds.values()) and 0 < seconds["inference"] <= wall
     plain = ok(run_cli("index", "build", tmp_path / "plain", "--images", photos[0].parent, *TINY, "--quiet"))
     assert "inference" not in plain.stdout
+    # draft decoding changes codes: a build made with it is not resumed without it
+    from test_cli_commands import one_line_error
+
+    one_line_error(run_cli("index", "build", db, "--images", photos[0].parent, *TINY, "--quiet"),
+                   "draft True (requested False)")
 
 
 # ---- precision int8 --------------------------------------------------------------------------------------------------
