@@ -1,15 +1,21 @@
-"""End-to-end extraction (decode -> backbone -> codes), crosslayer pipeline vs a plain torch-eager script.
+"""Images -> codes end to end, side by side in one run: the pipeline as it was (onnxruntime threads spinning), the
+pipeline now at each precision, a bare onnxruntime session on the same model fed ready batches (the backbone-only
+ceiling of each precision), and a plain torch-eager script; plus the compute floor (the model's FLOPs at the side
+against this CPU's measured GEMM rate) and, with --quality, the sign agreement of int8 and draft-decoded codes with
+fp32 codes on real images.
 
-Both compute the same sign codes of the default MobileNetV2 pair at side 448 from the same CUB images with the same
-number of threads; the result is checked (codes agree up to signs of values at rounding level) before timing.
-Peak RSS of each is measured in a fresh subprocess. Usage:
-    PYTHONPATH=python python benchmarks/bench_extract.py [--data ROOT] [--images 96] [--threads 2]
-(ROOT holds cub100/manifest.csv; default ../shared/data beside the repository.)
+Every variant runs in its own subprocess (peak RSS), in interleaved rounds; the median round is reported with the
+load average, since the machine may be shared. Results are checked first: the pipeline's fp32 codes agree with the
+torch script's (up to signs of values at rounding level) and with the old pipeline's exactly. Usage:
+    PYTHONPATH=python python benchmarks/bench_extract.py [--data ROOT] [--images 64] [--threads 2] [--rounds 3]
+    PYTHONPATH=python python benchmarks/bench_extract.py --quality [--quality-images 210]
+(ROOT holds cub100/, scene15/, smvs/; default ../shared/data beside the repository.)
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
@@ -24,6 +30,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import add_data_argument, data_set  # noqa: E402
 
 MANIFEST = "cub100/manifest.csv"
+VARIANTS = ("before", "fp32", "int8", "ort-fp32", "ort-int8", "torch")
+LABELS = {
+    "before": "pipeline as before (ort spinning)",
+    "fp32": "pipeline now, fp32",
+    "int8": "pipeline now, int8",
+    "ort-fp32": "bare ort fp32 session, ready batches",
+    "ort-int8": "bare ort int8 session, ready batches",
+    "torch": "plain torch-eager script",
+}
+
+
+def _split(root, name, split, count, step=1):
+    with open(data_set(root, f"{name}/manifest.csv"), newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["split"] == split]
+    return [str(data_set(root, f"{name}/{row['path']}")) for row in rows[::step]][:count]
 
 
 def _paths(args):
@@ -32,22 +53,47 @@ def _paths(args):
     return read_manifest(data_set(args.data, MANIFEST))[: args.images]
 
 
-def run_crosslayer(args) -> dict:
+def _encoder(args, precision):
     from crosslayer.encoder import CrossLayerEncoder
-    from crosslayer.extract import Store, extract
 
+    return CrossLayerEncoder.load(args.encoder_int8 if precision == "int8" else args.encoder, threads=args.threads,
+                                  batch_size=args.batch_size, decode_workers=args.decode_workers)
+
+
+def run_pipeline(args, precision, spinning=False) -> dict:
+    from crosslayer.backbones.runtime import OnnxBackbone
+
+    encoder = _encoder(args, precision)
+    runner = encoder._backbone()
+    if spinning:  # the session as it was made before: idle intra-op threads busy-wait
+        encoder._runners[(tuple(encoder.layers), True)] = OnnxBackbone(runner.model_path, intra_op_threads=args.threads,
+                                                                        allow_spinning=True)
     paths = _paths(args)
-    encoder = CrossLayerEncoder(side=args.side, threads=args.threads, batch_size=args.batch_size,
-                                decode_workers=args.threads).fit(paths[: args.fit])
-    encoder.save(args.encoder)
-    encoder.activations([])  # export/session creation outside the timing, as for torch's model build
-    encoder._backbone()
-    with tempfile.TemporaryDirectory() as store:
-        start = time.perf_counter()
-        extract(paths, store, encoder, progress=False, save_embedding=True)
-        seconds = time.perf_counter() - start
-        Store(store).codes().save(args.codes)
-    return {"seconds": seconds}
+    encoder.encode(paths[: args.batch_size])  # warm-up, untimed
+    encoder.stage_times_.reset()
+    start = time.perf_counter()
+    codes = encoder.encode(paths)
+    seconds = time.perf_counter() - start
+    codes.save(args.codes)
+    return {"seconds": seconds, "stages": encoder.stage_times_.seconds()}
+
+
+def run_bare(args, precision) -> dict:
+    import numpy as np
+
+    from crosslayer.backbones.runtime import OnnxBackbone
+
+    encoder = _encoder(args, precision)
+    model = encoder.int8_model_ if precision == "int8" else encoder._fp32_export(tuple(encoder.layers), True)
+    session = OnnxBackbone(model, intra_op_threads=args.threads)
+    paths = _paths(args)
+    batches = [np.stack([encoder._prepare(p) for p in paths[i : i + args.batch_size]])
+               for i in range(0, len(paths), args.batch_size)]
+    session.run(batches[0])
+    start = time.perf_counter()
+    for batch in batches:
+        session.run(batch)
+    return {"seconds": time.perf_counter() - start}
 
 
 def run_torch(args) -> dict:
@@ -58,15 +104,15 @@ def run_torch(args) -> dict:
     from crosslayer import reference
     from crosslayer.backbones.export import torch_reference
     from crosslayer.codes import Codes
-    from crosslayer.encoder import CrossLayerEncoder
     from crosslayer.images import prepare
 
     torch.set_num_threads(args.threads)
-    encoder = CrossLayerEncoder.load(args.encoder)
+    encoder = _encoder(args, "fp32")
     spec = encoder.spec
     net = torch_reference("mobilenet_v2", encoder.layers)
-    mean, proj = (np.asarray(v, np.float64) for v in encoder.pca_)
+    mean, proj = (np.asarray(v, np.float32) for v in encoder.pca_)
     paths = _paths(args)
+    net(np.stack([prepare(paths[0], args.side, "square", spec.mean, spec.std)]))
     start = time.perf_counter()
     parts = []
     for i in range(0, len(paths), args.batch_size):
@@ -74,61 +120,248 @@ def run_torch(args) -> dict:
         local, guidance = net(batch)
         # same math as the fused kernel, vectorised: PCA, P = A X, signs packed
         n, dt, h, w = local.shape
-        x = (local.reshape(n, dt, h * w).transpose(0, 2, 1).astype(np.float32) - mean.astype(np.float32)) @ proj.astype(np.float32)
+        x = (local.reshape(n, dt, h * w).transpose(0, 2, 1) - mean) @ proj
         a = guidance.reshape(n, guidance.shape[1], h * w)
-        pooled = a @ x  # (n, Dk, Dt)
-        parts.append(Codes(reference.pack_ternary(np.sign(pooled).astype(np.int8)), a.mean(axis=2), dt))
+        parts.append(Codes(reference.pack_ternary(np.sign(a @ x).astype(np.int8)), a.mean(axis=2), dt))
     seconds = time.perf_counter() - start
     Codes.concatenate(parts).save(args.codes)
     return {"seconds": seconds}
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent across exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _child(args) -> int:
-    result = (run_crosslayer if args.which == "crosslayer" else run_torch)(args)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    which = args.which
+    if which in ("before", "fp32", "int8"):
+        result = run_pipeline(args, "int8" if which == "int8" else "fp32", spinning=which == "before")
+    elif which.startswith("ort-"):
+        result = run_bare(args, which[4:])
+    else:
+        result = run_torch(args)
+    result["peak_rss_mb"] = _peak_rss_mb()
     print(json.dumps(result))
+    return 0
+
+
+# ---- compute floor ---------------------------------------------------------------------------------------------------
+
+def model_flops(side: int) -> float:
+    """Multiply-adds x 2 of the exported network (the layer pair and the embedding) on one side x side image."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from crosslayer.backbones.export import _last_tap_index, _load_network, _tap_module
+    from crosslayer.backbones.registry import get_backbone
+    from crosslayer.backbones.weights import resolve_weights
+
+    spec = get_backbone("mobilenet_v2")
+    taps = spec.default_pair
+    module = _tap_module(_load_network(spec, resolve_weights(spec, None)[0], 0), taps,
+                         [spec.tap_index(t) for t in taps], _last_tap_index(spec), True, False)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        module(torch.zeros(1, 3, side, side))
+    return float(counter.get_total_flops())
+
+
+def gemm_rates(threads: int) -> dict:
+    """GFLOP/s of a 1024^3 matrix product with `threads` threads: fp32 and bf16 (torch), int8 (onnxruntime
+    MatMulInteger); median of 5."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(threads)
+    n = 1024
+    rates = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        torch.mm(a, b)
+        times = []
+        for _ in range(5):
+            begin = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - begin)
+        rates[name] = 2 * n**3 / float(np.median(times)) / 1e9
+    rates["int8"] = _int8_gemm_rate(n, threads)
+    return rates
+
+
+def _int8_gemm_rate(n: int, threads: int) -> float:
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
+                               helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
+                              [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+    session.run(None, feeds)
+    times = []
+    for _ in range(5):
+        begin = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - begin)
+    del onnx
+    return 2 * n**3 / float(np.median(times)) / 1e9
+
+
+# ---- quality: sign agreement with fp32 on real images ----------------------------------------------------------------
+
+def quality(args) -> int:
+    """Sign agreement with fp32 codes and SMVS retrieval with int8 against fp32, and JPEG draft decoding against
+    the full decode. Both precisions learn their PCA (and int8 its calibration) on the same train images; sign
+    agreement compares int8 activations pooled with the fp32 PCA (two PCAs fitted apart have arbitrary eigenvector
+    signs, so their codes are not comparable bit by bit), retrieval uses each encoder as a user would."""
+    import numpy as np
+
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.retrieval.datasets import read_retrieval_set
+    from crosslayer.retrieval.metrics import evaluate_scores, relevance_matrix
+    from crosslayer.search import search_segments
+
+    third = args.quality_images // 3
+    train = _split(args.data, "cub100", "train", 100, 29) + _split(args.data, "scene15", "train", 100, 15)
+    smvs = read_retrieval_set(data_set(args.data, "smvs"))
+    images = (_split(args.data, "cub100", "test", third, 9) + _split(args.data, "scene15", "test", third, 9)
+              + smvs.database.paths[:third])
+    print(f"load average {os.getloadavg()[0]:.1f}; side {args.side}; PCA and int8 calibration on {len(train)} "
+          f"train images (cub100, scene15)")
+    settings = dict(side=args.side, threads=args.threads, batch_size=args.batch_size, fit_images=len(train))
+    fp32 = CrossLayerEncoder(**settings).fit(train)
+    int8 = CrossLayerEncoder(precision="int8", **settings).fit(train)
+    int8_fp32_pca = CrossLayerEncoder(precision="int8", **settings)
+    int8_fp32_pca.int8_model_, int8_fp32_pca.pca_ = int8.int8_model_, fp32.pca_
+    agreement = (int8_fp32_pca.encode(images).signs() == fp32.encode(images).signs()).mean(axis=(1, 2))
+    print(f"int8 vs fp32 sign agreement (same PCA), {len(images)} images (cub100, scene15 test, smvs database): "
+          f"median {np.median(agreement):.4f}, min {agreement.min():.4f}")
+
+    relevant = relevance_matrix(smvs.queries.items, smvs.database.items)
+    per_query = {}
+    for name, encoder in (("fp32", fp32), ("int8", int8)):
+        queries, database = encoder.encode(smvs.queries.paths), encoder.encode(smvs.database.paths)
+        scores, ids = search_segments(queries, [(database.bits, 0)], len(database), channels=50)
+        matrix = np.empty(scores.shape, np.float64)
+        np.put_along_axis(matrix, ids, scores.astype(np.float64), axis=1)
+        # average precision per query (one relevant item each: reciprocal rank, ties counted against)
+        per_query[name] = np.array([evaluate_scores(matrix[i : i + 1], relevant[i : i + 1])["map"]
+                                    for i in range(len(matrix))])
+    difference = per_query["int8"] - per_query["fp32"]
+    rng = np.random.default_rng(0)
+    boot = [difference[rng.integers(0, len(difference), len(difference))].mean() for _ in range(2000)]
+    print(f"SMVS ({len(relevant)} queries, 50 channels) mAP: fp32 {per_query['fp32'].mean():.4f}, "
+          f"int8 {per_query['int8'].mean():.4f}; difference {difference.mean():+.4f} "
+          f"(paired bootstrap 95% interval {np.percentile(boot, 2.5):+.4f} .. {np.percentile(boot, 97.5):+.4f})")
+
+    side = 224  # the sets' images are under twice 448 on a side: draft decoding only applies at smaller sides here
+    plain = CrossLayerEncoder(side=side, threads=args.threads, fit_images=len(train)).fit(train)
+    drafted = CrossLayerEncoder(side=side, draft=True, threads=args.threads)
+    drafted.pca_ = plain.pca_  # the same encoder but for the decode
+    photos = smvs.queries.paths[:third]  # phone photos of 640 x 480 (the database scans are under 448 on a side)
+    agree = (drafted.encode(photos).signs() == plain.encode(photos).signs()).mean(axis=(1, 2))
+    print(f"draft vs full decode, smvs queries at side {side} ({len(photos)} images, 640 x 480 decoded at 320 x 240): "
+          f"sign agreement median {np.median(agree):.4f}, min {agree.min():.4f}")
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_argument(parser)
-    parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--fit", type=int, default=32)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--fit", type=int, default=48)
     parser.add_argument("--side", type=int, default=448)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--decode-workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--quality", action="store_true", help="measure sign agreement instead of speed")
+    parser.add_argument("--quality-images", type=int, default=210)
     parser.add_argument("--which", default=None)
     parser.add_argument("--encoder", default=None)
+    parser.add_argument("--encoder-int8", default=None)
     parser.add_argument("--codes", default=None)
     args = parser.parse_args()
     if args.which:
         return _child(args)
+    if args.quality:
+        return quality(args)
 
     import numpy as np
 
     from crosslayer.codes import Codes
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.stage_times import STAGES
 
-    work = tempfile.mkdtemp(prefix="bench_extract_")
-    encoder_path = os.path.join(work, "encoder.xle")
-    results = {}
-    for which in ("crosslayer", "torch"):
-        codes = os.path.join(work, f"{which}.xlc")
-        command = [sys.executable, __file__, "--which", which, "--encoder", encoder_path, "--codes", codes,
-                   "--data", str(args.data), "--images", str(args.images), "--fit", str(args.fit), "--side", str(args.side),
-                   "--threads", str(args.threads), "--batch-size", str(args.batch_size)]
-        out = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        results[which] = json.loads(out)
-    ours, theirs = Codes.load(os.path.join(work, "crosslayer.xlc")), Codes.load(os.path.join(work, "torch.xlc"))
-    mismatch = float((ours.signs() != theirs.signs()).mean())
-    assert len(ours) == len(theirs) == args.images and mismatch < 1e-4, f"codes differ: {mismatch:.2e} of signs"
-    mean_err = float(np.abs(ours.channel_mean - theirs.channel_mean).max())
-    print(f"{args.images} CUB images, side {args.side}, MobileNetV2 features.17 x features.18, {args.threads} threads")
-    print(f"check: codes agree on {100 * (1 - mismatch):.4f}% of signs, channel means within {mean_err:.1e}")
-    for which, label in (("crosslayer", "crosslayer extract (onnxruntime)"), ("torch", "plain torch eager script")):
-        r = results[which]
-        print(f"{label:>34}: {args.images / r['seconds']:6.2f} images/s, peak RSS {r['peak_rss_mb']:.0f} MB")
-    print(f"speed-up: {results['torch']['seconds'] / results['crosslayer']['seconds']:.2f}x")
+    variants = [v for v in args.variants.split(",") if v]
+    work = Path(tempfile.mkdtemp(prefix="bench_extract_"))
+    args.encoder, args.encoder_int8 = str(work / "fp32.xle"), str(work / "int8.xle")
+    train = _split(args.data, "cub100", "train", args.fit, 29)
+    for precision, path in (("fp32", args.encoder), ("int8", args.encoder_int8)):
+        CrossLayerEncoder(side=args.side, threads=args.threads, fit_images=args.fit, precision=precision).fit(train).save(path)
+    loads, runs = [os.getloadavg()[0]], {v: [] for v in variants}
+    for round_ in range(args.rounds):
+        for which in variants:
+            command = [sys.executable, __file__, "--which", which, "--encoder", args.encoder, "--encoder-int8",
+                       args.encoder_int8, "--codes", str(work / f"{which}.xlc"), "--data", str(args.data),
+                       "--images", str(args.images), "--side", str(args.side), "--threads", str(args.threads),
+                       "--decode-workers", str(args.decode_workers), "--batch-size", str(args.batch_size)]
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            runs[which].append(json.loads(out))
+        loads.append(os.getloadavg()[0])
+
+    codes = {v: Codes.load(work / f"{v}.xlc") for v in ("before", "fp32", "int8", "torch") if v in variants}
+    print(f"{args.images} CUB images, side {args.side}, MobileNetV2 features.17 x features.18, {args.threads} "
+          f"threads, {args.decode_workers} decode workers, batch {args.batch_size}, {args.rounds} interleaved rounds "
+          f"(median); load average {min(loads):.1f}-{max(loads):.1f}")
+    if "fp32" in codes and "torch" in codes:
+        mismatch = float((codes["fp32"].signs() != codes["torch"].signs()).mean())
+        assert len(codes["fp32"]) == args.images and mismatch < 1e-4, f"codes differ: {mismatch:.2e} of signs"
+        print(f"check: pipeline fp32 codes agree with the torch script's on {100 * (1 - mismatch):.4f}% of signs")
+    if "fp32" in codes and "before" in codes:
+        assert np.array_equal(codes["fp32"].signs(), codes["before"].signs()), "non-spinning session changed codes"
+        print("check: pipeline fp32 codes identical to the pipeline as before")
+
+    def median(which):
+        return float(np.median([r["seconds"] for r in runs[which]]))
+
+    print(f"\n| variant | images/s | x bare ort fp32 | x own ceiling | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|")
+    for which in variants:
+        rate = args.images / median(which)
+        versus = f"{median('ort-fp32') / median(which):.2f}" if "ort-fp32" in runs else "-"
+        ceiling = {"fp32": "ort-fp32", "before": "ort-fp32", "int8": "ort-int8"}.get(which)
+        own = f"{median(ceiling) / median(which):.2f}" if ceiling in runs else "-"
+        rss = max(r["peak_rss_mb"] for r in runs[which])
+        print(f"| {LABELS[which]} | {rate:.2f} | {versus} | {own} | {rss:.0f} |")
+
+    staged = [v for v in variants if "stages" in runs[v][0]]
+    if staged:
+        print(f"\nper-stage seconds (median round; decode/resize/normalise are decode-worker time, overlapped)")
+        print("| variant | wall | " + " | ".join(STAGES[:-1]) + " |")
+        print("|---|---:|" + "---:|" * (len(STAGES) - 1))
+        for which in staged:
+            middle = sorted(runs[which], key=lambda r: r["seconds"])[len(runs[which]) // 2]
+            print(f"| {which} | {middle['seconds']:.2f} | " + " | ".join(f"{middle['stages'][s]:.2f}" for s in STAGES[:-1]) + " |")
+
+    flops = model_flops(args.side)
+    rates = gemm_rates(args.threads)
+    print(f"\ncompute floor: {flops / 1e9:.2f} GFLOP per image at side {args.side}; measured GEMM (1024^3, "
+          f"{args.threads} threads): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in rates.items()))
+    for name, rate in rates.items():
+        print(f"  {name}: floor {rate * 1e9 / flops:.1f} images/s at the GEMM rate")
     return 0
 
 

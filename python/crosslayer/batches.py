@@ -50,8 +50,13 @@ class ActivationBatch:
     network_seconds: float = 0.0  # wall time of run() on this batch (the network's share of the work)
 
 
-def stream_batches(sources, prepare, run, batch_size: int, decode_workers: int = 2, on_error: str = "raise"):
-    """prepare(source) -> (3, H, W) float32; run(images (n, 3, H, W)) -> {name: array}. A generator of batches."""
+def stream_batches(sources, prepare, run, batch_size: int, decode_workers: int = 2, on_error: str = "raise",
+                   stage_times=None):
+    """prepare(source) -> (3, H, W) float32; run(images (n, 3, H, W)) -> {name: array}. A generator of batches.
+
+    stage_times: a `crosslayer.stage_times.StageTimes` that gets the seconds this thread waited for decoded images
+    (decode_wait), stacked them (batch) and ran the network (inference), and the images done."""
+    clock = time.perf_counter
     if on_error not in ON_ERROR:
         raise UsageError(f"on_error: expected one of {ON_ERROR}, got {on_error!r}")
     batch_size = check_batch_size(batch_size)
@@ -73,6 +78,7 @@ def stream_batches(sources, prepare, run, batch_size: int, decode_workers: int =
             positions, kept, arrays, errors = [], [], [], []
             while pending and len(positions) + len(errors) < batch_size:
                 position, source, future = pending.popleft()
+                waited = clock()
                 try:
                     arrays.append(future.result())
                 except ImageError as error:
@@ -82,9 +88,19 @@ def stream_batches(sources, prepare, run, batch_size: int, decode_workers: int =
                         raise
                     errors.append((position, error))
                     continue
+                finally:
+                    if stage_times is not None:
+                        stage_times.add("decode_wait", clock() - waited)
                 positions.append(position)
                 kept.append(source)
             submit(batch_size)
-            begin = time.perf_counter()
-            outputs = run(np.stack(arrays)) if arrays else {}
-            yield ActivationBatch(positions, kept, outputs, errors, time.perf_counter() - begin)
+            begin = clock()
+            stacked = np.stack(arrays) if arrays else None
+            stacked_at = clock()
+            outputs = run(stacked) if arrays else {}
+            done = clock()
+            if stage_times is not None:
+                stage_times.add("batch", stacked_at - begin)
+                stage_times.add("inference", done - stacked_at)
+                stage_times.count(len(positions) + len(errors))
+            yield ActivationBatch(positions, kept, outputs, errors, done - begin)

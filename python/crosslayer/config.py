@@ -9,6 +9,8 @@ from dataclasses import dataclass
 # image's activations outgrow memory (a 100000-pixel side would ask for hundreds of GB per batch).
 MIN_SIDE = 32
 MAX_SIDE = 4096
+# the backbone's arithmetic (see CrossLayerEncoder): fp32 is the reference
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,9 @@ class EncoderConfig:
     batch_size:     images per backbone run.
     threads:        onnxruntime and pooling threads; 0: all cores.
     decode_workers: threads decoding and resizing images ahead of the backbone.
+    precision:      the backbone's arithmetic: "fp32" (the reference) or "int8" (quantised, calibrated by the fit;
+                    faster, and its codes differ from fp32's: see CrossLayerEncoder).
+    draft:          decode JPEGs of at least twice the side at a reduced scale (Pillow draft mode; changes pixels).
     """
 
     backbone: str = "mobilenet_v2"
@@ -37,6 +42,8 @@ class EncoderConfig:
     batch_size: int = 16
     threads: int = 0
     decode_workers: int = 2
+    draft: bool = False
+    precision: str = "fp32"
 
 
 ENCODER_DEFAULTS = EncoderConfig()

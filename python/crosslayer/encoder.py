@@ -20,12 +20,13 @@ from crosslayer.backbones.registry import get_backbone
 from crosslayer.backbones.weights import describe_weights, weights_identity
 from crosslayer.batches import ON_ERROR, batch_size_within_budget, check_batch_size, stream_batches
 from crosslayer.codes import Codes
-from crosslayer.config import ENCODER_DEFAULTS
+from crosslayer.config import ENCODER_DEFAULTS, PRECISIONS
 from crosslayer.errors import CrossLayerError, FormatError, UsageError
 from crosslayer.formats import read_zip_document, write_zip_document
 from crosslayer.images import RESIZE_POLICIES, check_side, prepare
 from crosslayer.pca import CovarianceAccumulator, local_rows
 from crosslayer.pooling import pool
+from crosslayer.stage_times import StageTimes
 
 ENCODER_FORMAT = "crosslayer-encoder"
 # Version 2: a `crosslayer.formats` zip document (checksummed meta and arrays), weights_id always recorded.
@@ -35,7 +36,14 @@ _META_KEYS = ("backbone", "layers", "side", "policy", "pca_dim", "weights", "wei
 COMPARED_SETTINGS = ("backbone", "layers", "side", "pca_dim", "policy")
 # What a resumed run may choose anew: they change speed and memory, not the codes.
 RUNTIME_OPTIONS = ("batch_size", "threads", "decode_workers", "cache")
+# Settings that change the codes, added after files and identities existed: recorded in every file, compared like
+# COMPARED_SETTINGS, and part of the identity only when not at these defaults (so older identities stay valid).
+LATER_SETTINGS = {"precision": "fp32", "draft": False}
 _UNRESOLVED = object()  # weights_id not computed yet
+# The backbone's arithmetic. int8 is onnxruntime's static QDQ quantisation calibrated on the first
+# CALIBRATION_IMAGES of the fit sample; its model is saved in the encoder file, and its precision and model hash are
+# part of the identity, so int8 codes are never mixed with fp32 codes (nor with another calibration's).
+CALIBRATION_IMAGES = 48
 
 
 class EncoderFormatError(FormatError):
@@ -102,6 +110,16 @@ class CrossLayerEncoder:
     pca_dim:  PCA output dimension Dt (None: full decorrelating rotation, as in the paper).
     weights:  None (the pinned packaged weights), a state-dict file path, or "random" (untrained; tests only).
     logits:   also compute ImageNet logits in `activations` (for display).
+    precision: "fp32" (the reference, default) or "int8": the backbone quantised by onnxruntime, calibrated during
+              `fit`; ~2.5x the fp32 session's speed on a CPU with VNNI, but ~18% of code signs differ from fp32's
+              and SMVS mAP moved by more than its noise (benchmarks/results/extract.md).
+    draft:    decode JPEGs of at least twice `side` at a reduced scale (`crosslayer.images.load_image`); faster on
+              large photos, but ~4% of code signs differ from a full decode's (off by default).
+
+    Threads: `threads` onnxruntime intra-op threads run the network and, after it on the same thread, the pooling
+    kernel (its OpenMP threads take the network's slot); `decode_workers` threads decode the next batch meanwhile.
+    onnxruntime's threads do not spin while idle (`OnnxBackbone`), so the decoders get the cores inference leaves.
+    `stage_times_` sums the seconds of each stage over every run (`crosslayer.stage_times`).
     """
 
     def __init__(self,
@@ -117,7 +135,9 @@ class CrossLayerEncoder:
                  fit_images=ENCODER_DEFAULTS.fit_images,
                  logits=False,
                  cache=None,
-                 seed=ENCODER_DEFAULTS.seed):
+                 seed=ENCODER_DEFAULTS.seed,
+                 draft=ENCODER_DEFAULTS.draft,
+                 precision=ENCODER_DEFAULTS.precision):
         self.spec = get_backbone(backbone)
         self.backbone = self.spec.name
         self.layers = self.spec.check_pair(layers)
@@ -137,6 +157,14 @@ class CrossLayerEncoder:
         self.logits = logits
         self.cache = cache
         self.seed = seed
+        if not isinstance(draft, (bool, np.bool_)):
+            raise UsageError(f"draft: expected True or False, got {draft!r}")
+        self.draft = bool(draft)
+        if precision not in PRECISIONS:
+            raise UsageError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
+        self.int8_model_ = None  # the quantised backbone's ONNX bytes (precision "int8", after fit or load)
+        self.stage_times_ = StageTimes()
         self.pca_ = None
         self.fit_failures_ = []  # (path, reason) of the images fit skipped
         self.fit_seconds_ = 0.0  # wall time of the last fit (part of a build's time)
@@ -184,6 +212,10 @@ class CrossLayerEncoder:
             for array in self.pca_:
                 sha.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
             identity = {**self.settings(), "weights_id": self.weights_id, "pca_sha256": sha.hexdigest()}
+            identity.update({key: getattr(self, key) for key, default in LATER_SETTINGS.items()
+                             if getattr(self, key) != default})
+            if self.precision == "int8":
+                identity["int8_model_sha256"] = hashlib.sha256(self.int8_model_).hexdigest()
             digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
             self._identity_cache = (self.pca_, identity, digest)
         return self._identity_cache[1:]
@@ -202,34 +234,67 @@ class CrossLayerEncoder:
         taps = tuple(self.layers if taps is None else taps)
         key = (taps, embedding)
         if key not in self._runners:
-            from crosslayer.backbones.export import export
             from crosslayer.backbones.runtime import OnnxBackbone
 
-            # the file recorded (or given) may have been replaced since the PCA was learnt
-            self._check_weights(f"{self.backbone} encoder")
-            path = export(self.spec, taps, self.weights, with_embedding=embedding, with_logits=self.logits,
-                          cache=self.cache, seed=self.seed)
-            self._runners[key] = OnnxBackbone(path, intra_op_threads=self.threads)
+            if self.precision == "int8":
+                if key != (tuple(self.layers), True):
+                    raise UsageError(f"precision: int8 covers this encoder's own layer pair {self.layers} with its "
+                                     f"embedding, not taps {taps}; use an fp32 encoder for other taps")
+                if self.int8_model_ is None:
+                    raise NotFittedError("precision int8: the quantised backbone is calibrated by fit(images) (or "
+                                         "read by CrossLayerEncoder.load)")
+                self._runners[key] = OnnxBackbone(self.int8_model_, intra_op_threads=self.threads)
+            else:
+                self._runners[key] = OnnxBackbone(self._fp32_export(taps, embedding), intra_op_threads=self.threads)
         return self._runners[key]
 
-    def backbone_model(self) -> Path:
-        """The ONNX model `activations` runs (exported now or found in the cache): with the encoder file, all a
-        worker needs to encode images (`use_backbone_model`)."""
-        self._check_weights(f"{self.backbone} encoder")
-        from crosslayer.backbones.export import export
+    def backbone_model(self) -> bytes:
+        """The ONNX model `activations` runs (fp32: exported now or found in the cache; int8: the quantised one
+        calibrated by `fit`): with the encoder file, all a worker needs to encode images (`use_backbone_model`)."""
+        if self.precision == "int8":
+            if self.int8_model_ is None:
+                raise NotFittedError("precision int8: the quantised backbone is calibrated by fit(images) (or read "
+                                     "by CrossLayerEncoder.load)")
+            return bytes(self.int8_model_)
+        return Path(self._fp32_export(tuple(self.layers), True)).read_bytes()
 
-        return export(self.spec, self.layers, self.weights, with_embedding=True, with_logits=self.logits,
-                      cache=self.cache, seed=self.seed)
-
-    def use_backbone_model(self, model_path) -> None:
-        """Runs `activations` on `model_path` (this encoder's `backbone_model()`, shipped to a worker), so the
-        worker needs neither torch nor the weights. Threads: this encoder's `threads`."""
+    def use_backbone_model(self, model) -> None:
+        """Runs `activations` on `model` (this encoder's `backbone_model()`, as bytes or a file shipped to a worker),
+        so the worker needs neither torch nor the weights. Threads: this encoder's `threads`."""
         from crosslayer.backbones.runtime import OnnxBackbone
 
-        self._runners[(tuple(self.layers), True)] = OnnxBackbone(model_path, intra_op_threads=self.threads)
+        self._runners[(tuple(self.layers), True)] = OnnxBackbone(model, intra_op_threads=self.threads)
+
+    def _fp32_export(self, taps, embedding):
+        from crosslayer.backbones.export import export
+
+        # the file recorded (or given) may have been replaced since the PCA was learnt
+        self._check_weights(f"{self.backbone} encoder")
+        return export(self.spec, taps, self.weights, with_embedding=embedding, with_logits=self.logits,
+                      cache=self.cache, seed=self.seed)
+
+    def _calibrate_int8(self, images, on_error):
+        """The int8 backbone's bytes, calibrated on the first CALIBRATION_IMAGES usable images (bad ones skipped
+        with on_error="skip")."""
+        from crosslayer.backbones.export import quantize_int8
+        from crosslayer.images import ImageError
+
+        inputs = []
+        for source in images:
+            if len(inputs) == CALIBRATION_IMAGES:
+                break
+            try:
+                inputs.append(self._prepare(source))
+            except ImageError:
+                if on_error == "raise":
+                    raise
+        if not inputs:
+            raise FitError("images: no usable image to calibrate the int8 backbone on", [])
+        return quantize_int8(self._fp32_export(tuple(self.layers), True), np.stack(inputs))
 
     def _prepare(self, source):
-        return prepare(source, self.side, self.policy, self.spec.mean, self.spec.std)
+        return prepare(source, self.side, self.policy, self.spec.mean, self.spec.std, draft=self.draft,
+                       stage_times=self.stage_times_)
 
     def load_pixels(self, images) -> np.ndarray:
         """(n, side, side, 3) uint8 RGB: the images (file paths or HxWx3 uint8 arrays) decoded and resized by this
@@ -276,7 +341,8 @@ class CrossLayerEncoder:
                 outputs = runner.run(stacked)
             return step.reduce(outputs) if step.reduce is not None else outputs
 
-        batches = stream_batches(images, step.prepare or self._prepare, run, batch_size, self.decode_workers, on_error)
+        batches = stream_batches(images, step.prepare or self._prepare, run, batch_size, self.decode_workers, on_error,
+                                 stage_times=self.stage_times_)
         if not progress:
             return batches
         return _with_progress(batches, images, desc)
@@ -296,6 +362,10 @@ class CrossLayerEncoder:
         if self.fit_images is not None and len(images) > self.fit_images:
             chosen = np.sort(np.random.default_rng(self.seed).choice(len(images), self.fit_images, replace=False))
             images = [images[i] for i in chosen]
+        if self.precision == "int8":
+            self.pca_ = None  # the PCA is learnt anew on the newly calibrated backbone's activations
+            self.int8_model_ = self._calibrate_int8(images, on_error)
+            self._runners.clear()
         channels = self.spec.channels[self.layers[0]]
         accumulator = CovarianceAccumulator(channels)
         failures, used = [], 0
@@ -328,7 +398,8 @@ class CrossLayerEncoder:
         """Cross-layer pooling of one activations batch (`output` as in `crosslayer.pool`)."""
         self._check_fitted()
         local, guidance = outputs[self.layers[0]], outputs[self.layers[1]]
-        pooled = pool(local, guidance, self.pca_, output=output, num_threads=self.threads)
+        with self.stage_times_.timing("pooling"):
+            pooled = pool(local, guidance, self.pca_, output=output, num_threads=self.threads)
         if output == "codes":
             pooled.identity = self.identity_digest
         return pooled
@@ -357,13 +428,16 @@ class CrossLayerEncoder:
 
     def config(self) -> dict:
         return {**self.settings(), "weights": self.weights, "weights_id": self.weights_id, "seed": self.seed,
-                "Dk": self.Dk, "Dt": self.Dt}
+                "Dk": self.Dk, "Dt": self.Dt, **{key: getattr(self, key) for key in LATER_SETTINGS}}
 
     def differences(self, made: dict) -> list[str]:
         """How this (requested) encoder differs from the one whose `config()` is `made` — [] when codes of both can
         be mixed. The weights are compared (a file hashed) only when the settings match; unrecorded weights are not."""
         wanted = self.settings()
         found = [f"{key} {made[key]!r} (requested {wanted[key]!r})" for key in COMPARED_SETTINGS if made[key] != wanted[key]]
+        for key, default in LATER_SETTINGS.items():  # files from before they existed had the defaults
+            if made.get(key, default) != getattr(self, key):
+                found.append(f"{key} {made.get(key, default)!r} (requested {getattr(self, key)!r})")
         if not found and made.get("weights_id") is not None and made["weights_id"] != self.weights_id:
             given = "the packaged weights" if self.weights is None else f"{self.weights}"
             found.append(f"{describe_weights(made['weights_id'])} (requested {given}: {describe_weights(self.weights_id)})")
@@ -373,8 +447,10 @@ class CrossLayerEncoder:
         """Writes the fitted encoder atomically (`crosslayer.formats` zip document: meta + PCA arrays, checksummed)."""
         self._check_fitted()
         body = {**self.config(), "identity": self.identity_digest}
-        write_zip_document(path, ENCODER_FORMAT, ENCODER_VERSION, body,
-                           {"pca_mean": self.pca_[0], "pca_projection": self.pca_[1]})
+        arrays = {"pca_mean": self.pca_[0], "pca_projection": self.pca_[1]}
+        if self.precision == "int8":
+            arrays["int8_model"] = np.frombuffer(self.int8_model_, np.uint8)
+        write_zip_document(path, ENCODER_FORMAT, ENCODER_VERSION, body, arrays)
 
     @staticmethod
     def read_meta(path) -> dict:
@@ -395,6 +471,7 @@ class CrossLayerEncoder:
         _check_meta(meta, path)
         params = {key: meta[key] for key in ("backbone", "side", "pca_dim", "policy", "weights", "seed")}
         params["layers"] = tuple(meta["layers"])
+        params.update({key: meta.get(key, default) for key, default in LATER_SETTINGS.items()})
         params.update(runtime_options)
         try:
             encoder = cls(**params)
@@ -410,6 +487,11 @@ class CrossLayerEncoder:
         if mean is None or projection is None or mean.shape != (dt_in,) or projection.shape != (dt_in, encoder.Dt):
             raise EncoderFormatError(f"{path}: PCA arrays do not match the encoder (damaged encoder file)")
         encoder.pca_ = (mean.astype(np.float32), np.ascontiguousarray(projection, dtype=np.float32))
+        if encoder.precision == "int8":
+            model = arrays.get("int8_model")
+            if model is None or model.dtype != np.uint8 or model.ndim != 1:
+                raise EncoderFormatError(f"{path}: damaged encoder file (precision int8 without its int8 model)")
+            encoder.int8_model_ = model.tobytes()
         if encoder.identity_digest != meta["identity"]:
             raise EncoderFormatError(f"{path}: damaged encoder file (identity {encoder.identity_digest} of its "
                                      f"contents differs from the {meta['identity']} recorded)")
@@ -424,6 +506,7 @@ class CrossLayerEncoder:
         if found:
             raise EncoderMismatchError(path, found)
         stored = cls.load(path, weights=requested.weights, **{key: getattr(requested, key) for key in RUNTIME_OPTIONS})
+        stored.stage_times_ = requested.stage_times_  # the caller's profile sees the work done by the stored encoder
         if requested.pca_ is not None and not all(np.array_equal(a, b) for a, b in zip(requested.pca_, stored.pca_)):
             raise EncoderMismatchError(path, ["another PCA (the same settings, fitted separately)"])
         return stored

@@ -7,9 +7,9 @@ from __future__ import annotations
 import sys
 
 from crosslayer.commands import index_manage
-from crosslayer.commands.options import (add_command, add_encoder_options, add_on_error_option, add_quiet_option,
-                                         add_runtime_options, add_weights_option, build_encoder, image_sources,
-                                         positive_float, runtime_options, subcommands)
+from crosslayer.commands.options import (add_command, add_encoder_options, add_on_error_option, add_precision_options,
+                                         add_profile_option, add_quiet_option, add_runtime_options, add_weights_option,
+                                         build_encoder, image_sources, positive_float, runtime_options, subcommands)
 from crosslayer.commands.ray_options import add_on_ray, add_ray_options, uses_ray
 
 BUILD_EXAMPLES = """\
@@ -33,6 +33,8 @@ def add_build_options(parser) -> None:
                         help="a fitted encoder file (.xle) to use as it is, instead of the encoder options and a PCA "
                              "fit (default: learn one)")
     add_runtime_options(parser)
+    add_precision_options(parser)
+    add_profile_option(parser)
     add_adding_options(parser)
     add_ray_options(parser)
 
@@ -68,6 +70,8 @@ def run_build(args) -> int:
                      progress=progress, commit_seconds=args.commit_seconds, retry_failed=args.retry_failed)
     _print_report(report.done, report.skipped, report.failed, report.seconds, report.fit_seconds, report.total,
                   args.db_dir)
+    if args.profile:
+        print(encoder.stage_times_.table(report.seconds))
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from crosslayer.config import ENCODER_DEFAULTS, MAX_SIDE, MIN_SIDE, EncoderConfig
+from crosslayer.config import ENCODER_DEFAULTS, MAX_SIDE, MIN_SIDE, PRECISIONS, EncoderConfig
 from crosslayer.errors import UsageError
 
 ON_ERROR_CHOICES = ("skip", "raise")
@@ -196,6 +196,21 @@ def add_runtime_options(parser, decode_workers: bool = True) -> None:
                             help="threads decoding and resizing images ahead of the backbone")
 
 
+def add_precision_options(parser) -> None:
+    """--precision and --draft: faster ways to encode that change the codes (recorded in the encoder)."""
+    parser.add_argument("--precision", default=ENCODER_DEFAULTS.precision, choices=PRECISIONS,
+                        help="the backbone's arithmetic: fp32 (the reference) or int8 (quantised, calibrated on the "
+                             "PCA sample: faster, codes differ from fp32's)")
+    parser.add_argument("--draft", action="store_true",
+                        help="decode JPEGs of at least twice --side at a reduced scale (faster on large photos; "
+                             "~4%% of code signs differ from a full decode's)")
+
+
+def add_profile_option(parser) -> None:
+    parser.add_argument("--profile", action="store_true",
+                        help="print the seconds spent in each stage (decode, resize, inference, pooling, writing...)")
+
+
 def add_on_error_option(parser) -> None:
     parser.add_argument("--on-error", default="skip", choices=ON_ERROR_CHOICES,
                         help="a bad image (unreadable, empty, too large): record it and go on, or stop there")
@@ -232,7 +247,8 @@ def build_encoder(args, **extra):
     config = encoder_config(args)
     return CrossLayerEncoder(backbone=config.backbone, layers=config.layers, side=config.side, pca_dim=config.pca_dim,
                              policy=config.policy, weights=args.weights, batch_size=config.batch_size,
-                             threads=config.threads, decode_workers=config.decode_workers,
+                             threads=config.threads, decode_workers=config.decode_workers, draft=config.draft,
+                             precision=config.precision,
                              fit_images=config.fit_images, seed=config.seed, **extra)
 
 

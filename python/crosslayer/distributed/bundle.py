@@ -22,7 +22,7 @@ class WorkerBundle:
     def of(cls, encoder, encoder_path) -> "WorkerBundle":
         """The bundle of a fitted encoder saved at `encoder_path` (its backbone exported here if not cached)."""
         encoder_bytes = Path(encoder_path).read_bytes()
-        model = encoder.backbone_model().read_bytes()
+        model = encoder.backbone_model()
         return cls(encoder_bytes, model, _digest(encoder_bytes, model))
 
     def load(self, threads: int, batch_size: int | None = None):

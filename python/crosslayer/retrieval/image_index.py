@@ -325,7 +325,8 @@ class ImageIndex:
                 rows = {EMBEDDING: np.concatenate(pending["embeddings"])} if keep_embeddings else {}
                 rows.update({name: np.concatenate([part[name] for part in pending["side"]])
                              for name in (pending["side"][0] if pending["side"] else ())})
-                self.codes.append(Codes.concatenate(pending["codes"]), pending["keys"], rows or None, attributes)
+                with self.encoder.stage_times_.timing("writing"):
+                    self.codes.append(Codes.concatenate(pending["codes"]), pending["keys"], rows or None, attributes)
             elif pending["dirty"]:
                 self.codes.set_attributes(attributes)
             else:
