@@ -528,6 +528,52 @@ class CodeIndex:
             scores = self._normalized(queries, scores, ids, channels)
         return scores, ids
 
+    def rerank(self, queries: Codes, candidates, k: int = 10, channels: int | None = 50, num_threads: int = 0,
+               normalize: bool = False):
+        """`search` restricted to each query's `candidates` (nq, m) int64 ids (-1 pads; deleted or repeated ids are
+        dropped): the same exact masked scores, order and ties (to the smaller id), read from the candidates' codes
+        only. Rows with fewer than k usable candidates are padded with score 0 and id -1."""
+        self._require_open()
+        if not isinstance(queries, Codes):
+            raise TypeError(f"queries: expected crosslayer.Codes, got {type(queries).__name__}")
+        if (queries.Dk, queries.Dt) != (self.Dk, self.Dt):
+            raise UsageError(f"queries: Dk={queries.Dk}, Dt={queries.Dt} differs from the index (Dk={self.Dk}, Dt={self.Dt})")
+        common_identity({"index": self.identity, "queries": queries.identity})
+        k, channels = check_search_args(queries, k, channels, self.Dk)
+        candidates = np.asarray(candidates, np.int64)
+        if candidates.ndim != 2 or len(candidates) != len(queries):
+            raise UsageError(f"candidates: expected ({len(queries)}, m) ids, got shape {candidates.shape}")
+        keep = min(k, self.live_count)
+        scores = np.zeros((len(queries), keep), np.int32)
+        ids = np.full((len(queries), keep), -1, np.int64)
+        deleted = self._deleted_array()
+        for row in range(len(queries)):
+            shortlist = np.unique(candidates[row][(candidates[row] >= 0) & (candidates[row] < len(self))])
+            shortlist = shortlist[~np.isin(shortlist, deleted)]  # increasing: ties go to the smaller id
+            if shortlist.size == 0:
+                continue
+            row_scores, positions = search_segments(queries[row:row + 1], [(self._gather_bits(shortlist), 0)],
+                                                    keep, channels, num_threads)
+            scores[row, :positions.shape[1]] = row_scores[0]
+            ids[row, :positions.shape[1]] = shortlist[positions[0]]
+        if normalize:
+            found = ids >= 0
+            normalized = np.zeros(scores.shape, np.float64)
+            for row in range(len(queries)):
+                hits = ids[row][found[row]]
+                if hits.size:
+                    normalized[row, :hits.size] = self._normalized(queries[row:row + 1], scores[row:row + 1, :hits.size],
+                                                                   hits[None], channels)[0]
+            return normalized, ids
+        return scores, ids
+
+    def segment_means(self) -> list[tuple[dict, np.ndarray]]:
+        """Per committed segment, in id order: ({"file", "crc32", "id_base", "count"}, its channel means (count, Dk)
+        float32, memory-mapped and verified per the policy) — what a coarse stage is built from."""
+        self._require_open()
+        return [({key: segment[key] for key in ("file", "crc32", "id_base", "count")}, self._segment_arrays(segment)[1])
+                for segment in self._manifest["segments"]]
+
     def _normalized(self, queries: Codes, scores: np.ndarray, ids: np.ndarray, channels: int) -> np.ndarray:
         selection = select_channels(queries.channel_mean, channels)
         out = np.zeros(scores.shape, np.float64)
@@ -561,9 +607,10 @@ class CodeIndex:
     def _gather_bits(self, ids) -> np.ndarray:
         ids, which = self._locate(ids, allow_deleted=True)
         bits = np.empty((len(ids), self.Dk, 2, (self.Dt + 63) // 64), np.uint64)
-        for row, (item, number) in enumerate(zip(ids, which)):
+        for number in np.unique(which):  # one gather per segment: a memory map reads only the rows asked for
+            rows = which == number
             segment = self._manifest["segments"][number]
-            bits[row] = self._segment_arrays(segment)[0][item - segment["id_base"]]
+            bits[rows] = self._segment_arrays(segment)[0][ids[rows] - segment["id_base"]]
         return bits
 
     def get(self, ids) -> Codes:
