@@ -75,6 +75,11 @@ class CoarseIndex:
         return coarse
 
     @staticmethod
+    def cached(directory) -> bool:
+        """Whether `directory` holds a coarse stage's cache (sound or not: `open` checks it)."""
+        return (Path(directory) / RECORD_FILE).is_file()
+
+    @staticmethod
     def _new_graph(dim: int):
         faiss = _faiss()
         graph = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
