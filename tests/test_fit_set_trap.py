@@ -83,3 +83,20 @@ def test_the_default_fit_sample_is_large_enough_for_the_default_components():
     assert MIN_FIT_IMAGES_PER_COMPONENT * ENCODER_DEFAULTS.pca_dim <= ENCODER_DEFAULTS.fit_images
     assert CrossLayerEncoder(weights="random").pca_dim == ENCODER_DEFAULTS.pca_dim
     assert np.isclose(MIN_FIT_IMAGES_PER_COMPONENT, 4)
+
+
+def test_index_build_takes_the_default_pca_dim_or_full_on_the_command_line(backbone_cache, tmp_path):
+    pytest.importorskip("torch")
+    from crosslayer.commands import main
+    from crosslayer.retrieval.image_index import ImageIndex
+    from _images import write_block_images
+
+    write_block_images(tmp_path / "imgs", 3, side=64)
+    tiny = ["--images", str(tmp_path / "imgs"), "--weights", "random", "--side", "64", "--threads", "1", "--quiet"]
+    with pytest.warns(UserWarning, match="fit: 3 images for 64 PCA components"):
+        assert main(["index", "build", str(tmp_path / "default"), *tiny]) == 0
+    with pytest.warns(UserWarning, match="fit: 3 images for a full PCA rotation of 320 channels"):
+        assert main(["index", "build", str(tmp_path / "full"), *tiny, "--pca-dim", "full"]) == 0
+    for name, dt, pca_dim in (("default", ENCODER_DEFAULTS.pca_dim, ENCODER_DEFAULTS.pca_dim), ("full", 320, None)):
+        with ImageIndex.open(tmp_path / name) as index:
+            assert (index.encoder.Dt, index.encoder.pca_dim) == (dt, pca_dim)
