@@ -60,14 +60,15 @@ def overlap_at(ids_a, ids_b, k: int) -> float:
 
 def noisy_copies(codes: Codes, copies: int, flip: float, rng) -> Codes:
     """`copies` noisy replicas of every code (see the module docstring)."""
-    signs = reference.unpack_ternary(codes.bits, codes.Dt)
     parts = [codes]
     for _ in range(copies):
-        noisy = signs.copy()
-        redraw = rng.random(noisy.shape) < flip
-        noisy[redraw] = rng.choice(np.array([-1, 1], np.int8), size=int(redraw.sum()))
-        means = codes.channel_mean * rng.lognormal(0.0, 0.3, codes.channel_mean.shape).astype(np.float32)
-        parts.append(Codes(reference.pack_ternary(noisy), means, codes.Dt, codes.identity))
+        for start in range(0, len(codes), 64):  # in blocks: a block's unpacked signs and noise stay small
+            block = codes[start:start + 64]
+            noisy = reference.unpack_ternary(block.bits, codes.Dt)
+            redraw = rng.random(noisy.shape, dtype=np.float32) < flip
+            noisy[redraw] = rng.choice(np.array([-1, 1], np.int8), size=int(redraw.sum()))
+            means = block.channel_mean * rng.lognormal(0.0, 0.3, block.channel_mean.shape).astype(np.float32)
+            parts.append(Codes(reference.pack_ternary(noisy), means, codes.Dt, codes.identity))
     return Codes.concatenate(parts)
 
 
@@ -108,11 +109,12 @@ def main(argv=None) -> int:
     parser.add_argument("--distractors", type=int, default=800)
     parser.add_argument("--channels", type=int, default=50)
     parser.add_argument("--scales", default="1,4,16", help="database replication factors for the scaling part")
+    parser.add_argument("--pca-dim", default="full", help="the encoder's pca_dim ('full': the default rotation)")
     parser.add_argument("--flip", type=float, default=0.3, help="fraction of sign positions redrawn in a copy")
     args = parser.parse_args(argv)
     queries, database = smvs(args.data)
     distractors = distractor_paths(args.data, args.distractors)
-    encoder = CrossLayerEncoder()
+    encoder = CrossLayerEncoder(pca_dim=None if args.pca_dim == "full" else int(args.pca_dim))
     database_paths = [p for p, _ in database] + distractors
     start = time.perf_counter()
     encoder.fit(database_paths)

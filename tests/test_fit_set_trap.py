@@ -9,7 +9,6 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
@@ -78,14 +77,15 @@ def test_the_most_components_fit_accepts_silently_encode_the_fit_images_well(sce
         assert rows["self"][measure] > 0.6
 
 
-def test_the_default_fit_sample_is_large_enough_for_the_default_components():
-    assert ENCODER_DEFAULTS.pca_dim is not None
-    assert MIN_FIT_IMAGES_PER_COMPONENT * ENCODER_DEFAULTS.pca_dim <= ENCODER_DEFAULTS.fit_images
-    assert CrossLayerEncoder(weights="random").pca_dim == ENCODER_DEFAULTS.pca_dim
-    assert np.isclose(MIN_FIT_IMAGES_PER_COMPONENT, 4)
+def test_the_default_is_the_full_rotation_and_fit_warns_only_when_it_uses_every_image_given(scene_slice):
+    bench, paths, labels, local, guidance, other_local = scene_slice
+    assert ENCODER_DEFAULTS.pca_dim is None and CrossLayerEncoder(weights="random").pca_dim is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 16 of 64 images: the other 48 are encoded with a PCA fitted on other images
+        CrossLayerEncoder(side=SIDE, fit_images=16).fit(paths)
 
 
-def test_index_build_takes_the_default_pca_dim_or_full_on_the_command_line(backbone_cache, tmp_path):
+def test_index_build_takes_pca_dim_or_full_on_the_command_line_and_warns_of_the_trap(backbone_cache, tmp_path):
     pytest.importorskip("torch")
     from crosslayer.commands import main
     from crosslayer.retrieval.image_index import ImageIndex
@@ -93,10 +93,12 @@ def test_index_build_takes_the_default_pca_dim_or_full_on_the_command_line(backb
 
     write_block_images(tmp_path / "imgs", 3, side=64)
     tiny = ["--images", str(tmp_path / "imgs"), "--weights", "random", "--side", "64", "--threads", "1", "--quiet"]
-    with pytest.warns(UserWarning, match="fit: 3 images for 64 PCA components"):
+    with pytest.warns(UserWarning, match="fit: 3 images for a full PCA rotation of 320 channels.*at most 1"):
         assert main(["index", "build", str(tmp_path / "default"), *tiny]) == 0
-    with pytest.warns(UserWarning, match="fit: 3 images for a full PCA rotation of 320 channels"):
+    with pytest.warns(UserWarning, match="fit: 3 images for 2 PCA components"):
+        assert main(["index", "build", str(tmp_path / "two"), *tiny, "--pca-dim", "2"]) == 0
+    with pytest.warns(UserWarning, match="full PCA rotation"):
         assert main(["index", "build", str(tmp_path / "full"), *tiny, "--pca-dim", "full"]) == 0
-    for name, dt, pca_dim in (("default", ENCODER_DEFAULTS.pca_dim, ENCODER_DEFAULTS.pca_dim), ("full", 320, None)):
+    for name, dt, pca_dim in (("default", 320, None), ("two", 2, 2), ("full", 320, None)):
         with ImageIndex.open(tmp_path / name) as index:
             assert (index.encoder.Dt, index.encoder.pca_dim) == (dt, pca_dim)

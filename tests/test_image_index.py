@@ -12,7 +12,6 @@ pytest.importorskip("onnxruntime")
 
 from crosslayer import CodeIndex, Codes  # noqa: E402
 from crosslayer.codes import IdentityMismatchError  # noqa: E402
-from crosslayer.config import ENCODER_DEFAULTS  # noqa: E402
 from crosslayer.encoder import CrossLayerEncoder  # noqa: E402
 from crosslayer.errors import UsageError  # noqa: E402
 from crosslayer.retrieval.image_index import ImageIndex, ImageIndexError  # noqa: E402
@@ -42,7 +41,7 @@ def _bad_files(folder):
 def test_codes_of_another_network_with_the_same_shape_are_refused(backbone_cache, tmp_path, fitted):
     images = write_block_images(tmp_path / "imgs", 3, side=SIDE)
     other = _encoder("efficientnet_lite0").fit(images)
-    assert (other.Dk, other.Dt) == (fitted.Dk, fitted.Dt) == (1280, ENCODER_DEFAULTS.pca_dim)
+    assert (other.Dk, other.Dt) == (fitted.Dk, fitted.Dt) == (1280, 320)
     mine, theirs = fitted.encode(images), other.encode(images)
     assert mine.identity == fitted.identity_digest != theirs.identity == other.identity_digest
     with pytest.raises(IdentityMismatchError, match=f"{other.identity_digest}.*{fitted.identity_digest}"):

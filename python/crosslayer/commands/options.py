@@ -177,9 +177,9 @@ def add_input_options(parser, defaults: bool = True, policy: bool = True) -> Non
 
 def add_pca_options(parser, fit_images_help: str = "images sampled (seeded) to learn the PCA on") -> None:
     parser.add_argument("--pca-dim", type=pca_dim, default=ENCODER_DEFAULTS.pca_dim,
-                        help=f"PCA output dimension Dt, or 'full' for the full decorrelating rotation of the paper "
-                             f"(default: {ENCODER_DEFAULTS.pca_dim}; the full rotation's sign codes need many more fit "
-                             "images)")
+                        help="PCA output dimension Dt, or 'full': the full decorrelating rotation of the paper "
+                             f"(default: {ENCODER_DEFAULTS.pca_dim or 'full'}); fewer components when the images "
+                             "indexed are the few the PCA is fitted on (fewer than 4 a component)")
     parser.add_argument("--fit-images", type=positive_int, default=ENCODER_DEFAULTS.fit_images, help=fit_images_help)
 
 
