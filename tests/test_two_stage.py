@@ -145,6 +145,12 @@ def test_image_index_two_stage_search_equals_exhaustive_when_candidates_cover_it
         partial, _ = index.search_keys(images[:3], top=5, candidates=4)
         assert all(len(q) == 4 for q in partial)
         assert (directory / coarse_module.GRAPH_FILE).is_file()
+        assert index.verify() == []
+        graph = directory / coarse_module.GRAPH_FILE
+        intact = graph.read_bytes()
+        graph.write_bytes(intact[:-7])
+        assert any("coarse" in problem for problem in index.verify())
+        graph.write_bytes(intact)
         index.remove([images[9]])
         after, _ = index.search_keys(images[:3], top=10, candidates=5)
         assert all(images[9] not in [h.path for h in q] for q in after)

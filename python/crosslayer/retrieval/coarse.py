@@ -79,6 +79,15 @@ class CoarseIndex:
         """Whether `directory` holds a coarse stage's cache (sound or not: `open` checks it)."""
         return (Path(directory) / RECORD_FILE).is_file()
 
+    @classmethod
+    def problems(cls, directory, dim: int) -> list[str]:
+        """A damaged cache, named (`open` rebuilds it; a cache that is only behind the segments is no problem)."""
+        directory = Path(directory)
+        if not cls.cached(directory) or cls._load(directory, dim) is not None:
+            return []
+        return [f"{directory / GRAPH_FILE}: the coarse stage's cache is damaged or of another version (the next "
+                "search with candidates rebuilds it)"]
+
     @staticmethod
     def _new_graph(dim: int):
         faiss = _faiss()

@@ -212,8 +212,12 @@ class ImageIndex:
         }
 
     def verify(self) -> list[str]:
-        """Every problem with the committed codes and side arrays (the encoder file was checked when opened)."""
-        return self.codes.verify()
+        """Every problem with the committed codes and side arrays (the encoder file was checked when opened), and
+        with the coarse stage's cache when there is one."""
+        problems = self.codes.verify()
+        if CoarseIndex.cached(self.directory):
+            problems += CoarseIndex.problems(self.directory, self.codes.Dk)
+        return problems
 
     def close(self) -> None:
         self.codes.close()
