@@ -1,5 +1,5 @@
 """Sign codes over `pca_dim` on real images, the PCA fitted the way `index build` fits it (a seeded sample of the
-indexed images: `CrossLayerEncoder.fit`'s `fit_images`): SMVS mAP (193 queries vs the 193 reference scans plus
+indexed images: `CrossLayerEncoder.fit`'s `fit_images`): SMVS mAP (192 queries vs the 192 reference scans plus
 `--distractors` cub100/scene15 images) at 50 and all channels, and scene15 accuracy of a linear SVM on the
 normalised code Gram (`--per-class` train and test images a class). The backbone runs once per image; every
 `pca_dim` re-pools the same activations. Checks the masked search against the reference kernel on a slice first.

@@ -1,7 +1,7 @@
 """Two-stage search (FAISS HNSW shortlist on channel means, exact masked re-ranking) against exhaustive masked
 search, on SMVS with distractors, and how the shortlist must grow with the database (synthetic scaling).
 
-1. SMVS: 193 phone-photo queries against the 193 reference scans plus `--distractors` images of cub100 and scene15,
+1. SMVS: the 192 phone-photo queries against the 192 reference scans plus `--distractors` images of cub100 and scene15,
    default encoder (the PCA fitted on a seeded sample of the database and distractors). mAP (one relevant image a
    query: the mean reciprocal rank within the top 100) and the overlap of the top 10 with exhaustive search, per
    shortlist size. Exhaustive is checked against the reference kernel first (`crosslayer.search.search`).

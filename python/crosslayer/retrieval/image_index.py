@@ -464,7 +464,7 @@ class ImageIndex:
         return self.coarse().shortlist(query_codes.channel_mean, candidates, self.codes._deleted_array())
 
     def _hits(self, query_codes, top, channels, normalize, candidates=None) -> list:
-        if candidates is None:
+        if candidates is None or candidates >= self.codes.live_count:  # a shortlist of everything: exhaustive
             scores, ids = self.codes.search(query_codes, top, channels, normalize=normalize)
         else:
             scores, ids = self.codes.rerank(query_codes, self.shortlist(query_codes, candidates), top, channels,
