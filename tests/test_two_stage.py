@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("faiss")
 
@@ -176,3 +178,36 @@ def test_search_candidates_on_the_command_line(image_db):
     assert len(hits(small)[0]) == 2
     refused = run_cli("search", str(directory), "--key", images[0], "--candidates", "0")
     assert refused.returncode == 2 and "--candidates" in refused.stderr
+
+
+@given(st.integers(1, 40), st.integers(1, 4), st.integers(1, 12), st.integers(0, 2**32 - 1))
+@settings(deadline=None, max_examples=25)
+def test_rerank_matches_the_reference_search_over_the_candidates(n, nq, k, seed):
+    import tempfile
+    from pathlib import Path
+
+    rng = np.random.default_rng(seed)
+    dt = int(rng.choice([5, 64, 70]))
+    database, queries = random_codes(rng, n, 6, dt), random_codes(rng, nq, 6, dt)
+    channels = int(rng.integers(1, 7)) if rng.random() < 0.7 else None
+    candidates = rng.integers(-1, n, size=(nq, int(rng.integers(1, 2 * n + 1))))
+    with tempfile.TemporaryDirectory() as folder:
+        codes = CodeIndex.create(Path(folder) / "codes", 6, dt)
+        half = n // 2
+        codes.append(database[:half]), codes.append(database[half:])
+        deleted = rng.choice(n, int(rng.integers(0, n)), replace=False)
+        if deleted.size:
+            codes.delete(deleted)
+        scores, ids = codes.rerank(queries, candidates, k, channels)
+        for row in range(nq):
+            shortlist = np.unique(candidates[row][candidates[row] >= 0])
+            shortlist = shortlist[~np.isin(shortlist, deleted)]
+            if shortlist.size == 0:
+                assert (ids[row] == -1).all()
+                continue
+            want_scores, want = reference.search_reference(queries.bits[row:row + 1], queries.channel_mean[row:row + 1],
+                                                           database.bits[shortlist], dt, k, channels)
+            found = ids[row] >= 0
+            np.testing.assert_array_equal(ids[row][found], shortlist[want[0]])
+            np.testing.assert_array_equal(scores[row][found], want_scores[0])
+        codes.close()
