@@ -77,12 +77,14 @@ def test_the_most_components_fit_accepts_silently_encode_the_fit_images_well(sce
         assert rows["self"][measure] > 0.6
 
 
-def test_the_default_is_the_full_rotation_and_fit_warns_only_when_it_uses_every_image_given(scene_slice):
+def test_the_default_is_the_full_rotation_and_a_small_sample_of_a_larger_set_is_not_warned_about(scene_slice):
     bench, paths, labels, local, guidance, other_local = scene_slice
     assert ENCODER_DEFAULTS.pca_dim is None and CrossLayerEncoder(weights="random").pca_dim is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 16 of 64 images: the other 48 are encoded with a PCA fitted on other images
         CrossLayerEncoder(side=SIDE, fit_images=16).fit(paths)
+    with pytest.warns(UserWarning, match="fit: 40 images for a full PCA rotation"):  # 40 of 64: mostly fit images
+        CrossLayerEncoder(side=SIDE, fit_images=40).fit(paths)
 
 
 def test_index_build_takes_pca_dim_or_full_on_the_command_line_and_warns_of_the_trap(backbone_cache, tmp_path):

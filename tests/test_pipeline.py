@@ -122,7 +122,7 @@ def test_fit_shows_progress_counts_its_time_and_warns_when_too_small(backbone_ca
         warnings.simplefilter("error")
         quiet = _encoder(pca_dim=1).fit(good_files, progress=False)
         # a sample of a larger set: most of the set is encoded with a PCA fitted on other images
-        _encoder(pca_dim=8, fit_images=4).fit(good_files)
+        _encoder(pca_dim=8, fit_images=2).fit(good_files)
     assert quiet.fit_failures_ == [] and "fit PCA" not in capsys.readouterr().err
 
 

@@ -60,10 +60,10 @@ class NotFittedError(CrossLayerError, RuntimeError):
 # not positions, count (an image's positions are strongly correlated). Measured on scene15 (8 classes, leave-one-out
 # precision@1 of the code Gram, self-fit vs fit on other images): 64 images, Dt 320: 0.19 vs 0.70; Dt 32: 0.59 vs
 # 0.73; Dt 16: 0.75 vs 0.73; 300 images, Dt 64: 0.78 vs 0.76; 300 images, full rotation: 0.66 vs 0.72. A fit that uses
-# every image it is given (the set `fit_transform` or `index build` of a small collection encodes) on fewer than 4
-# images per component is warned about. A fit sampled down from a larger set is not: most of the collection is then
-# encoded with a PCA fitted on other images (SMVS, full rotation fitted on 256 of 592 database images: mAP 0.486,
-# above every reduced pca_dim: 0.335 at 64).
+# on more than half the images it is given (what `fit_transform`, or `index build` of a small collection, encodes)
+# with fewer than 4 images per component is warned about. A fit on a smaller sample of a larger set is not: most of
+# the collection is then encoded with a PCA fitted on other images (SMVS, full rotation fitted on 256 of 592 database
+# images: mAP 0.486, above every reduced pca_dim: 0.335 at 64).
 MIN_FIT_IMAGES_PER_COMPONENT = 4
 # at least this many good images to fit on at all (a covariance of one image's positions is one image's texture)
 MIN_FIT_IMAGES = 2
@@ -112,9 +112,9 @@ class CrossLayerEncoder:
               strongest, and nearest-neighbour search among them falls towards chance (scene15, 64 images, full
               rotation: precision@1 0.19 self-fitted vs 0.70 fitted on other images). So do not `fit` then `encode`
               the same small set: fit on other images of the same kind, or on at least 4 images per component, or
-              keep fewer components (pca_dim = images / 4); `fit` warns when it uses every image it is given and
-              they are fewer. A fit sampled from a larger collection (`fit_images`) is safe: most of it is then
-              encoded with a PCA fitted on other images.
+              keep fewer components (pca_dim = images / 4); `fit` warns when it uses more than half the images it
+              is given and they are fewer. A fit on a small sample of a larger collection (`fit_images`) is safe:
+              most of it is then encoded with a PCA fitted on other images.
     weights:  None (the pinned packaged weights), a state-dict file path, or "random" (untrained; tests only).
     logits:   also compute ImageNet logits in `activations` (for display).
     """
@@ -292,8 +292,8 @@ class CrossLayerEncoder:
         images = list(images)
         if not images:
             raise UsageError("images: expected at least one image to fit on")
-        sampled = self.fit_images is not None and len(images) > self.fit_images
-        if sampled:
+        given = len(images)
+        if self.fit_images is not None and len(images) > self.fit_images:
             chosen = np.sort(np.random.default_rng(self.seed).choice(len(images), self.fit_images, replace=False))
             images = [images[i] for i in chosen]
         channels = self.spec.channels[self.layers[0]]
@@ -310,7 +310,7 @@ class CrossLayerEncoder:
                            f"{MIN_FIT_IMAGES}" + (f" (skipped {listed})" if failures else ""), failures)
         components = self.pca_dim or channels
         enough = MIN_FIT_IMAGES_PER_COMPONENT * components
-        if used < enough and not sampled:
+        if used < enough and 2 * used > given:
             kept = f"a full PCA rotation of {channels} channels" if self.pca_dim is None else f"{components} PCA components"
             warnings.warn(f"fit: {used} images for {kept} ({self.layers[0]}): the codes of these very images would "
                           f"lose most of their precision (their weakest directions are noise, each sign bit weighs as "
