@@ -311,7 +311,8 @@ class CrossLayerEncoder:
         components = self.pca_dim or channels
         enough = MIN_FIT_IMAGES_PER_COMPONENT * components
         if used < enough and 2 * used > given:
-            kept = f"a full PCA rotation of {channels} channels" if self.pca_dim is None else f"{components} PCA components"
+            kept = (f"a full PCA rotation of {channels} channels" if self.pca_dim is None
+                    else f"{components} PCA components")
             warnings.warn(f"fit: {used} images for {kept} ({self.layers[0]}): the codes of these very images would "
                           f"lose most of their precision (their weakest directions are noise, each sign bit weighs as "
                           f"much as the strongest); fit on at least {enough} images, or on other images of the same "

@@ -510,13 +510,7 @@ class CodeIndex:
         With ``normalize=True`` each reported score is divided by sqrt(nnz_q * nnz_x), the nonzero counts of the
         query and the item over those same channels (float64 in [-1, 1], 0 where either is all zero); the ranking
         stays the raw one (`crosslayer.reference.masked_cosine_reference`)."""
-        self._require_open()
-        if not isinstance(queries, Codes):
-            raise TypeError(f"queries: expected crosslayer.Codes, got {type(queries).__name__}")
-        if (queries.Dk, queries.Dt) != (self.Dk, self.Dt):
-            raise UsageError(f"queries: Dk={queries.Dk}, Dt={queries.Dt} differs from the index (Dk={self.Dk}, Dt={self.Dt})")
-        common_identity({"index": self.identity, "queries": queries.identity})
-        k, channels = check_search_args(queries, k, channels, self.Dk)
+        k, channels = self._check_queries(queries, k, channels)
         segments = [(self._segment_arrays(s)[0], s["id_base"]) for s in self._manifest["segments"]]
         scores, ids = search_segments(queries, segments, k + self.deleted, channels, num_threads)
         if self.deleted:
@@ -528,18 +522,21 @@ class CodeIndex:
             scores = self._normalized(queries, scores, ids, channels)
         return scores, ids
 
-    def rerank(self, queries: Codes, candidates, k: int = 10, channels: int | None = 50, num_threads: int = 0,
-               normalize: bool = False):
-        """`search` restricted to each query's `candidates` (nq, m) int64 ids (-1 pads; deleted or repeated ids are
-        dropped): the same exact masked scores, order and ties (to the smaller id), read from the candidates' codes
-        only. Rows with fewer than k usable candidates are padded with score 0 and id -1."""
+    def _check_queries(self, queries: Codes, k, channels) -> tuple[int, int]:
         self._require_open()
         if not isinstance(queries, Codes):
             raise TypeError(f"queries: expected crosslayer.Codes, got {type(queries).__name__}")
         if (queries.Dk, queries.Dt) != (self.Dk, self.Dt):
             raise UsageError(f"queries: Dk={queries.Dk}, Dt={queries.Dt} differs from the index (Dk={self.Dk}, Dt={self.Dt})")
         common_identity({"index": self.identity, "queries": queries.identity})
-        k, channels = check_search_args(queries, k, channels, self.Dk)
+        return check_search_args(queries, k, channels, self.Dk)
+
+    def rerank(self, queries: Codes, candidates, k: int = 10, channels: int | None = 50, num_threads: int = 0,
+               normalize: bool = False):
+        """`search` restricted to each query's `candidates` (nq, m) int64 ids (-1 pads; deleted or repeated ids are
+        dropped): the same exact masked scores, order and ties (to the smaller id), read from the candidates' codes
+        only. Rows with fewer than k usable candidates are padded with score 0 and id -1."""
+        k, channels = self._check_queries(queries, k, channels)
         candidates = np.asarray(candidates, np.int64)
         if candidates.ndim != 2 or len(candidates) != len(queries):
             raise UsageError(f"candidates: expected ({len(queries)}, m) ids, got shape {candidates.shape}")
@@ -570,8 +567,8 @@ class CodeIndex:
             for row in range(len(queries)):
                 hits = ids[row][found[row]]
                 if hits.size:
-                    normalized[row, :hits.size] = self._normalized(queries[row:row + 1], scores[row:row + 1, :hits.size],
-                                                                   hits[None], channels)[0]
+                    normalized[row, :hits.size] = self._normalized(
+                        queries[row:row + 1], scores[row:row + 1, :hits.size], hits[None], channels)[0]
             return normalized, ids
         return scores, ids
 
