@@ -131,7 +131,7 @@ def test_export_codes_search_with_them_and_another_encoder_is_refused(db, built,
     one_line_error(run_cli("index", "export", db, tmp_path / "none.xlc", "--keys", "nope.png"), "not in the index")
     assert not (tmp_path / "dup.xlc").exists() and not (tmp_path / "none.xlc").exists()
 
-    # the same shape of codes (1280 x 320) from another network: refused both ways
+    # the same shape of codes (1280 x Dt) from another network: refused both ways
     other = tmp_path / "efficientnet"
     ok(run_cli("index", "build", other, "--images", root, *TINY, "--backbone", "efficientnet_lite0", "--quiet"))
     one_line_error(run_cli("search", other, out, "--threads", "1"), "cannot be mixed")

@@ -116,10 +116,13 @@ def test_fit_shows_progress_counts_its_time_and_warns_when_too_small(backbone_ca
         encoder.fit(good_files, progress=True)
     assert "fit PCA" in capsys.readouterr().err
     assert encoder.fit_seconds_ > 0
+    with pytest.warns(UserWarning, match="fit: 6 images for 8 PCA components.*at most 1"):
+        _encoder(pca_dim=8).fit(good_files)  # fewer than 4 images a component: the fit-set trap (issue 16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _encoder(pca_dim=8).fit(good_files)  # a reduction keeps only the strong directions: no warning
-        quiet = _encoder(pca_dim=8).fit(good_files, progress=False)
+        quiet = _encoder(pca_dim=1).fit(good_files, progress=False)
+        # a sample of a larger set: most of the set is encoded with a PCA fitted on other images
+        _encoder(pca_dim=8, fit_images=2).fit(good_files)
     assert quiet.fit_failures_ == [] and "fit PCA" not in capsys.readouterr().err
 
 

@@ -62,11 +62,17 @@ class NotFittedError(CrossLayerError, RuntimeError):
     """The encoder's PCA has not been learnt yet: call fit() or load()."""
 
 
-# A full rotation keeps the smallest-variance directions too, and their signs become code bits. Positions of one image
-# are strongly correlated, so images, not rows, count: a rotation of 320 channels fitted on 48 images left sign-code
-# search near chance (issue 16), one fitted on the default 256 did not. Fits on fewer images than half the channels
-# are warned about.
-MIN_FIT_IMAGES_PER_CHANNEL = 0.5
+# The fit-set trap (issue 16; benchmarks/bench_fit_set.py): codes of the very images a PCA was fitted on lose most of
+# their precision when the images are few for the components kept. The weakest components of a fit set are the
+# directions in which those images have almost no energy; each code bit gives them the weight of the strongest. Images,
+# not positions, count (an image's positions are strongly correlated). Measured on scene15 (8 classes, leave-one-out
+# precision@1 of the code Gram, self-fit vs fit on other images): 64 images, Dt 320: 0.19 vs 0.70; Dt 32: 0.59 vs
+# 0.73; Dt 16: 0.75 vs 0.73; 300 images, Dt 64: 0.78 vs 0.76; 300 images, full rotation: 0.66 vs 0.72. A fit that uses
+# on more than half the images it is given (what `fit_transform`, or `index build` of a small collection, encodes)
+# with fewer than 4 images per component is warned about. A fit on a smaller sample of a larger set is not: most of
+# the collection is then encoded with a PCA fitted on other images (SMVS, full rotation fitted on 256 of 592 database
+# images: mAP 0.486, above every reduced pca_dim: 0.335 at 64).
+MIN_FIT_IMAGES_PER_COMPONENT = 4
 # at least this many good images to fit on at all (a covariance of one image's positions is one image's texture)
 MIN_FIT_IMAGES = 2
 
@@ -107,7 +113,16 @@ class CrossLayerEncoder:
     backbone: registry name ("mobilenet_v2", "efficientnet_lite0", "vgg16", "vgg19", "alexnet").
     layers:   (layer t, layer t+1) tap names; default the backbone's pair.
     side:     images are resized to side x side (policy "square", "center-crop" or "pad").
-    pca_dim:  PCA output dimension Dt (None: full decorrelating rotation, as in the paper).
+    pca_dim:  PCA output dimension Dt (None: the full decorrelating rotation, as in the paper; the default).
+              The fit-set trap: the sign codes of the very images the PCA was fitted on are fragile when they are
+              few (the float representation is not). A fit set's weakest PCA directions are those in which its
+              images have almost no energy; their codes give those near-empty directions the weight of the
+              strongest, and nearest-neighbour search among them falls towards chance (scene15, 64 images, full
+              rotation: precision@1 0.19 self-fitted vs 0.70 fitted on other images). So do not `fit` then `encode`
+              the same small set: fit on other images of the same kind, or on at least 4 images per component, or
+              keep fewer components (pca_dim = images / 4); `fit` warns when it uses more than half the images it
+              is given and they are fewer. A fit on a small sample of a larger collection (`fit_images`) is safe:
+              most of it is then encoded with a PCA fitted on other images.
     weights:  None (the pinned packaged weights), a state-dict file path, or "random" (untrained; tests only).
     logits:   also compute ImageNet logits in `activations` (for display).
     precision: "fp32" (the reference, default) or "int8": the backbone quantised by onnxruntime, calibrated during
@@ -359,6 +374,7 @@ class CrossLayerEncoder:
         images = list(images)
         if not images:
             raise UsageError("images: expected at least one image to fit on")
+        given = len(images)
         if self.fit_images is not None and len(images) > self.fit_images:
             chosen = np.sort(np.random.default_rng(self.seed).choice(len(images), self.fit_images, replace=False))
             images = [images[i] for i in chosen]
@@ -378,11 +394,16 @@ class CrossLayerEncoder:
             listed = "; ".join(f"{path}: {reason}" for path, reason in failures)
             raise FitError(f"images: {used} usable image(s) of {len(images)} to fit the PCA on, need at least "
                            f"{MIN_FIT_IMAGES}" + (f" (skipped {listed})" if failures else ""), failures)
-        enough = int(np.ceil(MIN_FIT_IMAGES_PER_CHANNEL * channels))
-        if self.pca_dim is None and used < enough:
-            warnings.warn(f"fit: {used} images for a full PCA rotation of {channels} channels ({self.layers[0]}): "
-                          f"its smallest-variance directions, whose signs become code bits, are mostly noise; fit on "
-                          f"at least {enough} images (or set pca_dim)", UserWarning, stacklevel=2)
+        components = self.pca_dim or channels
+        enough = MIN_FIT_IMAGES_PER_COMPONENT * components
+        if used < enough and 2 * used > given:
+            kept = (f"a full PCA rotation of {channels} channels" if self.pca_dim is None
+                    else f"{components} PCA components")
+            warnings.warn(f"fit: {used} images for {kept} ({self.layers[0]}): the codes of these very images would "
+                          f"lose most of their precision (their weakest directions are noise, each sign bit weighs as "
+                          f"much as the strongest); fit on at least {enough} images, or on other images of the same "
+                          f"kind, or set a smaller pca_dim (at most {max(1, used // MIN_FIT_IMAGES_PER_COMPONENT)})",
+                          UserWarning, stacklevel=2)
         mean, projection = accumulator.pca(self.pca_dim)
         self.pca_ = (mean.astype(np.float32), np.ascontiguousarray(projection, dtype=np.float32))
         self.fit_failures_ = failures

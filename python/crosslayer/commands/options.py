@@ -92,6 +92,13 @@ def bounded_int(low: int, high: int | None = None):
 positive_int = bounded_int(1)
 
 
+def pca_dim(text: str) -> int | None:
+    """--pca-dim: a positive integer, or 'full' (None: the full rotation)."""
+    if text.strip().lower() == "full":
+        return None
+    return positive_int(text)
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a finite number > 0."""
     import math
@@ -169,8 +176,10 @@ def add_input_options(parser, defaults: bool = True, policy: bool = True) -> Non
 
 
 def add_pca_options(parser, fit_images_help: str = "images sampled (seeded) to learn the PCA on") -> None:
-    parser.add_argument("--pca-dim", type=positive_int, default=None,
-                        help="PCA output dimension Dt (default: the full decorrelating rotation, as in the paper)")
+    parser.add_argument("--pca-dim", type=pca_dim, default=ENCODER_DEFAULTS.pca_dim,
+                        help="PCA output dimension Dt, or 'full': the full decorrelating rotation of the paper "
+                             f"(default: {ENCODER_DEFAULTS.pca_dim or 'full'}); fewer components when the images "
+                             "indexed are the few the PCA is fitted on (fewer than 4 a component)")
     parser.add_argument("--fit-images", type=positive_int, default=ENCODER_DEFAULTS.fit_images, help=fit_images_help)
 
 

@@ -22,6 +22,7 @@ EXAMPLES = """\
   crosslayer search db q1.jpg q2.jpg --top 5 --channels all
   crosslayer search db queries/ --json > hits.json         # every image of a folder (or a CSV) as a query
   crosslayer search db --key holiday/img_001.jpg --normalize
+  crosslayer search db query.jpg --candidates 200         # two-stage: re-rank a 200-image shortlist
   crosslayer search db exported.xlc                        # codes from 'crosslayer index export'
   crosslayer search db query.jpg --sheet hits.png --heatmaps
 """
@@ -66,7 +67,7 @@ def run(args) -> int:
             codes_search, where = None, ""
         images = image_sources(image_queries, "QUERY") if image_queries else []
         search = {"top": args.top, "channels": args.channels, "normalize": args.normalize,
-                  "codes_search": codes_search}
+                  "candidates": args.candidates, "codes_search": codes_search}
         if images:
             results, spent = index.search(images, **search)
             queries += [Query(path, "image", path, hits) for path, hits in zip(images, results)]
@@ -164,6 +165,10 @@ def register(commands) -> None:
     parser.add_argument("--top", type=positive_int, default=10, help="hits per query")
     parser.add_argument("--channels", type=channel_count, default=50,
                         help="guidance channels compared per query (its strongest), or 'all'; " + SCORE_HELP)
+    parser.add_argument("--candidates", type=positive_int, default=None, metavar="N",
+                        help="two-stage search: re-rank only the N images whose channel means are closest to the "
+                             "query's (a FAISS HNSW shortlist, built on first use and kept in DB_DIR); default: every "
+                             "image (exhaustive, the reference)")
     parser.add_argument("--normalize", action="store_true",
                         help="report scores divided by sqrt(nonzeros of query * nonzeros of hit) over the compared "
                              "channels: in [-1, 1] (the ranking is the raw one) (default: raw scores)")

@@ -5,6 +5,8 @@ images writes one; any of them can be searched, inspected, extended, verified an
 Layout:
     DB_DIR/image-index.json    `crosslayer.formats` JSON document "crosslayer-image-index" (version 2), written last
     DB_DIR/encoder.xle         the encoder queries must be encoded with (its identity digest is the codes' identity)
+    DB_DIR/coarse.faiss, coarse.json   the coarse stage of two-stage search (`crosslayer.retrieval.coarse`): a
+                               checked cache built on the first search with `candidates`, extended by later adds
     DB_DIR/codes/              the CodeIndex: keys = image paths relative to the root (POSIX separators); side
                                array "embedding" (n, C) float32 when built with embeddings; attributes {"root":
                                absolute folder or null, "failed": {key: reason}} committed with every segment
@@ -31,6 +33,7 @@ from crosslayer.errors import CrossLayerError, UsageError
 from crosslayer.formats import read_json, write_json
 from crosslayer.index import LOCK_NAME, MANIFEST_NAME, CodeIndex
 from crosslayer.retrieval.channels import check_channel_count
+from crosslayer.retrieval.coarse import CoarseIndex
 
 INDEX_FORMAT = "crosslayer-image-index"
 INDEX_VERSION = 2
@@ -70,6 +73,7 @@ def common_folder(paths) -> str:
 class ImageIndex:
     def __init__(self, directory: Path, encoder: CrossLayerEncoder, codes: CodeIndex):
         self.directory, self.encoder, self.codes = directory, encoder, codes
+        self._coarse = None
 
     # ---- opening -------------------------------------------------------------------------------------------------
     @classmethod
@@ -208,8 +212,12 @@ class ImageIndex:
         }
 
     def verify(self) -> list[str]:
-        """Every problem with the committed codes and side arrays (the encoder file was checked when opened)."""
-        return self.codes.verify()
+        """Every problem with the committed codes and side arrays (the encoder file was checked when opened), and
+        with the coarse stage's cache when there is one."""
+        problems = self.codes.verify()
+        if CoarseIndex.cached(self.directory):
+            problems += CoarseIndex.problems(self.directory, self.codes.Dk)
+        return problems
 
     def close(self) -> None:
         self.codes.close()
@@ -364,6 +372,8 @@ class ImageIndex:
                         commit()
             finally:
                 commit()  # whatever was gathered before an error or an interrupt
+        if report.added and CoarseIndex.cached(self.directory):
+            self.coarse()  # a coarse stage in use is extended with the codes, not at the next search
         report.seconds = time.perf_counter() - start
         return report
 
@@ -418,46 +428,74 @@ class ImageIndex:
         return self.codes.side(EMBEDDING)
 
     # ---- searching -----------------------------------------------------------------------------------------------
-    def search(self, queries, top: int = 10, channels: int | None = 50, normalize: bool = False, codes_search=None):
+    def search(self, queries, top: int = 10, channels: int | None = 50, normalize: bool = False,
+               candidates: int | None = None, codes_search=None):
         """Encodes the query images and returns, per query, its `top` hits (ranked `Hit`s) and timings (seconds).
 
         Scores are raw masked ternary dot products (integers; the range grows with the channels compared and Dt),
         or with ``normalize=True`` those divided by sqrt(nnz_q * nnz_x) over the compared channels: in [-1, 1].
-        codes_search: what searches the codes, with `CodeIndex.search`'s signature (default: this index's codes;
-        e.g. `crosslayer.distributed.ShardedIndex.search_codes`)."""
+        candidates: None searches every image (exhaustive: the reference); N searches two-stage: a shortlist of
+        the N images whose channel means are closest in cosine (`crosslayer.retrieval.coarse`, FAISS HNSW), re-ranked
+        by the same exact masked scores (N at least the images indexed: all of them, the exhaustive result).
+        codes_search: what searches the codes exhaustively, with `CodeIndex.search`'s signature (default: this
+        index's codes; e.g. `crosslayer.distributed.ShardedIndex.search_codes`)."""
         # checked before the backbone runs on the queries
-        top = check_positive_int(top, "top")
-        channels = check_channel_count(channels, self.encoder.Dk)
+        top, channels, candidates = self._check_search(top, channels, candidates)
         start = time.perf_counter()
         query_codes = self.encoder.encode([str(q) for q in queries])
         encoded = time.perf_counter()
-        results = self._hits(query_codes, top, channels, normalize, codes_search)
+        results = self._hits(query_codes, top, channels, normalize, candidates, codes_search)
         return results, {"encode_s": encoded - start, "search_s": time.perf_counter() - encoded}
 
     def search_keys(self, keys, top: int = 10, channels: int | None = 50, normalize: bool = False,
-                    codes_search=None):
+                    candidates: int | None = None, codes_search=None):
         """`search` with indexed images as the queries (their stored codes: nothing is re-encoded). Keys are
         paths (absolute, or relative to the root); UsageError naming those not indexed."""
-        top = check_positive_int(top, "top")
-        channels = check_channel_count(channels, self.encoder.Dk)
+        top, channels, candidates = self._check_search(top, channels, candidates)
         start = time.perf_counter()
         query_codes = self.codes.get(self.ids_of(keys))
         fetched = time.perf_counter()
-        results = self._hits(query_codes, top, channels, normalize, codes_search)
+        results = self._hits(query_codes, top, channels, normalize, candidates, codes_search)
         return results, {"encode_s": fetched - start, "search_s": time.perf_counter() - fetched}
 
     def search_codes(self, query_codes, top: int = 10, channels: int | None = 50, normalize: bool = False,
-                     codes_search=None):
+                     candidates: int | None = None, codes_search=None):
         """`search` with given query codes (e.g. read from an exported .xlc): they must be this index's encoder's
         (IdentityMismatchError naming both otherwise; UsageError for another shape)."""
-        top = check_positive_int(top, "top")
-        channels = check_channel_count(channels, self.encoder.Dk)
+        top, channels, candidates = self._check_search(top, channels, candidates)
         start = time.perf_counter()
-        results = self._hits(query_codes, top, channels, normalize, codes_search)
+        results = self._hits(query_codes, top, channels, normalize, candidates, codes_search)
         return results, {"encode_s": 0.0, "search_s": time.perf_counter() - start}
 
-    def _hits(self, query_codes, top, channels, normalize, codes_search=None) -> list:
-        scores, ids = (codes_search or self.codes.search)(query_codes, top, channels, normalize=normalize)
+    def _check_search(self, top, channels, candidates):
+        top = check_positive_int(top, "top")
+        channels = check_channel_count(channels, self.encoder.Dk)
+        if candidates is not None:
+            candidates = check_positive_int(candidates, "candidates")
+        return top, channels, candidates
+
+    def coarse(self) -> CoarseIndex:
+        """The coarse stage of two-stage search, loaded from its cache (checked; extended or rebuilt as needed)."""
+        if self._coarse is None or self._coarse.covers != [e for e, _ in self.codes.segment_means()]:
+            self._coarse = CoarseIndex.open(self.directory, self.codes)
+        return self._coarse
+
+    def shortlist(self, query_codes, candidates: int) -> np.ndarray:
+        """(nq, candidates) ids the coarse stage proposes per query (-1 pads); every live id when `candidates`
+        covers the index."""
+        candidates = check_positive_int(candidates, "candidates")
+        if candidates >= self.codes.live_count:
+            return np.broadcast_to(self.codes.live_ids(), (len(query_codes), self.codes.live_count))
+        return self.coarse().shortlist(query_codes.channel_mean, candidates, self.codes._deleted_array())
+
+    def _hits(self, query_codes, top, channels, normalize, candidates=None, codes_search=None) -> list:
+        if candidates is None or candidates >= self.codes.live_count:  # a shortlist of everything: exhaustive
+            scores, ids = (codes_search or self.codes.search)(query_codes, top, channels, normalize=normalize)
+        else:
+            scores, ids = self.codes.rerank(query_codes, self.shortlist(query_codes, candidates), top, channels,
+                                            normalize=normalize)
+            found = ids >= 0
+            scores, ids = [s[f] for s, f in zip(scores, found)], [i[f] for i, f in zip(ids, found)]
         all_ids = sorted({int(i) for row in ids for i in row})
         key_of = dict(zip(all_ids, self.codes.keys(all_ids))) if all_ids else {}
         convert = float if normalize else int
