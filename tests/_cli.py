@@ -72,3 +72,21 @@ def run_cli(*arguments, timeout: float = 300, env: dict | None = None, **options
 
 def start_cli(*arguments, env: dict | None = None, **options) -> subprocess.Popen:
     return subprocess.Popen([*command_prefix(), *map(str, arguments)], env=child_env(env), **options)
+
+
+def ok(done):
+    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+def one_line_error(done, *expected):
+    """Exit status 2 and the error as one line, last on stderr (after any progress bars and notices)."""
+    assert done.returncode == 2, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if ": error: " in line]
+    assert errors == lines[-1:] and lines[-1].startswith("crosslayer "), done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    for text in expected:
+        assert text in lines[-1], done.stderr
+    return lines[-1]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from _cli import run_cli
+from _cli import ok, one_line_error, run_cli
 from _images import write_block_images
 
 pytest.importorskip("torch")
@@ -15,24 +15,6 @@ pytest.importorskip("onnxruntime")
 
 SIDE = 64
 TINY = ["--weights", "random", "--side", SIDE, "--fit-images", "6", "--batch-size", "4", "--threads", "1"]
-
-
-def ok(done):
-    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    assert "Traceback" not in done.stderr, done.stderr
-    return done
-
-
-def one_line_error(done, *expected):
-    """Exit status 2 and the error as one line, last on stderr (after any progress bars and notices)."""
-    assert done.returncode == 2, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if ": error: " in line]
-    assert errors == lines[-1:] and lines[-1].startswith("crosslayer "), done.stderr
-    assert "Traceback" not in done.stderr, done.stderr
-    for text in expected:
-        assert text in lines[-1], done.stderr
-    return lines[-1]
 
 
 @pytest.fixture(scope="module")

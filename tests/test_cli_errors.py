@@ -12,24 +12,12 @@ import time
 
 import pytest
 
-from _cli import child_env, run_cli, start_cli
+from _cli import child_env, one_line_error, run_cli, start_cli
 from _images import write_block_images
 
 SIDE = 64
 NETWORK = ["--weights", "random", "--side", SIDE, "--threads", "1"]
 TINY = [*NETWORK, "--fit-images", "6", "--batch-size", "2"]
-
-
-def one_line_error(done, *expected):
-    """Exit status 2 and the error as one line, last on stderr (after any progress bars and notices)."""
-    assert done.returncode == 2, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if ": error: " in line]
-    assert errors == lines[-1:] and lines[-1].startswith("crosslayer "), done.stderr
-    assert "Traceback" not in done.stderr, done.stderr
-    for text in expected:
-        assert text in lines[-1], done.stderr
-    return lines[-1]
 
 
 @pytest.mark.parametrize("arguments, expected", [

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
-from _cli import run_cli
+from _cli import ok, one_line_error, run_cli
 from _images import write_block_images
-from test_cli_commands import SIDE, TINY, ok, one_line_error
+from test_cli_commands import SIDE, TINY
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")

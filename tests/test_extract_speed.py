@@ -7,7 +7,8 @@ import pytest
 
 from _cli import run_cli
 from _images import write_block_images
-from test_cli_commands import SIDE, TINY, ok
+from _cli import ok
+from test_cli_commands import SIDE, TINY
 
 from crosslayer.errors import UsageError
 from crosslayer.images import ImageError, load_image, prepare
@@ -126,7 +127,7 @@ def test_index_build_profile_and_draft_on_the_command_line(photos, backbone_cach
     plain = ok(run_cli("index", "build", tmp_path / "plain", "--images", photos[0].parent, *TINY, "--quiet"))
     assert "inference" not in plain.stdout
     # draft decoding changes codes: a build made with it is not resumed without it
-    from test_cli_commands import one_line_error
+    from _cli import one_line_error
 
     one_line_error(run_cli("index", "build", db, "--images", photos[0].parent, *TINY, "--quiet"),
                    "draft True (requested False)")
@@ -182,7 +183,7 @@ def test_int8_encoder_saves_its_model_and_never_mixes_with_fp32(photos, backbone
 
 
 def test_index_build_precision_int8_on_the_command_line_refuses_fp32_on_resume(photos, backbone_cache, tmp_path):
-    from test_cli_commands import one_line_error
+    from _cli import one_line_error
 
     db = tmp_path / "db"
     done = ok(run_cli("index", "build", db, "--images", photos[0].parent, *TINY, "--precision", "int8", "--quiet"))
