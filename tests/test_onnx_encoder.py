@@ -241,3 +241,26 @@ def test_custom_graph_runs_from_cpp_without_python(fitted, tmp_path_factory):
     bits = np.fromfile(folder / "bits.bin", "<u8").reshape(n, dk, 2, words)
     channel_mean = np.fromfile(folder / "channel_mean.bin", "<f4").reshape(n, dk)
     _check_against_encoder(encoder, paths, bits, channel_mean)
+
+
+@pytest.fixture(scope="module")
+def int8_encoder(tmp_path_factory, backbone_cache):
+    import warnings
+
+    paths = write_block_images(tmp_path_factory.mktemp("int8-images"), 4, side=72)
+    with warnings.catch_warnings():  # few fit images for the PCA: expected here, the codes are compared not judged
+        warnings.simplefilter("ignore", UserWarning)
+        encoder = CrossLayerEncoder(weights="random", side=64, precision="int8", pca_dim=8, batch_size=4,
+                                    threads=2).fit(paths)
+    return encoder, paths
+
+
+@pytest.mark.parametrize("ops", ["standard", "custom"])
+def test_int8_encoder_exports_the_model_it_runs(int8_encoder, tmp_path, ops):
+    """The graph's backbone is the int8 model (held in memory, no file): the codes match `encode`'s."""
+    encoder, paths = int8_encoder
+    library = _ort_ops_library() if ops == "custom" else None
+    out = export_encoder_onnx(encoder, tmp_path / f"int8-{ops}.onnx", ops=ops)
+    assert model_metadata(out)["ops"] == ops
+    bits, channel_mean = _session(out, library).run(None, {"images": encoder.load_pixels(paths)})
+    _check_against_encoder(encoder, paths, bits, channel_mean)

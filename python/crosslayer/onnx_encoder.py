@@ -192,8 +192,9 @@ def build_encoder_model(encoder_or_path, ops: str = "standard", embedding: bool 
     if not isinstance(embedding, bool):
         raise UsageError(f"embedding: expected a bool, got {type(embedding).__name__}")
     encoder = _encoder(encoder_or_path)
-    # the encoder's own export (weights checked against those its PCA was learnt with)
-    model = onnx.load(encoder._backbone().model_path)
+    # the model the encoder runs: its fp32 export (weights checked against those its PCA was learnt with) or the
+    # int8 one calibrated by fit, which exists only in memory
+    model = onnx.load_model_from_string(encoder.backbone_model())
     graph = model.graph
     backbone_input = graph.input[0].name
     for node in graph.node:
