@@ -264,3 +264,24 @@ def test_int8_encoder_exports_the_model_it_runs(int8_encoder, tmp_path, ops):
     assert model_metadata(out)["ops"] == ops
     bits, channel_mean = _session(out, library).run(None, {"images": encoder.load_pixels(paths)})
     _check_against_encoder(encoder, paths, bits, channel_mean)
+
+
+def test_draft_encoder_graph_sees_the_pixels_encode_sees(fitted, tmp_path):
+    """A draft encoder decodes large JPEGs at a reduced scale: load_pixels must too, or the graph's codes drift."""
+    from PIL import Image
+
+    from crosslayer.images import normalize
+
+    encoder, paths, _ = fitted
+    draft = CrossLayerEncoder(side=SIDE, pca_dim=16, batch_size=4, threads=2, draft=True).fit(paths)
+    rng = np.random.default_rng(3)
+    large = tmp_path / "large.jpg"  # over twice the side: decoded at 1/2 or 1/4 scale in draft mode
+    pixels = np.kron(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), np.ones((5 * SIDE // 8, 5 * SIDE // 8, 1),
+                                                                              np.uint8))
+    Image.fromarray(pixels + rng.integers(0, 30, pixels.shape, dtype=np.uint8)).save(large, quality=90)
+    loaded = draft.load_pixels([large])
+    np.testing.assert_array_equal(normalize(loaded[0], draft.spec.mean, draft.spec.std), draft._prepare(large))
+    # and it is a draft decode: the full decode resized gives other pixels
+    assert not np.array_equal(loaded, encoder.load_pixels([large]))
+    bits, channel_mean = _session(export_encoder_onnx(draft, tmp_path / "draft.onnx")).run(None, {"images": loaded})
+    _check_against_encoder(draft, [large], bits, channel_mean)
