@@ -141,6 +141,30 @@ def test_metadata_names_the_encoder(fitted):
     assert meta["side"] == str(SIDE) and meta["policy"] == "square" and meta["pca_dim"] == "70"
     assert meta["weights_id"] == encoder.weights_id and meta["crosslayer_version"] == crosslayer.__version__
     assert meta["ops"] == "standard" and (meta["Dk"], meta["Dt"]) == (str(encoder.Dk), "70")
+    assert meta["identity_digest"] == encoder.identity_digest
+    assert meta["pca_sha256"] == encoder.identity["pca_sha256"]
+    assert (meta["precision"], meta["draft"]) == ("fp32", "false")
+
+
+def test_graph_codes_stamped_with_the_metadata_join_the_encoders_index(fitted):
+    """Codes from the graph, stamped with the model's identity_digest, mix with encode's codes in an index, and
+    are refused by an index of another encoder."""
+    from crosslayer.codes import IdentityMismatchError
+    from crosslayer.index import CodeIndex
+
+    encoder, paths, tmp_path = fitted
+    out = export_encoder_onnx(encoder, tmp_path / "stamped.onnx")
+    meta = model_metadata(out)
+    bits, channel_mean = _session(out).run(None, {"images": encoder.load_pixels(paths[:3])})
+    from_graph = crosslayer.Codes(bits, channel_mean, int(meta["Dt"]), identity=meta["identity_digest"])
+    index = CodeIndex.create(tmp_path / "stamped-index", encoder.Dk, encoder.Dt)
+    index.append(encoder.encode(paths[3:5]))
+    assert list(index.append(from_graph)) == [2, 3, 4] and index.identity == encoder.identity_digest
+    index.close()
+    other = CodeIndex.create(tmp_path / "other-index", encoder.Dk, encoder.Dt, identity="0123456789abcdef")
+    with pytest.raises(IdentityMismatchError):
+        other.append(from_graph)
+    other.close()
 
 
 def test_damaged_or_foreign_model_is_refused(fitted, tmp_path):
@@ -261,7 +285,8 @@ def test_int8_encoder_exports_the_model_it_runs(int8_encoder, tmp_path, ops):
     encoder, paths = int8_encoder
     library = _ort_ops_library() if ops == "custom" else None
     out = export_encoder_onnx(encoder, tmp_path / f"int8-{ops}.onnx", ops=ops)
-    assert model_metadata(out)["ops"] == ops
+    meta = model_metadata(out)
+    assert (meta["ops"], meta["precision"], meta["identity_digest"]) == (ops, "int8", encoder.identity_digest)
     bits, channel_mean = _session(out, library).run(None, {"images": encoder.load_pixels(paths)})
     _check_against_encoder(encoder, paths, bits, channel_mean)
 

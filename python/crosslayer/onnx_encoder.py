@@ -12,7 +12,8 @@ Two forms of the pooling:
 - ``ops="custom"``: one ``PoolCodes`` node of the domain ``ai.crosslayer`` (opset 1), the library
   `crosslayer.ort_ops_library()` registered with onnxruntime (`register_custom_ops_library`) computes it with the
   same kernel as `crosslayer.pool`.
-The encoder's identity is in the model's ``metadata_props``.
+The encoder's identity is in the model's ``metadata_props``: ``identity_digest`` is the `CrossLayerEncoder.identity_digest`
+to stamp the graph's codes with (``crosslayer.Codes(bits, channel_mean, Dt, identity=...)``).
 """
 
 from __future__ import annotations
@@ -179,6 +180,9 @@ def metadata(encoder, ops: str) -> dict:
         "backbone": encoder.backbone, "layers": json.dumps(list(encoder.layers)), "side": str(encoder.side),
         "policy": encoder.policy, "pca_dim": json.dumps(encoder.pca_dim), "weights_id": str(encoder.weights_id),
         "Dk": str(encoder.Dk), "Dt": str(encoder.Dt), "crosslayer_version": crosslayer.__version__,
+        # what the codes are stamped with (`Codes.identity`, an index's identity), and what makes it up
+        "identity_digest": encoder.identity_digest, "pca_sha256": encoder.identity["pca_sha256"],
+        "precision": encoder.precision, "draft": json.dumps(encoder.draft),
     }
 
 
