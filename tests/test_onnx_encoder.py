@@ -310,3 +310,17 @@ def test_draft_encoder_graph_sees_the_pixels_encode_sees(fitted, tmp_path):
     assert not np.array_equal(loaded, encoder.load_pixels([large]))
     bits, channel_mean = _session(export_encoder_onnx(draft, tmp_path / "draft.onnx")).run(None, {"images": loaded})
     _check_against_encoder(draft, [large], bits, channel_mean)
+
+
+@pytest.mark.parametrize("ops", ["standard", "custom"])
+def test_empty_batch_gives_empty_outputs(fitted, ops):
+    """No images in, no codes out, with the trailing shapes of encode([])."""
+    encoder, _, tmp_path = fitted
+    library = _ort_ops_library() if ops == "custom" else None
+    out = export_encoder_onnx(encoder, tmp_path / f"empty-{ops}.onnx", ops=ops)
+    pixels = encoder.load_pixels([])
+    assert pixels.shape == (0, SIDE, SIDE, 3)
+    bits, channel_mean = _session(out, library).run(None, {"images": pixels})
+    empty = encoder.encode([])
+    assert bits.dtype == np.uint64 and bits.shape == empty.bits.shape == (0, encoder.Dk, 2, 2)
+    assert channel_mean.dtype == np.float32 and channel_mean.shape == empty.channel_mean.shape == (0, encoder.Dk)

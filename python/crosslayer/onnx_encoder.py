@@ -101,15 +101,23 @@ def _channel_mean(builder: _GraphBuilder, guidance: str) -> None:
     builder.op("Cast", [mean], "channel_mean", outputs=[CHANNEL_MEAN], to=TensorProto.FLOAT)
 
 
-def _pooled(builder: _GraphBuilder, local: str, guidance: str, pca, dt_in: int, dk: int) -> str:
+def _flattened_positions(builder: _GraphBuilder, maps: str, hint: str) -> str:
+    """(n, C, h, w) -> (n, C, h*w) with every dimension taken from the maps' shape: Reshape cannot infer a -1 from
+    an empty batch (n = 0)."""
+    leading = builder.op("Shape", [maps], f"{hint}_leading", start=0, end=2)
+    height = builder.op("Shape", [maps], f"{hint}_height", start=2, end=3)
+    width = builder.op("Shape", [maps], f"{hint}_width", start=3, end=4)
+    positions = builder.op("Mul", [height, width], f"{hint}_positions")
+    shape = builder.op("Concat", [leading, positions], f"{hint}_shape", axis=0)
+    return builder.op("Reshape", [maps, shape], hint)
+
+
+def _pooled(builder: _GraphBuilder, local: str, guidance: str, pca) -> str:
     """P (n, Dk, Dt) float32 = guidance (n, Dk, HW) @ ((local rows (n, HW, Dt_in) - mean) @ projection)."""
-    rows = builder.op("Reshape", [local, builder.const("local_shape", np.array([0, dt_in, -1], np.int64))], "local")
-    rows = builder.op("Transpose", [rows], "rows", perm=[0, 2, 1])
+    rows = builder.op("Transpose", [_flattened_positions(builder, local, "local")], "rows", perm=[0, 2, 1])
     centred = builder.op("Sub", [rows, builder.const("pca_mean", pca[0].astype(np.float32))], "centred")
     projected = builder.op("MatMul", [centred, builder.const("pca_projection", pca[1].astype(np.float32))], "projected")
-    weights = builder.op("Reshape", [guidance, builder.const("guidance_shape", np.array([0, dk, -1], np.int64))],
-                         "guidance")
-    return builder.op("MatMul", [weights, projected], "pooled")
+    return builder.op("MatMul", [_flattened_positions(builder, guidance, "guidance"), projected], "pooled")
 
 
 def _packed_signs(builder: _GraphBuilder, pooled: str, dk: int, dt: int) -> None:
@@ -204,12 +212,12 @@ def build_encoder_model(encoder_or_path, ops: str = "standard", embedding: bool 
     for node in graph.node:
         node.input[:] = [_NORMALIZED if name == backbone_input else name for name in node.input]
     local, guidance = encoder.layers
-    dt_in, dk, dt = encoder.spec.channels[local], encoder.Dk, encoder.Dt
+    dk, dt = encoder.Dk, encoder.Dt
 
     before, after = _GraphBuilder("crosslayer_input_"), _GraphBuilder("crosslayer_pool_")
     _normalisation(before, encoder.spec)
     if ops == "standard":
-        _packed_signs(after, _pooled(after, local, guidance, encoder.pca_, dt_in, dk), dk, dt)
+        _packed_signs(after, _pooled(after, local, guidance, encoder.pca_), dk, dt)
         _channel_mean(after, guidance)
     else:
         _custom_pool(after, local, guidance, encoder.pca_)
