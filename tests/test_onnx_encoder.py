@@ -324,3 +324,20 @@ def test_empty_batch_gives_empty_outputs(fitted, ops):
     empty = encoder.encode([])
     assert bits.dtype == np.uint64 and bits.shape == empty.bits.shape == (0, encoder.Dk, 2, 2)
     assert channel_mean.dtype == np.float32 and channel_mean.shape == empty.channel_mean.shape == (0, encoder.Dk)
+
+
+def test_standard_graph_runs_from_cpp_with_no_ops_library(fitted, tmp_path_factory):
+    """run_encoder with an empty OPS_LIBRARY ("") registers no custom ops: a standard-ops model runs as it is."""
+    from _cpp_runner import build_cpp_runner, run_cpp
+
+    runner = build_cpp_runner(tmp_path_factory)
+    encoder, paths, tmp_path = fitted
+    model = export_encoder_onnx(encoder, tmp_path / "standard-cpp.onnx", ops="standard")
+    folder = tmp_path_factory.mktemp("cpp-standard")
+    result = run_cpp(runner, model, "", {"images": encoder.load_pixels(paths[:3])}, folder, types={"images": "uint8"})
+    assert result.returncode == 0, result.stderr
+    words = (encoder.Dt + 63) // 64
+    assert result.stdout.splitlines() == [f"bits uint64 3x{encoder.Dk}x2x{words}", f"channel_mean float32 3x{encoder.Dk}"]
+    bits = np.fromfile(folder / "bits.bin", "<u8").reshape(3, encoder.Dk, 2, words)
+    channel_mean = np.fromfile(folder / "channel_mean.bin", "<f4").reshape(3, encoder.Dk)
+    _check_against_encoder(encoder, paths[:3], bits, channel_mean)
