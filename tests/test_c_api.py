@@ -86,6 +86,17 @@ def test_version_and_build_info_describe_this_build(lib):
     assert lib.crosslayer_status_name(FORMAT_ERROR) == b"CROSSLAYER_FORMAT_ERROR"
 
 
+def test_headers_the_installed_header_names_are_installed():
+    """The installed crosslayer.h's opening comment may name only headers a user of the installed package has."""
+    import re
+
+    installed = Path(crosslayer.include_dir()) / "crosslayer"
+    opening = (installed / "crosslayer.h").read_text().split("*/", 1)[0]
+    named = set(re.findall(r"\b([a-z_]+\.h)\b", opening))
+    assert "crosslayer.h" in named
+    assert named <= {path.name for path in installed.iterdir()}, named
+
+
 def test_only_c_symbols_are_exported_and_python_links_the_same_library():
     if shutil.which("nm") is None:
         pytest.skip("nm is not installed")

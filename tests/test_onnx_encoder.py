@@ -141,6 +141,30 @@ def test_metadata_names_the_encoder(fitted):
     assert meta["side"] == str(SIDE) and meta["policy"] == "square" and meta["pca_dim"] == "70"
     assert meta["weights_id"] == encoder.weights_id and meta["crosslayer_version"] == crosslayer.__version__
     assert meta["ops"] == "standard" and (meta["Dk"], meta["Dt"]) == (str(encoder.Dk), "70")
+    assert meta["identity_digest"] == encoder.identity_digest
+    assert meta["pca_sha256"] == encoder.identity["pca_sha256"]
+    assert (meta["precision"], meta["draft"]) == ("fp32", "false")
+
+
+def test_graph_codes_stamped_with_the_metadata_join_the_encoders_index(fitted):
+    """Codes from the graph, stamped with the model's identity_digest, mix with encode's codes in an index, and
+    are refused by an index of another encoder."""
+    from crosslayer.codes import IdentityMismatchError
+    from crosslayer.index import CodeIndex
+
+    encoder, paths, tmp_path = fitted
+    out = export_encoder_onnx(encoder, tmp_path / "stamped.onnx")
+    meta = model_metadata(out)
+    bits, channel_mean = _session(out).run(None, {"images": encoder.load_pixels(paths[:3])})
+    from_graph = crosslayer.Codes(bits, channel_mean, int(meta["Dt"]), identity=meta["identity_digest"])
+    index = CodeIndex.create(tmp_path / "stamped-index", encoder.Dk, encoder.Dt)
+    index.append(encoder.encode(paths[3:5]))
+    assert list(index.append(from_graph)) == [2, 3, 4] and index.identity == encoder.identity_digest
+    index.close()
+    other = CodeIndex.create(tmp_path / "other-index", encoder.Dk, encoder.Dt, identity="0123456789abcdef")
+    with pytest.raises(IdentityMismatchError):
+        other.append(from_graph)
+    other.close()
 
 
 def test_damaged_or_foreign_model_is_refused(fitted, tmp_path):
@@ -241,3 +265,79 @@ def test_custom_graph_runs_from_cpp_without_python(fitted, tmp_path_factory):
     bits = np.fromfile(folder / "bits.bin", "<u8").reshape(n, dk, 2, words)
     channel_mean = np.fromfile(folder / "channel_mean.bin", "<f4").reshape(n, dk)
     _check_against_encoder(encoder, paths, bits, channel_mean)
+
+
+@pytest.fixture(scope="module")
+def int8_encoder(tmp_path_factory, backbone_cache):
+    import warnings
+
+    paths = write_block_images(tmp_path_factory.mktemp("int8-images"), 4, side=72)
+    with warnings.catch_warnings():  # few fit images for the PCA: expected here, the codes are compared not judged
+        warnings.simplefilter("ignore", UserWarning)
+        encoder = CrossLayerEncoder(weights="random", side=64, precision="int8", pca_dim=8, batch_size=4,
+                                    threads=2).fit(paths)
+    return encoder, paths
+
+
+@pytest.mark.parametrize("ops", ["standard", "custom"])
+def test_int8_encoder_exports_the_model_it_runs(int8_encoder, tmp_path, ops):
+    """The graph's backbone is the int8 model (held in memory, no file): the codes match `encode`'s."""
+    encoder, paths = int8_encoder
+    library = _ort_ops_library() if ops == "custom" else None
+    out = export_encoder_onnx(encoder, tmp_path / f"int8-{ops}.onnx", ops=ops)
+    meta = model_metadata(out)
+    assert (meta["ops"], meta["precision"], meta["identity_digest"]) == (ops, "int8", encoder.identity_digest)
+    bits, channel_mean = _session(out, library).run(None, {"images": encoder.load_pixels(paths)})
+    _check_against_encoder(encoder, paths, bits, channel_mean)
+
+
+def test_draft_encoder_graph_sees_the_pixels_encode_sees(fitted, tmp_path):
+    """A draft encoder decodes large JPEGs at a reduced scale: load_pixels must too, or the graph's codes drift."""
+    from PIL import Image
+
+    from crosslayer.images import normalize
+
+    encoder, paths, _ = fitted
+    draft = CrossLayerEncoder(side=SIDE, pca_dim=16, batch_size=4, threads=2, draft=True).fit(paths)
+    rng = np.random.default_rng(3)
+    large = tmp_path / "large.jpg"  # over twice the side: decoded at 1/2 or 1/4 scale in draft mode
+    pixels = np.kron(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), np.ones((5 * SIDE // 8, 5 * SIDE // 8, 1),
+                                                                              np.uint8))
+    Image.fromarray(pixels + rng.integers(0, 30, pixels.shape, dtype=np.uint8)).save(large, quality=90)
+    loaded = draft.load_pixels([large])
+    np.testing.assert_array_equal(normalize(loaded[0], draft.spec.mean, draft.spec.std), draft._prepare(large))
+    # and it is a draft decode: the full decode resized gives other pixels
+    assert not np.array_equal(loaded, encoder.load_pixels([large]))
+    bits, channel_mean = _session(export_encoder_onnx(draft, tmp_path / "draft.onnx")).run(None, {"images": loaded})
+    _check_against_encoder(draft, [large], bits, channel_mean)
+
+
+@pytest.mark.parametrize("ops", ["standard", "custom"])
+def test_empty_batch_gives_empty_outputs(fitted, ops):
+    """No images in, no codes out, with the trailing shapes of encode([])."""
+    encoder, _, tmp_path = fitted
+    library = _ort_ops_library() if ops == "custom" else None
+    out = export_encoder_onnx(encoder, tmp_path / f"empty-{ops}.onnx", ops=ops)
+    pixels = encoder.load_pixels([])
+    assert pixels.shape == (0, SIDE, SIDE, 3)
+    bits, channel_mean = _session(out, library).run(None, {"images": pixels})
+    empty = encoder.encode([])
+    assert bits.dtype == np.uint64 and bits.shape == empty.bits.shape == (0, encoder.Dk, 2, 2)
+    assert channel_mean.dtype == np.float32 and channel_mean.shape == empty.channel_mean.shape == (0, encoder.Dk)
+
+
+def test_standard_graph_runs_from_cpp_with_no_ops_library(fitted, tmp_path_factory):
+    """run_encoder with an empty OPS_LIBRARY ("") registers no custom ops: a standard-ops model runs as it is."""
+    from _cpp_runner import build_cpp_runner, run_cpp
+
+    runner = build_cpp_runner(tmp_path_factory)
+    encoder, paths, tmp_path = fitted
+    model = export_encoder_onnx(encoder, tmp_path / "standard-cpp.onnx", ops="standard")
+    folder = tmp_path_factory.mktemp("cpp-standard")
+    result = run_cpp(runner, model, "", {"images": encoder.load_pixels(paths[:3])}, folder, types={"images": "uint8"})
+    assert result.returncode == 0, result.stderr
+    words = (encoder.Dt + 63) // 64
+    assert result.stdout.splitlines() == [f"bits uint64 3x{encoder.Dk}x2x{words}", f"channel_mean float32 3x{encoder.Dk}"]
+    bits = np.fromfile(folder / "bits.bin", "<u8").reshape(3, encoder.Dk, 2, words)
+    channel_mean = np.fromfile(folder / "channel_mean.bin", "<f4").reshape(3, encoder.Dk)
+    _check_against_encoder(encoder, paths[:3], bits, channel_mean)

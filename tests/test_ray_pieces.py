@@ -138,6 +138,19 @@ def test_remote_address_needs_token_authentication(monkeypatch):
     assert check_address("10.0.0.5:6379") == "10.0.0.5:6379"
 
 
+def test_auto_address_is_resolved_before_the_token_rule(monkeypatch):
+    """"auto" connects to RAY_ADDRESS: the loopback-or-token rule applies to that address, which is connected to."""
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    with pytest.raises(UsageError, match=r"auto \(10\.0\.0\.5:6379\) is not on this machine.*RAY_AUTH_MODE"):
+        check_address("auto")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert check_address("auto") == "127.0.0.1:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert check_address("auto") == "10.0.0.5:6379"
+
+
 def test_missing_ray_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "ray", None)
     with pytest.raises(RayMissingError, match=r"pip install 'crosslayer\[ray\]'"):

@@ -3,6 +3,8 @@
 //
 //   run_encoder MODEL.onnx OPS_LIBRARY OUT_DIR INPUT...      INPUT = NAME=TYPE:D0xD1x...:FILE
 //
+// OPS_LIBRARY "" registers no custom-op library (a model of standard operators).
+//
 // TYPE is float32, uint8, int64 or uint64; FILE holds the raw little-endian values in C order (a 0 dimension is
 // allowed; use "-" as the shape of a scalar). Every output is written to OUT_DIR/NAME.bin (raw values) and described
 // on stdout as "NAME TYPE D0xD1x...". The session uses onnxruntime's default intra-op threads (one per core),
@@ -136,7 +138,9 @@ int run(int argc, char** argv) {
   check(ort->CreateEnv(ORT_LOGGING_LEVEL_WARNING, "run_encoder", &env.pointer));
   Owned<OrtSessionOptions, release_options> options;
   check(ort->CreateSessionOptions(&options.pointer));
-  check(ort->RegisterCustomOpsLibrary_V2(options.pointer, argv[2]));
+  // "" means no custom ops: a model of standard operators needs no library (and onnxruntime would look for
+  // RegisterCustomOps in this program itself)
+  if (argv[2][0] != '\0') check(ort->RegisterCustomOpsLibrary_V2(options.pointer, argv[2]));
   Owned<OrtSession, release_session> session;
   check(ort->CreateSession(env.pointer, argv[1], options.pointer, &session.pointer));
 

@@ -315,13 +315,10 @@ class CrossLayerEncoder:
         """(n, side, side, 3) uint8 RGB: the images (file paths or HxWx3 uint8 arrays) decoded and resized by this
         encoder's policy, before normalisation — the `images` input of its exported ONNX graph
         (`crosslayer.onnx_encoder.export_encoder_onnx`). Raises `ImageError` naming a bad image."""
-        from crosslayer.images import as_rgb_array, load_image, resize
+        from crosslayer.images import load_resized
 
-        def pixels(source):
-            rgb = load_image(source) if isinstance(source, (str, Path)) else as_rgb_array(source)
-            return resize(rgb, self.side, self.policy)
-
-        decoded = [pixels(source) for source in images]
+        # decoded and resized exactly as `_prepare` does (draft included), so the graph sees encode's pixels
+        decoded = [load_resized(source, self.side, self.policy, draft=self.draft) for source in images]
         return np.stack(decoded) if decoded else np.zeros((0, self.side, self.side, 3), np.uint8)
 
     def activations(self, images, on_error="raise", pass_: Pass | None = None, progress=False, desc="encode"):

@@ -229,12 +229,13 @@ def check_side(side, multiple: int = 1) -> int:
 DRAFT_DEFAULT = False
 
 
-def prepare(source, side: int, policy: str, mean, std, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = DRAFT_DEFAULT,
-            stage_times=None) -> np.ndarray:
-    """A file path or an HxWx3 uint8 array -> the network input 3 x side x side float32. Raises ImageError.
+def load_resized(source, side: int, policy: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = DRAFT_DEFAULT,
+                 stage_times=None) -> np.ndarray:
+    """A file path or an HxWx3 uint8 array -> side x side x 3 uint8 RGB, decoded and resized as `prepare` does before
+    normalising (the exported encoder graph's input). Raises ImageError.
 
     draft: decode large JPEGs at a reduced scale no smaller than `side` (`load_image`'s draft_side). stage_times: a
-    `crosslayer.stage_times.StageTimes` that gets the seconds of decode, resize and normalise."""
+    `crosslayer.stage_times.StageTimes` that gets the seconds of decode and resize."""
     clock = time.perf_counter
     begin = clock()
     if isinstance(source, (str, Path)):
@@ -243,10 +244,22 @@ def prepare(source, side: int, policy: str, mean, std, max_pixels: int = DEFAULT
         rgb = as_rgb_array(source)
     decoded = clock()
     resized = resize(rgb, side, policy)
-    scaled = clock()
-    network_input = normalize(resized, mean, std)
     if stage_times is not None:
         stage_times.add("decode", decoded - begin)
-        stage_times.add("resize", scaled - decoded)
-        stage_times.add("normalise", clock() - scaled)
+        stage_times.add("resize", clock() - decoded)
+    return resized
+
+
+def prepare(source, side: int, policy: str, mean, std, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = DRAFT_DEFAULT,
+            stage_times=None) -> np.ndarray:
+    """A file path or an HxWx3 uint8 array -> the network input 3 x side x side float32 (`load_resized`, then
+    `normalize`). Raises ImageError.
+
+    draft: decode large JPEGs at a reduced scale no smaller than `side` (`load_image`'s draft_side). stage_times: a
+    `crosslayer.stage_times.StageTimes` that gets the seconds of decode, resize and normalise."""
+    resized = load_resized(source, side, policy, max_pixels, draft, stage_times)
+    scaled = time.perf_counter()
+    network_input = normalize(resized, mean, std)
+    if stage_times is not None:
+        stage_times.add("normalise", time.perf_counter() - scaled)
     return network_input

@@ -12,7 +12,8 @@ Two forms of the pooling:
 - ``ops="custom"``: one ``PoolCodes`` node of the domain ``ai.crosslayer`` (opset 1), the library
   `crosslayer.ort_ops_library()` registered with onnxruntime (`register_custom_ops_library`) computes it with the
   same kernel as `crosslayer.pool`.
-The encoder's identity is in the model's ``metadata_props``.
+The encoder's identity is in the model's ``metadata_props``: ``identity_digest`` is the `CrossLayerEncoder.identity_digest`
+to stamp the graph's codes with (``crosslayer.Codes(bits, channel_mean, Dt, identity=...)``).
 """
 
 from __future__ import annotations
@@ -100,15 +101,23 @@ def _channel_mean(builder: _GraphBuilder, guidance: str) -> None:
     builder.op("Cast", [mean], "channel_mean", outputs=[CHANNEL_MEAN], to=TensorProto.FLOAT)
 
 
-def _pooled(builder: _GraphBuilder, local: str, guidance: str, pca, dt_in: int, dk: int) -> str:
+def _flattened_positions(builder: _GraphBuilder, maps: str, hint: str) -> str:
+    """(n, C, h, w) -> (n, C, h*w) with every dimension taken from the maps' shape: Reshape cannot infer a -1 from
+    an empty batch (n = 0)."""
+    leading = builder.op("Shape", [maps], f"{hint}_leading", start=0, end=2)
+    height = builder.op("Shape", [maps], f"{hint}_height", start=2, end=3)
+    width = builder.op("Shape", [maps], f"{hint}_width", start=3, end=4)
+    positions = builder.op("Mul", [height, width], f"{hint}_positions")
+    shape = builder.op("Concat", [leading, positions], f"{hint}_shape", axis=0)
+    return builder.op("Reshape", [maps, shape], hint)
+
+
+def _pooled(builder: _GraphBuilder, local: str, guidance: str, pca) -> str:
     """P (n, Dk, Dt) float32 = guidance (n, Dk, HW) @ ((local rows (n, HW, Dt_in) - mean) @ projection)."""
-    rows = builder.op("Reshape", [local, builder.const("local_shape", np.array([0, dt_in, -1], np.int64))], "local")
-    rows = builder.op("Transpose", [rows], "rows", perm=[0, 2, 1])
+    rows = builder.op("Transpose", [_flattened_positions(builder, local, "local")], "rows", perm=[0, 2, 1])
     centred = builder.op("Sub", [rows, builder.const("pca_mean", pca[0].astype(np.float32))], "centred")
     projected = builder.op("MatMul", [centred, builder.const("pca_projection", pca[1].astype(np.float32))], "projected")
-    weights = builder.op("Reshape", [guidance, builder.const("guidance_shape", np.array([0, dk, -1], np.int64))],
-                         "guidance")
-    return builder.op("MatMul", [weights, projected], "pooled")
+    return builder.op("MatMul", [_flattened_positions(builder, guidance, "guidance"), projected], "pooled")
 
 
 def _packed_signs(builder: _GraphBuilder, pooled: str, dk: int, dt: int) -> None:
@@ -179,6 +188,9 @@ def metadata(encoder, ops: str) -> dict:
         "backbone": encoder.backbone, "layers": json.dumps(list(encoder.layers)), "side": str(encoder.side),
         "policy": encoder.policy, "pca_dim": json.dumps(encoder.pca_dim), "weights_id": str(encoder.weights_id),
         "Dk": str(encoder.Dk), "Dt": str(encoder.Dt), "crosslayer_version": crosslayer.__version__,
+        # what the codes are stamped with (`Codes.identity`, an index's identity), and what makes it up
+        "identity_digest": encoder.identity_digest, "pca_sha256": encoder.identity["pca_sha256"],
+        "precision": encoder.precision, "draft": json.dumps(encoder.draft),
     }
 
 
@@ -192,19 +204,20 @@ def build_encoder_model(encoder_or_path, ops: str = "standard", embedding: bool 
     if not isinstance(embedding, bool):
         raise UsageError(f"embedding: expected a bool, got {type(embedding).__name__}")
     encoder = _encoder(encoder_or_path)
-    # the encoder's own export (weights checked against those its PCA was learnt with)
-    model = onnx.load(encoder._backbone().model_path)
+    # the model the encoder runs: its fp32 export (weights checked against those its PCA was learnt with) or the
+    # int8 one calibrated by fit, which exists only in memory
+    model = onnx.load_model_from_string(encoder.backbone_model())
     graph = model.graph
     backbone_input = graph.input[0].name
     for node in graph.node:
         node.input[:] = [_NORMALIZED if name == backbone_input else name for name in node.input]
     local, guidance = encoder.layers
-    dt_in, dk, dt = encoder.spec.channels[local], encoder.Dk, encoder.Dt
+    dk, dt = encoder.Dk, encoder.Dt
 
     before, after = _GraphBuilder("crosslayer_input_"), _GraphBuilder("crosslayer_pool_")
     _normalisation(before, encoder.spec)
     if ops == "standard":
-        _packed_signs(after, _pooled(after, local, guidance, encoder.pca_, dt_in, dk), dk, dt)
+        _packed_signs(after, _pooled(after, local, guidance, encoder.pca_), dk, dt)
         _channel_mean(after, guidance)
     else:
         _custom_pool(after, local, guidance, encoder.pca_)

@@ -1,6 +1,7 @@
 /* crosslayer/crosslayer.h — the C API of libcrosslayer (cross-convolutional-layer pooling, Liu/Shen/van den
- * Hengel TPAMI 2017), for C, C++ and any language with a C FFI. The C++ headers beside this one (pool.h, search.h,
- * codes.h) describe the kernels; this header is the only ABI the shared library exports.
+ * Hengel TPAMI 2017), for C, C++ and any language with a C FFI. It is the one header installed
+ * (include/crosslayer/crosslayer.h, found by find_package(crosslayer)) and the only ABI the shared library exports;
+ * the library's internal C++ kernel headers stay in the source tree (csrc/include) and are not installed.
  *
  * Contract
  *   Arrays are C-contiguous (row-major), in host memory, little-endian, never retained after a call returns.

@@ -38,17 +38,37 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def resolve_address(address: str) -> str:
+    """The cluster Ray would connect to for `address`: "auto" is RAY_ADDRESS when set (as Ray reads it), else the
+    latest cluster started on this machine (Ray's own lookup); any other address is itself."""
+    if address != "auto":
+        return address
+    from_environment = os.environ.get("RAY_ADDRESS", "")
+    if from_environment and from_environment != "auto":
+        return from_environment
+    from ray._private.services import get_ray_address_from_environment
+
+    try:
+        return get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        raise UsageError("address: 'auto' found no running Ray cluster on this machine and RAY_ADDRESS is not set; "
+                         "give HOST:PORT of the cluster") from None
+
+
 def check_address(address: str) -> str:
-    """`address` (host:port of a running cluster, or "auto"); a non-loopback cluster is refused unless this process
-    authenticates with a token (RAY_AUTH_MODE=token): Ray's control plane runs any code for whoever reaches it."""
+    """The address to connect to for `address` (host:port of a running cluster, or "auto", resolved by
+    `resolve_address`); a non-loopback cluster is refused unless this process authenticates with a token
+    (RAY_AUTH_MODE=token): Ray's control plane runs any code for whoever reaches it."""
     if not isinstance(address, str) or not address:
         raise UsageError(f"address: expected HOST:PORT of a Ray cluster or 'auto', got {address!r}")
-    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
-    if address != "auto" and not _is_loopback(host) and os.environ.get("RAY_AUTH_MODE") != "token":
-        raise UsageError(f"address: {address} is not on this machine and RAY_AUTH_MODE is not 'token'; start the "
+    resolved = resolve_address(address)
+    host = resolved.split("://", 1)[-1].rsplit(":", 1)[0]
+    if not _is_loopback(host) and os.environ.get("RAY_AUTH_MODE") != "token":
+        named = resolved if resolved == address else f"{address} ({resolved})"
+        raise UsageError(f"address: {named} is not on this machine and RAY_AUTH_MODE is not 'token'; start the "
                          "cluster with token authentication and set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or "
                          "RAY_AUTH_TOKEN_PATH) here (see the README, 'Running on a Ray cluster')")
-    return address
+    return resolved
 
 
 @contextmanager
