@@ -48,8 +48,17 @@ def _encoder():
 
 @pytest.fixture(scope="module")
 def cluster(backbone_cache):
-    with ray_session(cpus=2, dashboard=True) as session:
-        yield session
+    # a RAY_ADDRESS naming another cluster must not be joined by a session asked to start its own
+    saved = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = "127.0.0.1:1"
+    try:
+        with ray_session(cpus=2, dashboard=True) as session:
+            yield session
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = saved
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,8 @@ def ray_session(address: str | None = None, cpus: int | None = None, dashboard: 
     ray_constants.ENABLE_RAY_CLUSTER = False  # read when this process picks the node address
     _reload_auth_settings()
     try:
-        ray.init(num_cpus=cpus or os.cpu_count(), include_dashboard=dashboard, dashboard_host=LOOPBACK,
+        # "local": a new cluster even when RAY_ADDRESS names another one (Ray would join that one instead)
+        ray.init(address="local", num_cpus=cpus or os.cpu_count(), include_dashboard=dashboard, dashboard_host=LOOPBACK,
                  _node_ip_address=LOOPBACK, log_to_driver=False)
         try:
             yield ray
