@@ -137,6 +137,13 @@ def test_export_codes_search_with_them_and_another_encoder_is_refused(db, built,
     one_line_error(run_cli("search", other, out, "--threads", "1"), "cannot be mixed")
     ok(run_cli("index", "export", other, tmp_path / "other.xlc"))
     one_line_error(run_cli("search", db, tmp_path / "other.xlc", "--threads", "1"), "cannot be mixed")
+    # codes of unknown origin (saved without an identity) are refused too, saying how to stamp them
+    from crosslayer import Codes
+
+    theirs = Codes.load(tmp_path / "other.xlc")
+    Codes(theirs.bits, theirs.channel_mean, theirs.Dt).save(tmp_path / "noid.xlc")
+    one_line_error(run_cli("search", db, tmp_path / "noid.xlc", "--threads", "1"), "noid.xlc",
+                   "carry no encoder identity", "with_identity")
     # building on an index with other settings names them; adding takes no encoder settings
     one_line_error(run_cli("index", "build", db, "--images", root, *TINY[:2], "--side", "96"),
                    "built with another encoder", "side 64 (requested 96)")

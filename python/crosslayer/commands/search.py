@@ -40,6 +40,7 @@ class Query:
 
 
 def run(args) -> int:
+    from crosslayer.codes import IdentityMismatchError
     from crosslayer.retrieval.image_index import ImageIndex
     from crosslayer.retrieval.sheet import check_sheet_path
 
@@ -74,7 +75,10 @@ def run(args) -> int:
             _add_times(timing, spent)
         for file in code_files:
             codes = _read_code_file(file)
-            results, spent = index.search_codes(codes, **search)
+            try:
+                results, spent = index.search_codes(codes, **search)
+            except IdentityMismatchError as error:
+                raise IdentityMismatchError(f"{file}: {error}") from None
             labels = codes.keys or [f"{file}#{row}" for row in range(len(codes))]
             queries += [Query(label, "codes", None, hits) for label, hits in zip(labels, results)]
             _add_times(timing, spent)

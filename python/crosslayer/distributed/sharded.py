@@ -97,6 +97,7 @@ class ShardedIndex:
     def search_codes(self, queries, k: int = 10, channels: int | None = 50, num_threads: int = 0,
                      normalize: bool = False):
         """`CodeIndex.search` over the actors' groups (num_threads: ignored, each actor uses its CPUs)."""
+        from crosslayer.codes import identity_for_index
         from crosslayer.search import check_search_args
 
         codes = self.index.codes
@@ -104,6 +105,7 @@ class ShardedIndex:
             raise UsageError(f"queries: Dk={queries.Dk}, Dt={queries.Dt} differs from the index "
                              f"(Dk={codes.Dk}, Dt={codes.Dt})")
         k, channels = check_search_args(queries, k, channels, codes.Dk)
+        identity_for_index(codes.identity, "queries", queries.identity)  # here: an actor's error would be wrapped
         if not self.actors:
             return codes.search(queries, k, channels, normalize=normalize)
         scores, ids = [], []

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from crosslayer._validate import check_positive_int
+from crosslayer.codes import Codes, identity_for_index
 from crosslayer.encoder import RUNTIME_OPTIONS, CrossLayerEncoder, EncoderMismatchError
 from crosslayer.errors import CrossLayerError, UsageError
 from crosslayer.formats import read_json, write_json
@@ -306,8 +307,6 @@ class ImageIndex:
         batch's activations are in memory (the same names on every add)."""
         from tqdm.auto import tqdm
 
-        from crosslayer.codes import Codes
-
         if on_error not in ("skip", "raise"):
             raise UsageError(f"on_error: expected 'skip' or 'raise', got {on_error!r}")
         if commit_seconds is not None and (isinstance(commit_seconds, bool) or not commit_seconds > 0):
@@ -463,6 +462,9 @@ class ImageIndex:
         """`search` with given query codes (e.g. read from an exported .xlc): they must be this index's encoder's
         (IdentityMismatchError naming both otherwise; UsageError for another shape)."""
         top, channels, candidates = self._check_search(top, channels, candidates)
+        if not isinstance(query_codes, Codes):
+            raise TypeError(f"query_codes: expected crosslayer.Codes, got {type(query_codes).__name__}")
+        identity_for_index(self.codes.identity, "query_codes", query_codes.identity)
         start = time.perf_counter()
         results = self._hits(query_codes, top, channels, normalize, candidates, codes_search)
         return results, {"encode_s": 0.0, "search_s": time.perf_counter() - start}
