@@ -152,6 +152,29 @@ def test_export_codes_search_with_them_and_another_encoder_is_refused(db, built,
     assert summary["images"] == 6 and summary["identity"]["backbone"] == "mobilenet_v2"
 
 
+def test_a_moved_image_folder_is_named_until_rebased(db, built, tmp_path):
+    photos = tmp_path / "photos"
+    shutil.copytree(built[1][0].parent, photos)
+    ok(run_cli("index", "rebase", db, photos))
+    moved = tmp_path / "moved"
+    photos.rename(moved)
+    rebase = f"crosslayer index rebase {db} NEW_ROOT"
+    # adding (or resuming the build) from the new place would re-add everything under '../moved/...'
+    one_line_error(run_cli("index", "add", db, "--images", moved, "--quiet"), "no longer exists", rebase)
+    one_line_error(run_cli("index", "build", db, "--images", moved, *TINY, "--embeddings", "--quiet"),
+                   "no longer exists", rebase)
+    assert len(listed(db)) == 6
+    sheet = tmp_path / "hits.png"
+    done = ok(run_cli("search", db, moved / "img03.png", "--top", "2", "--threads", "1", "--sheet", sheet))
+    warnings = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: 2 of 2 hit images are missing"), done.stderr
+    assert warnings[0].endswith(f"run '{rebase}'") and sheet.is_file()
+    ok(run_cli("index", "rebase", db, moved))
+    done = ok(run_cli("search", db, moved / "img03.png", "--top", "2", "--threads", "1"))
+    assert "warning" not in done.stderr
+    assert "indexed 0 images (6 already there" in ok(run_cli("index", "add", db, "--images", moved, "--quiet")).stdout
+
+
 def test_rebase_after_moving_the_images_and_info(db, built, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(built[1][0].parent, moved)

@@ -87,8 +87,13 @@ def run(args) -> int:
             queries += [Query(key, "key", index.path_of(key), hits) for key, hits in zip(args.keys, results)]
             _add_times(timing, spent)
         indexed = len(index)
+        hit_paths = sorted({hit.path for query in queries for hit in query.hits})
+        missing = index.missing_images(hit_paths)
         views = ([_attended_query(index.encoder, q.image, args.channels) for q in queries] if args.heatmaps else None)
     _print_results(args, queries, timing, indexed, where)
+    if missing:
+        print(f"warning: {len(missing)} of {len(hit_paths)} hit images are missing (e.g. {missing[0]}); if the images "
+              f"were moved, run 'crosslayer index rebase {args.db_dir} NEW_ROOT'", file=sys.stderr)
     if args.sheet:
         _write_sheet(args, queries, views)
     return 0

@@ -253,6 +253,17 @@ class ImageIndex:
             raise TypeError("paths: expected a sequence of paths, got a single string")
         return self.codes.find([self._lookup_key(p) for p in paths])
 
+    def check_root(self) -> None:
+        """ImageIndexError when the recorded root folder no longer exists: the images were moved, and keys taken
+        from new paths would point outside it (every image re-added under '../...')."""
+        if self.root is not None and not os.path.isdir(self.root):
+            raise ImageIndexError(f"{self.directory}: the images' folder {self.root} no longer exists; if they were "
+                                  f"moved, run 'crosslayer index rebase {self.directory} NEW_ROOT' first")
+
+    def missing_images(self, paths) -> list:
+        """Those of `paths` (of hits: `Hit.path`) that are not files (moved or deleted since they were indexed)."""
+        return [path for path in paths if not os.path.isfile(path)]
+
     def rebase(self, new_root) -> None:
         """Records `new_root` as the folder the keys are relative to (after moving the images there)."""
         new_root = Path(new_root)
@@ -382,6 +393,7 @@ class ImageIndex:
         resolved = [str(Path(s).resolve()) for s in sources]
         if self.root is None and resolved:
             self.codes.set_attributes(dict(self.codes.attributes, root=common_folder(resolved)))
+        self.check_root()
         failed = self.codes.attributes.get("failed", {})
         indexed = set(self.keys())
         todo, keys, seen = [], [], set()
