@@ -1,7 +1,7 @@
 """The `crosslayer` command line: one module per command family, `main` only dispatches and reports errors.
 
 Errors: a `CrossLayerError` (bad arguments, files, images, mismatched encoders), an OS error naming a file, or a full
-disk print one line `crosslayer CMD: error: ...` and exit 2; Ctrl-C prints one line and exits 130 (files are written
+disk (naming what the command writes) print one line `crosslayer CMD: error: ...` and exit 2; Ctrl-C prints one line and exits 130 (files are written
 atomically, so nothing is left half written); a closed output pipe (`crosslayer info | head -1`) exits quietly.
 Anything else is a bug and keeps its traceback.
 """
@@ -20,6 +20,9 @@ from crosslayer.errors import CrossLayerError
 FAMILIES = (demo, info, export, extract, index, search, heatmap, evaluation)
 # errors of a whole device rather than of one file: reported as one line even when they carry no file name
 _DEVICE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# the arguments naming what commands write (index directories, output files, caches), named by a device-full error
+# that carries no file name, so the user knows which file system filled up
+_OUTPUT_ARGUMENTS = ("out", "sheet", "db_dir", "cache", "json")
 EXAMPLES = """\
 examples:
   crosslayer demo                                       # a pretrained network on bundled photos
@@ -98,5 +101,13 @@ def main(argv=None) -> int:
         if error.filename is not None:
             _fail(prog, f"{error.strerror}: {error.filename}")
         if error.errno in _DEVICE_FULL:
-            _fail(prog, error.strerror or str(error))
+            outputs = _outputs_of(args)
+            writing = f" (writing {' or '.join(outputs)})" if outputs else ""
+            _fail(prog, f"{error.strerror or error}{writing}")
         raise
+
+
+def _outputs_of(args) -> list:
+    """What the command was asked to write, by its arguments (flags such as search's --json are not paths)."""
+    values = [getattr(args, name, None) for name in _OUTPUT_ARGUMENTS]
+    return [str(value) for value in values if isinstance(value, (str, os.PathLike)) and str(value)]
