@@ -175,6 +175,27 @@ def test_a_moved_image_folder_is_named_until_rebased(db, built, tmp_path):
     assert "indexed 0 images (6 already there" in ok(run_cli("index", "add", db, "--images", moved, "--quiet")).stdout
 
 
+def test_search_skips_bad_query_images_unless_asked_to_stop(built, tmp_path):
+    db = built[0]
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    shutil.copy(built[1][3], queries / "good.png")
+    (queries / "._good.png").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 60)  # a macOS resource fork
+    (queries / "empty.jpg").write_bytes(b"")
+    done = ok(run_cli("search", db, queries, "--top", "1", "--threads", "1"))
+    assert [line for line in done.stdout.splitlines() if line.startswith("query ")] == [f"query {queries / 'good.png'}"]
+    failures = [line for line in done.stderr.splitlines() if line.startswith("failed query: ")]
+    assert [line.split(": ")[1] for line in failures] == [str(queries / "._good.png"), str(queries / "empty.jpg")]
+    found = search_json(db, queries, "--top", "1")
+    assert [q["query"] for q in found["queries"]] == [str(queries / "good.png")]
+    assert found["queries"][0]["hits"][0]["key"] == "img03.png"
+    assert [f["query"] for f in found["failed"]] == [str(queries / "._good.png"), str(queries / "empty.jpg")]
+    assert all(f["reason"] for f in found["failed"])
+    one_line_error(run_cli("search", db, queries, "--on-error", "raise", "--threads", "1"), "._good.png")
+    # nothing searchable at all is an error, not an empty result
+    one_line_error(run_cli("search", db, queries / "empty.jpg", "--threads", "1"), "empty.jpg")
+
+
 def test_rebase_after_moving_the_images_and_info(db, built, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(built[1][0].parent, moved)

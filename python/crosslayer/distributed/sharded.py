@@ -117,9 +117,10 @@ class ShardedIndex:
             ids.append(batch_ids)
         return np.concatenate(scores), np.concatenate(ids)
 
-    def search(self, queries, top: int = 10, channels: int | None = 50, normalize: bool = False):
+    def search(self, queries, top: int = 10, channels: int | None = 50, normalize: bool = False,
+               on_error: str = "raise"):
         """`ImageIndex.search` (query images encoded here) with the codes searched by the actors."""
-        return self.index.search(queries, top, channels, normalize, codes_search=self.search_codes)
+        return self.index.search(queries, top, channels, normalize, codes_search=self.search_codes, on_error=on_error)
 
     def close(self) -> None:
         for actor in self.actors:

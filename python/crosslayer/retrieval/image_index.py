@@ -440,8 +440,11 @@ class ImageIndex:
 
     # ---- searching -----------------------------------------------------------------------------------------------
     def search(self, queries, top: int = 10, channels: int | None = 50, normalize: bool = False,
-               candidates: int | None = None, codes_search=None):
+               candidates: int | None = None, codes_search=None, on_error: str = "raise"):
         """Encodes the query images and returns, per query, its `top` hits (ranked `Hit`s) and timings (seconds).
+
+        on_error: "raise" stops at the first query image that cannot be used (its ImageError); "skip" searches the
+        others, and the entry of a bad query in the results is its ImageError (``path``, ``reason``) instead of hits.
 
         Scores are raw masked ternary dot products (integers; the range grows with the channels compared and Dt),
         or with ``normalize=True`` those divided by sqrt(nnz_q * nnz_x) over the compared channels: in [-1, 1].
@@ -452,10 +455,22 @@ class ImageIndex:
         index's codes; e.g. `crosslayer.distributed.ShardedIndex.search_codes`)."""
         # checked before the backbone runs on the queries
         top, channels, candidates = self._check_search(top, channels, candidates)
+        if on_error not in ("skip", "raise"):
+            raise UsageError(f"on_error: expected 'skip' or 'raise', got {on_error!r}")
         start = time.perf_counter()
-        query_codes = self.encoder.encode([str(q) for q in queries])
+        queries = [str(q) for q in queries]
+        parts, encoded_positions, results = [], [], [None] * len(queries)
+        for batch in self.encoder.activations(queries, on_error=on_error):
+            for position, error in batch.errors:
+                results[position] = error
+            if batch.positions:
+                parts.append(self.encoder.pool_batch(batch.outputs, "codes"))
+                encoded_positions += list(batch.positions)
         encoded = time.perf_counter()
-        results = self._hits(query_codes, top, channels, normalize, candidates, codes_search)
+        if parts:
+            hits = self._hits(Codes.concatenate(parts), top, channels, normalize, candidates, codes_search)
+            for position, found in zip(encoded_positions, hits):
+                results[position] = found
         return results, {"encode_s": encoded - start, "search_s": time.perf_counter() - encoded}
 
     def search_keys(self, keys, top: int = 10, channels: int | None = 50, normalize: bool = False,
