@@ -225,6 +225,12 @@ def add_on_error_option(parser) -> None:
                         help="a bad image (unreadable, empty, too large): record it and go on, or stop there")
 
 
+def added_summary(added: int, skipped: int, recorded_bad: int, failed: int) -> str:
+    """The first words of an indexing run's summary line: what it encoded, left out and could not use."""
+    earlier = f", {recorded_bad} recorded as bad earlier" if recorded_bad else ""
+    return f"indexed {added} images ({skipped} already there{earlier}, {failed} failed)"
+
+
 def add_quiet_option(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars (default: shown)")
 

@@ -50,7 +50,8 @@ class ImageIndexError(CrossLayerError, ValueError):
 @dataclass
 class AddReport:
     added: int = 0
-    skipped: int = 0  # already indexed, recorded as failed before, or given twice
+    skipped: int = 0  # already indexed, or given twice
+    recorded_bad: int = 0  # left out: recorded as bad by an earlier run (tried again only with retry_failed)
     failed: list = field(default_factory=list)  # (path, reason) of this run
     seconds: float = 0.0
     commits: int = 0
@@ -329,11 +330,11 @@ class ImageIndex:
         resolved = [str(Path(s).resolve()) for s in sources]
         if self.root is None and not resolved:
             return AddReport(seconds=time.perf_counter() - start)
-        todo, keys = self.pending(resolved, retry_failed)
+        todo, keys, recorded_bad = self.pending(resolved, retry_failed)
         attributes = dict(self.codes.attributes, embeddings=keep_embeddings)
         failed = attributes.setdefault("failed", {})
         key_of = dict(zip(todo, keys))
-        report = AddReport(skipped=len(resolved) - len(todo))
+        report = AddReport(skipped=len(resolved) - len(todo) - recorded_bad, recorded_bad=recorded_bad)
         pending = {"codes": [], "keys": [], "embeddings": [], "side": [], "dirty": False}
         last_commit = time.monotonic()
 
@@ -387,24 +388,28 @@ class ImageIndex:
         report.seconds = time.perf_counter() - start
         return report
 
-    def pending(self, sources, retry_failed: bool = False) -> tuple[list[str], list[str]]:
-        """(absolute paths, keys) of `sources` not indexed yet, in the order given, each once; images recorded as
-        failed are left out unless `retry_failed`. An index without a root takes the sources' common folder."""
+    def pending(self, sources, retry_failed: bool = False) -> tuple[list[str], list[str], int]:
+        """(absolute paths, keys) of `sources` not indexed yet, in the order given, each once, and how many images
+        recorded as failed were left out (all of them unless `retry_failed`). An index without a root takes the
+        sources' common folder."""
         resolved = [str(Path(s).resolve()) for s in sources]
         if self.root is None and resolved:
             self.codes.set_attributes(dict(self.codes.attributes, root=common_folder(resolved)))
         self.check_root()
         failed = self.codes.attributes.get("failed", {})
         indexed = set(self.keys())
-        todo, keys, seen = [], [], set()
+        todo, keys, seen, recorded_bad = [], [], set(), set()
         for source in resolved:
             key = self._key_of(source)
-            if key in indexed or key in seen or (key in failed and not retry_failed):
+            if key in failed and not retry_failed and key not in indexed:
+                recorded_bad.add(key)
+                continue
+            if key in indexed or key in seen:
                 continue
             todo.append(source)
             keys.append(key)
             seen.add(key)
-        return todo, keys
+        return todo, keys, len(recorded_bad)
 
     def adopt(self, code_file, side_files: dict | None = None, failed: dict | None = None,
               embeddings: bool | None = None) -> int:
