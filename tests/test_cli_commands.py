@@ -31,6 +31,10 @@ def index(photos):
     assert "indexed 6 images (0 already there, 0 failed)" in done.stdout
     # progress is shown: the PCA fit first, then the bar
     assert "learning the PCA on 6 of 6 images" in done.stderr and "index: 100%" in done.stderr
+    # the small-sample warning is one line for a CLI user, without Python's source line
+    warned = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1 and warned[0].startswith("crosslayer index build: warning: fit: 6 images for"), done.stderr
+    assert "UserWarning" not in done.stderr and "encoder.fit(" not in done.stderr
     return db
 
 

@@ -1,8 +1,9 @@
 """The `crosslayer` command line: one module per command family, `main` only dispatches and reports errors.
 
-Errors: a `CrossLayerError` (bad arguments, files, images, mismatched encoders), an OS error naming a file, or a full
-disk (naming what the command writes) print one line `crosslayer CMD: error: ...` and exit 2; Ctrl-C prints one line and exits 130 (files are written
-atomically, so nothing is left half written); a closed output pipe (`crosslayer info | head -1`) exits quietly.
+Warnings show as one line `crosslayer CMD: warning: ...`. Errors: a `CrossLayerError` (bad arguments, files,
+images, mismatched encoders), an OS error naming a file, or a full disk (naming what the command writes) print one
+line `crosslayer CMD: error: ...` and exit 2; Ctrl-C prints one line and exits 130 (files are written atomically,
+so nothing is left half written); a closed output pipe (`crosslayer info | head -1`) exits quietly.
 Anything else is a bug and keeps its traceback.
 """
 
@@ -12,6 +13,7 @@ import argparse
 import errno
 import os
 import sys
+import warnings
 
 from crosslayer.commands import demo, evaluation, export, extract, heatmap, index, info, search
 from crosslayer.commands.options import CommandUsageError, HelpFormatter, Parser, subcommands
@@ -68,6 +70,13 @@ def _fail(prog: str, message) -> None:
     raise SystemExit(2)
 
 
+def _one_line_warning(prog: str):
+    """Shows a warning as `crosslayer CMD: warning: ...`: the source line Python adds means nothing to a CLI user."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {message}", file=file or sys.stderr)
+    return show
+
+
 def _quiet_broken_pipe() -> None:
     # Python's recipe (docs, "Note on SIGPIPE"): point stdout at devnull so the interpreter's final flush does not
     # raise again
@@ -87,7 +96,9 @@ def main(argv=None) -> int:
     if unknown:
         _fail(prog, f"unrecognized arguments: {' '.join(unknown)} (see '{prog} --help')")
     try:
-        status = args.run(args)
+        with warnings.catch_warnings():  # restores the library's own way of showing warnings when the command ends
+            warnings.showwarning = _one_line_warning(prog)
+            status = args.run(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
         return status
     except BrokenPipeError:
