@@ -205,6 +205,9 @@ def test_python_dash_m_and_version():
     assert ok(run_cli("--version")).stdout.strip() == f"crosslayer {crosslayer.__version__}"
     done = ok(run_cli("search", "--help"))
     assert "examples:" in done.stdout and "(default: 10)" in done.stdout
+    # list defaults as typed on the command line, not as Python tuples
+    done = " ".join(ok(run_cli("eval", "classify", "--help")).stdout.split())
+    assert "(default: 0,1,2)" in done and "(default: 0.001,0.01,0.1,1,10,100,1000)" in done
 
 
 @pytest.mark.parametrize("ops", ["standard", "custom"])

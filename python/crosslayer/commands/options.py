@@ -25,6 +25,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         text = action.help or ""
         if "default:" in text or action.default is None or action.default is False or action.default == argparse.SUPPRESS:
             return text
+        if isinstance(action.default, (tuple, list)):  # as typed on the command line, not as a Python tuple
+            listed = ",".join(format(value, "g") if isinstance(value, float) else str(value) for value in action.default)
+            return f"{text} (default: {listed.replace('%', '%%')})"
         return super()._get_help_string(action)
 
 
