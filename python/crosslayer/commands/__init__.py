@@ -72,9 +72,9 @@ def _fail(prog: str, message) -> None:
 
 def _one_line_warning(prog: str):
     """Shows a warning as `crosslayer CMD: warning: ...`: the source line Python adds means nothing to a CLI user."""
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"{prog}: warning: {message}", file=file or sys.stderr)
-    return show
+    def format_warning(message, category, filename, lineno, line=None):
+        return f"{prog}: warning: {message}\n"
+    return format_warning
 
 
 def _quiet_broken_pipe() -> None:
@@ -96,9 +96,11 @@ def main(argv=None) -> int:
     if unknown:
         _fail(prog, f"unrecognized arguments: {' '.join(unknown)} (see '{prog} --help')")
     try:
-        with warnings.catch_warnings():  # restores the library's own way of showing warnings when the command ends
-            warnings.showwarning = _one_line_warning(prog)
+        library_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning(prog)
+        try:  # the format only: a caller's recording of warnings (warnings.catch_warnings(record=True)) still works
             status = args.run(args)
+        finally:
+            warnings.formatwarning = library_format
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
         return status
     except BrokenPipeError:
