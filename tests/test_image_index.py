@@ -173,7 +173,7 @@ def test_create_records_the_bad_images_of_the_fit_sample(backbone_cache, tmp_pat
         assert sorted(index.failures()) == bad and encoder.fit_seconds_ > 0
         assert sorted(index.codes.attributes["failed"]) == sorted(f"bad/{os.path.basename(p)}" for p in bad)
         report = index.add(images + bad, progress=False)  # recorded: not retried
-        assert (report.added, report.skipped, report.failed) == (3, 3, [])
+        assert (report.added, report.skipped, report.recorded_bad, report.failed) == (3, 0, 3, [])
         assert not ImageIndex.will_fit(tmp_path / "db", encoder)
         # ids by key or path, repeats and absent keys named; export of those codes
         assert index.ids_of(["img01.png", images[2]]).tolist() == [1, 2]
