@@ -31,6 +31,10 @@ def index(photos):
     assert "indexed 6 images (0 already there, 0 failed)" in done.stdout
     # progress is shown: the PCA fit first, then the bar
     assert "learning the PCA on 6 of 6 images" in done.stderr and "index: 100%" in done.stderr
+    # the small-sample warning is one line for a CLI user, without Python's source line
+    warned = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1 and warned[0].startswith("crosslayer index build: warning: fit: 6 images for"), done.stderr
+    assert "UserWarning" not in done.stderr and "encoder.fit(" not in done.stderr
     return db
 
 
@@ -113,7 +117,7 @@ def test_bad_images_in_the_fit_sample_are_skipped_and_all_reported(command, tmp_
     summary = json.loads(ok(run_cli("info", db)).stdout)
     assert summary["failed"] == 3 and sorted(p.rsplit("/", 1)[1] for p in summary["failures"]) == sorted(bad)
     done = ok(run_cli(*arguments, *TINY))
-    assert "indexed 0 images (6 already there, 0 failed)" in done.stdout
+    assert "indexed 0 images (3 already there, 3 recorded as bad earlier, 0 failed)" in done.stdout
     done = ok(run_cli("index", "add", db, "--images", tmp_path / "mixed", "--weights", "random", "--retry-failed"))
     assert "indexed 0 images (3 already there, 3 failed)" in done.stdout
 
@@ -201,6 +205,9 @@ def test_python_dash_m_and_version():
     assert ok(run_cli("--version")).stdout.strip() == f"crosslayer {crosslayer.__version__}"
     done = ok(run_cli("search", "--help"))
     assert "examples:" in done.stdout and "(default: 10)" in done.stdout
+    # list defaults as typed on the command line, not as Python tuples
+    done = " ".join(ok(run_cli("eval", "classify", "--help")).stdout.split())
+    assert "(default: 0,1,2)" in done and "(default: 0.001,0.01,0.1,1,10,100,1000)" in done
 
 
 @pytest.mark.parametrize("ops", ["standard", "custom"])

@@ -137,12 +137,63 @@ def test_export_codes_search_with_them_and_another_encoder_is_refused(db, built,
     one_line_error(run_cli("search", other, out, "--threads", "1"), "cannot be mixed")
     ok(run_cli("index", "export", other, tmp_path / "other.xlc"))
     one_line_error(run_cli("search", db, tmp_path / "other.xlc", "--threads", "1"), "cannot be mixed")
+    # codes of unknown origin (saved without an identity) are refused too, saying how to stamp them
+    from crosslayer import Codes
+
+    theirs = Codes.load(tmp_path / "other.xlc")
+    Codes(theirs.bits, theirs.channel_mean, theirs.Dt).save(tmp_path / "noid.xlc")
+    one_line_error(run_cli("search", db, tmp_path / "noid.xlc", "--threads", "1"), "noid.xlc",
+                   "carry no encoder identity", "with_identity")
     # building on an index with other settings names them; adding takes no encoder settings
     one_line_error(run_cli("index", "build", db, "--images", root, *TINY[:2], "--side", "96"),
                    "built with another encoder", "side 64 (requested 96)")
     one_line_error(run_cli("index", "add", db, "--images", root, "--side", "96"), "unrecognized arguments: --side")
     summary = json.loads(ok(run_cli("info", db)).stdout)
     assert summary["images"] == 6 and summary["identity"]["backbone"] == "mobilenet_v2"
+
+
+def test_a_moved_image_folder_is_named_until_rebased(db, built, tmp_path):
+    photos = tmp_path / "photos"
+    shutil.copytree(built[1][0].parent, photos)
+    ok(run_cli("index", "rebase", db, photos))
+    moved = tmp_path / "moved"
+    photos.rename(moved)
+    rebase = f"crosslayer index rebase {db} NEW_ROOT"
+    # adding (or resuming the build) from the new place would re-add everything under '../moved/...'
+    one_line_error(run_cli("index", "add", db, "--images", moved, "--quiet"), "no longer exists", rebase)
+    one_line_error(run_cli("index", "build", db, "--images", moved, *TINY, "--embeddings", "--quiet"),
+                   "no longer exists", rebase)
+    assert len(listed(db)) == 6
+    sheet = tmp_path / "hits.png"
+    done = ok(run_cli("search", db, moved / "img03.png", "--top", "2", "--threads", "1", "--sheet", sheet))
+    warnings = [line for line in done.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: 2 of 2 hit images are missing"), done.stderr
+    assert warnings[0].endswith(f"run '{rebase}'") and sheet.is_file()
+    ok(run_cli("index", "rebase", db, moved))
+    done = ok(run_cli("search", db, moved / "img03.png", "--top", "2", "--threads", "1"))
+    assert "warning" not in done.stderr
+    assert "indexed 0 images (6 already there" in ok(run_cli("index", "add", db, "--images", moved, "--quiet")).stdout
+
+
+def test_search_skips_bad_query_images_unless_asked_to_stop(built, tmp_path):
+    db = built[0]
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    shutil.copy(built[1][3], queries / "good.png")
+    (queries / "._good.png").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 60)  # a macOS resource fork
+    (queries / "empty.jpg").write_bytes(b"")
+    done = ok(run_cli("search", db, queries, "--top", "1", "--threads", "1"))
+    assert [line for line in done.stdout.splitlines() if line.startswith("query ")] == [f"query {queries / 'good.png'}"]
+    failures = [line for line in done.stderr.splitlines() if line.startswith("failed query: ")]
+    assert [line.split(": ")[1] for line in failures] == [str(queries / "._good.png"), str(queries / "empty.jpg")]
+    found = search_json(db, queries, "--top", "1")
+    assert [q["query"] for q in found["queries"]] == [str(queries / "good.png")]
+    assert found["queries"][0]["hits"][0]["key"] == "img03.png"
+    assert [f["query"] for f in found["failed"]] == [str(queries / "._good.png"), str(queries / "empty.jpg")]
+    assert all(f["reason"] for f in found["failed"])
+    one_line_error(run_cli("search", db, queries, "--on-error", "raise", "--threads", "1"), "._good.png")
+    # nothing searchable at all is an error, not an empty result
+    one_line_error(run_cli("search", db, queries / "empty.jpg", "--threads", "1"), "empty.jpg")
 
 
 def test_rebase_after_moving_the_images_and_info(db, built, tmp_path):

@@ -111,7 +111,7 @@ def test_extract_store_skips_bad_files_and_resumes(backbone_cache, tmp_path, rng
     assert embeddings.shape == (7, 1280)
 
     again = extract(sources, store_dir, encoder, progress=False)
-    assert again.done == 0 and again.skipped == len(sources)
+    assert (again.done, again.skipped, again.recorded_bad) == (0, len(sources) - 1, 1)
     other = CrossLayerEncoder(side=SIDE + 32, batch_size=2, threads=2)
     with pytest.raises(StoreError, match="another encoder"):
         extract(sources, store_dir, other, progress=False)

@@ -14,7 +14,13 @@ from crosslayer.errors import CrossLayerError
 from crosslayer.retrieval.image_index import ImageIndex
 
 DK, DT = 3, 70
+# no per-example deadline (a loaded 2-core CI machine makes example times erratic, and a deadline is only checked
+# after an example returns), so a reader that loops forever on some input is stopped by a per-test timeout
+# (pytest-timeout; each test takes a few seconds). The "thread" method ends the run with every thread's stack: the
+# "signal" one raises inside the test once, and hypothesis catches that and replays the hanging example.
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ_TIMEOUT_S = 120
+pytestmark = pytest.mark.timeout(FUZZ_TIMEOUT_S, method="thread")
 
 
 def _codes(n=4, identity="0123456789abcdef"):
@@ -238,3 +244,11 @@ def test_onnx_export_sidecar_reader(tmp_path_factory, data):
     (folder / "m.json").write_bytes(data.draw(damaged((folder / "m.json").read_bytes())))
     if _sidecar_valid(folder / "m.onnx", folder / "m.json", "k"):  # never raises; trusted only if still sound
         assert formats.read_json(folder / "m.json", SIDECAR_FORMAT, EXPORT_VERSION) == {**body, "version": 2}
+
+
+def test_every_fuzz_test_fails_instead_of_hanging(request):
+    assert request.config.pluginmanager.hasplugin("timeout"), "pytest-timeout is not installed (requirements.txt)"
+    tests = [item for item in request.session.items if item.module is request.module] or [request.node]
+    for item in tests:
+        mark = item.get_closest_marker("timeout")
+        assert mark is not None and mark.args == (FUZZ_TIMEOUT_S,) and mark.kwargs == {"method": "thread"}, item.nodeid

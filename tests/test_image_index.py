@@ -96,7 +96,8 @@ def test_bad_images_are_recorded_not_retried_and_commits_follow_size_and_time(ba
     with ImageIndex.open(tmp_path / "db", "a") as index:
         assert sorted(index.failures()) == bad and index.summary()["failed"] == 3
         again = index.add(good + bad, progress=False)
-        assert again.added == 0 and again.skipped == 8 and again.failed == []  # not retried
+        assert again.added == 0 and again.failed == []  # not retried
+        assert (again.skipped, again.recorded_bad) == (5, 3)
         (tmp_path / "imgs" / "bad" / "text.jpg").unlink()
         shutil.copy(good[0], tmp_path / "imgs" / "bad" / "text.jpg")  # fixed by the user
         retried = index.add(bad, retry_failed=True, progress=False)
@@ -172,7 +173,7 @@ def test_create_records_the_bad_images_of_the_fit_sample(backbone_cache, tmp_pat
         assert sorted(index.failures()) == bad and encoder.fit_seconds_ > 0
         assert sorted(index.codes.attributes["failed"]) == sorted(f"bad/{os.path.basename(p)}" for p in bad)
         report = index.add(images + bad, progress=False)  # recorded: not retried
-        assert (report.added, report.skipped, report.failed) == (3, 3, [])
+        assert (report.added, report.skipped, report.recorded_bad, report.failed) == (3, 0, 3, [])
         assert not ImageIndex.will_fit(tmp_path / "db", encoder)
         # ids by key or path, repeats and absent keys named; export of those codes
         assert index.ids_of(["img01.png", images[2]]).tolist() == [1, 2]

@@ -98,6 +98,33 @@ def test_key_tables_are_read_once_and_new_segments_are_seen(tmp_path, rng, monke
     writer.close()
 
 
+def test_an_index_recording_an_identity_refuses_codes_of_unknown_origin(tmp_path, rng):
+    from crosslayer.codes import IdentityMismatchError
+
+    digest = "0123456789abcdef"
+    unknown = random_codes(rng, 3)
+    with CodeIndex.create(tmp_path / "idx", DK, DT, identity=digest) as index:
+        with pytest.raises(IdentityMismatchError, match=f"no encoder identity.*{digest}.*with_identity"):
+            index.append(unknown)
+        ids = index.append(unknown.with_identity(digest))
+        with pytest.raises(IdentityMismatchError, match="queries: codes carry no encoder identity"):
+            index.search(unknown, k=2, channels=2)
+        with pytest.raises(IdentityMismatchError, match="queries"):
+            index.rerank(unknown, [ids] * 3, k=2, channels=2)
+        stamped = Codes(unknown.bits, unknown.channel_mean, DT, identity=digest)
+        np.testing.assert_array_equal(index.search(stamped, k=3, channels=2)[1],
+                                      index.search(unknown.with_identity(digest), k=3, channels=2)[1])
+        unknown.save(tmp_path / "noid.xlc", keys=["a", "b", "c"])
+        with pytest.raises(IdentityMismatchError, match="code_file"):
+            index.adopt(tmp_path / "noid.xlc")
+    with pytest.raises(IdentityMismatchError, match="cannot be mixed"):
+        stamped.with_identity("fedcba9876543210")
+    # raw kernels: an index created without identity takes (and searches) codes without one
+    with CodeIndex.create(tmp_path / "raw", DK, DT) as raw:
+        raw.append(unknown)
+        assert raw.search(unknown, k=1, channels=None)[1][:, 0].tolist() == [0, 1, 2]
+
+
 def test_create_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="Dk"):
         CodeIndex.create(tmp_path / "a", 0, DT)

@@ -210,3 +210,16 @@ def test_eval_pass_counts_its_pca_fit_in_the_methods_that_use_it(backbone_cache,
                      weights="random", batch_size=4, fit_images=4, progress=False)
     assert stores[sign].info["seconds"]["pca"] > 0 and "pca" not in stores[plain].info["seconds"]
     assert stores[sign].info["seconds"]["network"] > 0
+
+
+def test_the_side_bounds_have_one_home():
+    """`crosslayer.config` defines MIN_SIDE/MAX_SIDE; no other module sets its own copy that could drift apart."""
+    import re
+    from pathlib import Path
+
+    import crosslayer
+
+    package = Path(crosslayer.__file__).parent
+    homes = sorted(path.relative_to(package).as_posix() for path in package.rglob("*.py")
+                   if re.search(r"^(MIN|MAX)_SIDE\s*=", path.read_text(), re.MULTILINE))
+    assert homes == ["config.py"]

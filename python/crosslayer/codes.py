@@ -39,6 +39,19 @@ def common_identity(named: dict, what: str = "codes") -> str | None:
     return None if first is None else first[1]
 
 
+def identity_for_index(index_identity: str | None, name: str, identity: str | None, what: str = "codes") -> str | None:
+    """The identity an index keeps after taking `what` of `identity` (argument `name`): `common_identity` of the
+    two, except that an index recording an encoder refuses codes whose encoder is unknown (IdentityMismatchError
+    saying how to stamp codes whose origin the caller knows). An index without an identity takes any codes."""
+    if index_identity is not None and identity is None:
+        raise IdentityMismatchError(
+            f"{name}: {what} carry no encoder identity but the index records encoder {index_identity}; codes of an "
+            "unknown encoder could be another network's (the scores would be meaningless). If you know they were "
+            f"made by that encoder, stamp them: codes.with_identity({index_identity!r}) "
+            f"(or Codes(bits, channel_mean, Dt, identity={index_identity!r}))")
+    return common_identity({"index": index_identity, name: identity}, what)
+
+
 def invalid_bits_reason(bits: np.ndarray, dt: int) -> str | None:
     """Which rule of the code layout `bits` (n, Dk, 2, words) uint64 breaks, naming the first bad item; None if
     the bits are valid. One pass over the bits, in chunks."""
@@ -100,10 +113,7 @@ class Codes:
             item = int(np.flatnonzero(~np.isfinite(channel_mean).all(axis=1))[0])
             raise UsageError(f"channel_mean: item {item} has a non-finite mean (NaN or infinity); channel selection "
                              "would be arbitrary")
-        if identity is not None and (not isinstance(identity, str) or not identity.isascii()
-                                     or not 0 < len(identity) <= CodeFile.IDENTITY_BYTES):
-            raise UsageError(f"identity: expected None or an encoder identity digest (at most "
-                             f"{CodeFile.IDENTITY_BYTES} ASCII characters), got {identity!r}")
+        self._checked_identity(identity)
         if keys is not None:
             if isinstance(keys, (str, bytes)):
                 raise UsageError("keys: expected a sequence of strings, one per item, got a single string")
@@ -177,6 +187,24 @@ class Codes:
         keys = [k for p in parts for k in p.keys] if all(p.keys is not None for p in parts) else None
         return Codes._from_valid_bits(np.concatenate([p.bits for p in parts]),
                                       np.concatenate([p.channel_mean for p in parts]), first.Dt, identity, keys)
+
+    def with_identity(self, identity: str) -> "Codes":
+        """The same codes stamped as made by the encoder of digest `identity` (`CrossLayerEncoder.identity_digest`,
+        `CodeIndex.identity`): for codes whose origin you know but whose file or constructor did not record it.
+        IdentityMismatchError if they already carry another identity."""
+        if identity is None:
+            raise UsageError("identity: expected an encoder identity digest, got None")
+        common_identity({"codes": self.identity, "identity": identity})
+        return Codes._from_valid_bits(self.bits, self.channel_mean, self.Dt, self._checked_identity(identity),
+                                      self.keys)
+
+    @staticmethod
+    def _checked_identity(identity):
+        if identity is not None and (not isinstance(identity, str) or not identity.isascii()
+                                     or not 0 < len(identity) <= CodeFile.IDENTITY_BYTES):
+            raise UsageError(f"identity: expected None or an encoder identity digest (at most "
+                             f"{CodeFile.IDENTITY_BYTES} ASCII characters), got {identity!r}")
+        return identity
 
     @staticmethod
     def empty(Dk: int, Dt: int, identity: str | None = None) -> "Codes":

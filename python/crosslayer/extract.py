@@ -87,7 +87,8 @@ class Store:
 @dataclass
 class ExtractReport:
     done: int = 0  # images encoded by this run
-    skipped: int = 0  # already in the store, recorded as failed, or given twice
+    skipped: int = 0  # already in the store, or given twice
+    recorded_bad: int = 0  # left out: recorded as bad by an earlier run (tried again only with retry_failed)
     failed: list = field(default_factory=list)  # (path, reason), the PCA fit's bad images first
     seconds: float = 0.0  # the whole run, PCA fit included
     fit_seconds: float = 0.0  # the PCA fit (0 when the encoder was fitted already)
@@ -145,6 +146,6 @@ def extract(sources, store_dir, encoder: CrossLayerEncoder | None = None, chunk_
     if retry_failed:
         fit_failures = []
     sampled = {str(Path(path).resolve()) for path, _ in fit_failures} & set(sources)
-    return ExtractReport(done=added.added, skipped=repeats + added.skipped - len(sampled),
-                         failed=[(str(path), reason) for path, reason in fit_failures] + added.failed,
+    return ExtractReport(done=added.added, skipped=repeats + added.skipped,
+                         recorded_bad=added.recorded_bad - len(sampled), failed=[(str(path), reason) for path, reason in fit_failures] + added.failed,
                          seconds=time.perf_counter() - start, fit_seconds=fit_seconds, total=total)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crosslayer.config import MAX_SIDE, MIN_SIDE  # noqa: F401 (MAX_SIDE re-exported: tests and callers read it here)
 from crosslayer.errors import CrossLayerError, UsageError
 
 RESIZE_POLICIES = ("square", "center-crop", "pad")
@@ -210,15 +211,10 @@ def normalize(rgb: np.ndarray, mean, std) -> np.ndarray:
     return out
 
 
-# The largest input side. The method's sides are 224-512 (the paper's 224x224 and 512x512); a 12-megapixel photo's
-# long side is ~4000, so larger sides only upsample, while memory grows with side^2 (MobileNetV2 at 4096: ~2.3 GB of
-# activations for one image; at 100000 the process would be killed for memory instead of told).
-MAX_SIDE = 4096
-
-
 def check_side(side, multiple: int = 1) -> int:
-    if isinstance(side, bool) or not isinstance(side, (int, np.integer)) or not 32 <= side <= MAX_SIDE:
-        raise UsageError(f"side: expected an integer >= 32 and <= {MAX_SIDE}, got {side!r}")
+    """`side` as an int when it is in MIN_SIDE..MAX_SIDE (`crosslayer.config`) and a multiple of `multiple`."""
+    if isinstance(side, bool) or not isinstance(side, (int, np.integer)) or not MIN_SIDE <= side <= MAX_SIDE:
+        raise UsageError(f"side: expected an integer >= {MIN_SIDE} and <= {MAX_SIDE}, got {side!r}")
     if side % multiple:
         raise UsageError(f"side: this backbone needs a multiple of {multiple}, got {side}")
     return int(side)

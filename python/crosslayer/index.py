@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslayer.codes import Codes, IdentityMismatchError, common_identity, invalid_bits_reason
+from crosslayer.codes import Codes, IdentityMismatchError, identity_for_index, invalid_bits_reason
 from crosslayer.errors import CrossLayerError, FormatError, UsageError
 from crosslayer.formats import CodeFile, check_npy, file_crc, open_npy, read_json, write_json, write_npy
 from crosslayer.search import check_search_args, masked_nonzero_counts, search_segments, select_channels
@@ -333,7 +333,7 @@ class CodeIndex:
             raise TypeError(f"codes: expected crosslayer.Codes, got {type(codes).__name__}")
         if (codes.Dk, codes.Dt) != (self.Dk, self.Dt):
             raise UsageError(f"codes: Dk={codes.Dk}, Dt={codes.Dt} differs from the index (Dk={self.Dk}, Dt={self.Dt})")
-        identity = common_identity({"index": self.identity, "codes": codes.identity})
+        identity = identity_for_index(self.identity, "codes", codes.identity)
         if isinstance(keys, (str, bytes)):
             raise TypeError("keys: expected a sequence of strings, one per item, got a single string")
         if keys is not None:
@@ -370,7 +370,7 @@ class CodeIndex:
         if (header.Dk, header.Dt) != (self.Dk, self.Dt):
             raise UsageError(f"code_file: Dk={header.Dk}, Dt={header.Dt} differs from the index "
                              f"(Dk={self.Dk}, Dt={self.Dt})")
-        identity = common_identity({"index": self.identity, "code_file": header.identity})
+        identity = identity_for_index(self.identity, "code_file", header.identity, "the codes of the file")
         try:
             codes = Codes.load(code_file)  # checks the bits and the key block
         except CrossLayerError as exc:
@@ -619,7 +619,7 @@ class CodeIndex:
             raise TypeError(f"queries: expected crosslayer.Codes, got {type(queries).__name__}")
         if (queries.Dk, queries.Dt) != (self.Dk, self.Dt):
             raise UsageError(f"queries: Dk={queries.Dk}, Dt={queries.Dt} differs from the index (Dk={self.Dk}, Dt={self.Dt})")
-        common_identity({"index": self.identity, "queries": queries.identity})
+        identity_for_index(self.identity, "queries", queries.identity)
         return check_search_args(queries, k, channels, self.Dk)
 
     def rerank(self, queries: Codes, candidates, k: int = 10, channels: int | None = 50, num_threads: int = 0,

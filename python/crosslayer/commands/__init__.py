@@ -1,8 +1,9 @@
 """The `crosslayer` command line: one module per command family, `main` only dispatches and reports errors.
 
-Errors: a `CrossLayerError` (bad arguments, files, images, mismatched encoders), an OS error naming a file, or a full
-disk print one line `crosslayer CMD: error: ...` and exit 2; Ctrl-C prints one line and exits 130 (files are written
-atomically, so nothing is left half written); a closed output pipe (`crosslayer info | head -1`) exits quietly.
+Warnings show as one line `crosslayer CMD: warning: ...`. Errors: a `CrossLayerError` (bad arguments, files,
+images, mismatched encoders), an OS error naming a file, or a full disk (naming what the command writes) print one
+line `crosslayer CMD: error: ...` and exit 2; Ctrl-C prints one line and exits 130 (files are written atomically,
+so nothing is left half written); a closed output pipe (`crosslayer info | head -1`) exits quietly.
 Anything else is a bug and keeps its traceback.
 """
 
@@ -12,6 +13,7 @@ import argparse
 import errno
 import os
 import sys
+import warnings
 
 from crosslayer.commands import demo, evaluation, export, extract, heatmap, index, info, search
 from crosslayer.commands.options import CommandUsageError, HelpFormatter, Parser, subcommands
@@ -20,6 +22,9 @@ from crosslayer.errors import CrossLayerError
 FAMILIES = (demo, info, export, extract, index, search, heatmap, evaluation)
 # errors of a whole device rather than of one file: reported as one line even when they carry no file name
 _DEVICE_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# the arguments naming what commands write (index directories, output files, caches), named by a device-full error
+# that carries no file name, so the user knows which file system filled up
+_OUTPUT_ARGUMENTS = ("out", "sheet", "db_dir", "cache", "json")
 EXAMPLES = """\
 examples:
   crosslayer demo                                       # a pretrained network on bundled photos
@@ -65,6 +70,13 @@ def _fail(prog: str, message) -> None:
     raise SystemExit(2)
 
 
+def _one_line_warning(prog: str):
+    """Shows a warning as `crosslayer CMD: warning: ...`: the source line Python adds means nothing to a CLI user."""
+    def format_warning(message, category, filename, lineno, line=None):
+        return f"{prog}: warning: {message}\n"
+    return format_warning
+
+
 def _quiet_broken_pipe() -> None:
     # Python's recipe (docs, "Note on SIGPIPE"): point stdout at devnull so the interpreter's final flush does not
     # raise again
@@ -84,7 +96,11 @@ def main(argv=None) -> int:
     if unknown:
         _fail(prog, f"unrecognized arguments: {' '.join(unknown)} (see '{prog} --help')")
     try:
-        status = args.run(args)
+        library_format, warnings.formatwarning = warnings.formatwarning, _one_line_warning(prog)
+        try:  # the format only: a caller's recording of warnings (warnings.catch_warnings(record=True)) still works
+            status = args.run(args)
+        finally:
+            warnings.formatwarning = library_format
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
         return status
     except BrokenPipeError:
@@ -98,5 +114,13 @@ def main(argv=None) -> int:
         if error.filename is not None:
             _fail(prog, f"{error.strerror}: {error.filename}")
         if error.errno in _DEVICE_FULL:
-            _fail(prog, error.strerror or str(error))
+            outputs = _outputs_of(args)
+            writing = f" (writing {' or '.join(outputs)})" if outputs else ""
+            _fail(prog, f"{error.strerror or error}{writing}")
         raise
+
+
+def _outputs_of(args) -> list:
+    """What the command was asked to write, by its arguments (flags such as search's --json are not paths)."""
+    values = [getattr(args, name, None) for name in _OUTPUT_ARGUMENTS]
+    return [str(value) for value in values if isinstance(value, (str, os.PathLike)) and str(value)]

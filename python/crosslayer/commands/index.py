@@ -9,7 +9,8 @@ import sys
 from crosslayer.commands import index_manage
 from crosslayer.commands.options import (add_command, add_encoder_options, add_on_error_option, add_precision_options,
                                          add_profile_option, add_quiet_option, add_runtime_options, add_weights_option,
-                                         build_encoder, image_sources, positive_float, runtime_options, subcommands)
+                                         added_summary, build_encoder, image_sources, positive_float, runtime_options,
+                                         subcommands)
 from crosslayer.commands.ray_options import add_on_ray, add_ray_options, uses_ray
 
 BUILD_EXAMPLES = """\
@@ -68,8 +69,8 @@ def run_build(args) -> int:
         return add_on_ray(index, sources, args, fit_seconds, fit_failures)
     report = extract(sources, args.db_dir, encoder, save_embedding=args.embeddings, on_error=args.on_error,
                      progress=progress, commit_seconds=args.commit_seconds, retry_failed=args.retry_failed)
-    _print_report(report.done, report.skipped, report.failed, report.seconds, report.fit_seconds, report.total,
-                  args.db_dir)
+    _print_report(added_summary(report.done, report.skipped, report.recorded_bad, len(report.failed)), report.failed,
+                  report.seconds, report.fit_seconds, report.total, args.db_dir)
     if args.profile:
         print(encoder.stage_times_.table(report.seconds))
     return 0
@@ -87,13 +88,13 @@ def run_add(args) -> int:
                            retry_failed=args.retry_failed, embeddings=True if args.embeddings else None,
                            progress=not args.quiet)
         total = len(index)
-    _print_report(report.added, report.skipped, report.failed, report.seconds, 0.0, total, args.db_dir)
+    _print_report(added_summary(report.added, report.skipped, report.recorded_bad, len(report.failed)), report.failed,
+                  report.seconds, 0.0, total, args.db_dir)
     return 0
 
 
-def _print_report(added: int, skipped: int, failed: list, seconds: float, fit_seconds: float, total: int,
-                  directory) -> None:
-    print(f"indexed {added} images ({skipped} already there, {len(failed)} failed) in {seconds:.1f} s "
+def _print_report(summary: str, failed: list, seconds: float, fit_seconds: float, total: int, directory) -> None:
+    print(f"{summary} in {seconds:.1f} s "
           f"(PCA {fit_seconds:.1f} s); {total} in {directory}")
     for path, reason in failed:
         print(f"  failed: {path}: {reason}", file=sys.stderr)

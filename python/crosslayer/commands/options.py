@@ -25,6 +25,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         text = action.help or ""
         if "default:" in text or action.default is None or action.default is False or action.default == argparse.SUPPRESS:
             return text
+        if isinstance(action.default, (tuple, list)):  # as typed on the command line, not as a Python tuple
+            listed = ",".join(format(value, "g") if isinstance(value, float) else str(value) for value in action.default)
+            return f"{text} (default: {listed.replace('%', '%%')})"
         return super()._get_help_string(action)
 
 
@@ -223,6 +226,12 @@ def add_profile_option(parser) -> None:
 def add_on_error_option(parser) -> None:
     parser.add_argument("--on-error", default="skip", choices=ON_ERROR_CHOICES,
                         help="a bad image (unreadable, empty, too large): record it and go on, or stop there")
+
+
+def added_summary(added: int, skipped: int, recorded_bad: int, failed: int) -> str:
+    """The first words of an indexing run's summary line: what it encoded, left out and could not use."""
+    earlier = f", {recorded_bad} recorded as bad earlier" if recorded_bad else ""
+    return f"indexed {added} images ({skipped} already there{earlier}, {failed} failed)"
 
 
 def add_quiet_option(parser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from crosslayer.commands.options import positive_int
+from crosslayer.commands.options import added_summary, positive_int
 from crosslayer.errors import UsageError
 
 
@@ -41,7 +41,7 @@ def add_on_ray(index, sources, args, fit_seconds: float, fit_failures: list) -> 
                               progress=not args.quiet)
         commits = report.commit_seconds
         failed = [(str(path), reason) for path, reason in fit_failures] + list(report.failed)
-        print(f"indexed {report.added} images ({report.skipped} already there, {len(failed)} failed) "
+        print(f"{added_summary(report.added, report.skipped, report.recorded_bad, len(failed))} "
               f"in {report.seconds + fit_seconds:.1f} s (PCA {fit_seconds:.1f} s) on Ray: {report.shards} shards "
               f"encoded, {report.adopted_staged} staged earlier adopted, commit "
               f"{1e3 * (sum(commits) / len(commits) if commits else 0):.1f} ms/shard; {len(index)} in "

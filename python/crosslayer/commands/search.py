@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from crosslayer.commands.options import (add_command, add_threads_option, add_weights_option, channel_count,
-                                         image_sources, positive_int)
+from crosslayer.commands.options import (ON_ERROR_CHOICES, add_command, add_threads_option, add_weights_option,
+                                         channel_count, image_sources, positive_int)
 from crosslayer.commands.ray_options import add_ray_options, open_sharded, uses_ray
 from crosslayer.errors import UsageError
 
@@ -40,6 +40,8 @@ class Query:
 
 
 def run(args) -> int:
+    from crosslayer.codes import IdentityMismatchError
+    from crosslayer.images import BadImagesError, ImageError
     from crosslayer.retrieval.image_index import ImageIndex
     from crosslayer.retrieval.sheet import check_sheet_path
 
@@ -56,7 +58,7 @@ def run(args) -> int:
     elif args.heatmaps:
         raise UsageError("--heatmaps: draws on the contact sheet; give --sheet too")
     timing = {"encode_s": 0.0, "search_s": 0.0}
-    queries = []
+    queries, failed = [], []
     with contextlib.ExitStack() as stack:
         open_options = {"verify": args.verify, "threads": args.threads, "weights": args.weights}
         if on_ray:
@@ -69,12 +71,20 @@ def run(args) -> int:
         search = {"top": args.top, "channels": args.channels, "normalize": args.normalize,
                   "candidates": args.candidates, "codes_search": codes_search}
         if images:
-            results, spent = index.search(images, **search)
-            queries += [Query(path, "image", path, hits) for path, hits in zip(images, results)]
+            results, spent = index.search(images, **search, on_error=args.on_error)
+            failed = [found for found in results if isinstance(found, ImageError)]
+            if failed and len(failed) == len(results) and not code_files and not args.keys:
+                raise failed[0] if len(failed) == 1 else BadImagesError([(f.path, f.reason) for f in failed],
+                                                                        "no query could be searched")
+            queries += [Query(path, "image", path, hits) for path, hits in zip(images, results)
+                        if not isinstance(hits, ImageError)]
             _add_times(timing, spent)
         for file in code_files:
             codes = _read_code_file(file)
-            results, spent = index.search_codes(codes, **search)
+            try:
+                results, spent = index.search_codes(codes, **search)
+            except IdentityMismatchError as error:
+                raise IdentityMismatchError(f"{file}: {error}") from None
             labels = codes.keys or [f"{file}#{row}" for row in range(len(codes))]
             queries += [Query(label, "codes", None, hits) for label, hits in zip(labels, results)]
             _add_times(timing, spent)
@@ -83,8 +93,15 @@ def run(args) -> int:
             queries += [Query(key, "key", index.path_of(key), hits) for key, hits in zip(args.keys, results)]
             _add_times(timing, spent)
         indexed = len(index)
+        hit_paths = sorted({hit.path for query in queries for hit in query.hits})
+        missing = index.missing_images(hit_paths)
         views = ([_attended_query(index.encoder, q.image, args.channels) for q in queries] if args.heatmaps else None)
-    _print_results(args, queries, timing, indexed, where)
+    for failure in failed:
+        print(f"failed query: {failure.path}: {failure.reason}", file=sys.stderr)
+    _print_results(args, queries, timing, indexed, where, failed)
+    if missing:
+        print(f"warning: {len(missing)} of {len(hit_paths)} hit images are missing (e.g. {missing[0]}); if the images "
+              f"were moved, run 'crosslayer index rebase {args.db_dir} NEW_ROOT'", file=sys.stderr)
     if args.sheet:
         _write_sheet(args, queries, views)
     return 0
@@ -103,8 +120,8 @@ def _read_code_file(file):
     return Codes.load(file)
 
 
-def _print_results(args, queries: list, timing: dict, indexed: int, where: str = "") -> None:
-    n = len(queries)
+def _print_results(args, queries: list, timing: dict, indexed: int, where: str = "", failed=()) -> None:
+    n = max(len(queries), 1)
     if args.json:
         document = {
             "index": str(args.db_dir), "indexed": indexed, "top": args.top, "channels": args.channels,
@@ -112,6 +129,7 @@ def _print_results(args, queries: list, timing: dict, indexed: int, where: str =
             "queries": [{"query": q.label, "kind": q.kind,
                          "hits": [{"rank": h.rank, "key": h.key, "path": h.path, "score": h.score, "id": h.id}
                                   for h in q.hits]} for q in queries],
+            "failed": [{"query": failure.path, "reason": failure.reason} for failure in failed],
             "timings": {**timing, "encode_ms_per_query": 1e3 * timing["encode_s"] / n,
                         "search_ms_per_query": 1e3 * timing["search_s"] / n},
         }
@@ -172,6 +190,9 @@ def register(commands) -> None:
     parser.add_argument("--normalize", action="store_true",
                         help="report scores divided by sqrt(nonzeros of query * nonzeros of hit) over the compared "
                              "channels: in [-1, 1] (the ranking is the raw one) (default: raw scores)")
+    parser.add_argument("--on-error", default="skip", choices=ON_ERROR_CHOICES,
+                        help="a bad query image (unreadable, empty, too large): report it on stderr (--json: under "
+                             "\"failed\") and search the others, or stop there")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document: queries, hits (rank, key, path, score, id), timings")
     parser.add_argument("--verify", choices=VERIFY_POLICIES, default="lazy",

@@ -27,7 +27,8 @@ DEFAULT_SHARD_SIZE = 64
 @dataclass
 class BuildReport:
     added: int = 0
-    skipped: int = 0  # already indexed, recorded as failed before, or given twice
+    skipped: int = 0  # already indexed, or given twice
+    recorded_bad: int = 0  # left out: recorded as bad by an earlier run (tried again only with retry_failed)
     failed: list = field(default_factory=list)  # (path, reason) of this run
     shards: int = 0  # encoded by this run
     adopted_staged: int = 0  # staged by an earlier, interrupted run and committed by this one
@@ -102,8 +103,8 @@ def build_on_ray(index, sources, workers: int | None = None, address: str | None
     remove_unrecorded(folder)
     report.adopted_staged = _adopt_staged(index, folder, keep_embeddings, report)
     resolved = [str(os.path.abspath(s)) for s in sources]
-    todo, keys = index.pending(resolved, retry_failed)
-    report.skipped = len(resolved) - len(todo)
+    todo, keys, report.recorded_bad = index.pending(resolved, retry_failed)
+    report.skipped = len(resolved) - len(todo) - report.recorded_bad
     shards = plan_shards(todo, keys, shard_size)
     if shards:
         require_ray()

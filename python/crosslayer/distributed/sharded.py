@@ -97,6 +97,7 @@ class ShardedIndex:
     def search_codes(self, queries, k: int = 10, channels: int | None = 50, num_threads: int = 0,
                      normalize: bool = False):
         """`CodeIndex.search` over the actors' groups (num_threads: ignored, each actor uses its CPUs)."""
+        from crosslayer.codes import identity_for_index
         from crosslayer.search import check_search_args
 
         codes = self.index.codes
@@ -104,6 +105,7 @@ class ShardedIndex:
             raise UsageError(f"queries: Dk={queries.Dk}, Dt={queries.Dt} differs from the index "
                              f"(Dk={codes.Dk}, Dt={codes.Dt})")
         k, channels = check_search_args(queries, k, channels, codes.Dk)
+        identity_for_index(codes.identity, "queries", queries.identity)  # here: an actor's error would be wrapped
         if not self.actors:
             return codes.search(queries, k, channels, normalize=normalize)
         scores, ids = [], []
@@ -115,9 +117,10 @@ class ShardedIndex:
             ids.append(batch_ids)
         return np.concatenate(scores), np.concatenate(ids)
 
-    def search(self, queries, top: int = 10, channels: int | None = 50, normalize: bool = False):
+    def search(self, queries, top: int = 10, channels: int | None = 50, normalize: bool = False,
+               on_error: str = "raise"):
         """`ImageIndex.search` (query images encoded here) with the codes searched by the actors."""
-        return self.index.search(queries, top, channels, normalize, codes_search=self.search_codes)
+        return self.index.search(queries, top, channels, normalize, codes_search=self.search_codes, on_error=on_error)
 
     def close(self) -> None:
         for actor in self.actors:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from crosslayer._validate import check_positive_int
+from crosslayer.codes import Codes, identity_for_index
 from crosslayer.encoder import RUNTIME_OPTIONS, CrossLayerEncoder, EncoderMismatchError
 from crosslayer.errors import CrossLayerError, UsageError
 from crosslayer.formats import read_json, write_json
@@ -49,7 +50,8 @@ class ImageIndexError(CrossLayerError, ValueError):
 @dataclass
 class AddReport:
     added: int = 0
-    skipped: int = 0  # already indexed, recorded as failed before, or given twice
+    skipped: int = 0  # already indexed, or given twice
+    recorded_bad: int = 0  # left out: recorded as bad by an earlier run (tried again only with retry_failed)
     failed: list = field(default_factory=list)  # (path, reason) of this run
     seconds: float = 0.0
     commits: int = 0
@@ -252,6 +254,17 @@ class ImageIndex:
             raise TypeError("paths: expected a sequence of paths, got a single string")
         return self.codes.find([self._lookup_key(p) for p in paths])
 
+    def check_root(self) -> None:
+        """ImageIndexError when the recorded root folder no longer exists: the images were moved, and keys taken
+        from new paths would point outside it (every image re-added under '../...')."""
+        if self.root is not None and not os.path.isdir(self.root):
+            raise ImageIndexError(f"{self.directory}: the images' folder {self.root} no longer exists; if they were "
+                                  f"moved, run 'crosslayer index rebase {self.directory} NEW_ROOT' first")
+
+    def missing_images(self, paths) -> list:
+        """Those of `paths` (of hits: `Hit.path`) that are not files (moved or deleted since they were indexed)."""
+        return [path for path in paths if not os.path.isfile(path)]
+
     def rebase(self, new_root) -> None:
         """Records `new_root` as the folder the keys are relative to (after moving the images there)."""
         new_root = Path(new_root)
@@ -306,8 +319,6 @@ class ImageIndex:
         batch's activations are in memory (the same names on every add)."""
         from tqdm.auto import tqdm
 
-        from crosslayer.codes import Codes
-
         if on_error not in ("skip", "raise"):
             raise UsageError(f"on_error: expected 'skip' or 'raise', got {on_error!r}")
         if commit_seconds is not None and (isinstance(commit_seconds, bool) or not commit_seconds > 0):
@@ -319,11 +330,11 @@ class ImageIndex:
         resolved = [str(Path(s).resolve()) for s in sources]
         if self.root is None and not resolved:
             return AddReport(seconds=time.perf_counter() - start)
-        todo, keys = self.pending(resolved, retry_failed)
+        todo, keys, recorded_bad = self.pending(resolved, retry_failed)
         attributes = dict(self.codes.attributes, embeddings=keep_embeddings)
         failed = attributes.setdefault("failed", {})
         key_of = dict(zip(todo, keys))
-        report = AddReport(skipped=len(resolved) - len(todo))
+        report = AddReport(skipped=len(resolved) - len(todo) - recorded_bad, recorded_bad=recorded_bad)
         pending = {"codes": [], "keys": [], "embeddings": [], "side": [], "dirty": False}
         last_commit = time.monotonic()
 
@@ -377,23 +388,28 @@ class ImageIndex:
         report.seconds = time.perf_counter() - start
         return report
 
-    def pending(self, sources, retry_failed: bool = False) -> tuple[list[str], list[str]]:
-        """(absolute paths, keys) of `sources` not indexed yet, in the order given, each once; images recorded as
-        failed are left out unless `retry_failed`. An index without a root takes the sources' common folder."""
+    def pending(self, sources, retry_failed: bool = False) -> tuple[list[str], list[str], int]:
+        """(absolute paths, keys) of `sources` not indexed yet, in the order given, each once, and how many images
+        recorded as failed were left out (all of them unless `retry_failed`). An index without a root takes the
+        sources' common folder."""
         resolved = [str(Path(s).resolve()) for s in sources]
         if self.root is None and resolved:
             self.codes.set_attributes(dict(self.codes.attributes, root=common_folder(resolved)))
+        self.check_root()
         failed = self.codes.attributes.get("failed", {})
         indexed = set(self.keys())
-        todo, keys, seen = [], [], set()
+        todo, keys, seen, recorded_bad = [], [], set(), set()
         for source in resolved:
             key = self._key_of(source)
-            if key in indexed or key in seen or (key in failed and not retry_failed):
+            if key in failed and not retry_failed and key not in indexed:
+                recorded_bad.add(key)
+                continue
+            if key in indexed or key in seen:
                 continue
             todo.append(source)
             keys.append(key)
             seen.add(key)
-        return todo, keys
+        return todo, keys, len(recorded_bad)
 
     def adopt(self, code_file, side_files: dict | None = None, failed: dict | None = None,
               embeddings: bool | None = None) -> int:
@@ -429,8 +445,11 @@ class ImageIndex:
 
     # ---- searching -----------------------------------------------------------------------------------------------
     def search(self, queries, top: int = 10, channels: int | None = 50, normalize: bool = False,
-               candidates: int | None = None, codes_search=None):
+               candidates: int | None = None, codes_search=None, on_error: str = "raise"):
         """Encodes the query images and returns, per query, its `top` hits (ranked `Hit`s) and timings (seconds).
+
+        on_error: "raise" stops at the first query image that cannot be used (its ImageError); "skip" searches the
+        others, and the entry of a bad query in the results is its ImageError (``path``, ``reason``) instead of hits.
 
         Scores are raw masked ternary dot products (integers; the range grows with the channels compared and Dt),
         or with ``normalize=True`` those divided by sqrt(nnz_q * nnz_x) over the compared channels: in [-1, 1].
@@ -441,10 +460,22 @@ class ImageIndex:
         index's codes; e.g. `crosslayer.distributed.ShardedIndex.search_codes`)."""
         # checked before the backbone runs on the queries
         top, channels, candidates = self._check_search(top, channels, candidates)
+        if on_error not in ("skip", "raise"):
+            raise UsageError(f"on_error: expected 'skip' or 'raise', got {on_error!r}")
         start = time.perf_counter()
-        query_codes = self.encoder.encode([str(q) for q in queries])
+        queries = [str(q) for q in queries]
+        parts, encoded_positions, results = [], [], [None] * len(queries)
+        for batch in self.encoder.activations(queries, on_error=on_error):
+            for position, error in batch.errors:
+                results[position] = error
+            if batch.positions:
+                parts.append(self.encoder.pool_batch(batch.outputs, "codes"))
+                encoded_positions += list(batch.positions)
         encoded = time.perf_counter()
-        results = self._hits(query_codes, top, channels, normalize, candidates, codes_search)
+        if parts:
+            hits = self._hits(Codes.concatenate(parts), top, channels, normalize, candidates, codes_search)
+            for position, found in zip(encoded_positions, hits):
+                results[position] = found
         return results, {"encode_s": encoded - start, "search_s": time.perf_counter() - encoded}
 
     def search_keys(self, keys, top: int = 10, channels: int | None = 50, normalize: bool = False,
@@ -463,6 +494,9 @@ class ImageIndex:
         """`search` with given query codes (e.g. read from an exported .xlc): they must be this index's encoder's
         (IdentityMismatchError naming both otherwise; UsageError for another shape)."""
         top, channels, candidates = self._check_search(top, channels, candidates)
+        if not isinstance(query_codes, Codes):
+            raise TypeError(f"query_codes: expected crosslayer.Codes, got {type(query_codes).__name__}")
+        identity_for_index(self.codes.identity, "query_codes", query_codes.identity)
         start = time.perf_counter()
         results = self._hits(query_codes, top, channels, normalize, candidates, codes_search)
         return results, {"encode_s": 0.0, "search_s": time.perf_counter() - start}
