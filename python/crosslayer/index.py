@@ -707,12 +707,19 @@ class CodeIndex:
         ids, which = self._locate(ids, allow_deleted=True)
         channels = np.arange(self.Dk) if channels is None else np.asarray(channels, np.int64)
         bits = np.empty((len(ids), len(channels), 2, (self.Dt + 63) // 64), np.uint64)
-        for number in np.unique(which):  # one gather per segment: a memory map reads only the rows asked for
+        return self._gather(bits, ids, which, lambda segment: self._segment_arrays(segment)[0], channels)
+
+    def _gather(self, out, ids, which, array_of, columns=None) -> np.ndarray:
+        """Fills `out` with the rows `ids` (in segments `which`, from `_locate`) of the per-segment array
+        `array_of(segment)`, only its `columns` (second axis) if given: one gather per segment, so a memory map
+        reads only the rows asked for."""
+        for number in np.unique(which):
             rows = which == number
             segment = self._manifest["segments"][number]
             local = ids[rows] - segment["id_base"]
-            bits[rows] = self._segment_arrays(segment)[0][local[:, None], channels[None, :]]
-        return bits
+            source = array_of(segment)
+            out[rows] = source[local] if columns is None else source[local[:, None], columns[None, :]]
+        return out
 
     def get(self, ids) -> Codes:
         """The codes of the given live ids (with the index's identity)."""
@@ -721,11 +728,8 @@ class CodeIndex:
         words = (self.Dt + 63) // 64
         bits = np.empty((len(ids), self.Dk, 2, words), np.uint64)
         means = np.empty((len(ids), self.Dk), np.float32)
-        for row, (item, number) in enumerate(zip(ids, which)):
-            segment = self._manifest["segments"][number]
-            seg_bits, seg_means = self._segment_arrays(segment)
-            bits[row] = seg_bits[item - segment["id_base"]]
-            means[row] = seg_means[item - segment["id_base"]]
+        self._gather(bits, ids, which, lambda segment: self._segment_arrays(segment)[0])
+        self._gather(means, ids, which, lambda segment: self._segment_arrays(segment)[1])
         try:
             return Codes(bits, means, self.Dt, self.identity)  # checked: the policy may be "none"
         except ValueError as exc:
@@ -791,10 +795,7 @@ class CodeIndex:
         spec = self._manifest["side"][name]
         ids, which = self._locate(self.live_ids() if ids is None else ids)
         out = np.empty((len(ids), *spec["shape"]), np.dtype(spec["dtype"]))
-        for row, (item, number) in enumerate(zip(ids, which)):
-            segment = self._manifest["segments"][number]
-            out[row] = self._side_array(segment, name)[item - segment["id_base"]]
-        return out
+        return self._gather(out, ids, which, lambda segment: self._side_array(segment, name))
 
     def _side_array(self, segment: dict, name: str) -> np.ndarray:
         entry = segment["side"][name]
