@@ -280,6 +280,11 @@ class CodeIndex:
         """The caller's JSON committed with the index (`append(..., attributes=)`, `set_attributes`)."""
         return json.loads(json.dumps(self._manifest["attributes"]))
 
+    def attribute(self, name: str, default=None):
+        """One of `attributes` (a copy), without copying all of them (the index's failures may be many)."""
+        value = self._manifest["attributes"].get(name, default)
+        return value if isinstance(value, (str, int, float, bool, type(None))) else json.loads(json.dumps(value))
+
     @property
     def deleted(self) -> int:
         """How many items are tombstoned (search skips them; `compact` reclaims their space)."""

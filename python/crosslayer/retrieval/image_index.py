@@ -190,11 +190,11 @@ class ImageIndex:
     @property
     def root(self) -> str | None:
         """The folder image keys are relative to (None until the first images are added)."""
-        return self.codes.attributes.get("root")
+        return self.codes.attribute("root")  # read for every key and hit: no copy of all the attributes
 
     def failures(self) -> dict:
         """{path: reason} of the images recorded as unusable (not retried unless asked)."""
-        return {self.path_of(key): reason for key, reason in self.codes.attributes.get("failed", {}).items()}
+        return {self.path_of(key): reason for key, reason in self.codes.attribute("failed", {}).items()}
 
     def summary(self) -> dict:
         """What the index holds, for `crosslayer info`."""
