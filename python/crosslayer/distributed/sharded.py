@@ -42,9 +42,7 @@ def merge_top_k(parts, k: int):
     ids = np.concatenate([p[1] for p in parts], axis=1)
     shown = raw if parts[0][2] is None else np.concatenate([p[2] for p in parts], axis=1)
     keep = min(k, raw.shape[1])
-    order = np.empty((raw.shape[0], keep), np.int64)
-    for row in range(raw.shape[0]):
-        order[row] = np.lexsort((ids[row], -raw[row].astype(np.int64)))[:keep]
+    order = np.lexsort((ids, -raw.astype(np.int64)), axis=-1)[:, :keep]
     return np.take_along_axis(shown, order, 1), np.take_along_axis(ids, order, 1)
 
 
