@@ -203,10 +203,12 @@ crosslayer_status crosslayer_search(const uint64_t* queries, int64_t n_queries, 
       require(channels != nullptr, "channels: expected int32 [n_queries][n_channels], got NULL");
       require(out_scores != nullptr, "out_scores: expected int32 [n_queries][k], got NULL");
       require(out_ids != nullptr, "out_ids: expected int64 [n_queries][k], got NULL");
+      // the message is built only for the bad entry: this runs for every query's every channel
       for (std::int64_t i = 0; i < n_queries * n_channels; ++i)
-        require(channels[i] >= 0 && channels[i] < dk,
-                "channels: entry " + std::to_string(i) + " is " + std::to_string(channels[i]) +
-                    ", expected a channel index in [0, dk=" + std::to_string(dk) + ")");
+        if (channels[i] < 0 || channels[i] >= dk)
+          throw Failure{CROSSLAYER_INVALID_ARGUMENT, "channels: entry " + std::to_string(i) + " is " +
+                                                         std::to_string(channels[i]) +
+                                                         ", expected a channel index in [0, dk=" + std::to_string(dk) + ")"};
     }
     args.channels = channels;
     args.n_channels = n_channels;
