@@ -93,8 +93,7 @@ void register_search(py::module_& m) {
     return names;
   }, "Popcount paths this CPU supports, fastest first.");
   m.def("set_popcount_path", [](const std::string& name) {
-    if (crosslayer_set_popcount_path(name.c_str()) != CROSSLAYER_OK)
-      throw std::invalid_argument(crosslayer_last_error());
+    require_ok(crosslayer_set_popcount_path(name.c_str()));
   }, py::arg("name"), "Forces a popcount path (tests, benchmarks).");
 }
 
