@@ -14,9 +14,9 @@ if not available(BACKBONES["mobilenet_v2"]):
 
 from PIL import Image  # noqa: E402
 
-from crosslayer.codes import Codes  # noqa: E402
 from crosslayer.encoder import CovarianceAccumulator, CrossLayerEncoder, EncoderFormatError, NotFittedError  # noqa: E402
-from crosslayer.extract import Store, StoreError, extract  # noqa: E402
+from crosslayer.extract import extract  # noqa: E402
+from crosslayer.retrieval.image_index import ImageIndex, ImageIndexError  # noqa: E402
 from crosslayer.images import ImageError  # noqa: E402
 
 from _tolerances import assert_normalized_within, assert_within_one_float32_ulp  # noqa: E402
@@ -96,24 +96,24 @@ def test_extract_store_skips_bad_files_and_resumes(backbone_cache, tmp_path, rng
     # stop at the bad file: what was encoded before it is already committed
     with pytest.raises(ImageError, match="broken.jpg"):
         extract(sources, store_dir, encoder, chunk_size=2, on_error="raise", progress=False)
-    assert 1 <= len(Store(store_dir).paths()) <= 3
+    assert 1 <= len(ImageIndex.open(store_dir).paths()) <= 3
 
-    first = len(Store(store_dir).paths())
+    first = len(ImageIndex.open(store_dir).paths())
     report = extract(sources, store_dir, encoder, chunk_size=3, progress=False)
     assert [path for path, _ in report.failed] == [str(bad)]
     assert report.skipped == first and report.done == len(paths) - first
-    store = Store(store_dir)
+    store = ImageIndex.open(store_dir)
     assert sorted(store.paths()) == sorted(paths)
-    assert [f["path"] for f in store.failures()] == [str(bad)]
+    assert list(store.failures()) == [str(bad)]
     order = [store.paths().index(p) for p in paths]
-    assert Codes.concatenate([store.codes()[i] for i in order]) == encoder.encode(paths)
+    assert store.codes.get(store.codes.live_ids()[order]) == encoder.encode(paths)
     embeddings = store.embeddings()
     assert embeddings.shape == (7, 1280)
 
     again = extract(sources, store_dir, encoder, progress=False)
     assert (again.done, again.skipped, again.recorded_bad) == (0, len(sources) - 1, 1)
     other = CrossLayerEncoder(side=SIDE + 32, batch_size=2, threads=2)
-    with pytest.raises(StoreError, match="another encoder"):
+    with pytest.raises(ImageIndexError, match="another encoder"):
         extract(sources, store_dir, other, progress=False)
 
 

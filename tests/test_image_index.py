@@ -126,12 +126,12 @@ def test_on_error_raise_commits_what_came_before(backbone_cache, tmp_path, fitte
 
 
 def test_embeddings_side_array_and_extract_output_is_searchable(backbone_cache, tmp_path, fitted):
-    from crosslayer.extract import Store, extract
+    from crosslayer.extract import extract
 
     images = [str(p) for p in write_block_images(tmp_path / "imgs", 5, side=SIDE)]
     report = extract(images, tmp_path / "store", fitted, progress=False)
     assert report.done == 5
-    with Store(tmp_path / "store") as store:
+    with ImageIndex.open(tmp_path / "store") as store:
         embeddings = store.embeddings()
         assert embeddings.shape == (5, 1280) and embeddings.dtype == np.float32
     with ImageIndex.open(tmp_path / "store") as index:

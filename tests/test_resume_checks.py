@@ -16,7 +16,8 @@ pytest.importorskip("onnxruntime")
 from crosslayer.backbones.weights import file_sha256  # noqa: E402
 from crosslayer.commands import main  # noqa: E402
 from crosslayer.encoder import CrossLayerEncoder, EncoderMismatchError  # noqa: E402
-from crosslayer.extract import Store, StoreError, extract  # noqa: E402
+from crosslayer.extract import extract  # noqa: E402
+from crosslayer.retrieval.image_index import ImageIndex, ImageIndexError  # noqa: E402
 from _images import write_block_images  # noqa: E402
 
 SIDE = 64
@@ -43,16 +44,16 @@ def test_store_refuses_other_weights_naming_both(backbone_cache, tmp_path, other
     extract(images[:2], store, _encoder().fit(images), progress=False)
     assert CrossLayerEncoder.read_meta(store / "encoder.xle")["weights_id"] == "random:0"
 
-    with pytest.raises(StoreError) as info:
+    with pytest.raises(ImageIndexError) as info:
         extract(images, store, _encoder(weights=str(other_weights)), progress=False)
     message = str(info.value)
     assert "untrained weights (seed 0)" in message and file_sha256(other_weights) in message
-    with pytest.raises(StoreError, match=r"seed 0\).*seed 1\)"):
+    with pytest.raises(ImageIndexError, match=r"seed 0\).*seed 1\)"):
         extract(images, store, _encoder(seed=1), progress=False)
     # loading the encoder with other weights (a "moved" file) is refused as well
     with pytest.raises(EncoderMismatchError, match=file_sha256(other_weights)):
         CrossLayerEncoder.load(store / "encoder.xle", weights=str(other_weights))
-    assert Store(store).paths() == [str(p) for p in images[:2]]
+    assert ImageIndex.open(store).paths() == [str(p) for p in images[:2]]
 
     report = extract(images, store, _encoder(), progress=False)
     assert (report.done, report.skipped) == (2, 2)
@@ -149,13 +150,13 @@ def test_store_keeps_one_entry_per_file_however_named(backbone_cache, tmp_path, 
     report = extract([images[0], images[0], tmp_path / "imgs" / ".." / "imgs" / "img00.png", images[1]], store,
                      encoder, progress=False)
     assert (report.done, report.skipped) == (2, 2)
-    assert Store(store).paths() == [str(images[0]), str(images[1])]
+    assert ImageIndex.open(store).paths() == [str(images[0]), str(images[1])]
 
     monkeypatch.chdir(tmp_path / "imgs")
     report = extract(["img00.png", "img01.png", "img02.png"], store, encoder, progress=False)
     assert (report.done, report.skipped) == (1, 2)
-    assert Store(store).paths() == [str(p) for p in images]
-    assert len(Store(store).codes()) == 3
+    assert ImageIndex.open(store).paths() == [str(p) for p in images]
+    assert len(ImageIndex.open(store)) == 3
 
 
 def test_cli_missing_inputs_are_one_line_errors(tmp_path, capsys, monkeypatch):

@@ -1,8 +1,8 @@
 """`crosslayer extract`: image files -> an image index with embeddings (`crosslayer.retrieval.image_index`).
 
 The extraction store is the image index (``index build --embeddings``): resumable, committed by time, bad images
-recorded, every checksum verified, and searchable. `extract` builds or extends one; `Store` reads one the way the
-extraction's users read it (paths, codes, embeddings, failures). Also the image listing helpers every command uses.
+recorded, every checksum verified, and searchable. `extract` builds or extends one (read it with `ImageIndex.open`).
+Also the image listing helpers every command uses.
 """
 
 from __future__ import annotations
@@ -11,14 +11,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from crosslayer.codes import Codes
 from crosslayer.encoder import CrossLayerEncoder
 from crosslayer.errors import UsageError
-from crosslayer.retrieval.image_index import ImageIndex, ImageIndexError
+from crosslayer.retrieval.image_index import ImageIndex
 
-StoreError = ImageIndexError  # one store, one error
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -40,48 +36,6 @@ def read_manifest(path) -> list[str]:
         raise UsageError(f"manifest: {path} must be a CSV whose header starts with 'path'")
     base = path.parent
     return [str(base / row[0]) if not Path(row[0]).is_absolute() else row[0] for row in rows[1:] if row and row[0]]
-
-
-class Store:
-    """An image index read as an extraction store: its paths, codes, embeddings and failures, in id order."""
-
-    def __init__(self, directory):
-        self.directory = Path(directory)
-        self._index = ImageIndex.open(self.directory, "r")
-
-    @property
-    def encoder_path(self) -> Path:
-        return self.directory / "encoder.xle"
-
-    @property
-    def index(self) -> ImageIndex:
-        return self._index
-
-    def paths(self) -> list[str]:
-        return self._index.paths()
-
-    def failures(self) -> list[dict]:
-        return [{"path": path, "reason": reason} for path, reason in self._index.failures().items()]
-
-    def codes(self) -> Codes:
-        codes = self._index.codes
-        return codes.get(codes.live_ids())
-
-    def embeddings(self) -> np.ndarray | None:
-        """(n, C) float32, or None for an index built without embeddings."""
-        return self._index.embeddings() if "embedding" in self._index.codes.side_names else None
-
-    def summary(self) -> dict:
-        return self._index.summary()
-
-    def close(self) -> None:
-        self._index.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 @dataclass
@@ -124,7 +78,7 @@ def extract(sources, store_dir, encoder: CrossLayerEncoder | None = None, chunk_
             save_embedding: bool = True, on_error: str = "skip", progress: bool = True, fit_sources=None,
             commit_seconds: float | None = 30.0, retry_failed: bool = False) -> ExtractReport:
     """Encodes image files into the image index `store_dir` (created, or resumed with the encoder it was made
-    with: StoreError naming the differences otherwise), skipping those already there. Returns what this run did.
+    with: ImageIndexError naming the differences otherwise), skipping those already there. Returns what this run did.
 
     encoder: a configured (optionally fitted) encoder; unfitted, its PCA is learnt on `fit_sources` (default: the
     sources); None: the stored one (or the default encoder for a new store). chunk_size: commit at least every that
