@@ -31,6 +31,7 @@ from crosslayer.eval.methods import (
 )
 from crosslayer.eval.store import RowStore
 from crosslayer.formats import read_zip_document, write_zip_document
+from crosslayer.images import load_resized
 
 PCA_FORMAT = "crosslayer-eval-pca"
 PCA_VERSION = 2
@@ -67,12 +68,6 @@ def open_store(directory: Path, config: MethodConfig, spec, n: int) -> RowStore:
 
 # ---- how each pass's images reach the encoder ------------------------------------------------------------------
 
-def _resized(source, side):
-    from crosslayer.images import load_image, resize
-
-    return resize(load_image(source), side, "square")
-
-
 def _pass(kind, config, spec, side, taps):
     """The `Pass` (inputs and reduction of the encoder's network outputs) of one pass kind."""
     from crosslayer.encoder import Pass
@@ -85,7 +80,7 @@ def _pass(kind, config, spec, side, taps):
         crop = max(spec.side_multiple, int(round(side * config.jitter_crop / spec.side_multiple)) * spec.side_multiple)
 
         def prepare_crops(source):
-            image = _resized(source, side)
+            image = load_resized(source, side, "square")
             far = side - crop
             crops = []
             for top, left in ((0, 0), (0, far), (far, 0), (far, far), (far // 2, far // 2)):
@@ -104,8 +99,8 @@ def _pass(kind, config, spec, side, taps):
                     taps=(last,), embedding=False, input_side=config.aconv_side)
 
     def prepare_regions(source):
-        crops = region_crops(_resized(source, config.aconv_side), config.aconv_region, config.aconv_stride,
-                             config.aconv_region_side)
+        image = load_resized(source, config.aconv_side, "square")
+        crops = region_crops(image, config.aconv_region, config.aconv_stride, config.aconv_region_side)
         return np.stack([normalize(c, spec.mean, spec.std) for c in crops])
 
     regions = region_grid(config.aconv_side, config.aconv_region, config.aconv_stride) ** 2
