@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from crosslayer.config import ENCODER_DEFAULTS, MAX_SIDE, MIN_SIDE, PRECISIONS, EncoderConfig
 from crosslayer.errors import UsageError
@@ -262,12 +263,8 @@ def build_encoder(args, **extra):
     """A new (unfitted) encoder from the encoder and runtime options."""
     from crosslayer.encoder import CrossLayerEncoder
 
-    config = encoder_config(args)
-    return CrossLayerEncoder(backbone=config.backbone, layers=config.layers, side=config.side, pca_dim=config.pca_dim,
-                             policy=config.policy, weights=args.weights, batch_size=config.batch_size,
-                             threads=config.threads, decode_workers=config.decode_workers, draft=config.draft,
-                             precision=config.precision,
-                             fit_images=config.fit_images, seed=config.seed, **extra)
+    # EncoderConfig's fields are CrossLayerEncoder's keywords
+    return CrossLayerEncoder(**dataclasses.asdict(encoder_config(args)), weights=args.weights, **extra)
 
 
 def runtime_options(args) -> dict:
