@@ -143,9 +143,11 @@ def test_jitter_row_is_the_mean_embedding_of_ten_crops(tiny_set, shared_cache, s
     _sane(record, 1280)
     dataset, rows, _ = _rows_and_directory(tiny_set, shared_cache, MethodConfig("jitter", **FIT), scaled_weights)
     spec = get_backbone("mobilenet_v2")
-    image = resize(load_image(dataset.paths[2]), 64, "square")
-    crop = 56  # 0.875 of the side
-    windows = [image[top : top + crop, left : left + crop] for top, left in ((0, 0), (0, 8), (8, 0), (8, 8), (4, 4))]
+    # each crop reaches the network at its side (64), as 224 crops of a 256 image do: the image is enlarged to
+    # 64 / 0.875 = 73 first (crops of 56 of a 64 image were fed at 56 before)
+    image = resize(load_image(dataset.paths[2]), 73, "square")
+    crop = 64
+    windows = [image[top : top + crop, left : left + crop] for top, left in ((0, 0), (0, 9), (9, 0), (9, 9), (4, 4))]
     crops = windows + [window[:, ::-1] for window in windows]  # and their mirror images
     batch = np.stack([normalize(np.ascontiguousarray(c), spec.mean, spec.std) for c in crops])
     mean = _network(shared_cache, ["features.18"], weights=scaled_weights).run(batch)["embedding"].mean(axis=0)

@@ -117,6 +117,20 @@ class _ConvStackThenClassifier(nn.Module):
         pooled = self.features[-1](last_conv_map)
         return self.classifier(torch.flatten(self.avgpool(pooled), 1))
 
+    def fully_connected(self, last_conv_map, indices) -> dict:
+        """{classifier index: its output} for the wanted `indices` (the ReLUs after fc6/fc7), from the map of the
+        last conv tap through the same max-pool, adaptive average pool and flatten as `classify`."""
+        x = torch.flatten(self.avgpool(self.features[-1](last_conv_map)), 1)
+        outputs = {}
+        for index, module in enumerate(self.classifier):
+            if index > max(indices):
+                break
+            x = module(x)
+            if index in indices:
+                # the next Linear makes a new tensor, but a later in-place ReLU must not reach this one
+                outputs[index] = x.clone()
+        return outputs
+
 
 class VGG(_ConvStackThenClassifier):
     """torchvision.models.vgg16 / vgg19 (no batch norm): features.N (conv, ReLU, pool), avgpool, classifier.{0,3,6}."""

@@ -1,6 +1,7 @@
 """Export a backbone's tap activations to ONNX with torch, cached on disk; onnxruntime runs the result.
 
-Outputs, in order: the requested taps (named by their module names), then optionally ``embedding`` (n, C: the global
+Outputs, in order: the requested taps (conv taps named by their module names, (n, C, h, w); VGG's and AlexNet's
+fully-connected taps "fc6"/"fc7", (n, 4096) after their ReLU), then optionally ``embedding`` (n, C: the global
 average of the backbone's last tap, as the registry describes) and ``logits`` (n, 1000: torchvision's forward).
 Batch, height and width are dynamic. The cache key covers architecture, taps, extra outputs, weights hash and opset;
 a JSON sidecar (a `crosslayer.formats` document "crosslayer-onnx-export", written after the model, both atomically)
@@ -47,14 +48,20 @@ def _load_network(spec, weights_path, seed: int):
     return net.eval()
 
 
-def _tap_module(net, taps, indices, last_tap_index: int, with_embedding: bool, with_logits: bool):
-    """The network truncated after its last wanted tap. The embedding and the logits both start from the map of the
-    backbone's last registered tap (`last_tap_index`): modules after it (VGG's and AlexNet's final max-pool) belong
-    to the classifier, which applies them itself."""
+def _tap_module(net, taps, indices, last_tap_index: int, with_embedding: bool, with_logits: bool, fc_taps=None):
+    """The network truncated after its last wanted tap. The embedding, the logits and the fully-connected taps all
+    start from the map of the backbone's last registered tap (`last_tap_index`): modules after it (VGG's and AlexNet's
+    final max-pool) belong to the classifier, which applies them itself.
+
+    taps: the outputs in order, conv taps (at `indices`, in the same order) and fc taps (names of `fc_taps`: name ->
+    classifier index) mixed."""
     import torch
 
-    last = max([*indices, last_tap_index]) if (with_embedding or with_logits) else max(indices)
-    wanted = dict(zip(indices, taps))
+    fc_taps = {tap: fc_taps[tap] for tap in taps if fc_taps and tap in fc_taps}
+    conv_taps = [tap for tap in taps if tap not in fc_taps]
+    needs_last = with_embedding or with_logits or bool(fc_taps)
+    last = max([*indices, last_tap_index]) if needs_last else max(indices)
+    wanted = dict(zip(indices, conv_taps))
     last_tap_key = wanted.setdefault(last_tap_index, "__last_tap__")
 
     class TapNet(torch.nn.Module):
@@ -69,9 +76,12 @@ def _tap_module(net, taps, indices, last_tap_index: int, with_embedding: bool, w
                 x = self.net.features[index](x)
                 if index in wanted:
                     outputs[wanted[index]] = x
-            result = [outputs[tap] for tap in taps]
-            if with_embedding or with_logits:
+            if needs_last:
                 last_map = outputs[last_tap_key]
+            if fc_taps:
+                by_index = self.net.fully_connected(last_map, sorted(set(fc_taps.values())))
+                outputs.update({tap: by_index[index] for tap, index in fc_taps.items()})
+            result = [outputs[tap] for tap in taps]
             if with_embedding:
                 result.append(self.net.embed(last_map))
             if with_logits:
@@ -83,6 +93,11 @@ def _tap_module(net, taps, indices, last_tap_index: int, with_embedding: bool, w
 
 def _last_tap_index(spec) -> int:
     return spec.tap_index(spec.taps[-1])
+
+
+def _conv_indices(spec, taps) -> list[int]:
+    """Module indices of the conv taps among `taps` (fc taps have none; an unknown name is refused here)."""
+    return [spec.tap_index(tap) for tap in taps if tap not in spec.fc_taps]
 
 
 def output_names(taps, with_embedding: bool = False, with_logits: bool = False) -> list[str]:
@@ -135,7 +150,9 @@ def export(
     taps = spec.default_pair if layers is None else tuple(str(t) for t in layers)
     if not taps:
         raise UsageError("layers: expected at least one tap")
-    indices = [spec.tap_index(tap) for tap in taps]
+    if len(set(taps)) != len(taps):
+        raise UsageError(f"layers: each tap once, got {list(taps)}")
+    indices = _conv_indices(spec, taps)
     weights_path, weights_id = resolve_weights(spec, weights)
     key = _cache_key(spec, taps, weights_id if weights_path is not None else f"random:{seed}", opset, with_embedding, with_logits)
     directory = Path(cache) if cache is not None else cache_dir()
@@ -147,13 +164,14 @@ def export(
     import torch
 
     module = _tap_module(_load_network(spec, weights_path, seed), taps, indices, _last_tap_index(spec), with_embedding,
-                         with_logits)
+                         with_logits, spec.fc_taps)
     names = output_names(taps, with_embedding, with_logits)
     side = max(64, spec.side_multiple * 2)
     dummy = torch.zeros(1, 3, side, side)
     dynamic = {"images": {0: "batch", 2: "height", 3: "width"}}
     for name in names:
-        dynamic[name] = {0: "batch"} if name in (EMBEDDING, LOGITS) else {0: "batch", 2: "out_height", 3: "out_width"}
+        vector = name in (EMBEDDING, LOGITS) or name in spec.fc_taps
+        dynamic[name] = {0: "batch"} if vector else {0: "batch", 2: "out_height", 3: "out_width"}
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_write(model_path) as handle, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -186,8 +204,8 @@ def torch_reference(backbone, layers=None, weights=None, with_embedding=False, w
     spec = get_backbone(backbone)
     taps = spec.default_pair if layers is None else tuple(layers)
     weights_path, _ = resolve_weights(spec, weights)
-    module = _tap_module(_load_network(spec, weights_path, seed), taps, [spec.tap_index(t) for t in taps],
-                         _last_tap_index(spec), with_embedding, with_logits)
+    module = _tap_module(_load_network(spec, weights_path, seed), taps, _conv_indices(spec, taps),
+                         _last_tap_index(spec), with_embedding, with_logits, spec.fc_taps)
 
     def run(images):
         with torch.inference_mode():

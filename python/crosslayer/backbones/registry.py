@@ -40,6 +40,22 @@ class BackboneSpec:
     # the batch memory budget: MobileNetV2/EfficientNet-Lite0 expand 16 channels at stride 2 to 96 (4 + 24, plus
     # the depthwise output, ~32); VGG's conv1_1 -> conv1_2 keeps 64 + 64 at full resolution; AlexNet 3 + 64/16.
     peak_activations_per_pixel: float = 32.0
+    # Fully-connected taps (VGG, AlexNet): name -> index in the network's `classifier` of the ReLU after that layer.
+    # They are outputs of one vector per input, not maps: never a cross-layer pair, always computed from the last
+    # conv tap through the classifier's own pooling, so `tap_index` and `check_pair` do not take them.
+    fc_taps: dict = field(default_factory=dict)
+    # Which output each whole-network method reads (method -> fc tap name); methods not listed read the pooled
+    # `embedding`. The paper (Liu et al.) uses the fully-connected activations of its networks for CNN-Global,
+    # CNN-Jitter and AConv's region features.
+    method_outputs: dict = field(default_factory=dict)
+
+    def output_for(self, method: str) -> str:
+        """The network output a whole-image or region method reads: an fc tap, or "embedding"."""
+        return self.method_outputs.get(method, "embedding")
+
+    def output_channels(self, output: str) -> int:
+        """Channels of `output` ("embedding" is the last conv tap's global average)."""
+        return self.channels[self.taps[-1] if output == "embedding" else output]
 
     def bytes_per_input(self, side: int) -> int:
         """Estimated memory of one network input of side x side: the float32 image and the widest activations."""
@@ -117,6 +133,13 @@ def _efficientnet_lite0() -> BackboneSpec:
     )
 
 
+# The fully-connected features the paper's baselines use on its networks, as we read it (the choice lives only here):
+# CNN-Global and CNN-Jitter take fc7 (4096, after ReLU, the usual off-the-shelf descriptor); AConv's region features
+# are fc6 (after ReLU), the first fully-connected layer, as its FC-FC variant's local features. aconv-fast windows the
+# last conv map of one whole-image pass, which has no fc counterpart, so it keeps the conv embedding.
+PAPER_FC_OUTPUTS = {"global": "fc7", "jitter": "fc7", "aconv": "fc6"}
+
+
 def _vgg(name: str, blocks: tuple[int, ...]) -> BackboneSpec:
     """Taps are the ReLU outputs of each conv (torchvision indices), named like features.N."""
     taps, channels, strides, conv_names = [], [], [], {}
@@ -133,16 +156,19 @@ def _vgg(name: str, blocks: tuple[int, ...]) -> BackboneSpec:
         stride *= 2
     last = blocks[-1]
     pair = (conv_names[f"conv5_{last - 1}"], conv_names[f"conv5_{last}"])
+    fc_taps = {"fc6": 1, "fc7": 4}  # classifier: Linear(0) ReLU(1) Dropout(2) Linear(3) ReLU(4) Dropout(5) Linear(6)
     return BackboneSpec(
         name=name,
         architecture=name,
         taps=tuple(taps),
         default_pair=pair,
-        channels=dict(zip(taps, channels)),
+        channels={**dict(zip(taps, channels)), **{fc: 4096 for fc in fc_taps}},
         stride=dict(zip(taps, strides)),
         embedding=f"global average of {pair[1]} (conv5_{last}, 512)",
         weights=WeightsSource(install_hint=f"pass --weights PATH to torchvision's {name} state dict (.pth)"),
         peak_activations_per_pixel=128.0,
+        fc_taps=fc_taps,
+        method_outputs=dict(PAPER_FC_OUTPUTS),
     )
 
 
@@ -153,11 +179,14 @@ def _alexnet() -> BackboneSpec:
         architecture="alexnet",
         taps=taps,
         default_pair=("features.9", "features.11"),  # conv4, conv5 (after ReLU)
-        channels=dict(zip(taps, (64, 192, 384, 256, 256))),
+        channels={**dict(zip(taps, (64, 192, 384, 256, 256))), "fc6": 4096, "fc7": 4096},
         stride=dict(zip(taps, (4, 8, 16, 16, 16))),
         embedding="global average of features.11 (conv5, 256)",
         weights=WeightsSource(install_hint="pass --weights PATH to torchvision's alexnet state dict (.pth)"),
         peak_activations_per_pixel=8.0,
+        # classifier: Dropout(0) Linear(1) ReLU(2) Dropout(3) Linear(4) ReLU(5) Linear(6)
+        fc_taps={"fc6": 2, "fc7": 5},
+        method_outputs=dict(PAPER_FC_OUTPUTS),
     )
 
 

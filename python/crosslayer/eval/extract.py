@@ -61,9 +61,17 @@ def pass_directory(cache_root, dataset, backbone: str, side: int, weights) -> Pa
     return Path(cache_root) / dataset_key(dataset) / f"{backbone}-{side}{tag}"
 
 
+def store_key(config: MethodConfig, spec) -> str:
+    """The config's key, and the network output it reads when that is not the pooled embedding (VGG/AlexNet fc
+    taps), so rows of one output are never read as another's."""
+    output = spec.output_for(config.method) if config.method in ("global", "jitter", "aconv") else EMBEDDING
+    return config.key() if output == EMBEDDING else f"{config.key()}-{output}"
+
+
 def open_store(directory: Path, config: MethodConfig, spec, n: int) -> RowStore:
     shape, dtype = row_layout(config, spec)
-    return RowStore(directory / config.key(), config.key(), n, shape, dtype, info={"config": config.relevant()})
+    key = store_key(config, spec)
+    return RowStore(directory / key, key, n, shape, dtype, info={"config": config.relevant()})
 
 
 # ---- how each pass's images reach the encoder ------------------------------------------------------------------
@@ -77,19 +85,11 @@ def _pass(kind, config, spec, side, taps):
     if kind == "main":
         return Pass(taps=tuple(taps or [last]), embedding=True)
     if kind == "jitter":
-        crop = max(spec.side_multiple, int(round(side * config.jitter_crop / spec.side_multiple)) * spec.side_multiple)
-
-        def prepare_crops(source):
-            image = load_resized(source, side, "square")
-            far = side - crop
-            crops = []
-            for top, left in ((0, 0), (0, far), (far, 0), (far, far), (far // 2, far // 2)):
-                window = image[top : top + crop, left : left + crop]
-                crops += [window, window[:, ::-1]]
-            return np.stack([normalize(np.ascontiguousarray(c), spec.mean, spec.std) for c in crops])
-
-        return Pass(prepare=prepare_crops, reduce=lambda outputs: {EMBEDDING: outputs[EMBEDDING].mean(axis=1)},
-                    taps=(last,), embedding=True, input_side=crop, inputs_per_image=JITTER_CROPS)
+        output = spec.output_for("jitter")
+        return Pass(prepare=lambda source: jitter_crops(source, side, config.jitter_crop, spec),
+                    reduce=lambda outputs: {EMBEDDING: outputs[output].mean(axis=1)},
+                    taps=(output,) if output != EMBEDDING else (last,), embedding=output == EMBEDDING,
+                    input_side=side, inputs_per_image=JITTER_CROPS)
     from crosslayer.eval.regions import fast_windows, region_crops, region_grid, window_mean
 
     if kind == "aconv-fast":
@@ -104,9 +104,29 @@ def _pass(kind, config, spec, side, taps):
         return np.stack([normalize(c, spec.mean, spec.std) for c in crops])
 
     regions = region_grid(config.aconv_side, config.aconv_region, config.aconv_stride) ** 2
+    output = spec.output_for("aconv")
     # one image (its regions) a batch, the regions run 32 at a time
-    return Pass(prepare=prepare_regions, reduce=lambda outputs: {REGIONS: outputs[EMBEDDING]}, taps=(last,),
-                embedding=True, input_side=config.aconv_region_side, inputs_per_image=regions, max_inputs=32)
+    return Pass(prepare=prepare_regions, reduce=lambda outputs: {REGIONS: outputs[output]},
+                taps=(output,) if output != EMBEDDING else (last,), embedding=output == EMBEDDING,
+                input_side=config.aconv_region_side, inputs_per_image=regions, max_inputs=32)
+
+
+def jitter_crops(source, side: int, crop_fraction: float, spec) -> np.ndarray:
+    """CNN-Jitter's 10 network inputs of one image, (10, 3, side, side): the image resized to side / crop_fraction
+    (rounded up to the backbone's side multiple), its 4 corner and centre crops of `side`, and their mirrors. So each
+    crop reaches the network at the side it expects, as the paper's 224 crops of a 256 image do (the crops were fed
+    at their own smaller side before)."""
+    from crosslayer.images import normalize
+
+    multiple = spec.side_multiple
+    enlarged = max(side, -(-int(round(side / crop_fraction)) // multiple) * multiple)
+    image = load_resized(source, enlarged, "square")
+    far = enlarged - side
+    crops = []
+    for top, left in ((0, 0), (0, far), (far, 0), (far, far), (far // 2, far // 2)):
+        window = image[top : top + side, left : left + side]
+        crops += [window, window[:, ::-1]]
+    return np.stack([normalize(np.ascontiguousarray(c), spec.mean, spec.std) for c in crops])
 
 
 # ---- PCA ---------------------------------------------------------------------------------------------------------
@@ -220,6 +240,8 @@ def extract(dataset, configs, backbone="mobilenet_v2", side: int = 448, cache_ro
     for group, members in kinds.items():
         kind = members[0].pass_kind
         taps = main_taps(members, spec) if kind == "main" else []
+        if kind == "main" and any(c.method == "global" for c in members) and spec.output_for("global") != EMBEDDING:
+            taps = [*taps, spec.output_for("global")]  # the paper's fc layer (VGG/AlexNet), besides the pairs
         step = _pass(kind, members[0], spec, side, taps)
         wanted = {}
         for config in members:

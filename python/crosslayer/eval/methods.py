@@ -93,9 +93,10 @@ class MethodConfig:
         if self.method in CROSSLAYER_METHODS or self.method in SPM_METHODS:
             resolve_layers(self, spec)
         if self.method in ACONV_METHODS:
-            channels = spec.channels[spec.taps[-1]]
+            output = spec.output_for(self.method)
+            channels = spec.output_channels(output)
             if self.aconv_pca_dim > channels:
-                raise UsageError(f"aconv_pca_dim: at most the {channels} channels of {spec.name}'s embedding, "
+                raise UsageError(f"aconv_pca_dim: at most the {channels} channels of {spec.name}'s {output}, "
                                  f"got {self.aconv_pca_dim}")
 
     def relevant(self) -> dict:
@@ -114,7 +115,8 @@ class MethodConfig:
         elif self.method in SPM_METHODS:
             params.update(layers=self.layers, spm_levels=list(self.spm_levels), spm_layer=self.spm_layer)
         elif self.method == "jitter":
-            params.update(jitter_crop=self.jitter_crop)
+            # crops fed at the network's side (image enlarged by 1/jitter_crop first), not at the crop's own side
+            params.update(jitter_crop=self.jitter_crop, jitter_input="side")
         elif self.method in ("aconv", "aconv-fast"):
             params.update(aconv_side=self.aconv_side, aconv_region=self.aconv_region, aconv_stride=self.aconv_stride,
                           aconv_pca_dim=self.aconv_pca_dim)
@@ -167,7 +169,7 @@ def row_layout(config: MethodConfig, spec) -> tuple[tuple, str]:
     from crosslayer.eval.spm import spm_dim
 
     if config.method in ("global", "jitter"):
-        return (spec.channels[spec.taps[-1]],), "float32"
+        return (spec.output_channels(spec.output_for(config.method)),), "float32"
     if config.method in SPM_METHODS:
         local, guidance = resolve_layers(config, spec)
         chosen = {"t": [local], "t1": [guidance], "both": [local, guidance]}[config.spm_layer]
@@ -190,7 +192,7 @@ def encode_main(config: MethodConfig, spec, outputs: dict, pcas: dict) -> np.nda
     from crosslayer.pooling import pool
 
     if config.method == "global":
-        return l2_normalize(np.asarray(outputs[EMBEDDING], np.float32))
+        return l2_normalize(np.asarray(outputs[spec.output_for("global")], np.float32))
     local, guidance = resolve_layers(config, spec)
     if config.method in SPM_METHODS:
         pooling = "sum" if config.method == "sum-spm" else "max"
