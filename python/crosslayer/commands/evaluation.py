@@ -14,6 +14,7 @@ CLASSIFY_EXAMPLES = """\
   crosslayer eval classify --data cub100 --method crosslayer --json crosslayer.json
   crosslayer eval classify --data scene15 --method aconv-fast --layers features.16 features.17
   crosslayer eval classify --data cub100 --method crosslayer --no-pca --limit-per-class 10   # a quick ablation
+  crosslayer eval classify --data voc2007 --method global        # labels like dog;person: per-class SVMs, mean AP
 """
 RETRIEVE_EXAMPLES = """\
   crosslayer eval retrieve --data smvs --distractors distractors/ --json retrieval.json
@@ -34,7 +35,8 @@ def run_classify(args) -> int:
         batch_size=args.batch_size, threads=args.threads, fit_images=args.fit_images, c_grid=args.c_grid,
         folds=args.folds, seed=args.seed, n_jobs=args.jobs, progress=not args.quiet, **aconv,
     )
-    summary = {k: record[k] for k in ("label", "accuracy", "mean_per_class_accuracy", "C", "dims", "bytes_per_image")}
+    summary = {k: record[k] for k in ("label", "accuracy", "mean_per_class_accuracy", "mean_ap", "mean_ap_area", "C",
+                                      "dims", "bytes_per_image") if k in record}  # mean AP: multi-label manifests
     summary["seconds"] = {k: round(v, 2) if isinstance(v, float) else v for k, v in record["seconds"].items()}
     print(json.dumps(summary, indent=1))
     return 0
@@ -72,7 +74,8 @@ def _add_classify(actions) -> None:
     p = add_command(actions, "classify", run_classify, "linear-SVM classification accuracy of one method on a "
                     "manifest data set", CLASSIFY_EXAMPLES)
     p.add_argument("--data", required=True, help="folder holding manifest.csv (path,label,split); the SVM trains on "
-                   "train (C by cross-validation) and is tested on test; val is ignored")
+                   "train (C by cross-validation) and is tested on test; val is ignored. Labels separated by ';' "
+                   "(dog;person) make a multi-label set: one binary SVM per class, VOC 2007 11-point mean AP")
     p.add_argument("--method", required=True, choices=METHODS, help="the representation")
     add_network_options(p)
     add_input_options(p, policy=False)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crosslayer.eval import multilabel
 from crosslayer.eval.extract import default_cache_root, extract, pass_directory
 from crosslayer.eval.manifest import load_manifest
 from crosslayer.eval.methods import DEFAULT_FIT_IMAGES, DEFAULT_SEED, MethodConfig, resolve_layers
@@ -108,6 +109,7 @@ def classify(data_dir, method: str, backbone: str = "mobilenet_v2", side: int = 
     config.check_backbone(spec)
     check_svm_options(c_grid, folds)
     dataset = load_manifest(data_dir).subset_per_class(limit_per_class, seed)
+    multilabel.check_method(dataset, config.method)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_root()
 
     begin = time.perf_counter()
@@ -125,7 +127,11 @@ def classify(data_dir, method: str, backbone: str = "mobilenet_v2", side: int = 
     gram, cached = _gram(store, config, spec, train, progress)
     seconds["gram"] = time.perf_counter() - begin
     seconds["gram_cached"] = cached
-    result = train_and_test(gram[train], dataset.labels[train], gram[test], dataset.labels[test], c_grid, folds, seed, n_jobs)
+    if dataset.multilabel:  # per-class binary SVMs, VOC mean AP
+        result = multilabel.evaluate(dataset, gram, train, test, c_grid, folds, seed, n_jobs)
+    else:
+        result = train_and_test(gram[train], dataset.labels[train], gram[test], dataset.labels[test], c_grid, folds,
+                                seed, n_jobs)
     seconds["select_c"] = result.pop("seconds_select_c")
     seconds["train_test"] = result.pop("seconds_train_test")
     seconds["total_this_run"] = time.perf_counter() - started

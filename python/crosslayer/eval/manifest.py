@@ -1,5 +1,9 @@
 """Classification manifests: ``manifest.csv`` with columns ``path,label,split`` (paths relative to its folder or
-absolute; splits ``train``, ``test`` and optionally ``val``). Every error names the file and the line."""
+absolute; splits ``train``, ``test`` and optionally ``val``). Every error names the file and the line.
+
+Multi-label manifests (VOC-like sets): a label cell may list several labels separated by ``;`` (``dog;person``).
+A manifest with any such cell is multi-label: `Dataset.targets` is then its (images, classes) indicator matrix, and
+`labels` holds each image's first listed label (only what needs one class per image uses it: per-class subsets)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from crosslayer.errors import CrossLayerError, UsageError
 MANIFEST_NAME = "manifest.csv"
 SPLITS = ("train", "val", "test")
 COLUMNS = ("path", "label", "split")
+LABEL_SEPARATOR = ";"
 
 
 class ManifestError(CrossLayerError, ValueError):
@@ -29,6 +34,11 @@ class Dataset:
     labels: np.ndarray  # int64 class index per image
     splits: np.ndarray  # str per image: "train" | "val" | "test"
     classes: tuple  # class names; labels index into this
+    targets: np.ndarray | None = None  # multi-label manifests: (n, classes) bool, image i has class c; else None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.targets is not None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -53,7 +63,9 @@ class Dataset:
                     rows = rng.choice(rows, limit, replace=False)
                 keep.extend(rows.tolist())
         keep = np.sort(np.asarray(keep, dtype=np.int64))
-        return Dataset(self.root, tuple(self.paths[i] for i in keep), self.labels[keep], self.splits[keep], self.classes)
+        targets = None if self.targets is None else self.targets[keep]
+        return Dataset(self.root, tuple(self.paths[i] for i in keep), self.labels[keep], self.splits[keep], self.classes,
+                       targets)
 
 
 def load_manifest(data_dir) -> Dataset:
@@ -87,9 +99,13 @@ def load_manifest(data_dir) -> Dataset:
                 raise ManifestError(f"{manifest}:{line_number}: empty label")
             if split not in SPLITS:
                 raise ManifestError(f"{manifest}:{line_number}: split {split!r} is not one of {SPLITS}")
+            names = [name.strip() for name in label.split(LABEL_SEPARATOR)]
+            if not all(names) or len(set(names)) != len(names):
+                raise ManifestError(f"{manifest}:{line_number}: label {label!r}: expected distinct non-empty labels "
+                                    f"separated by {LABEL_SEPARATOR!r}")
             full = Path(path) if Path(path).is_absolute() else root / path
             paths.append(str(full))
-            labels.append(label)
+            labels.append(names)
             splits.append(split)
     if not paths:
         raise ManifestError(f"{manifest}: no images listed")
@@ -97,6 +113,12 @@ def load_manifest(data_dir) -> Dataset:
     for needed in ("train", "test"):
         if not (splits_array == needed).any():
             raise ManifestError(f"{manifest}: no images in the {needed!r} split")
-    classes = tuple(sorted(set(labels)))
+    classes = tuple(sorted({name for names in labels for name in names}))
     index = {name: i for i, name in enumerate(classes)}
-    return Dataset(root, tuple(paths), np.asarray([index[l] for l in labels], np.int64), splits_array, classes)
+    first = np.asarray([index[names[0]] for names in labels], np.int64)
+    targets = None
+    if any(len(names) > 1 for names in labels):
+        targets = np.zeros((len(labels), len(classes)), bool)
+        for row, names in enumerate(labels):
+            targets[row, [index[name] for name in names]] = True
+    return Dataset(root, tuple(paths), first, splits_array, classes, targets)

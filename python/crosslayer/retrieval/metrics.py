@@ -1,4 +1,4 @@
-"""Ranking metrics: average precision (mAP), recall@k.
+"""Ranking metrics: average precision (mAP), recall@k, and PASCAL VOC's interpolated average precision.
 
 Ties are broken pessimistically: an irrelevant item with the same score as a relevant one ranks before it, so equal
 scores never flatter a method (integer popcount scores tie often).
@@ -33,6 +33,31 @@ def average_precision(ranks: np.ndarray) -> float:
     if ranks.size == 0:
         raise UsageError("ranks: a query without relevant items has no average precision")
     return float(np.mean(np.arange(1, ranks.size + 1) / ranks))
+
+
+VOC_AP_KINDS = ("11point", "area")
+
+
+def voc_average_precision(ranks: np.ndarray, kind: str = "11point") -> float:
+    """PASCAL VOC's interpolated AP of one class from the sorted 1-based ranks of its positives in the full ranking
+    of the test images: the precision at recall r is the best precision at any recall >= r. "11point" (VOC 2007, the
+    protocol of papers reporting VOC 2007): the mean of it at r = 0, 0.1, ..., 1; "area" (VOC 2010 on): the area under
+    it. Both are at least `average_precision` (which does not interpolate)."""
+    if kind not in VOC_AP_KINDS:
+        raise UsageError(f"kind: expected one of {VOC_AP_KINDS}, got {kind!r}")
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if ranks.size == 0:
+        raise UsageError("ranks: a class without positive test images has no average precision")
+    found = np.arange(1, ranks.size + 1)
+    precision = found / ranks
+    recall = found / ranks.size
+    # the precision envelope: at each positive, the best precision at it or after it (at recall >= its recall)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    if kind == "area":
+        return float(np.sum(np.diff(np.concatenate(([0.0], recall))) * envelope))
+    # the first positive reaching recall t gives the envelope there; recall reaches 1 at the last positive
+    points = [envelope[np.searchsorted(recall, t - 1e-12)] for t in np.linspace(0.0, 1.0, 11)]
+    return float(np.mean(points))
 
 
 def recall_at(ranks: np.ndarray, k: int) -> float:
