@@ -211,11 +211,20 @@ def search_reference(query_bits, query_channel_mean, database_bits, dt: int, k: 
 
 # ---- retrieval baselines (SPoC, Babenko & Lempitsky 2015) ---------------------------------------------------------
 
-def spoc(activations_learn: np.ndarray, activations: np.ndarray, dim: int) -> np.ndarray:
-    """SPoC descriptors of `activations` (n, C, H, W), whitening learnt on `activations_learn`: sum-pool, L2,
-    PCA-whitening to `dim` components (covariance eigenvectors, largest coefficient positive), L2."""
+def spoc(activations_learn: np.ndarray, activations: np.ndarray, dim: int, prior: bool = False) -> np.ndarray:
+    """SPoC descriptors of `activations` (n, C, H, W), whitening learnt on `activations_learn`: sum-pool (with
+    `prior`, each position (y, x) weighted by exp(-((y - H/2)^2 + (x - W/2)^2) / (2 sigma^2)) at cell centres,
+    sigma = min(H, W) / 6: a third of the centre's distance to the closest border), L2, PCA-whitening to `dim`
+    components (covariance eigenvectors, largest coefficient positive), L2."""
     def pooled_l2(acts):
-        pooled = np.asarray(acts, dtype=np.float64).sum(axis=(2, 3))
+        acts = np.asarray(acts, dtype=np.float64)
+        if prior:
+            height, width = acts.shape[2:]
+            sigma = min(height, width) / 6
+            weights = np.array([[np.exp(-((y + 0.5 - height / 2) ** 2 + (x + 0.5 - width / 2) ** 2) / (2 * sigma**2))
+                                 for x in range(width)] for y in range(height)])
+            acts = acts * weights
+        pooled = acts.sum(axis=(2, 3))
         return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
     learn = pooled_l2(activations_learn)

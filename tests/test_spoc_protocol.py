@@ -1,0 +1,83 @@
+"""SPoC as Babenko & Lempitsky: the Gaussian centre prior, and the in-domain whitening cross-fitted over items."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crosslayer import reference
+from crosslayer.errors import UsageError
+from crosslayer.retrieval.spoc import SpocWhitening, centre_prior, cross_fitted_scores, item_folds, sum_pool
+
+
+def test_centre_prior_of_a_worked_example():
+    weights = centre_prior(3, 3)  # sigma = 3 / 6 = 0.5; cell centres 1 apart
+    assert weights[1, 1] == 1.0
+    assert weights[0, 1] == pytest.approx(np.exp(-1 / 0.5)) and weights[0, 0] == pytest.approx(np.exp(-2 / 0.5))
+    wide = centre_prior(4, 10)  # sigma from the closer (top/bottom) border: 4 / 6
+    np.testing.assert_allclose(wide, wide[::-1, ::-1])  # symmetric about the centre
+    assert wide[1, 4] == pytest.approx(np.exp(-(0.5**2 + 0.5**2) / (2 * (4 / 6) ** 2)))
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(UsageError, match="height"):
+            centre_prior(bad, 3)
+
+
+@given(height=st.integers(1, 7), width=st.integers(1, 7), prior=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_spoc_with_and_without_the_prior_matches_the_reference(height, width, prior, seed):
+    rng = np.random.default_rng(seed)
+    learn = rng.random((30, 12, height, width))
+    test = rng.random((4, 12, height, width))
+    whitening = SpocWhitening(dim=6, eps=0.0).fit(sum_pool(learn, prior=prior))
+    ours = whitening.transform(sum_pool(test, prior=prior))
+    # both float64 (SVD vs eigh: ~1e-12 / eigengap), then one float32 rounding of |v| <= 1
+    np.testing.assert_allclose(ours, reference.spoc(learn, test, dim=6, prior=prior), rtol=0, atol=2e-7)
+
+
+def test_the_prior_changes_the_pooling_unless_the_map_is_one_cell(rng):
+    maps = rng.random((2, 5, 6, 6))
+    assert not np.allclose(sum_pool(maps, prior=True) / sum_pool(maps, prior=True).sum(1, keepdims=True),
+                           sum_pool(maps) / sum_pool(maps).sum(1, keepdims=True))
+    one = rng.random((2, 5, 1, 1))
+    np.testing.assert_allclose(sum_pool(one, prior=True), sum_pool(one))
+    with pytest.raises(UsageError, match="activations"):
+        sum_pool(rng.random((2, 5, 6)))
+
+
+def _items(rng, n_items):
+    database_items = [f"item{i}" for i in range(n_items)]
+    query_items = list(database_items)
+    base = rng.random((n_items, 16))
+    return base, query_items, database_items
+
+
+def test_cross_fitted_whitening_never_sees_the_queries_items(rng):
+    """A query of fold f is scored with a whitening learnt on the other folds' database images: its rows equal such a
+    whitening's scores, and changing fold f's database images leaves its scores against the other images as they are."""
+    base, query_items, database_items = _items(rng, 24)
+    queries = base + 0.1 * rng.random(base.shape)
+    database = base + 0.1 * rng.random(base.shape)
+    scores = cross_fitted_scores(queries, query_items, database, database_items, dim=5, folds=2, seed=3)
+    fold_of = item_folds(query_items + database_items, 2, 3)
+    folds = np.array([fold_of[item] for item in database_items])
+    for fold in (0, 1):
+        asked = np.flatnonzero(folds == fold)
+        whitening = SpocWhitening(5).fit(database[folds != fold])
+        np.testing.assert_allclose(scores[asked], whitening.transform(queries[asked]) @ whitening.transform(database).T,
+                                   rtol=0, atol=1e-6)
+    changed = database.copy()
+    changed[folds == 0] = rng.random(changed[folds == 0].shape)
+    again = cross_fitted_scores(queries, query_items, changed, database_items, dim=5, folds=2, seed=3)
+    asked, others = np.flatnonzero(folds == 0), np.flatnonzero(folds == 1)
+    np.testing.assert_array_equal(again[np.ix_(asked, others)], scores[np.ix_(asked, others)])
+    assert not np.allclose(again[np.ix_(others, others)], scores[np.ix_(others, others)])
+
+
+def test_item_folds_and_cross_fitting_refuse_bad_arguments(rng):
+    assert sorted(item_folds(["a", "b", "c", "a"], 2).values()) == [0, 0, 1]
+    with pytest.raises(UsageError, match="folds"):
+        item_folds(["a", "b"], 1)
+    with pytest.raises(UsageError, match="3 distinct items"):
+        item_folds(["a", "b", "c"], 4)
+    base, query_items, database_items = _items(rng, 8)
+    with pytest.raises(UsageError, match="one item per pooled row"):
+        cross_fitted_scores(base, query_items[:-1], base, database_items, dim=2)
