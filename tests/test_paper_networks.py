@@ -181,3 +181,15 @@ def test_jitter_crops_reach_the_network_at_its_side(tmp_path):
     np.testing.assert_array_equal(crops[6], normalize(np.ascontiguousarray(enlarged[32:, 32:]), spec.mean, spec.std))
     np.testing.assert_array_equal(crops[9], normalize(np.ascontiguousarray(enlarged[16:80, 16:80][:, ::-1]),
                                                       spec.mean, spec.std))
+
+
+def test_cli_export_of_the_fc_taps(tmp_path, monkeypatch, narrow_networks, capsys):
+    """`crosslayer export --backbone alexnet --weights random --layers fc6 fc7` as a user types it."""
+    from crosslayer.backbones.runtime import OnnxBackbone
+    from crosslayer.commands import main
+
+    monkeypatch.setenv("CROSSLAYER_CACHE", str(tmp_path))
+    assert main(["export", "--backbone", "alexnet", "--weights", "random", "--layers", "fc6", "fc7"]) == 0
+    path = capsys.readouterr().out.strip()
+    outputs = OnnxBackbone(path, intra_op_threads=1).run(np.zeros((1, 3, 96, 96), np.float32))
+    assert list(outputs) == ["fc6", "fc7", "embedding"] and outputs["fc7"].shape == (1, WIDTH)

@@ -81,3 +81,42 @@ def test_item_folds_and_cross_fitting_refuse_bad_arguments(rng):
     base, query_items, database_items = _items(rng, 8)
     with pytest.raises(UsageError, match="one item per pooled row"):
         cross_fitted_scores(base, query_items[:-1], base, database_items, dim=2)
+
+
+def test_the_benchmark_runs_end_to_end_on_a_tiny_set(tmp_path, backbone_cache):
+    """benchmarks/spoc_protocol.py as typed, on 8 items (a query is its reference, brightened) with random weights:
+    the table holds every pooling x whitening row and the results document reads back."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from _cli import child_env
+    from _images import write_block_images
+    from crosslayer.formats import read_json
+
+    data = tmp_path / "data"
+    references = write_block_images(data / "smvs" / "database", 8, seed=1, side=64)
+    queries = []
+    for path in references:
+        image = np.asarray(Image.open(path), np.int16)
+        query = data / "smvs" / "queries" / path.name
+        query.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(image + 30, 0, 255).astype(np.uint8)).save(query)
+        queries.append(query)
+    for name, paths in (("database", references), ("queries", queries)):
+        rows = "".join(f"{name}/{p.name},item{i}\n" for i, p in enumerate(paths))
+        (data / "smvs" / f"{name}.csv").write_text("path,item\n" + rows)
+    write_block_images(data / "learn", 10, seed=2, side=64)
+    out = tmp_path / "spoc.md"
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, str(root / "benchmarks" / "spoc_protocol.py"), "--data", str(data), "--learn", "learn",
+               "--side", "64", "--weights", "random", "--dims", "4", "--in-domain", "2:2", "--quiet", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert text.count("| sum |") == 3 and text.count("| centre prior |") == 3 and "cosine within" in text
+    body = read_json(out.with_suffix(".json"), "crosslayer-spoc-protocol", 1)
+    assert len(body["rows"]) == 6 and all(0.0 <= row["map"] <= 1.0 for row in body["rows"])
