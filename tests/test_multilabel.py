@@ -19,7 +19,8 @@ def _write(root, lines):
 
 
 def test_a_label_cell_with_several_labels_makes_a_multilabel_manifest(tmp_path):
-    dataset = load_manifest(_write(tmp_path, ["a.png,dog;person,train", "b.png,cat,train", "c.png, person ; cat ,test"]))
+    lines = ["a.png,dog;person,train", "b.png,cat,train", "c.png, person ; cat ,test"]
+    dataset = load_manifest(_write(tmp_path, lines))
     assert dataset.multilabel and dataset.classes == ("cat", "dog", "person")
     np.testing.assert_array_equal(dataset.targets, [[False, True, True], [True, False, False], [True, False, True]])
     np.testing.assert_array_equal(dataset.labels, [1, 0, 2])  # the first listed label

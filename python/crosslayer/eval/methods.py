@@ -39,7 +39,7 @@ class MethodConfig:
     power: bool = True
     spm_levels: tuple = (0, 1, 2)
     spm_layer: str = "t1"
-    jitter_crop: float = 0.875  # crop side as a fraction of `side`
+    jitter_crop: float = 0.875  # crop side / enlarged image side; crops are fed at `side` (224 of 256, as the paper)
     aconv_side: int = 512
     aconv_region: int = 128
     aconv_stride: int = 32

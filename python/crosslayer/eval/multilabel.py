@@ -31,7 +31,8 @@ def _fit(kernel, positives, c):
 def _check_targets(targets, n, name) -> np.ndarray:
     targets = np.asarray(targets)
     if targets.dtype != bool or targets.ndim != 2 or targets.shape[0] != n:
-        raise UsageError(f"{name}: expected an ({n}, classes) bool indicator matrix, got {targets.dtype} {targets.shape}")
+        raise UsageError(f"{name}: expected an ({n}, classes) bool indicator matrix, got {targets.dtype} "
+                         f"{targets.shape}")
     return targets
 
 
