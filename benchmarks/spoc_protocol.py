@@ -30,13 +30,12 @@ RESULTS_VERSION = 1
 
 def pooled_features(encoder, paths, progress: bool):
     """(plain sum-pooled, centre-prior pooled, embedding) float64 rows of the guidance layer, in `paths` order."""
-    from crosslayer.encoder import Pass
     from crosslayer.retrieval.spoc import sum_pool
 
     guidance = encoder.layers[1]
     plain, prior, embedding = [], [], []
-    step = Pass(taps=(guidance,), embedding=True)
-    for batch in encoder.activations(paths, pass_=step, progress=progress, desc="pool"):
+    # the encoder's own export (its layer pair and embedding), shared with every other use of the encoder
+    for batch in encoder.activations(paths, progress=progress, desc="pool"):
         maps = batch.outputs[guidance]
         plain.append(sum_pool(maps).astype(np.float64))
         prior.append(sum_pool(maps, prior=True))

@@ -84,16 +84,14 @@ def test_item_folds_and_cross_fitting_refuse_bad_arguments(rng):
 
 
 def test_the_benchmark_runs_end_to_end_on_a_tiny_set(tmp_path, backbone_cache):
-    """benchmarks/spoc_protocol.py as typed, on 8 items (a query is its reference, brightened) with random weights:
-    the table holds every pooling x whitening row and the results document reads back."""
-    import subprocess
+    """benchmarks/spoc_protocol.py's command line (run in process) on 8 items (a query is its reference,
+    brightened), random weights: the table holds every pooling x whitening row, and the results document reads back."""
     import sys
     from pathlib import Path
 
     pytest.importorskip("onnxruntime")
     from PIL import Image
 
-    from _cli import child_env
     from _images import write_block_images
     from crosslayer.formats import read_json
 
@@ -111,11 +109,14 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_set(tmp_path, backbone_cache):
         (data / "smvs" / f"{name}.csv").write_text("path,item\n" + rows)
     write_block_images(data / "learn", 10, seed=2, side=64)
     out = tmp_path / "spoc.md"
-    root = Path(__file__).resolve().parent.parent
-    command = [sys.executable, str(root / "benchmarks" / "spoc_protocol.py"), "--data", str(data), "--learn", "learn",
-               "--side", "64", "--weights", "random", "--dims", "4", "--in-domain", "2:2", "--quiet", "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, env=child_env(), timeout=300)
-    assert done.returncode == 0, done.stderr
+    benchmarks = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        import spoc_protocol
+    finally:
+        sys.path.remove(benchmarks)
+    assert spoc_protocol.main(["--data", str(data), "--learn", "learn", "--side", "64", "--weights", "random",
+                               "--dims", "4", "--in-domain", "2:2", "--quiet", "--out", str(out)]) == 0
     text = out.read_text()
     assert text.count("| sum |") == 3 and text.count("| centre prior |") == 3 and "cosine within" in text
     body = read_json(out.with_suffix(".json"), "crosslayer-spoc-protocol", 1)
