@@ -55,8 +55,10 @@ def voc_average_precision(ranks: np.ndarray, kind: str = "11point") -> float:
     envelope = np.maximum.accumulate(precision[::-1])[::-1]
     if kind == "area":
         return float(np.sum(np.diff(np.concatenate(([0.0], recall))) * envelope))
-    # the first positive reaching recall t gives the envelope there; recall reaches 1 at the last positive
-    points = [envelope[np.searchsorted(recall, t - 1e-12)] for t in np.linspace(0.0, 1.0, 11)]
+    # the first positive reaching recall t gives the envelope there. The thresholds are the devkit's own floats
+    # (0:0.1:1, so 0.30000000000000004 etc.: a recall of exactly 3/10 does not reach the 0.3 point), so results
+    # match published VOC 2007 numbers
+    points = [envelope[np.searchsorted(recall, t)] if t <= recall[-1] else 0.0 for t in np.arange(0.0, 1.1, 0.1)]
     return float(np.mean(points))
 
 
