@@ -208,10 +208,11 @@ def rewrite_segment(index_path, number, bits):
     have written it."""
     segment = index_path / f"seg-{number:08d}.xlc"
     data = segment.read_bytes()
-    header, payload = bytearray(data[:64]), bytearray(data[64:])
+    size = formats.CodeFile.parse(data, segment).bits_offset
+    header, payload = bytearray(data[:size]), bytearray(data[size:])
     payload[: bits.nbytes] = bits.astype("<u8").tobytes()
-    crc = zlib.crc32(bytes(payload), zlib.crc32(bytes(header[:60])))
-    header[60:64] = crc.to_bytes(4, "little")
+    crc = zlib.crc32(bytes(payload), zlib.crc32(bytes(header[:-4])))
+    header[-4:] = crc.to_bytes(4, "little")
     segment.write_bytes(bytes(header + payload))
     body = formats.read_json(index_path / "MANIFEST.json", "crosslayer-code-index", 3)
     body.pop("version")
