@@ -118,6 +118,14 @@ CROSSLAYER_API crosslayer_status crosslayer_pool_codes(const float* local, const
                                                        uint64_t* bits, float* channel_mean, int num_threads);
 
 /* ---- similarity of codes ---------------------------------------------------------------------------------------- */
+/* Code layouts: 2-plane (above) or compact: per image live[ceil(dk/64)] (bit k: channel k has a nonzero value; bits
+ * >= dk zero) then sign[dk][ceil(dt/64)] (bit j of channel k: P[k][j] < 0; zero for a dead channel; padding zero),
+ * CROSSLAYER_COMPACT_WORDS_PER_IMAGE(dk, dt) words an image. Exactly Python's Codes.compact().bits. On compact
+ * codes dot = sum over channels of S live in both q and x of dt - 2 * popcount(sign_q ^ sign_x): the same integers
+ * as on the same codes in 2-plane form. */
+typedef enum crosslayer_layout { CROSSLAYER_LAYOUT_TWO_PLANE = 0, CROSSLAYER_LAYOUT_COMPACT = 1 } crosslayer_layout;
+#define CROSSLAYER_COMPACT_WORDS_PER_IMAGE(dk, dt) (((dk) + 63) / 64 + (dk) * CROSSLAYER_WORDS_PER_PLANE(dt))
+
 CROSSLAYER_API crosslayer_status crosslayer_gram(const uint64_t* a, int64_t n_a, const uint64_t* b, int64_t n_b,
                                                  int64_t dk, int64_t dt, int32_t* out, int num_threads);
 CROSSLAYER_API crosslayer_status crosslayer_search(const uint64_t* queries, int64_t n_queries,
@@ -125,6 +133,15 @@ CROSSLAYER_API crosslayer_status crosslayer_search(const uint64_t* queries, int6
                                                    int64_t dt, const int32_t* channels, int64_t n_channels, int64_t k,
                                                    int64_t id_base, int merge_with_existing, int32_t* out_scores,
                                                    int64_t* out_ids, int num_threads);
+/* crosslayer_gram / crosslayer_search on codes of `layout` (a crosslayer_layout; both operands in that layout). */
+CROSSLAYER_API crosslayer_status crosslayer_gram_layout(int layout, const uint64_t* a, int64_t n_a, const uint64_t* b,
+                                                        int64_t n_b, int64_t dk, int64_t dt, int32_t* out,
+                                                        int num_threads);
+CROSSLAYER_API crosslayer_status crosslayer_search_layout(int layout, const uint64_t* queries, int64_t n_queries,
+                                                          const uint64_t* database, int64_t n_database, int64_t dk,
+                                                          int64_t dt, const int32_t* channels, int64_t n_channels,
+                                                          int64_t k, int64_t id_base, int merge_with_existing,
+                                                          int32_t* out_scores, int64_t* out_ids, int num_threads);
 /* CROSSLAYER_OK when bits [n][dk][2][words] keep the layout's rules; otherwise INVALID_ARGUMENT naming the item. */
 CROSSLAYER_API crosslayer_status crosslayer_codes_check(const uint64_t* bits, int64_t n, int64_t dk, int64_t dt);
 
