@@ -194,8 +194,8 @@ def test_tampered_payload_manifest_and_keys_are_clear_errors(committed_index):
     manifest.write_text(good[: len(good) // 2])
     with pytest.raises(CodeIndexError, match="not valid JSON"):
         CodeIndex.open(committed_index)
-    manifest.write_text(good.replace('"version": 3', '"version": 2'))
-    with pytest.raises(CodeIndexError, match="version 2; this crosslayer reads version 3"):
+    manifest.write_text(good.replace('"version": 4', '"version": 2'))
+    with pytest.raises(CodeIndexError, match="version 2; this crosslayer reads version 3, 4"):
         CodeIndex.open(committed_index)
     manifest.write_text(good)
     (committed_index / "seg-00000001.xlc").unlink()
@@ -214,10 +214,10 @@ def rewrite_segment(index_path, number, bits):
     crc = zlib.crc32(bytes(payload), zlib.crc32(bytes(header[:-4])))
     header[-4:] = crc.to_bytes(4, "little")
     segment.write_bytes(bytes(header + payload))
-    body = formats.read_json(index_path / "MANIFEST.json", "crosslayer-code-index", 3)
+    body = formats.read_json(index_path / "MANIFEST.json", "crosslayer-code-index", 4)
     body.pop("version")
     body["segments"][number]["crc32"] = crc
-    formats.write_json(index_path / "MANIFEST.json", "crosslayer-code-index", 3, body)
+    formats.write_json(index_path / "MANIFEST.json", "crosslayer-code-index", 4, body)
 
 
 def test_segment_bits_breaking_the_layout_are_rejected(committed_index):

@@ -155,3 +155,11 @@ def masked_nonzero_counts(bits: np.ndarray, dk: int, dt: int, selection: np.ndar
     live = live_mask(bits, dk)
     rows = np.arange(len(bits))[:, None]
     return live[rows, selection].sum(axis=1, dtype=np.int64) * int(dt)
+
+
+def take_channels(bits: np.ndarray, dk: int, dt: int, channels: np.ndarray) -> np.ndarray:
+    """Compact codes of only `channels` (in that order) of compact `bits`: (n, compact words of len(channels))."""
+    channels = np.asarray(channels, np.int64)
+    live = live_mask(bits, dk)[:, channels]
+    signs = sign_planes(bits, dk, dt)[:, channels]
+    return np.concatenate([pack_live(live), signs.reshape(len(bits), -1)], axis=1)
