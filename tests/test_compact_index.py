@@ -66,9 +66,13 @@ def test_layout_follows_the_first_codes_and_partial_codes_cannot_join_a_compact_
         with pytest.raises(UsageError, match="queries: cannot search an index of compact codes"):
             index.search(partial, k=1)
         partial.save(tmp_path / "partial.xlc", keys=["p"])
-        with pytest.raises(UsageError, match="code_file: holds two_plane codes, the index stores compact codes"):
+        with pytest.raises(UsageError, match="code_file: cannot join an index of compact codes: .*partly zero"):
             index.adopt(tmp_path / "partial.xlc")
         assert len(index) == 3
+        whole = random_compact_codes(rng, 2, DK, DT)
+        whole.expanded().save(tmp_path / "whole.xlc", keys=["w0", "w1"])  # a 2-plane file is rewritten compact
+        np.testing.assert_array_equal(index.adopt(tmp_path / "whole.xlc"), [3, 4])
+        assert index.get([3, 4]) == whole and index.verify() == []
     with pytest.raises(UsageError, match="layout: expected one of"):
         CodeIndex.create(tmp_path / "other", DK, DT, layout="ternary")
 

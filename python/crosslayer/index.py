@@ -400,15 +400,19 @@ class CodeIndex:
             raise UsageError(f"code_file: Dk={header.Dk}, Dt={header.Dt} differs from the index "
                              f"(Dk={self.Dk}, Dt={self.Dt})")
         identity = identity_for_index(self.identity, "code_file", header.identity, "the codes of the file")
-        if self.layout is not None and header.layout != self.layout:
-            raise UsageError(f"code_file: holds {header.layout} codes, the index stores {self.layout} codes "
-                             "(save them with codes.to_layout(...) first)")
         try:
             codes = Codes.load(code_file)  # checks the bits and the key block
         except CrossLayerError as exc:
             raise CodeIndexFormatError(f"{code_file}: {exc}") from None
         if codes.keys is None or any(key is None for key in codes.keys):
             raise UsageError(f"code_file: {code_file} has no key for every item (save it with keys)")
+        if self.layout is not None and header.layout != self.layout:
+            # the index keeps one layout: the file is rewritten in it (in place, atomically) before it is renamed in
+            try:
+                codes.to_layout(self.layout).save(code_file)
+            except UsageError as exc:
+                raise UsageError(f"code_file: cannot join an index of {self.layout} codes: {exc}") from None
+            header, size = CodeFile.read_header(code_file, CodeIndexFormatError)
         self._check_new_keys(codes.keys)
         declared, side_entries = self._adopted_side(side_files, header.n)
         attributes = self._check_attributes(attributes)

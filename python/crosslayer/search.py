@@ -157,6 +157,8 @@ def search_segments(queries: Codes, segments, k, channels=50, num_threads: int =
     nq = len(queries)
     if keep == 0 or nq == 0:
         return np.zeros((nq, keep), np.int32), np.zeros((nq, keep), np.int64)
+    if np.ndim(segments[0][0]) != queries.bits.ndim:  # the database's layout decides (2-D bits: compact)
+        queries = queries.to_layout(_compact.COMPACT if np.ndim(segments[0][0]) == 2 else _compact.TWO_PLANE)
     selection = select_channels(queries.channel_mean, channels)
     # Sentinel entries rank after every real hit (lowest score, largest id), so every segment can merge.
     scores = np.full((nq, keep), np.iinfo(np.int32).min, np.int32)
