@@ -28,10 +28,15 @@ from crosslayer import Codes, reference
 from crosslayer.compact import bytes_per_image, full_row
 
 
-def random_compactable(rng, n: int, dk: int, dt: int, dead: float) -> Codes:
-    signs = rng.choice(np.array([-1, 1], np.int8), size=(n, dk, dt))
-    signs[rng.random((n, dk)) < dead] = 0
-    return Codes(reference.pack_ternary(signs), rng.random((n, dk), dtype=np.float32), dt)
+def random_compactable(rng, n: int, dk: int, dt: int, dead: float, chunk: int = 25) -> Codes:
+    """Random +-1 signs, a fraction `dead` of channels all zero; packed `chunk` images at a time (the reference
+    packer's temporaries are 8 bytes a value)."""
+    parts = []
+    for start in range(0, n, chunk):
+        signs = rng.choice(np.array([-1, 1], np.int8), size=(min(chunk, n - start), dk, dt))
+        signs[rng.random(signs.shape[:2]) < dead] = 0
+        parts.append(reference.pack_ternary(signs))
+    return Codes(np.concatenate(parts), rng.random((n, dk), dtype=np.float32), dt)
 
 
 def index_codes(path, n: int) -> Codes:
