@@ -2,8 +2,9 @@
 
 Input ``images``: uint8 (n, side, side, 3) RGB, resized by the encoder's policy (`CrossLayerEncoder.load_pixels`).
 The graph normalises them, runs the encoder's own cached backbone export (`crosslayer.backbones.export`), applies the
-PCA, pools and packs the signs. Outputs: ``bits`` uint64 (n, Dk, 2, ceil(Dt/64)) in the `Codes.bits` layout,
-``channel_mean`` float32 (n, Dk), and with ``embedding=True`` the backbone's global ``embedding`` (n, C).
+PCA, pools and packs the signs. Outputs: ``bits`` uint64 (n, Dk, 2, ceil(Dt/64)) in the 2-plane `Codes.bits` layout
+(`Codes.compact()` halves it, as `encode` does), ``channel_mean`` float32 (n, Dk), and with ``embedding=True`` the
+backbone's global ``embedding`` (n, C).
 
 Two forms of the pooling:
 - ``ops="standard"``: standard ONNX operators (opset of the backbone export, 17). onnxruntime's ReduceSum is inexact
