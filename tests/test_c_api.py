@@ -83,7 +83,7 @@ def random_codes(rng, n, dk, dt):
 # ---- the library itself ---------------------------------------------------------------------------------------------
 def test_version_and_build_info_describe_this_build(lib):
     assert lib.crosslayer_version().decode() == crosslayer.__version__
-    assert lib.crosslayer_api_version() == 2
+    assert lib.crosslayer_api_version() == 3
     info = dict(pair.split("=", 1) for pair in lib.crosslayer_build_info().decode().split(";"))
     assert info["version"] == crosslayer.__version__
     assert info["blas"] == crosslayer.build_info()["blas_choice"]

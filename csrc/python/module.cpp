@@ -38,6 +38,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "crosslayer native core (C++/CUDA kernels). Use the Python API in `crosslayer`, not this module.";
   crosslayer::python::register_pool(m);
   crosslayer::python::register_search(m);
+  crosslayer::python::register_prefix_scan(m);
   crosslayer::python::register_cuda(m);
   m.def("build_info", [] {
     py::dict info;

@@ -81,7 +81,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a function's signature or meaning changes; crosslayer_api_version() reports the library's. */
-#define CROSSLAYER_API_VERSION 2  /* 2: code file v3 (identity, keys) */
+#define CROSSLAYER_API_VERSION 3  /* 3: code file v4 (layouts), compact-code scoring, the coarse prefix scan; 2: code file v3 */
 #define CROSSLAYER_WORDS_PER_PLANE(dt) (((dt) + 63) / 64)
 
 typedef enum crosslayer_status {
@@ -151,6 +151,22 @@ CROSSLAYER_API crosslayer_status crosslayer_codes_check(const uint64_t* bits, in
  * channels must be zero). */
 CROSSLAYER_API crosslayer_status crosslayer_codes_check_layout(int layout, const uint64_t* bits, int64_t n, int64_t dk,
                                                                int64_t dt);
+
+/* ---- two-stage search: the coarse stage (crosslayer/prefix_scan.h has the table layout) --------------------------
+ *   crosslayer_prefix_scores: table [dk][n_items] words of word_bits (16, 32, 64): per channel and item, the signs of
+ *       the first prefix_bits code values (bit 0 up) and a live bit (the top bit). Adds to scores[i] (int16 for
+ *       16-bit words, else int32) the masked prefix score of the query (query_words[s]: its word for channel
+ *       channels[s]) over the n_channels channels live in both: prefix_bits - 2 * popcount(differing sign bits).
+ *   crosslayer_top_scores: ids of the k largest scores (int16 or int32, score_bits) by decreasing score, ties to the
+ *       smaller id, skipping entries equal to `excluded`; every other score must lie in [low, -low]. *out_count
+ *       receives how many ids were written (< k when fewer are not excluded). */
+CROSSLAYER_API crosslayer_status crosslayer_prefix_scores(const void* table, int word_bits, int64_t n_items,
+                                                          int64_t dk, const uint64_t* query_words,
+                                                          const int32_t* channels, int64_t n_channels,
+                                                          int prefix_bits, void* scores, int num_threads);
+CROSSLAYER_API crosslayer_status crosslayer_top_scores(const void* scores, int score_bits, int64_t n, int32_t low,
+                                                       int32_t excluded, int64_t k, int64_t* out_ids,
+                                                       int64_t* out_count);
 
 /* ---- code files (.xlc) ------------------------------------------------------------------------------------------ */
 typedef struct crosslayer_codes crosslayer_codes; /* opaque; owns its bits, channel_mean, identity and keys */
