@@ -668,6 +668,13 @@ class CodeIndex:
             return normalized, ids
         return scores, ids
 
+    def segment_codes(self) -> list[tuple[dict, np.ndarray]]:
+        """Per committed segment, in id order: ({"file", "crc32", "id_base", "count"}, its bits (count, Dk, 2, words)
+        uint64, memory-mapped and verified per the policy) -- what a coarse stage is built from."""
+        self._require_open()
+        return [({key: segment[key] for key in ("file", "crc32", "id_base", "count")}, self._segment_arrays(segment)[0])
+                for segment in self._manifest["segments"]]
+
     def segment_means(self) -> list[tuple[dict, np.ndarray]]:
         """Per committed segment, in id order: ({"file", "crc32", "id_base", "count"}, its channel means (count, Dk)
         float32, memory-mapped and verified per the policy) — what a coarse stage is built from."""
