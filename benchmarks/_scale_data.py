@@ -1,14 +1,12 @@
 """Real codes from the shared image indexes (/work/cache/TAG/SET, `crosslayer index build` outputs) and synthetic
 distractors made from them, for the scale benchmarks (`bench_scale.py`, `bench_stage1.py`).
 
-Synthetic distractors: per-channel chimeras of two real images with sign noise. Each one takes a base image A and a
-donor B (both drawn from every real database image, SMVS references included), takes each guidance channel's code
-and mean from B with probability `mix` (drawn per item in [0, 0.5]) and from A otherwise, flips the sign of 1/8 of the
-nonzero positions and multiplies the channel means by log-normal noise (sigma 0.3). So a distractor keeps real
-per-channel statistics and real correlations between channels (most of it is one real image), scores against a
-query the way a real image does in the channels it took from each parent, and many of them sit close to each real
-image (near-duplicates crowd the top of both stages; the copies of the relevant references compete with it) --
-`bench_stage1.py` measures that they are no easier for a coarse stage than the real distractors they replace.
+Synthetic distractors (`synthetic_distractors`) are made from the real distractors only (scene15 and cub100, never
+the SMVS references: each query keeps exactly one relevant image, as in a real collection): each takes every guidance
+channel's code and mean from one of `parents` real images (chosen per channel), flips the sign of a fraction of the
+nonzero positions and multiplies the channel means by log-normal noise. With one parent they are noisy
+near-duplicates of real images; with more, per-channel chimeras. `bench_stage1.py` measures, for both, how a coarse
+stage's recall compares with real distractors of the same number (see benchmarks/results/scale.md).
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ Phases, each in its own process so that each one's peak RSS (`resource.getrusage
 3. faiss: FAISS `IndexBinaryIVF` over the bits the coarse stage scans (every channel's live bit and first 15 signs,
    Dk x 16 bits an image) with plain Hamming distance (no channel mask), the same queries; its own top 10 and its
    top N re-ranked exactly, against exhaustive masked search.
+4. faiss_full: FAISS `IndexBinaryIVF` and `IndexBinaryHNSW` on the full live-and-sign bits (Dk*Dt + Dk bits an image,
+   the compact code's bits as one vector, Hamming, no mask) of the first `--faiss-full-items` items (in memory they
+   would not fit at 1M on this machine), own top 10 against exhaustive masked search over the same items.
 
     python benchmarks/bench_scale.py --items 1000000 --dir /work/scale/bench
 """
@@ -38,8 +41,10 @@ from _scale_data import DISTRACTOR_SETS, load_set, smvs_relevance, synthetic_dis
 
 from crosslayer import CodeIndex, Codes  # noqa: E402
 from crosslayer.retrieval import prefix_scan  # noqa: E402
-from crosslayer.retrieval.coarse import TABLE_FOLDER, WORD_BITS, CoarseIndex  # noqa: E402
+from crosslayer.retrieval.coarse import TABLE_FOLDER, CoarseIndex  # noqa: E402
 from crosslayer.search import search  # noqa: E402
+
+WIDTHS = (16, 32, 64)  # coarse table words measured: 15, 31 and 63 components a channel
 
 
 def peak_rss_mb() -> float:
@@ -66,18 +71,21 @@ def recall_at_10(ids: np.ndarray, exhaustive: np.ndarray) -> float:
 
 
 def load_real(args):
+    """(queries, SMVS references, real distractors)."""
     queries, _ = load_set(args.tag, "smvs-queries", args.pca_dim)
-    parts = [load_set(args.tag, "smvs-database", args.pca_dim)[0]]
-    parts += [load_set(args.tag, name, args.pca_dim)[0] for name in DISTRACTOR_SETS]
-    return queries, Codes.concatenate(parts)
+    references, _ = load_set(args.tag, "smvs-database", args.pca_dim)
+    distractors = Codes.concatenate([load_set(args.tag, name, args.pca_dim)[0] for name in args.sets.split(",")])
+    return queries, references, distractors
 
 
 # ---- phase 1 ----------------------------------------------------------------------------------------------------
 def build(args) -> dict:
     directory = Path(args.dir)
-    queries, real = load_real(args)
+    queries, references, distractors = load_real(args)
+    real = Codes.concatenate([references, distractors])
     done = directory / "built.json"
-    settings = {k: getattr(args, k) for k in ("tag", "pca_dim", "items", "segment", "parents", "flip_bits", "seed")}
+    settings = {k: getattr(args, k) for k in ("tag", "sets", "pca_dim", "items", "segment", "parents", "flip_bits",
+                                              "seed")}
     report = {}
     if done.is_file() and json.loads(done.read_text())["settings"] == settings:
         report = json.loads(done.read_text())["report"]
@@ -92,7 +100,7 @@ def build(args) -> dict:
         codes.append(real)  # ids 0..191: the SMVS references, in the order of their index
         rng = np.random.default_rng(args.seed)
         pending, written = [], len(real)
-        for block in synthetic_distractors(real, args.items - len(real), rng, args.parents, args.flip_bits):
+        for block in synthetic_distractors(distractors, args.items - len(real), rng, args.parents, args.flip_bits):
             pending.append(block)
             if sum(len(p) for p in pending) >= args.segment:
                 codes.append(Codes.concatenate(pending))
@@ -102,13 +110,15 @@ def build(args) -> dict:
         if pending:
             codes.append(Codes.concatenate(pending))
         codes_s = time.perf_counter() - start
-        start = time.perf_counter()
-        CoarseIndex.open(directory, codes)
-        coarse_s = time.perf_counter() - start
-        tables = sum(f.stat().st_size for f in (directory / TABLE_FOLDER).iterdir())
-        report = {"items": len(codes), "codes_build_s": codes_s, "coarse_build_s": coarse_s,
-                  "codes_bytes": codes.bytes_on_disk, "coarse_bytes": tables,
+        report = {"items": len(codes), "codes_build_s": codes_s, "codes_bytes": codes.bytes_on_disk,
                   "bytes_per_item": codes.bytes_on_disk / len(codes)}
+        for bits in WIDTHS:
+            start = time.perf_counter()
+            (directory / f"coarse{bits}").mkdir()
+            CoarseIndex.open(directory / f"coarse{bits}", codes, bits)
+            report[f"coarse{bits}_build_s"] = time.perf_counter() - start
+            report[f"coarse{bits}_bytes"] = sum(
+                f.stat().st_size for f in (directory / f"coarse{bits}" / TABLE_FOLDER).iterdir())
         start = time.perf_counter()
         drop_page_cache(codes)
         _, exhaustive = codes.search(queries, 100, args.channels)
@@ -136,24 +146,26 @@ def search_phase(args) -> dict:
     exhaustive = np.load(directory / "exhaustive.npy")
     codes = CodeIndex.open(directory / "codes", "r")
     start = time.perf_counter()
-    coarse = CoarseIndex.open(directory, codes)
-    report = {"coarse_load_s": time.perf_counter() - start, "coarse_table_mb": coarse.nbytes / 2 ** 20,
-              "exhaustive_mAP": reciprocal_rank(exhaustive, relevant), "rows": []}
+    coarse = CoarseIndex.open(directory / f"coarse{args.word_bits}", codes, args.word_bits)
+    report = {"word_bits": args.word_bits, "coarse_load_s": time.perf_counter() - start,
+              "coarse_table_mb": coarse.nbytes / 2 ** 20, "exhaustive_mAP": reciprocal_rank(exhaustive, relevant),
+              "rows": []}
     timing = queries[:args.timed_queries]
     timed_two_stage(codes, coarse, timing[:1], 10, args.channels)  # compiles the kernels
     for candidates in [int(n) for n in args.candidates.split(",")]:
-        drop_page_cache(codes)
-        ids = timed_two_stage(codes, coarse, queries, candidates, args.channels)
-        row = {"candidates": candidates, "recall@10": recall_at_10(ids, exhaustive),
-               "mAP": reciprocal_rank(ids, relevant)}
-        for batch in (1, 32):
+        row = {"word_bits": args.word_bits, "candidates": candidates}
+        # 32 a batch over all 192 queries: the recall and mAP run, timed; then 1 a batch over the first few
+        for batch, chosen in ((32, queries), (1, timing)):
             drop_page_cache(codes)
-            spent = []
-            for start_row in range(0, len(timing), batch):
-                part = timing[start_row:start_row + batch]
+            spent, found = [], []
+            for start_row in range(0, len(chosen), batch):
+                part = chosen[start_row:start_row + batch]
                 start = time.perf_counter()
-                timed_two_stage(codes, coarse, part, candidates, args.channels, 10)
+                found.append(timed_two_stage(codes, coarse, part, candidates, args.channels))
                 spent.append((time.perf_counter() - start) / len(part))
+            if batch == 32:
+                ids = np.concatenate(found)
+                row.update({"recall@10": recall_at_10(ids, exhaustive), "mAP": reciprocal_rank(ids, relevant)})
             row[f"ms_median_b{batch}"] = 1000 * float(np.median(spent))
             row[f"ms_p95_b{batch}"] = 1000 * float(np.percentile(spent, 95))
         # the coarse stage alone, warm: what the scan costs without the fine stage's reads
@@ -175,15 +187,15 @@ def faiss_phase(args) -> dict:
     queries, _ = load_set(args.tag, "smvs-queries", args.pca_dim)
     exhaustive = np.load(directory / "exhaustive.npy")
     codes = CodeIndex.open(directory / "codes", "r")
-    coarse = CoarseIndex.open(directory, codes)
+    coarse = CoarseIndex.open(directory / "coarse16", codes, 16)
     dk = codes.Dk
     # the bits the coarse stage scans, item-major: Dk words of 16 bits (live bit and first 15 signs) = Dk*16 bits
     vectors = np.concatenate([np.ascontiguousarray(t.T).view(np.uint8) for t in coarse.tables])
     query_vectors = np.ascontiguousarray(coarse.query_words(queries.bits)).view(np.uint8)
     del coarse
     start = time.perf_counter()
-    quantizer = faiss.IndexBinaryFlat(dk * WORD_BITS)
-    index = faiss.IndexBinaryIVF(quantizer, dk * WORD_BITS, args.faiss_lists)
+    quantizer = faiss.IndexBinaryFlat(dk * 16)
+    index = faiss.IndexBinaryIVF(quantizer, dk * 16, args.faiss_lists)
     train = vectors[np.random.default_rng(0).choice(len(vectors), min(len(vectors), 40 * args.faiss_lists),
                                                     replace=False)]
     index.train(train)
@@ -212,12 +224,71 @@ def faiss_phase(args) -> dict:
     return report
 
 
+def full_bit_vectors(bits: np.ndarray, dt: int) -> np.ndarray:
+    """(n, Dk*Dt/8 + Dk/8) uint8: every channel's Dt sign bits, then one live bit a channel (the compact code's
+    bits as one binary vector; Dt and Dk multiples of 8)."""
+    signs = np.ascontiguousarray(bits[:, :, 1, :]).view(np.uint8)[:, :, :dt // 8].reshape(len(bits), -1)
+    live = np.packbits((bits[:, :, 0, :] != 0).any(axis=-1), axis=1)
+    return np.ascontiguousarray(np.concatenate([signs, live], axis=1))
+
+
+def faiss_full_phase(args) -> dict:
+    """FAISS binary indexes on the full live-and-sign bits of the first `--faiss-full-items` items (one item a
+    segment's worth at least): own top 10 against exhaustive masked search over the same items."""
+    import faiss
+
+    directory = Path(args.dir)
+    queries, _ = load_set(args.tag, "smvs-queries", args.pca_dim)
+    codes = CodeIndex.open(directory / "codes", "r")
+    chosen, count = [], 0
+    for name, n in codes.segment_files():
+        if count >= args.faiss_full_items:
+            break
+        chosen.append(name)
+        count += n
+    _, exhaustive = codes.search(queries, 10, args.channels, segments=chosen)
+    vectors = np.concatenate([full_bit_vectors(bits, codes.Dt) for entry, bits in codes.segment_codes()
+                              if entry["file"] in chosen])
+    query_vectors = full_bit_vectors(queries.bits, codes.Dt)
+    bits_per_item = vectors.shape[1] * 8
+    report = {"items": count, "bits_per_item": bits_per_item, "rows": []}
+    lists = 256 if count >= 50_000 else 16
+    # FAISS trains a binary IVF by k-means on the vectors as floats (4 bytes a bit): 10 points a list keeps that
+    # under 0.5 GB at ~40k bits an item (it warns that it wants 39)
+    for kind in ("ivf", "hnsw"):
+        start = time.perf_counter()
+        if kind == "ivf":
+            index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits_per_item), bits_per_item, lists)
+            index.train(vectors[np.random.default_rng(0).choice(count, min(count, 10 * lists), replace=False)])
+        else:
+            index = faiss.IndexBinaryHNSW(bits_per_item, 16)
+        index.add(vectors)
+        build_s = time.perf_counter() - start
+        for effort in (16, 128):
+            if kind == "ivf":
+                index.nprobe = effort
+            else:
+                index.hnsw.efSearch = effort
+            start = time.perf_counter()
+            _, ids = index.search(query_vectors, 10)
+            row = {"index": kind, "lists" if kind == "ivf" else "M": lists if kind == "ivf" else 16,
+                   "nprobe" if kind == "ivf" else "efSearch": effort, "build_s": build_s,
+                   "ms_per_query_b192": 1000 * (time.perf_counter() - start) / len(queries),
+                   "recall@10": recall_at_10(ids, exhaustive)}
+            report["rows"].append(row)
+            print(json.dumps(row), flush=True)
+        del index
+    report["faiss_full_peak_rss_mb"] = peak_rss_mb()
+    return report
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_argument(parser)
     parser.add_argument("--dir", default="/work/scale/bench", help="where the database is written")
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--tag", default="f16f17", help="the layer pair's shared indexes under /work/cache")
+    parser.add_argument("--sets", default=",".join(DISTRACTOR_SETS), help="the real distractor sets")
     parser.add_argument("--pca-dim", type=int, default=128, help="the code's Dt (the first components of the cache's)")
     parser.add_argument("--segment", type=int, default=65536, help="items a segment")
     parser.add_argument("--parents", type=int, default=1)
@@ -228,20 +299,26 @@ def main(argv=None) -> int:
     parser.add_argument("--timed-queries", type=int, default=64)
     parser.add_argument("--faiss-lists", type=int, default=1024)
     parser.add_argument("--faiss-nprobe", default="8,64")
-    parser.add_argument("--phase", choices=["all", "build", "search", "faiss"], default="all")
+    parser.add_argument("--faiss-full-items", type=int, default=100_000)
+    parser.add_argument("--word-bits", type=int, default=16, help="search phase: the coarse table's word")
+    parser.add_argument("--phase", choices=["all", "build", "search", "faiss", "faiss_full"], default="all")
     args = parser.parse_args(argv)
-    phases = {"build": build, "search": search_phase, "faiss": faiss_phase}
+    phases = {"build": build, "search": search_phase, "faiss": faiss_phase, "faiss_full": faiss_full_phase}
     if args.phase != "all":
         report = phases[args.phase](args)
-        Path(args.dir, f"{args.phase}.json").write_text(json.dumps(report, indent=1))
+        name = f"search{args.word_bits}" if args.phase == "search" else args.phase
+        Path(args.dir, f"{name}.json").write_text(json.dumps(report, indent=1))
         return 0
     print(f"load average {os.getloadavg()}", flush=True)
-    for phase in phases:
+    runs = [("build", []), *[("search", ["--word-bits", str(b)]) for b in WIDTHS], ("faiss", []), ("faiss_full", [])]
+    for phase, extra in runs:
         done = subprocess.run([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]),
-                               "--phase", phase])
+                               "--phase", phase, *extra])
         if done.returncode:
             return done.returncode
-        print(f"== {phase}\n{Path(args.dir, f'{phase}.json').read_text()}", flush=True)
+        name = f"search{extra[1]}" if extra else phase
+        print(f"== {name} (load average {os.getloadavg()})\n{Path(args.dir, f'{name}.json').read_text()}",
+              flush=True)
     print(f"load average {os.getloadavg()}", flush=True)
     return 0
 

@@ -80,11 +80,11 @@ def main(argv=None) -> int:
     print(f"{'database':<34}{'items':>8} {'stage 1':>9} " + " ".join(f"{n:>6}" for n in SHORTLISTS))
     measure("SMVS refs + real distractors", queries, real, args.channels, prefixes)
     rng = np.random.default_rng(0)
-    same_size = Codes.concatenate([references, *synthetic_distractors(real, len(distractors), rng, args.parents, args.flip_bits)])
+    same_size = Codes.concatenate([references, *synthetic_distractors(distractors, len(distractors), rng, args.parents, args.flip_bits)])
     measure("SMVS refs + synthetic (same size)", queries, same_size, args.channels, prefixes)
     if not args.grow:
         return 0
-    grown = Codes.concatenate([real, *synthetic_distractors(real, args.grow, rng, args.parents, args.flip_bits)])
+    grown = Codes.concatenate([real, *synthetic_distractors(distractors, args.grow, rng, args.parents, args.flip_bits)])
     measure("real + synthetic", queries, grown, args.channels, prefixes)
     return 0
 

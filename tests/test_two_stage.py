@@ -128,6 +128,22 @@ def test_prefix_score_is_the_masked_score_of_codes_cut_to_b_components(rng):
     np.testing.assert_array_equal(np.take_along_axis(scores, ids, 1), exact)
 
 
+def test_coarse_word_width_is_a_choice_of_the_cache(tmp_path, rng):
+    codes, parts = _index(tmp_path, rng, sizes=(30,))
+    database = np.concatenate([p.bits for p in parts])
+    queries = random_codes(rng, 3, DK, DT)
+    wide = CoarseIndex.open(tmp_path, codes, word_bits=64)
+    assert wide.b == 63 and wide.tables[0].dtype == np.uint64
+    b = prefix_scan.prefix_bits(64, DT)
+    scores = reference.prefix_scores_reference(queries.bits, queries.channel_mean, database, DT, b, 6)
+    got = wide.shortlist(queries, 5, 6, np.zeros(0, np.int64))
+    assert [sorted(r) for r in got.tolist()] == [sorted(sorted(range(30), key=lambda i: (-row[i], i))[:5])
+                                                 for row in scores]
+    assert CoarseIndex.open(tmp_path, codes).tables[0].dtype == np.uint16  # another width: rebuilt at the default
+    with pytest.raises(UsageError, match="word_bits"):
+        CoarseIndex.open(tmp_path, codes, word_bits=8)
+
+
 def test_coarse_cache_is_extended_after_an_append_and_rebuilt_when_damaged_or_compacted(tmp_path, rng, monkeypatch):
     codes, parts = _index(tmp_path, rng, sizes=(30,))
     CoarseIndex.open(tmp_path, codes)

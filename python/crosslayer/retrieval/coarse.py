@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crosslayer.errors import FormatError
+from crosslayer.errors import FormatError, UsageError
 from crosslayer.formats import check_npy, read_json, write_json, write_npy
 from crosslayer.retrieval import prefix_scan
 from crosslayer.search import select_channels
@@ -41,19 +41,24 @@ WORD_BITS = 16  # 15 components a channel: see benchmarks/results/scale.md for 1
 class CoarseIndex:
     """The coarse stage of one `CodeIndex`, cached in `directory`. Use `CoarseIndex.open(directory, codes)`."""
 
-    def __init__(self, directory: Path, dk: int, dt: int, covers: list[dict], tables: list[np.ndarray]):
+    def __init__(self, directory: Path, dk: int, dt: int, covers: list[dict], tables: list[np.ndarray],
+                 word_bits: int = WORD_BITS):
         self.directory, self.dk, self.dt, self.covers, self.tables = directory, dk, dt, covers, tables
-        self.b = prefix_scan.prefix_bits(WORD_BITS, dt)
+        self.word_bits = word_bits
+        self.b = prefix_scan.prefix_bits(word_bits, dt)
 
     @classmethod
-    def open(cls, directory, codes) -> "CoarseIndex":
+    def open(cls, directory, codes, word_bits: int = WORD_BITS) -> "CoarseIndex":
         """The coarse stage of `codes` (a `CodeIndex`): the cache in `directory` when it is sound and covers a prefix
-        of the segments (extended with the rest), else built anew; saved whenever it changed."""
+        of the segments (extended with the rest), else built anew; saved whenever it changed. word_bits: 16, 32 or
+        64, the table's word (word_bits - 1 components a channel; a cache of another width is rebuilt)."""
+        if word_bits not in prefix_scan.WORD_TYPES:
+            raise UsageError(f"word_bits: expected one of {sorted(prefix_scan.WORD_TYPES)}, got {word_bits!r}")
         directory = Path(directory)
         segments = codes.segment_codes()
-        coarse = cls._load(directory, codes.Dk, codes.Dt)
+        coarse = cls._load(directory, codes.Dk, codes.Dt, word_bits)
         if coarse is None or [c["segment"] for c in coarse.covers] != [e for e, _ in segments[:len(coarse.covers)]]:
-            coarse = cls(directory, codes.Dk, codes.Dt, [], [])
+            coarse = cls(directory, codes.Dk, codes.Dt, [], [], word_bits)
         if coarse.extend(segments):
             coarse.save()
         return coarse
@@ -67,29 +72,31 @@ class CoarseIndex:
     def problems(cls, directory, dk: int, dt: int) -> list[str]:
         """A damaged cache, named (`open` rebuilds it; a cache that is only behind the segments is no problem)."""
         directory = Path(directory)
-        if not cls.cached(directory) or cls._load(directory, dk, dt) is not None:
+        if not cls.cached(directory) or cls._load(directory, dk, dt, None) is not None:
             return []
         return [f"{directory / RECORD_FILE}: the coarse stage's cache is damaged or of another version (the next "
                 "search with candidates rebuilds it)"]
 
     @classmethod
-    def _load(cls, directory: Path, dk: int, dt: int):
-        """The cached coarse stage, or None when it is absent, damaged, of another version or another shape."""
+    def _load(cls, directory: Path, dk: int, dt: int, word_bits: int | None):
+        """The cached coarse stage, or None when it is absent, damaged, of another version or another shape
+        (word_bits None: any width)."""
         try:
             record = read_json(directory / RECORD_FILE, COARSE_FORMAT, COARSE_VERSION, "coarse index record")
-            if (record.get("Dk"), record.get("Dt"), record.get("word_bits")) != (dk, dt, WORD_BITS):
+            word_bits = record.get("word_bits") if word_bits is None else word_bits
+            if (record.get("Dk"), record.get("Dt"), record.get("word_bits")) != (dk, dt, word_bits):
                 return None
             tables = []
             for cover in record["covers"]:
                 file = directory / TABLE_FOLDER / cover["table"]
                 check_npy(file, cover["size"], cover["crc32"])
                 table = np.load(file, allow_pickle=False)
-                if table.shape != (dk, cover["segment"]["count"]) or table.dtype != prefix_scan.WORD_TYPES[WORD_BITS]:
+                if table.shape != (dk, cover["segment"]["count"]) or table.dtype != prefix_scan.WORD_TYPES[word_bits]:
                     return None
                 tables.append(table)
         except (FormatError, OSError, KeyError, TypeError, ValueError):
             return None
-        return cls(directory, dk, dt, record["covers"], tables)
+        return cls(directory, dk, dt, record["covers"], tables, word_bits)
 
     def extend(self, segments) -> bool:
         """Adds the tables of the segments past those covered; whether anything was added."""
@@ -98,10 +105,10 @@ class CoarseIndex:
             if entry["id_base"] != len(self):  # ids are positions: segments must follow one another
                 raise FormatError(f"{self.directory}: segment {entry['file']} starts at id {entry['id_base']}, "
                                   f"expected {len(self)}")
-            table = np.empty((self.dk, entry["count"]), prefix_scan.WORD_TYPES[WORD_BITS])
+            table = np.empty((self.dk, entry["count"]), prefix_scan.WORD_TYPES[self.word_bits])
             for start in range(0, entry["count"], 4096):  # a block at a time: the codes are memory-mapped
                 stop = min(entry["count"], start + 4096)
-                table[:, start:stop] = prefix_scan.prefix_table(bits[start:stop], WORD_BITS, self.dt)
+                table[:, start:stop] = prefix_scan.prefix_table(bits[start:stop], self.word_bits, self.dt)
             self.tables.append(table)
             self.covers.append({"segment": dict(entry), "table": f"TAB-{Path(entry['file']).stem}.npy"})
             added = True
@@ -119,10 +126,11 @@ class CoarseIndex:
                     cover.update(write_npy(folder / cover["table"], table))
             named = {cover["table"] for cover in self.covers}
             write_json(self.directory / RECORD_FILE, COARSE_FORMAT, COARSE_VERSION,
-                       {"Dk": self.dk, "Dt": self.dt, "word_bits": WORD_BITS, "covers": self.covers})
+                       {"Dk": self.dk, "Dt": self.dt, "word_bits": self.word_bits, "covers": self.covers})
             for stale in folder.iterdir():  # tables of segments a compaction replaced
                 if stale.name not in named:
                     stale.unlink(missing_ok=True)
+            (self.directory / "coarse.faiss").unlink(missing_ok=True)  # a version-1 cache's graph
         except OSError:
             for cover in self.covers:
                 cover.pop("crc32", None)
@@ -136,7 +144,7 @@ class CoarseIndex:
 
     def query_words(self, query_bits: np.ndarray) -> np.ndarray:
         """(nq, Dk) table words of query codes' bits (nq, Dk, 2, words)."""
-        return prefix_scan.prefix_table(query_bits, WORD_BITS, self.dt).T
+        return prefix_scan.prefix_table(query_bits, self.word_bits, self.dt).T
 
     def shortlist(self, queries, candidates: int, channels: int | None, deleted: np.ndarray,
                   num_threads: int = 0) -> np.ndarray:

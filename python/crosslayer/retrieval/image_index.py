@@ -510,7 +510,7 @@ class ImageIndex:
 
     def coarse(self) -> CoarseIndex:
         """The coarse stage of two-stage search, loaded from its cache (checked; extended or rebuilt as needed)."""
-        segments = [{key: s[key] for key in ("file", "crc32", "id_base", "count")} for s in self.codes._manifest["segments"]]
+        segments = [entry for entry, _ in self.codes.segment_codes()]
         if self._coarse is None or [c["segment"] for c in self._coarse.covers] != segments:
             self._coarse = CoarseIndex.open(self.directory, self.codes)
         return self._coarse

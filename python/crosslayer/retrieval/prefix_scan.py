@@ -18,8 +18,8 @@ import numpy as np
 
 from crosslayer.errors import UsageError
 
-WORD_TYPES = {16: np.uint16, 32: np.uint32}
-SCORE_TYPES = {16: np.int16, 32: np.int32}  # |score| <= channels * b: 1280 * 15 fits int16, 1280 * 31 needs int32
+WORD_TYPES = {16: np.uint16, 32: np.uint32, 64: np.uint64}
+SCORE_TYPES = {16: np.int16, 32: np.int32, 64: np.int32}  # |score| <= channels * b: 1280 * 15 fits int16
 
 
 def prefix_bits(word_bits: int, dt: int) -> int:
