@@ -83,7 +83,7 @@ def _check(encoder, images, codes, bits, channel_mean) -> str:
         bound = reference.float32_pool_bound(local[i : i + 1], guidance[i : i + 1], encoder.pca_)
         if reference.sign_violations(signs[i : i + 1], exact, bound):
             raise AssertionError(f"image {i}: a code sign differs from float64 outside the float32 bound")
-        expected = reference.unpack_ternary(codes.bits[i : i + 1], encoder.Dt)
+        expected = codes[i : i + 1].signs()
         differ += int(np.count_nonzero(signs[i : i + 1] != expected))
     ulps = np.abs(channel_mean - codes.channel_mean) / np.spacing(np.abs(codes.channel_mean))
     if not np.all(ulps <= 2):

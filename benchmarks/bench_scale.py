@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import add_data_argument, data_set  # noqa: E402
 from _scale_data import DISTRACTOR_SETS, load_set, smvs_relevance, synthetic_distractors  # noqa: E402
 
-from crosslayer import CodeIndex, Codes  # noqa: E402
+from crosslayer import CodeIndex, Codes, compact  # noqa: E402
 from crosslayer.retrieval import prefix_scan  # noqa: E402
 from crosslayer.retrieval.coarse import TABLE_FOLDER, CoarseIndex  # noqa: E402
 from crosslayer.search import search  # noqa: E402
@@ -85,7 +85,7 @@ def build(args) -> dict:
     real = Codes.concatenate([references, distractors])
     done = directory / "built.json"
     settings = {k: getattr(args, k) for k in ("tag", "sets", "pca_dim", "items", "segment", "parents", "flip_bits",
-                                              "seed")}
+                                              "seed", "layout")}
     report = {}
     if done.is_file() and json.loads(done.read_text())["settings"] == settings:
         report = json.loads(done.read_text())["report"]
@@ -96,7 +96,7 @@ def build(args) -> dict:
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
         start = time.perf_counter()
-        codes = CodeIndex.create(directory / "codes", real.Dk, real.Dt, identity=real.identity)
+        codes = CodeIndex.create(directory / "codes", real.Dk, real.Dt, identity=real.identity, layout=args.layout)
         codes.append(real)  # ids 0..191: the SMVS references, in the order of their index
         rng = np.random.default_rng(args.seed)
         pending, written = [], len(real)
@@ -224,11 +224,16 @@ def faiss_phase(args) -> dict:
     return report
 
 
-def full_bit_vectors(bits: np.ndarray, dt: int) -> np.ndarray:
+def full_bit_vectors(bits: np.ndarray, dk: int, dt: int) -> np.ndarray:
     """(n, Dk*Dt/8 + Dk/8) uint8: every channel's Dt sign bits, then one live bit a channel (the compact code's
     bits as one binary vector; Dt and Dk multiples of 8)."""
-    signs = np.ascontiguousarray(bits[:, :, 1, :]).view(np.uint8)[:, :, :dt // 8].reshape(len(bits), -1)
-    live = np.packbits((bits[:, :, 0, :] != 0).any(axis=-1), axis=1)
+    if bits.ndim == 2:  # compact
+        signs = np.ascontiguousarray(compact.sign_planes(bits, dk, dt)).view(np.uint8)[:, :, :dt // 8]
+        live = np.packbits(compact.live_mask(bits, dk), axis=1)
+    else:
+        signs = np.ascontiguousarray(bits[:, :, 1, :]).view(np.uint8)[:, :, :dt // 8]
+        live = np.packbits((bits[:, :, 0, :] != 0).any(axis=-1), axis=1)
+    signs = signs.reshape(len(bits), -1)
     return np.ascontiguousarray(np.concatenate([signs, live], axis=1))
 
 
@@ -247,9 +252,9 @@ def faiss_full_phase(args) -> dict:
         chosen.append(name)
         count += n
     _, exhaustive = codes.search(queries, 10, args.channels, segments=chosen)
-    vectors = np.concatenate([full_bit_vectors(bits, codes.Dt) for entry, bits in codes.segment_codes()
+    vectors = np.concatenate([full_bit_vectors(bits, codes.Dk, codes.Dt) for entry, bits in codes.segment_codes()
                               if entry["file"] in chosen])
-    query_vectors = full_bit_vectors(queries.bits, codes.Dt)
+    query_vectors = full_bit_vectors(queries.bits, codes.Dk, codes.Dt)
     bits_per_item = vectors.shape[1] * 8
     report = {"items": count, "bits_per_item": bits_per_item, "rows": []}
     lists = 256 if count >= 50_000 else 16
@@ -289,6 +294,8 @@ def main(argv=None) -> int:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--tag", default="f16f17", help="the layer pair's shared indexes under /work/cache")
     parser.add_argument("--sets", default=",".join(DISTRACTOR_SETS), help="the real distractor sets")
+    parser.add_argument("--layout", default="compact", choices=["compact", "two_plane"],
+                        help="the layout the segments store (the cache's codes are converted)")
     parser.add_argument("--pca-dim", type=int, default=128, help="the code's Dt (the first components of the cache's)")
     parser.add_argument("--segment", type=int, default=65536, help="items a segment")
     parser.add_argument("--parents", type=int, default=1)

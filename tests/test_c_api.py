@@ -44,6 +44,11 @@ def lib():
                                            ctypes.POINTER(ctypes.c_char_p), i64p]
     lib.crosslayer_codes_read.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
     lib.crosslayer_codes_check.argtypes = [u64p, i64, i64, i64]
+    lib.crosslayer_gram_layout.argtypes = [ctypes.c_int] + lib.crosslayer_gram.argtypes
+    lib.crosslayer_search_layout.argtypes = [ctypes.c_int] + lib.crosslayer_search.argtypes
+    lib.crosslayer_codes_check_layout.argtypes = [ctypes.c_int, u64p, i64, i64, i64]
+    lib.crosslayer_codes_write_layout.argtypes = [ctypes.c_char_p, ctypes.c_int] + lib.crosslayer_codes_write.argtypes[1:]
+    lib.crosslayer_codes_layout.argtypes = [ctypes.c_void_p]
     for name in ("n", "dk", "dt"):
         getattr(lib, f"crosslayer_codes_{name}").restype = i64
         getattr(lib, f"crosslayer_codes_{name}").argtypes = [ctypes.c_void_p]
@@ -130,6 +135,47 @@ def test_pool_with_pca_equals_python(lib, rng):
     np.testing.assert_array_equal(representation, floats)
 
 
+LAYOUT_TWO_PLANE, LAYOUT_COMPACT = 0, 1
+
+
+def test_compact_gram_search_check_and_version_3_files(lib, rng, tmp_path):
+    from _codes import random_compact_codes
+    from crosslayer.formats import CodeFile
+    from crosslayer.search import select_channels
+
+    database, queries = random_compact_codes(rng, 9, 70, 65), random_compact_codes(rng, 3, 70, 65)
+    gram = np.empty((3, 9), np.int32)
+    assert lib.crosslayer_gram_layout(LAYOUT_COMPACT, ptr(queries.bits, u64p), 3, ptr(database.bits, u64p), 9, 70,
+                                      65, ptr(gram, i32p), 0) == OK, last_error(lib)
+    np.testing.assert_array_equal(gram, crosslayer.gram(queries, database))
+    np.testing.assert_array_equal(gram, crosslayer.gram(queries.expanded(), database.expanded()))
+    selection = select_channels(queries.channel_mean, 5)
+    scores, ids = np.empty((3, 4), np.int32), np.empty((3, 4), np.int64)
+    assert lib.crosslayer_search_layout(LAYOUT_COMPACT, ptr(queries.bits, u64p), 3, ptr(database.bits, u64p), 9, 70,
+                                        65, ptr(selection, i32p), 5, 4, 0, 0, ptr(scores, i32p), ptr(ids, i64p),
+                                        0) == OK
+    expected = crosslayer.search(queries, database, k=4, channels=5)
+    np.testing.assert_array_equal(scores, expected[0])
+    np.testing.assert_array_equal(ids, expected[1])
+    assert lib.crosslayer_gram_layout(7, ptr(queries.bits, u64p), 3, None, 3, 70, 65, ptr(gram, i32p), 0) == INVALID_ARGUMENT
+    assert last_error(lib).startswith("layout: expected CROSSLAYER_LAYOUT_TWO_PLANE (0) or CROSSLAYER_LAYOUT_COMPACT (1)")
+    assert lib.crosslayer_codes_check_layout(LAYOUT_COMPACT, ptr(database.bits, u64p), 9, 70, 65) == OK
+    broken = database.bits.copy()
+    dead = np.flatnonzero(~crosslayer.compact.live_mask(broken, 70)[4])[0]
+    broken[4, 2 + dead * 2] = 1  # a sign bit in a dead channel of item 4
+    assert lib.crosslayer_codes_check_layout(LAYOUT_COMPACT, ptr(broken, u64p), 9, 70, 65) == INVALID_ARGUMENT
+    assert last_error(lib) == "bits: item 4 has sign bits in a dead channel (a channel whose live bit is clear must have an all-zero sign row)"
+    # a version 3 file (crosslayer 0.3) reads in C as in Python
+    two_plane = database.expanded()
+    block = CodeFile.key_block(None)
+    header = CodeFile(9, 70, 65, 0, None, version=3)
+    payload = two_plane.bits.tobytes() + two_plane.channel_mean.tobytes() + block
+    import zlib
+    (tmp_path / "v3.xlc").write_bytes(header.pack(zlib.crc32(payload, header.checksum_seed())) + payload)
+    status, back = read_with_c(lib, tmp_path / "v3.xlc")
+    assert status == OK and back == two_plane == Codes.load(tmp_path / "v3.xlc")
+
+
 def test_gram_and_search_equal_python(lib, rng):
     database = random_codes(rng, 9, 4, 70)
     queries = random_codes(rng, 3, 4, 70)
@@ -193,15 +239,18 @@ def test_last_error_is_per_thread(lib):
 
 # ---- code files across the languages ------------------------------------------------------------------------------
 def write_with_c(lib, path, bits, channel_mean, n, dk, dt, identity=None, keys=None):
-    """crosslayer_codes_write; keys are passed with their byte lengths (so keys holding NUL work)."""
+    """crosslayer_codes_write (compact, 2-D bits: crosslayer_codes_write_layout); keys are passed with their byte
+    lengths (so keys holding NUL work)."""
     key_array = length_array = None
     if keys is not None:
         encoded = [None if key is None else key.encode() for key in keys]
         key_array = (ctypes.c_char_p * max(n, 1))(*encoded)
         length_array = np.array([0 if key is None else len(key) for key in encoded] or [0], np.int64)
-    return lib.crosslayer_codes_write(str(path).encode(), ptr(bits, u64p), ptr(channel_mean, f32p), n, dk, dt,
-                                      None if identity is None else identity.encode(), key_array,
-                                      ptr(length_array, i64p))
+    args = (ptr(bits, u64p), ptr(channel_mean, f32p), n, dk, dt, None if identity is None else identity.encode(),
+            key_array, ptr(length_array, i64p))
+    if bits.ndim == 2:
+        return lib.crosslayer_codes_write_layout(str(path).encode(), LAYOUT_COMPACT, *args)
+    return lib.crosslayer_codes_write(str(path).encode(), *args)
 
 
 def read_with_c(lib, path):
@@ -212,7 +261,12 @@ def read_with_c(lib, path):
         return status, last_error(lib)
     n, dk, dt = (getattr(lib, f"crosslayer_codes_{name}")(handle) for name in ("n", "dk", "dt"))
     words = (dt + 63) // 64
-    bits = np.ctypeslib.as_array(lib.crosslayer_codes_bits(handle), (n * dk * 2 * words,)).reshape(n, dk, 2, words).copy() if n else np.zeros((0, dk, 2, words), np.uint64)
+    if lib.crosslayer_codes_layout(handle) == LAYOUT_COMPACT:
+        shape = (n, (dk + 63) // 64 + dk * words)
+    else:
+        shape = (n, dk, 2, words)
+    size = int(np.prod(shape))
+    bits = np.ctypeslib.as_array(lib.crosslayer_codes_bits(handle), (size,)).reshape(shape).copy() if n else np.zeros(shape, np.uint64)
     mean = np.ctypeslib.as_array(lib.crosslayer_codes_channel_mean(handle), (n * dk,)).reshape(n, dk).copy() if n else np.zeros((0, dk), np.float32)
     identity = lib.crosslayer_codes_identity(handle)
     keys = None
@@ -242,8 +296,11 @@ AWKWARD_KEYS = ['a "quoted" \\ path/x.jpg', "tab\there\nnewline\r\b\f", "\x01\x1
     (0, 2, 64, "e" * 16, []),  # an empty key list is a 2-byte block "[]", not no block
     (0, 2, 64, None, None),
 ])
-def test_code_files_written_by_c_load_in_python_and_back(lib, rng, tmp_path, n, dk, dt, identity, keys):
+@pytest.mark.parametrize("layout", ["two_plane", "compact"])
+def test_code_files_written_by_c_load_in_python_and_back(lib, rng, tmp_path, n, dk, dt, identity, keys, layout):
     codes = random_codes(rng, n, dk, dt) if n else Codes.empty(dk, dt)
+    if layout == "compact":
+        codes = codes.compact(lossy=True)
     codes = Codes(codes.bits, codes.channel_mean, dt, identity, keys)
     path = tmp_path / "from_c.xlc"
     assert write_with_c(lib, path, codes.bits, codes.channel_mean, n, dk, dt, identity, keys) == OK, last_error(lib)
@@ -286,8 +343,8 @@ def test_older_code_file_versions_are_refused_with_the_version(lib, tmp_path, ve
     old_format_file(tmp_path / "old.xlc", version)
     status, message = read_with_c(lib, tmp_path / "old.xlc")
     assert status == FORMAT_ERROR
-    assert message == f"{tmp_path / 'old.xlc'}: code file version {version}; this crosslayer reads version 3"
-    with pytest.raises(CodesFormatError, match=f"code file version {version}; this crosslayer reads version 3"):
+    assert message == f"{tmp_path / 'old.xlc'}: code file version {version}; this crosslayer reads versions 3 and 4"
+    with pytest.raises(CodesFormatError, match=f"code file version {version}; this crosslayer reads versions 3 and 4"):
         Codes.load(tmp_path / "old.xlc")
 
 

@@ -10,8 +10,9 @@ from crosslayer import Codes, CodesFormatError
 from crosslayer.reference import pack_ternary, unpack_ternary
 
 # the header's fields and their byte offsets: magic 0, version 8, header size 12, n 16, Dk 24, Dt 28, words 32,
-# key block bytes 36, identity 44, crc 60
-HEADER = struct.Struct("<8sIIQIIIQ16sI")
+# key block bytes 36, identity 44, then version 3: crc 60; version 4: layout 60, reserved 64, crc 68
+HEADER_V3 = struct.Struct("<8sIIQIIIQ16sI")
+HEADER = struct.Struct("<8sIIQIIIQ16sIII")
 
 
 def random_codes(rng, n, dk, dt):
@@ -39,21 +40,32 @@ def test_save_load_roundtrip(tmp_path, rng):
     assert len(Codes.load(tmp_path / "e.xlc")) == 0
 
 
-def code_file(bits, mean, dt, version=3, identity=b"", keys=None):
+def code_file(bits, mean, dt, version=4, identity=b"", keys=None):
     """A code file's bytes written independently of `Codes.save`: the crc32 covers the header (but its crc field)
-    and the payload (bits, means, key block)."""
-    n, dk, _, words = bits.shape
+    and the payload (bits, means, key block). Version 4 records the layout (0: 2-plane, 1: compact, from the
+    number of axes of `bits`); versions before it have the 64-byte header."""
+    n, dk = np.shape(mean)
+    words = (dt + 63) // 64
     block = b"" if keys is None else json.dumps(keys).encode()
     payload = bits.astype("<u8").tobytes() + np.asarray(mean, "<f4").tobytes() + block
-    fields = (b"XLCODES\0", version, HEADER.size, n, dk, dt, words, len(block), identity)
-    crc = zlib.crc32(payload, zlib.crc32(HEADER.pack(*fields, 0)[:-4]))
-    return HEADER.pack(*fields, crc) + payload
+    header = HEADER if version >= 4 else HEADER_V3
+    fields = (b"XLCODES\0", version, header.size, n, dk, dt, words, len(block), identity)
+    if version >= 4:
+        fields += (int(bits.ndim == 2), 0)
+    crc = zlib.crc32(payload, zlib.crc32(header.pack(*fields, 0)[:-4]))
+    return header.pack(*fields, crc) + payload
 
 
 def test_layout_matches_an_independent_writer_and_older_versions_are_refused(tmp_path, rng):
     codes, _ = random_codes(rng, 3, 2, 70)
-    codes.save(tmp_path / "v3.xlc")
-    assert (tmp_path / "v3.xlc").read_bytes() == code_file(codes.bits, codes.channel_mean, 70)
+    codes.save(tmp_path / "v4.xlc")
+    assert (tmp_path / "v4.xlc").read_bytes() == code_file(codes.bits, codes.channel_mean, 70)
+    (tmp_path / "v3.xlc").write_bytes(code_file(codes.bits, codes.channel_mean, 70, version=3))
+    assert Codes.load(tmp_path / "v3.xlc") == codes
+    compact = Codes(pack_ternary(np.where(unpack_ternary(codes.bits, 70) == 0, 1, unpack_ternary(codes.bits, 70))),
+                    codes.channel_mean, 70).compact()
+    compact.save(tmp_path / "compact.xlc")
+    assert (tmp_path / "compact.xlc").read_bytes() == code_file(compact.bits, codes.channel_mean, 70)
     stamped = Codes(codes.bits, codes.channel_mean, 70, identity="0123abcd0123abcd")
     stamped.save(tmp_path / "keyed.xlc", keys=["a", "b", None])
     assert (tmp_path / "keyed.xlc").read_bytes() == code_file(codes.bits, codes.channel_mean, 70,
@@ -63,7 +75,7 @@ def test_layout_matches_an_independent_writer_and_older_versions_are_refused(tmp
     assert loaded[1:].keys == ["b", None] and Codes.concatenate([loaded, loaded]).keys == ["a", "b", None] * 2
     for version in (1, 2):  # dropped at 0.3: an older file is refused by name, never misread
         (tmp_path / "old.xlc").write_bytes(code_file(codes.bits, codes.channel_mean, 70, version=version))
-        with pytest.raises(CodesFormatError, match=f"version {version}; this crosslayer reads version 3"):
+        with pytest.raises(CodesFormatError, match=f"version {version}; this crosslayer reads versions 3 and 4"):
             Codes.load(tmp_path / "old.xlc")
 
 
@@ -176,7 +188,10 @@ def test_slicing_and_concatenation(rng):
         (lambda b: b[:28] + bytes([b[28] ^ 1]) + b[29:], "checksum"),
         (lambda b: b[:28] + bytes([b[28] ^ 2]) + b[29:], "checksum"),
         (lambda b: b[:16] + (3).to_bytes(8, "little") + (4).to_bytes(4, "little") + b[28:], "checksum"),
-        (lambda b: b[:60] + bytes([b[60] ^ 1]) + b[61:], "checksum"),
+        (lambda b: b[:68] + bytes([b[68] ^ 1]) + b[69:], "checksum"),
+        (lambda b: b[:60] + bytes([b[60] ^ 1]) + b[61:], "truncated or extended"),  # the compact layout's size differs
+        (lambda b: b[:60] + bytes([b[60] ^ 2]) + b[61:], "inconsistent header"),  # no layout 2
+        (lambda b: b[:64] + bytes([b[64] ^ 1]) + b[65:], "inconsistent header"),  # reserved must stay 0
         (lambda b: b[:44] + b"ffffffffffffffff" + b[60:], "checksum"),  # another identity
         (lambda b: b[:44] + b"\xff" * 16 + b[60:], "identity is not ASCII"),
     ],

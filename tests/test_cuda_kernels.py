@@ -248,3 +248,50 @@ def test_public_gram_and_search_on_gpu_codes_equal_host(rng):
     np.testing.assert_array_equal(ids.cpu().numpy(), want_ids)
     with pytest.raises(TypeError, match="on the GPU but codes_b on the host"):
         crosslayer.gram(gpu_codes, host_codes)
+
+
+# ---- compact codes: expanded on the device, then the 2-plane kernels (csrc/cuda/search_cuda.cu) -----------------
+
+@settings(max_examples=20, deadline=None)
+@given(na=st.integers(0, 70), nb=st.integers(0, 140), dk=st.sampled_from([1, 9, 65, 70]),
+       dt=st.sampled_from([1, 63, 64, 100, 320]), dead=st.sampled_from([0.0, 0.1, 1.0]), seed=st.integers(0, 2**31 - 1))
+def test_compact_gram_on_the_gpu_equals_the_cpu(na, nb, dk, dt, dead, seed):
+    from _codes import random_compact_codes
+
+    from crosslayer._native import core
+
+    rng = np.random.default_rng(seed)
+    a, b = random_compact_codes(rng, na, dk, dt, dead), random_compact_codes(rng, nb, dk, dt, dead)
+    ga, gb = to_gpu(a.bits), to_gpu(b.bits)
+    for other, gother, n_other, want in ((b, gb, nb, crosslayer.gram(a, b)), (a, ga, na, crosslayer.gram(a))):
+        out = torch.empty((na, n_other), dtype=torch.int32, device="cuda")
+        core.gram_cuda(ga.data_ptr(), na, gother.data_ptr(), n_other, dk, dt, out.data_ptr(),
+                       torch.cuda.current_stream().cuda_stream, torch.cuda.current_device(), 1)
+        np.testing.assert_array_equal(out.cpu().numpy(), want)
+        np.testing.assert_array_equal(want, reference.compact_gram_reference(a.bits, other.bits, dk, dt))
+
+
+@settings(max_examples=20, deadline=None)
+@given(nq=st.integers(1, 5), nd=st.integers(1, 300), dk=st.sampled_from([1, 12, 70]),
+       dt=st.sampled_from([1, 64, 100, 128, 320, 512]), dead=st.sampled_from([0.0, 0.2]), seed=st.integers(0, 2**31 - 1),
+       data=st.data())
+def test_compact_search_on_the_gpu_equals_the_cpu(nq, nd, dk, dt, dead, seed, data):
+    from _codes import random_compact_codes
+
+    from crosslayer._native import core
+    from crosslayer.search import select_channels
+
+    rng = np.random.default_rng(seed)
+    channels = data.draw(st.integers(1, dk), label="channels")
+    k = data.draw(st.integers(1, nd), label="k")
+    queries, database = random_compact_codes(rng, nq, dk, dt, dead), random_compact_codes(rng, nd, dk, dt, dead)
+    want_scores, want_ids = crosslayer.search(queries, database, k=k, channels=channels)
+    selection = to_gpu(select_channels(queries.channel_mean, channels))
+    gq, gd = to_gpu(queries.bits), to_gpu(database.bits)
+    scores = torch.empty((nq, k), dtype=torch.int32, device="cuda")
+    ids = torch.empty((nq, k), dtype=torch.int64, device="cuda")
+    core.search_cuda(gq.data_ptr(), nq, gd.data_ptr(), nd, dk, dt, selection.data_ptr(), channels, k, 0, False,
+                     scores.data_ptr(), ids.data_ptr(), torch.cuda.current_stream().cuda_stream,
+                     torch.cuda.current_device(), 1)
+    np.testing.assert_array_equal(scores.cpu().numpy(), want_scores)
+    np.testing.assert_array_equal(ids.cpu().numpy(), want_ids)

@@ -194,8 +194,8 @@ def test_tampered_payload_manifest_and_keys_are_clear_errors(committed_index):
     manifest.write_text(good[: len(good) // 2])
     with pytest.raises(CodeIndexError, match="not valid JSON"):
         CodeIndex.open(committed_index)
-    manifest.write_text(good.replace('"version": 3', '"version": 2'))
-    with pytest.raises(CodeIndexError, match="version 2; this crosslayer reads version 3"):
+    manifest.write_text(good.replace('"version": 4', '"version": 2'))
+    with pytest.raises(CodeIndexError, match="version 2; this crosslayer reads version 3, 4"):
         CodeIndex.open(committed_index)
     manifest.write_text(good)
     (committed_index / "seg-00000001.xlc").unlink()
@@ -208,15 +208,16 @@ def rewrite_segment(index_path, number, bits):
     have written it."""
     segment = index_path / f"seg-{number:08d}.xlc"
     data = segment.read_bytes()
-    header, payload = bytearray(data[:64]), bytearray(data[64:])
+    size = formats.CodeFile.parse(data, segment).bits_offset
+    header, payload = bytearray(data[:size]), bytearray(data[size:])
     payload[: bits.nbytes] = bits.astype("<u8").tobytes()
-    crc = zlib.crc32(bytes(payload), zlib.crc32(bytes(header[:60])))
-    header[60:64] = crc.to_bytes(4, "little")
+    crc = zlib.crc32(bytes(payload), zlib.crc32(bytes(header[:-4])))
+    header[-4:] = crc.to_bytes(4, "little")
     segment.write_bytes(bytes(header + payload))
-    body = formats.read_json(index_path / "MANIFEST.json", "crosslayer-code-index", 3)
+    body = formats.read_json(index_path / "MANIFEST.json", "crosslayer-code-index", 4)
     body.pop("version")
     body["segments"][number]["crc32"] = crc
-    formats.write_json(index_path / "MANIFEST.json", "crosslayer-code-index", 3, body)
+    formats.write_json(index_path / "MANIFEST.json", "crosslayer-code-index", 4, body)
 
 
 def test_segment_bits_breaking_the_layout_are_rejected(committed_index):

@@ -96,8 +96,8 @@ def test_prefix_scan_matches_the_reference(n, nq, dk, seed):
     channels = int(rng.integers(1, dk + 1))
     b = prefix_scan.prefix_bits(coarse_module.WORD_BITS, dt)
     want = reference.prefix_scores_reference(queries.bits, queries.channel_mean, database.bits, dt, b, channels)
-    table = prefix_scan.prefix_table(database.bits, coarse_module.WORD_BITS, dt)
-    words = prefix_scan.prefix_table(queries.bits, coarse_module.WORD_BITS, dt).T
+    table = prefix_scan.prefix_table(database.bits, coarse_module.WORD_BITS, dk, dt)
+    words = prefix_scan.prefix_table(queries.bits, coarse_module.WORD_BITS, dk, dt).T
     from crosslayer.search import select_channels
     selection = select_channels(queries.channel_mean, channels)
     split = int(rng.integers(0, n + 1))  # two segments: the scan continues across tables
@@ -126,6 +126,28 @@ def test_prefix_score_is_the_masked_score_of_codes_cut_to_b_components(rng):
     scores = reference.prefix_scores_reference(codes.bits, codes.channel_mean, codes.bits, dt, b, 7)
     exact, ids = search(cut, cut, 30, 7)
     np.testing.assert_array_equal(np.take_along_axis(scores, ids, 1), exact)
+
+
+def test_compact_index_two_stage_equals_exhaustive_and_its_table_equals_the_2_plane_one(tmp_path, rng):
+    from _codes import random_compact_codes
+
+    database, queries = random_compact_codes(rng, 60, DK, 70), random_compact_codes(rng, 4, DK, 70)
+    assert database.is_compact
+    for width in (16, 64):
+        np.testing.assert_array_equal(prefix_scan.prefix_table(database.bits, width, DK, 70),
+                                      prefix_scan.prefix_table(database.expanded().bits, width, DK, 70))
+    codes = CodeIndex.create(tmp_path / "codes", DK, 70, layout="compact")
+    codes.append(database[:25]), codes.append(database[25:])
+    codes.delete([4, 30])
+    coarse = CoarseIndex.open(tmp_path, codes)
+    b = prefix_scan.prefix_bits(coarse_module.WORD_BITS, 70)
+    scores = reference.prefix_scores_reference(queries.expanded().bits, queries.channel_mean,
+                                               database.expanded().bits, 70, b, 6)
+    got = coarse.shortlist(queries, 8, 6, codes._deleted_array())
+    live = [i for i in range(60) if i not in (4, 30)]
+    assert [sorted(r) for r in got.tolist()] == [sorted(sorted(live, key=lambda i: (-row[i], i))[:8]) for row in scores]
+    everything = coarse.shortlist(queries, 58, 6, codes._deleted_array())
+    np.testing.assert_array_equal(codes.rerank(queries, everything, 10, 6)[1], codes.search(queries, 10, 6)[1])
 
 
 def test_coarse_word_width_is_a_choice_of_the_cache(tmp_path, rng):

@@ -73,11 +73,20 @@ crosslayer_status pool(const float* local, const float* guidance, std::int64_t n
   });
 }
 
+CodeLayout code_layout(int layout) {
+  require(layout == CROSSLAYER_LAYOUT_TWO_PLANE || layout == CROSSLAYER_LAYOUT_COMPACT,
+          "layout: expected CROSSLAYER_LAYOUT_TWO_PLANE (0) or CROSSLAYER_LAYOUT_COMPACT (1), got " +
+              std::to_string(layout));
+  return layout == CROSSLAYER_LAYOUT_COMPACT ? CodeLayout::kCompact : CodeLayout::kTwoPlane;
+}
+
 CodeMatrix code_matrix(const std::uint64_t* bits, std::int64_t n, std::int64_t dk, std::int64_t dt,
-                       const std::string& name) {
+                       CodeLayout layout, const std::string& name) {
   require_dimension(n, 0, ("n_" + name).c_str());
-  require(n == 0 || bits != nullptr, name + ": expected uint64 [n][dk][2][ceil(dt/64)] codes, got NULL");
-  return CodeMatrix{bits, n, dk, dt};
+  require(n == 0 || bits != nullptr,
+          name + (layout == CodeLayout::kCompact ? ": expected uint64 [n][ceil(dk/64) + dk*ceil(dt/64)] compact codes"
+                                                 : ": expected uint64 [n][dk][2][ceil(dt/64)] codes") + ", got NULL");
+  return CodeMatrix{bits, n, dk, dt, layout};
 }
 
 }  // namespace
@@ -169,12 +178,18 @@ crosslayer_status crosslayer_pool_codes(const float* local, const float* guidanc
 
 crosslayer_status crosslayer_gram(const uint64_t* a, int64_t n_a, const uint64_t* b, int64_t n_b, int64_t dk,
                                   int64_t dt, int32_t* out, int num_threads) {
+  return crosslayer_gram_layout(CROSSLAYER_LAYOUT_TWO_PLANE, a, n_a, b, n_b, dk, dt, out, num_threads);
+}
+
+crosslayer_status crosslayer_gram_layout(int layout, const uint64_t* a, int64_t n_a, const uint64_t* b, int64_t n_b,
+                                         int64_t dk, int64_t dt, int32_t* out, int num_threads) {
   return guarded([&] {
     require_dimension(dk, 1, "dk");
     require_dimension(dt, 1, "dt");
+    const CodeLayout code_layout_ = code_layout(layout);
     GramArgs args;
-    args.a = code_matrix(a, n_a, dk, dt, "a");
-    args.b = b == nullptr ? args.a : code_matrix(b, n_b, dk, dt, "b");
+    args.a = code_matrix(a, n_a, dk, dt, code_layout_, "a");
+    args.b = b == nullptr ? args.a : code_matrix(b, n_b, dk, dt, code_layout_, "b");
     require(b != nullptr || n_b == n_a,
             "n_b: with b == NULL (a against itself) it must equal n_a, got " + std::to_string(n_b));
     require(out != nullptr || args.a.n == 0 || args.b.n == 0, "out: expected int32 [n_a][n_b], got NULL");
@@ -188,12 +203,23 @@ crosslayer_status crosslayer_search(const uint64_t* queries, int64_t n_queries, 
                                     int64_t n_database, int64_t dk, int64_t dt, const int32_t* channels,
                                     int64_t n_channels, int64_t k, int64_t id_base, int merge_with_existing,
                                     int32_t* out_scores, int64_t* out_ids, int num_threads) {
+  return crosslayer_search_layout(CROSSLAYER_LAYOUT_TWO_PLANE, queries, n_queries, database, n_database, dk, dt,
+                                  channels, n_channels, k, id_base, merge_with_existing, out_scores, out_ids,
+                                  num_threads);
+}
+
+crosslayer_status crosslayer_search_layout(int layout, const uint64_t* queries, int64_t n_queries,
+                                           const uint64_t* database, int64_t n_database, int64_t dk, int64_t dt,
+                                           const int32_t* channels, int64_t n_channels, int64_t k, int64_t id_base,
+                                           int merge_with_existing, int32_t* out_scores, int64_t* out_ids,
+                                           int num_threads) {
   return guarded([&] {
     require_dimension(dk, 1, "dk");
     require_dimension(dt, 1, "dt");
+    const CodeLayout code_layout_ = code_layout(layout);
     SearchArgs args;
-    args.queries = code_matrix(queries, n_queries, dk, dt, "queries");
-    args.database = code_matrix(database, n_database, dk, dt, "database");
+    args.queries = code_matrix(queries, n_queries, dk, dt, code_layout_, "queries");
+    args.database = code_matrix(database, n_database, dk, dt, code_layout_, "database");
     require(n_channels >= 1 && n_channels <= dk,
             "n_channels: expected an integer in [1, dk=" + std::to_string(dk) + "], got " + std::to_string(n_channels));
     require(k >= 1 && (merge_with_existing || k <= n_database),

@@ -1,5 +1,6 @@
-// Code files (.xlc) in C: version 3, the byte layout of Python's crosslayer.formats.CodeFile (see crosslayer.h),
-// read back with the same checks as Codes.load (magic, version, header, identity, size, crc32, key block, bit rules).
+// Code files (.xlc) in C: version 4 (version 3 still read), the byte layout of Python's crosslayer.formats.CodeFile
+// (see crosslayer.h), read back with the same checks as Codes.load (magic, version, header, identity, size, crc32,
+// key block, bit rules of the file's layout).
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -14,12 +15,14 @@
 #include <vector>
 
 #include "crosslayer/codes.h"
+#include "crosslayer/compact_codes.h"
 #include "crosslayer/crosslayer.h"
 #include "key_block.h"
 #include "status.h"
 
 struct crosslayer_codes {
   std::int64_t n = 0, dk = 0, dt = 0;
+  int layout = CROSSLAYER_LAYOUT_TWO_PLANE;
   std::vector<std::uint64_t> bits;
   std::vector<float> channel_mean;
   std::string identity;  // "" when the file records none
@@ -31,12 +34,14 @@ namespace crosslayer::capi {
 namespace {
 
 constexpr char kMagic[8] = {'X', 'L', 'C', 'O', 'D', 'E', 'S', '\0'};
-constexpr std::uint32_t kFormatVersion = 3;
-constexpr std::size_t kHeaderSize = 64;  // "<8sIIQIIIQ16sI"
+constexpr std::uint32_t kFormatVersion = 4;
+constexpr std::size_t kHeaderSize = 72;    // "<8sIIQIIIQ16sIII"
+constexpr std::size_t kHeaderSizeV3 = 64;  // "<8sIIQIIIQ16sI": no layout (2-plane) and no reserved field
 constexpr std::size_t kKeyBytesOffset = 36;
 constexpr std::size_t kIdentityOffset = 44;
 constexpr std::size_t kIdentityBytes = 16;
-constexpr std::size_t kCrcOffset = kHeaderSize - 4;
+constexpr std::size_t kLayoutOffset = 60;    // version 4
+constexpr std::size_t kReservedOffset = 64;  // version 4, zero
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the code file layout is little-endian; so is this build");
 
 // zlib's crc32 (reflected polynomial 0xEDB88320), continued from `crc` as zlib.crc32(data, crc) is.
@@ -91,6 +96,50 @@ std::string invalid_bits_reason(const std::uint64_t* bits, std::int64_t n, std::
     }
   }
   return "";
+}
+
+// The same for compact codes (compact_codes.h).
+std::string invalid_compact_reason(const std::uint64_t* bits, std::int64_t n, std::int64_t dk, std::int64_t dt) {
+  const std::int64_t words = words_per_plane(dt), lw = live_words(dk), stride = compact_words_per_image(dk, dt);
+  const int tail = static_cast<int>(dt % kBitsPerWord), live_tail = static_cast<int>(dk % kBitsPerWord);
+  for (std::int64_t item = 0; item < n; ++item) {
+    const std::uint64_t* image = bits + item * stride;
+    if (live_tail && (image[lw - 1] >> live_tail))
+      return "item " + std::to_string(item) + " has live bits set at channels >= Dk=" + std::to_string(dk);
+    for (std::int64_t k = 0; k < dk; ++k) {
+      const std::uint64_t* sign = compact_sign_row(image, dk, dt, k);
+      if (tail && (sign[words - 1] >> tail))
+        return "item " + std::to_string(item) + " has padding bits set (positions >= Dt=" + std::to_string(dt) +
+               " in the last word of a sign row must be zero)";
+      if (!channel_live(image, k))
+        for (std::int64_t w = 0; w < words; ++w)
+          if (sign[w])
+            return "item " + std::to_string(item) +
+                   " has sign bits in a dead channel (a channel whose live bit is clear must have an all-zero sign "
+                   "row)";
+    }
+  }
+  return "";
+}
+
+std::string invalid_reason(int layout, const std::uint64_t* bits, std::int64_t n, std::int64_t dk, std::int64_t dt) {
+  return layout == CROSSLAYER_LAYOUT_COMPACT ? invalid_compact_reason(bits, n, dk, dt)
+                                             : invalid_bits_reason(bits, n, dk, dt);
+}
+
+void require_layout(int layout) {
+  require(layout == CROSSLAYER_LAYOUT_TWO_PLANE || layout == CROSSLAYER_LAYOUT_COMPACT,
+          "layout: expected CROSSLAYER_LAYOUT_TWO_PLANE (0) or CROSSLAYER_LAYOUT_COMPACT (1), got " +
+              std::to_string(layout));
+}
+
+std::int64_t layout_image_words(int layout, std::int64_t dk, std::int64_t dt) {
+  return image_words(layout == CROSSLAYER_LAYOUT_COMPACT ? CodeLayout::kCompact : CodeLayout::kTwoPlane, dk, dt);
+}
+
+const char* bits_shape_text(int layout) {
+  return layout == CROSSLAYER_LAYOUT_COMPACT ? "uint64 [n][ceil(dk/64) + dk*ceil(dt/64)]"
+                                             : "uint64 [n][dk][2][ceil(dt/64)]";
 }
 
 void require_shape(std::int64_t n, std::int64_t dk, std::int64_t dt) {
@@ -268,10 +317,15 @@ using namespace crosslayer::capi;
 extern "C" {
 
 crosslayer_status crosslayer_codes_check(const uint64_t* bits, int64_t n, int64_t dk, int64_t dt) {
+  return crosslayer_codes_check_layout(CROSSLAYER_LAYOUT_TWO_PLANE, bits, n, dk, dt);
+}
+
+crosslayer_status crosslayer_codes_check_layout(int layout, const uint64_t* bits, int64_t n, int64_t dk, int64_t dt) {
   return guarded([&] {
+    require_layout(layout);
     require_shape(n, dk, dt);
-    require(n == 0 || bits != nullptr, "bits: expected uint64 [n][dk][2][ceil(dt/64)], got NULL");
-    const std::string reason = invalid_bits_reason(bits, n, dk, dt);
+    require(n == 0 || bits != nullptr, std::string("bits: expected ") + bits_shape_text(layout) + ", got NULL");
+    const std::string reason = invalid_reason(layout, bits, n, dk, dt);
     require(reason.empty(), "bits: " + reason);
   });
 }
@@ -279,19 +333,28 @@ crosslayer_status crosslayer_codes_check(const uint64_t* bits, int64_t n, int64_
 crosslayer_status crosslayer_codes_write(const char* path, const uint64_t* bits, const float* channel_mean, int64_t n,
                                          int64_t dk, int64_t dt, const char* identity, const char* const* keys,
                                          const int64_t* key_lengths) {
+  return crosslayer_codes_write_layout(path, CROSSLAYER_LAYOUT_TWO_PLANE, bits, channel_mean, n, dk, dt, identity,
+                                       keys, key_lengths);
+}
+
+crosslayer_status crosslayer_codes_write_layout(const char* path, int layout, const uint64_t* bits,
+                                                const float* channel_mean, int64_t n, int64_t dk, int64_t dt,
+                                                const char* identity, const char* const* keys,
+                                                const int64_t* key_lengths) {
   return guarded([&] {
     require(path != nullptr && path[0] != '\0', "path: expected a file path, got NULL or \"\"");
+    require_layout(layout);
     require_shape(n, dk, dt);
-    require(n == 0 || bits != nullptr, "bits: expected uint64 [n][dk][2][ceil(dt/64)], got NULL");
+    require(n == 0 || bits != nullptr, std::string("bits: expected ") + bits_shape_text(layout) + ", got NULL");
     require(n == 0 || channel_mean != nullptr, "channel_mean: expected float32 [n][dk], got NULL");
     const std::string identity_text = identity_argument(identity);
     require(keys != nullptr || key_lengths == nullptr, "key_lengths: expected NULL when keys is NULL");
     std::string key_block;
     if (keys != nullptr) key_block = encode_key_block(key_arguments(keys, key_lengths, n));
-    const std::string reason = invalid_bits_reason(bits, n, dk, dt);
+    const std::string reason = invalid_reason(layout, bits, n, dk, dt);
     require(reason.empty(), "bits: " + reason + "; nothing was written");
     const std::int64_t words = words_per_plane(dt);
-    const std::size_t bits_bytes = static_cast<std::size_t>(n * dk * kPlanes * words) * sizeof(std::uint64_t);
+    const std::size_t bits_bytes = static_cast<std::size_t>(n * layout_image_words(layout, dk, dt)) * sizeof(std::uint64_t);
     const std::size_t mean_bytes = static_cast<std::size_t>(n * dk) * sizeof(float);
     unsigned char header[kHeaderSize] = {};
     std::memcpy(header, kMagic, sizeof kMagic);
@@ -303,6 +366,9 @@ crosslayer_status crosslayer_codes_write(const char* path, const uint64_t* bits,
     put<std::uint32_t>(header + 32, static_cast<std::uint32_t>(words));
     put<std::uint64_t>(header + kKeyBytesOffset, static_cast<std::uint64_t>(key_block.size()));
     std::memcpy(header + kIdentityOffset, identity_text.data(), identity_text.size());
+    put<std::uint32_t>(header + kLayoutOffset, static_cast<std::uint32_t>(layout));
+    put<std::uint32_t>(header + kReservedOffset, 0);
+    constexpr std::size_t kCrcOffset = kHeaderSize - 4;
     const std::vector<Part> payload = {{bits, bits_bytes}, {channel_mean, mean_bytes}, {key_block.data(), key_block.size()}};
     std::uint32_t crc = crc32(header, kCrcOffset, 0);
     for (const Part& part : payload) crc = crc32(part.data, part.size, crc);
@@ -320,46 +386,57 @@ crosslayer_status crosslayer_codes_read(const char* path_text, crosslayer_codes*
     require(path_text != nullptr && path_text[0] != '\0', "path: expected a file path, got NULL or \"\"");
     const std::string path(path_text);
     const std::vector<unsigned char> data = read_whole_file(path);
-    if (data.size() < kHeaderSize)
+    if (data.size() < kHeaderSizeV3)
       throw format_error(path, "truncated header (" + std::to_string(data.size()) +
                                    " bytes); not a crosslayer code file");
     if (std::memcmp(data.data(), kMagic, sizeof kMagic) != 0)
       throw format_error(path, "not a crosslayer code file (bad magic)");
     const auto version = get<std::uint32_t>(data.data() + 8);
-    if (version != kFormatVersion)
-      throw format_error(path, "code file version " + std::to_string(version) + "; this crosslayer reads version " +
-                                   std::to_string(kFormatVersion));
+    if (version != 3 && version != kFormatVersion)
+      throw format_error(path, "code file version " + std::to_string(version) + "; this crosslayer reads versions 3 and 4");
+    const std::size_t expected_header = version == 3 ? kHeaderSizeV3 : kHeaderSize;
+    if (data.size() < expected_header)
+      throw format_error(path, "truncated header (" + std::to_string(data.size()) +
+                                   " bytes); not a crosslayer code file");
+    const std::size_t crc_offset = expected_header - 4;
+    const std::uint32_t layout_field = version == 3 ? 0 : get<std::uint32_t>(data.data() + kLayoutOffset);
+    const std::uint32_t reserved = version == 3 ? 0 : get<std::uint32_t>(data.data() + kReservedOffset);
+    const int layout = static_cast<int>(layout_field);
     const auto header_size = get<std::uint32_t>(data.data() + 12);
     const auto n = get<std::uint64_t>(data.data() + 16);
     const std::int64_t dk = get<std::uint32_t>(data.data() + 24), dt = get<std::uint32_t>(data.data() + 28);
     const std::int64_t words = get<std::uint32_t>(data.data() + 32);
     const auto key_bytes = get<std::uint64_t>(data.data() + kKeyBytesOffset);
-    const auto crc = get<std::uint32_t>(data.data() + kCrcOffset);
-    if (header_size != kHeaderSize || dk < 1 || dt < 1 || words != words_per_plane(dt))
+    const auto crc = get<std::uint32_t>(data.data() + crc_offset);
+    if (header_size != expected_header || dk < 1 || dt < 1 || words != words_per_plane(dt) || layout_field > 1 ||
+        reserved != 0)
       throw format_error(path, "inconsistent header (Dk=" + std::to_string(dk) + ", Dt=" + std::to_string(dt) +
-                                   ", words=" + std::to_string(words) + ")");
+                                   ", words=" + std::to_string(words) + ", layout=" + std::to_string(layout_field) +
+                                   ")");
     const std::string identity = identity_field(data.data() + kIdentityOffset, path);
     // n and the key block's size come from the file: bound them by the file size before multiplying
-    const std::uint64_t payload = data.size() - kHeaderSize;
-    const std::uint64_t item_bytes = static_cast<std::uint64_t>(dk) * (kPlanes * words * 8 + 4);
+    const std::uint64_t payload = data.size() - expected_header;
+    const std::int64_t image_words_ = layout_image_words(layout, dk, dt);
+    const std::uint64_t item_bytes = static_cast<std::uint64_t>(image_words_ * 8 + dk * 4);
     if (key_bytes > payload || n > (payload - key_bytes) / item_bytes || payload != n * item_bytes + key_bytes)
-      throw format_error(path, "expected " + std::to_string(kHeaderSize) + " + " + std::to_string(n) + " x " +
+      throw format_error(path, "expected " + std::to_string(expected_header) + " + " + std::to_string(n) + " x " +
                                    std::to_string(item_bytes) + " + " + std::to_string(key_bytes) + " bytes for " +
                                    std::to_string(n) + " codes, file has " + std::to_string(data.size()) +
                                    " (truncated or extended)");
-    std::uint32_t actual = crc32(data.data(), kCrcOffset, 0);
-    actual = crc32(data.data() + kHeaderSize, payload, actual);
+    std::uint32_t actual = crc32(data.data(), crc_offset, 0);
+    actual = crc32(data.data() + expected_header, payload, actual);
     if (actual != crc) throw format_error(path, "checksum mismatch (file is damaged)");
-    const std::size_t bits_bytes = static_cast<std::size_t>(n * dk * kPlanes * words * 8);
+    const std::size_t bits_bytes = static_cast<std::size_t>(n * image_words_ * 8);
     const std::size_t mean_bytes = static_cast<std::size_t>(n * dk * 4);
     auto codes = std::make_unique<crosslayer_codes>();
     codes->n = static_cast<std::int64_t>(n);
     codes->dk = dk;
     codes->dt = dt;
+    codes->layout = layout;
     codes->identity = identity;
     codes->bits.resize(bits_bytes / 8);
     codes->channel_mean.resize(mean_bytes / 4);
-    const unsigned char* at = data.data() + kHeaderSize;
+    const unsigned char* at = data.data() + expected_header;
     if (bits_bytes) std::memcpy(codes->bits.data(), at, bits_bytes);
     if (mean_bytes) std::memcpy(codes->channel_mean.data(), at + bits_bytes, mean_bytes);
     if (key_bytes > 0) {
@@ -370,7 +447,7 @@ crosslayer_status crosslayer_codes_read(const char* path_text, crosslayer_codes*
         throw format_error(path, "damaged key block (expected " + std::to_string(n) + " strings, found " +
                                      std::to_string(codes->keys.size()) + ")");
     }
-    const std::string reason = invalid_bits_reason(codes->bits.data(), codes->n, dk, dt);
+    const std::string reason = invalid_reason(layout, codes->bits.data(), codes->n, dk, dt);
     if (!reason.empty()) throw format_error(path, "bits: " + reason);
     *out = codes.release();
   });
@@ -380,6 +457,8 @@ void crosslayer_codes_free(crosslayer_codes* codes) { delete codes; }
 int64_t crosslayer_codes_n(const crosslayer_codes* codes) { return codes ? codes->n : 0; }
 int64_t crosslayer_codes_dk(const crosslayer_codes* codes) { return codes ? codes->dk : 0; }
 int64_t crosslayer_codes_dt(const crosslayer_codes* codes) { return codes ? codes->dt : 0; }
+
+int crosslayer_codes_layout(const crosslayer_codes* codes) { return codes ? codes->layout : CROSSLAYER_LAYOUT_TWO_PLANE; }
 const uint64_t* crosslayer_codes_bits(const crosslayer_codes* codes) { return codes ? codes->bits.data() : nullptr; }
 const float* crosslayer_codes_channel_mean(const crosslayer_codes* codes) {
   return codes ? codes->channel_mean.data() : nullptr;

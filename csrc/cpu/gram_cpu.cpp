@@ -10,6 +10,11 @@
 // (kTile x 4 KB) stay in L2 while 4 `a` rows at a time (L1) meet them in a 4 x 4 register-blocked kernel.
 // gram(a, a) scores only the tiles on and above the diagonal (of a diagonal tile, only its upper triangle) and writes
 // each one to both places.
+// Compact codes (compact_codes.h) pack one plane, the sign words, and the kernel counts X = sum over all channels
+// of popcount(sign_a XOR sign_b). A dead channel's sign row is zero, so X also counts, for a channel live in one
+// code only, that code's negative values there; those are taken back per pair from the few dead channels:
+//   dot = dt * |live_a & live_b| - 2 * (X - sum_{k dead in b} neg_a[k] - sum_{k dead in a} neg_b[k])
+// where neg_a[k] = popcount(sign_a[k]) (zero where a is dead). Pooled codes have ~1% dead channels.
 #include <omp.h>
 #include <sys/mman.h>
 
@@ -22,6 +27,7 @@
 #include <vector>
 
 #include "crosslayer/codes.h"
+#include "crosslayer/compact_codes.h"
 #include "crosslayer/search.h"
 #include "ternary_kernels.h"
 
@@ -53,13 +59,15 @@ struct PackedLayout {
   std::int64_t chunks = 0;
   std::int64_t chunk_channels = 0;
   std::int64_t plane_words = 0;
-  std::int64_t row_words() const { return 2 * plane_words; }
+  std::int64_t planes = 2;  // 1 for compact codes (sign plane only)
+  std::int64_t row_words() const { return planes * plane_words; }
   std::int64_t chunk_words() const { return rows * row_words(); }
 };
 
-PackedLayout packed_layout(std::int64_t n, std::int64_t dk, std::int64_t dt) {
+PackedLayout packed_layout(std::int64_t n, std::int64_t dk, std::int64_t dt, CodeLayout code_layout) {
   const std::int64_t wpp = words_per_plane(dt);
   PackedLayout layout;
+  layout.planes = code_layout == CodeLayout::kCompact ? 1 : 2;
   layout.rows = round_up(n, detail::kGramRowGroup);
   // at most dk channels a chunk: a chunk sized for the word budget alone would pad small-Dk codes with zeros
   layout.chunk_channels = std::min<std::int64_t>(dk, wpp >= kChunkPlaneWords ? 1 : kChunkPlaneWords / wpp);
@@ -88,6 +96,14 @@ void gram_pack_row(const CodeMatrix& m, std::int64_t row, const PackedLayout& la
     std::uint64_t* neg = nz + layout.plane_words;
     const std::int64_t first = chunk * layout.chunk_channels;
     const std::int64_t count = row >= m.n ? 0 : std::min(layout.chunk_channels, m.dk - first);
+    if (m.layout == CodeLayout::kCompact) {
+      // sign rows of consecutive channels are already back to back
+      if (count > 0)
+        std::memcpy(nz, compact_sign_row(m.bits + row * compact_words_per_image(m.dk, m.dt), m.dk, m.dt, first),
+                    sizeof(std::uint64_t) * count * wpp);
+      std::memset(nz + count * wpp, 0, sizeof(std::uint64_t) * (layout.plane_words - count * wpp));
+      continue;
+    }
     for (std::int64_t c = 0; c < count; ++c) {
       const std::uint64_t* code = m.bits + row * words_per_image(m.dk, m.dt) + (first + c) * channel_words;
       std::memcpy(nz + c * wpp, code, sizeof(std::uint64_t) * wpp);
@@ -95,6 +111,56 @@ void gram_pack_row(const CodeMatrix& m, std::int64_t row, const PackedLayout& la
     }
     std::memset(nz + count * wpp, 0, sizeof(std::uint64_t) * (layout.plane_words - count * wpp));
     std::memset(neg + count * wpp, 0, sizeof(std::uint64_t) * (layout.plane_words - count * wpp));
+  }
+}
+
+// Per image of a compact operand: its dead channels, and per channel the number of negative values.
+struct CompactSide {
+  std::vector<std::int64_t> dead_begin;  // [n + 1] into dead
+  std::vector<std::int32_t> dead;
+  std::vector<std::int32_t> negatives;  // [n][dk]
+};
+
+CompactSide compact_side(const CodeMatrix& m) {
+  CompactSide side;
+  const std::int64_t stride = compact_words_per_image(m.dk, m.dt), wpp = words_per_plane(m.dt);
+  side.dead_begin.assign(1, 0);
+  side.negatives.resize(static_cast<std::size_t>(m.n * m.dk));
+  for (std::int64_t i = 0; i < m.n; ++i) {
+    const std::uint64_t* image = m.bits + i * stride;
+    for (std::int64_t k = 0; k < m.dk; ++k) {
+      if (!channel_live(image, k)) side.dead.push_back(static_cast<std::int32_t>(k));
+      const std::uint64_t* row = compact_sign_row(image, m.dk, m.dt, k);
+      std::int32_t count = 0;
+      for (std::int64_t w = 0; w < wpp; ++w) count += __builtin_popcountll(row[w]);
+      side.negatives[static_cast<std::size_t>(i * m.dk + k)] = count;
+    }
+    side.dead_begin.push_back(static_cast<std::int64_t>(side.dead.size()));
+  }
+  return side;
+}
+
+// Turns the kernel's XOR counts of a tile's valid rows x cols (row stride `stride`; rows i0.., columns j0..) into
+// dot products.
+void compact_counts_to_dots(const CodeMatrix& a, const CompactSide& side_a, const CodeMatrix& b,
+                            const CompactSide& side_b, std::int64_t i0, std::int64_t j0, std::int64_t rows,
+                            std::int64_t cols, std::int64_t stride_cols, std::int32_t* tile) {
+  const std::int64_t lw = live_words(a.dk), image_stride = compact_words_per_image(a.dk, a.dt);
+  for (std::int64_t i = 0; i < rows; ++i) {
+    const std::uint64_t* live_a = a.bits + (i0 + i) * image_stride;
+    const std::int32_t* neg_a = side_a.negatives.data() + (i0 + i) * a.dk;
+    for (std::int64_t j = 0; j < cols; ++j) {
+      const std::uint64_t* live_b = b.bits + (j0 + j) * image_stride;
+      const std::int32_t* neg_b = side_b.negatives.data() + (j0 + j) * b.dk;
+      std::int64_t both_live = 0, one_sided = 0;
+      for (std::int64_t w = 0; w < lw; ++w) both_live += __builtin_popcountll(live_a[w] & live_b[w]);
+      for (std::int64_t d = side_b.dead_begin[j0 + j]; d < side_b.dead_begin[j0 + j + 1]; ++d)
+        one_sided += neg_a[side_b.dead[d]];
+      for (std::int64_t d = side_a.dead_begin[i0 + i]; d < side_a.dead_begin[i0 + i + 1]; ++d)
+        one_sided += neg_b[side_a.dead[d]];
+      std::int32_t& value = tile[i * stride_cols + j];
+      value = static_cast<std::int32_t>(a.dt * both_live - 2 * (value - one_sided));
+    }
   }
 }
 
@@ -129,15 +195,24 @@ const char* gram_cpu(const GramArgs& args) {
   if (*err) return err;
   if (*(err = check_matrix(args.b))) return err;
   if (args.a.dk != args.b.dk || args.a.dt != args.b.dt) return "a and b must have the same dk and dt";
+  if (args.a.layout != args.b.layout) return "a and b must have the same layout (2-plane or compact)";
   const std::int64_t na = args.a.n, nb = args.b.n;
   if (na == 0 || nb == 0) return "";
   if (args.out == nullptr) return "out is null";
   const bool symmetric = args.a.bits == args.b.bits && na == nb;
-  const detail::GramTileFn gram_tile = detail::active_kernels().gram_tile;
+  const bool compact = args.a.layout == CodeLayout::kCompact;
+  const detail::GramTileFn gram_tile =
+      compact ? detail::active_kernels().gram_tile_compact : detail::active_kernels().gram_tile;
   const int threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
 
-  const PackedLayout layout_a = packed_layout(na, args.a.dk, args.a.dt);
-  const PackedLayout layout_b = packed_layout(nb, args.b.dk, args.b.dt);
+  const PackedLayout layout_a = packed_layout(na, args.a.dk, args.a.dt, args.a.layout);
+  const PackedLayout layout_b = packed_layout(nb, args.b.dk, args.b.dt, args.b.layout);
+  CompactSide side_a, side_b;
+  if (compact) {
+    side_a = compact_side(args.a);
+    if (!symmetric) side_b = compact_side(args.b);
+  }
+  const CompactSide& side_b_ref = symmetric ? side_a : side_b;
   WordBuffer packed_a = allocate_packed(layout_a);
   WordBuffer packed_b = symmetric ? nullptr : allocate_packed(layout_b);
   if (!packed_a || (!symmetric && !packed_b)) return "out of memory for the packed Gram operands";
@@ -165,6 +240,9 @@ const char* gram_cpu(const GramArgs& args) {
         gram_tile(packed_a.get() + chunk * layout_a.chunk_words() + i0 * layout_a.row_words(), rows,
                   b_base + chunk * layout_b.chunk_words() + j0 * layout_b.row_words(), cols, layout_a.plane_words,
                   symmetric && i0 == j0, tile.data());
+      if (compact)
+        compact_counts_to_dots(args.a, side_a, args.b, side_b_ref, i0, j0, i0 + rows < na ? rows : na - i0,
+                               j0 + cols < nb ? cols : nb - j0, cols, tile.data());
       store_tile(tile.data(), cols, i0, j0, i0 + rows < na ? rows : na - i0, j0 + cols < nb ? cols : nb - j0,
                  symmetric, args.out, nb);
     }

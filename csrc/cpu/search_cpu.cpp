@@ -7,6 +7,10 @@
 // row against every query that selected that channel, with the rows a few channels ahead prefetched. Each thread
 // keeps its own top-k per query; the per-thread lists (and, when merging, the caller's previous result) are merged at
 // the end.
+// Compact codes (compact_codes.h): rows are sign rows only (half the bytes) and the kernel counts differing signs.
+// A query's dead channels are left out of the plan (they score 0); an item's dead channels (a zero sign row, ~1% of
+// channels) are corrected after the kernel: score = dt * (query's live selected channels) - 2 * counts, minus, for
+// each dead channel c of the item that the query selected, what the zero row scored there: dt - 2 * neg_q[c].
 #include <omp.h>
 
 #include <algorithm>
@@ -14,6 +18,7 @@
 #include <vector>
 
 #include "crosslayer/codes.h"
+#include "crosslayer/compact_codes.h"
 #include "crosslayer/search.h"
 #include "ternary_kernels.h"
 
@@ -60,6 +65,7 @@ const char* check_args(const SearchArgs& a) {
     if (m->n > 0 && m->bits == nullptr) return "code matrix bits are null";
   }
   if (a.queries.dk != a.database.dk || a.queries.dt != a.database.dt) return "queries and database must have the same dk and dt";
+  if (a.queries.layout != a.database.layout) return "queries and database must have the same layout (2-plane or compact)";
   if (a.database.dk * a.database.dt > INT32_MAX) return "dk * dt must stay below 2^31 for exact int32 scores";
   if (a.n_channels < 1 || a.n_channels > a.database.dk) return "n_channels must be in [1, dk]";
   if (a.k < 1) return "k must be >= 1";
@@ -76,20 +82,41 @@ const char* check_args(const SearchArgs& a) {
 // union channel, the queries that selected it with copies of their rows, back to back in scan order: the kernel
 // then reads them as one sequential stream instead of chasing a pointer into 32 scattered query codes per row.
 // Built by counting sort, so entries of a channel keep query order.
+// Compact codes also keep, per query, how many of its selected channels are live, per entry the number of negative
+// values of its row, and per channel its union index (-1: no query selected it), for the dead-channel correction.
 struct BatchPlan {
   std::vector<std::int32_t> channels;
   std::vector<std::int64_t> entry_begin;
   std::vector<std::int32_t> entry_query;
   std::vector<std::uint64_t> entry_rows;
+  std::vector<std::int64_t> live_selected;
+  std::vector<std::int32_t> entry_negatives;
+  std::vector<std::int64_t> union_index;
   detail::ChannelPlan view;
 };
 
-void build_plan(const std::uint64_t* query_bits, std::int64_t stride, std::int64_t row_words,
-                const std::int32_t* channels, std::int64_t n_queries, std::int64_t n_channels, std::int64_t dk,
-                BatchPlan& plan) {
+// `rows_at`: first word of the query bits' channel rows (past the live words for compact codes); `live`: the query
+// bits' live words (null for 2-plane codes, whose every selected channel enters the plan).
+void build_plan(const std::uint64_t* query_bits, std::int64_t stride, std::int64_t rows_at, std::int64_t row_words,
+                bool compact, const std::int32_t* channels, std::int64_t n_queries, std::int64_t n_channels,
+                std::int64_t dk, BatchPlan& plan) {
+  // A compact query's dead channel scores 0 against anything: it takes no entry.
+  const auto takes_entry = [&](std::int64_t q, std::int32_t c) {
+    return !compact || channel_live(query_bits + q * stride, c);
+  };
   std::vector<std::int64_t> count(static_cast<std::size_t>(dk), 0);
-  for (std::int64_t i = 0; i < n_queries * n_channels; ++i) ++count[static_cast<std::size_t>(channels[i])];
-  std::vector<std::int64_t> union_index(static_cast<std::size_t>(dk), -1);
+  plan.live_selected.assign(static_cast<std::size_t>(n_queries), 0);
+  std::int64_t entries = 0;
+  for (std::int64_t q = 0; q < n_queries; ++q)
+    for (std::int64_t i = 0; i < n_channels; ++i) {
+      const std::int32_t c = channels[q * n_channels + i];
+      if (!takes_entry(q, c)) continue;
+      ++count[static_cast<std::size_t>(c)];
+      ++plan.live_selected[static_cast<std::size_t>(q)];
+      ++entries;
+    }
+  std::vector<std::int64_t>& union_index = plan.union_index;
+  union_index.assign(static_cast<std::size_t>(dk), -1);
   plan.channels.clear();
   plan.entry_begin.assign(1, 0);
   for (std::int64_t c = 0; c < dk; ++c) {
@@ -98,16 +125,20 @@ void build_plan(const std::uint64_t* query_bits, std::int64_t stride, std::int64
     plan.channels.push_back(static_cast<std::int32_t>(c));
     plan.entry_begin.push_back(plan.entry_begin.back() + count[static_cast<std::size_t>(c)]);
   }
-  const std::size_t entries = static_cast<std::size_t>(n_queries * n_channels);
-  plan.entry_query.assign(entries, 0);
-  plan.entry_rows.assign(entries * static_cast<std::size_t>(row_words), 0);
+  plan.entry_query.assign(static_cast<std::size_t>(entries), 0);
+  plan.entry_rows.assign(static_cast<std::size_t>(entries * row_words), 0);
+  plan.entry_negatives.assign(compact ? static_cast<std::size_t>(entries) : 0, 0);
   std::vector<std::int64_t> next(plan.entry_begin.begin(), plan.entry_begin.end() - 1);
   for (std::int64_t q = 0; q < n_queries; ++q)
     for (std::int64_t i = 0; i < n_channels; ++i) {
       const std::int32_t c = channels[q * n_channels + i];
+      if (!takes_entry(q, c)) continue;
       const std::size_t e = static_cast<std::size_t>(next[static_cast<std::size_t>(union_index[static_cast<std::size_t>(c)])]++);
       plan.entry_query[e] = static_cast<std::int32_t>(q);
-      std::copy_n(query_bits + q * stride + c * row_words, row_words, plan.entry_rows.data() + e * row_words);
+      const std::uint64_t* row = query_bits + q * stride + rows_at + c * row_words;
+      std::copy_n(row, row_words, plan.entry_rows.data() + e * row_words);
+      if (compact)
+        for (std::int64_t w = 0; w < row_words; ++w) plan.entry_negatives[e] += __builtin_popcountll(row[w]);
     }
   plan.view = {plan.channels.data(), static_cast<std::int64_t>(plan.channels.size()), plan.entry_begin.data(),
                plan.entry_query.data(), plan.entry_rows.data(), n_queries};
@@ -116,11 +147,13 @@ void build_plan(const std::uint64_t* query_bits, std::int64_t stride, std::int64
 // Scores consecutive ranges of database items for one thread, kSearchItemBlock items at a time, offering every
 // score to the thread's top-k lists.
 struct RangeScanner {
-  RangeScanner(const CodeMatrix& database_, const detail::ChannelPlan& plan_, detail::SearchBlockFn search_block_,
+  RangeScanner(const CodeMatrix& database_, const BatchPlan& batch_, detail::SearchBlockFn search_block_,
                std::int64_t id_base_, std::vector<TopK>& best_)
-      : database(database_), plan(plan_), search_block(search_block_), id_base(id_base_), best(best_) {}
+      : database(database_), batch(batch_), plan(batch_.view), search_block(search_block_), id_base(id_base_),
+        best(best_) {}
 
   const CodeMatrix& database;
+  const BatchPlan& batch;
   const detail::ChannelPlan& plan;
   detail::SearchBlockFn search_block;
   std::int64_t id_base;
@@ -128,11 +161,41 @@ struct RangeScanner {
   alignas(64) unsigned char workspace[detail::kSearchWorkspacePerQuery * kQueryBatch];  // 20 KB: stays in L1
   std::int32_t scores[detail::kSearchItemBlock * kQueryBatch];
 
-  // A short last block repeats its first item in the missing slots (read, scored, never offered).
+  bool compact() const { return database.layout == CodeLayout::kCompact; }
+
+  // A short last block repeats its first item in the missing slots (read, scored, never offered). Compact items
+  // point at their first sign row.
   void block_items(std::int64_t x0, std::int64_t end, const std::uint64_t** items) const {
-    const std::int64_t stride = words_per_image(database.dk, database.dt);
+    const std::int64_t stride = image_words(database.layout, database.dk, database.dt);
+    const std::int64_t rows_at = compact() ? live_words(database.dk) : 0;
     for (std::int64_t j = 0; j < detail::kSearchItemBlock; ++j)
-      items[j] = database.bits + (x0 + j < end ? x0 + j : x0) * stride;
+      items[j] = database.bits + (x0 + j < end ? x0 + j : x0) * stride + rows_at;
+  }
+
+  // Compact: the kernel's counts of differing signs -> dot products (see the top of this file).
+  void counts_to_scores(const std::uint64_t* const* items, std::int64_t count) {
+    constexpr std::int64_t kBlock = detail::kSearchItemBlock;
+    const std::int64_t dt = database.dt, dk = database.dk, lw = live_words(dk);
+    for (std::int64_t q = 0; q < plan.n_queries; ++q)
+      for (std::int64_t j = 0; j < kBlock; ++j)
+        scores[q * kBlock + j] = static_cast<std::int32_t>(
+            dt * batch.live_selected[static_cast<std::size_t>(q)] - 2 * static_cast<std::int64_t>(scores[q * kBlock + j]));
+    for (std::int64_t j = 0; j < count; ++j) {
+      const std::uint64_t* live = items[j] - lw;
+      for (std::int64_t w = 0; w < lw; ++w) {
+        std::uint64_t dead = ~live[w];
+        if (w == lw - 1 && dk % kBitsPerWord) dead &= (std::uint64_t{1} << (dk % kBitsPerWord)) - 1;
+        while (dead) {
+          const std::int64_t c = w * kBitsPerWord + __builtin_ctzll(dead);
+          dead &= dead - 1;
+          const std::int64_t u = batch.union_index[static_cast<std::size_t>(c)];
+          if (u < 0) continue;
+          for (std::int64_t e = plan.entry_begin[u]; e < plan.entry_begin[u + 1]; ++e)
+            scores[plan.entry_query[e] * kBlock + j] -=
+                static_cast<std::int32_t>(dt - 2 * batch.entry_negatives[static_cast<std::size_t>(e)]);
+        }
+      }
+    }
   }
 
   void scan(std::int64_t begin, std::int64_t end) {
@@ -144,8 +207,13 @@ struct RangeScanner {
       block_items(x0, end, items);
       const bool has_next = x0 + kBlock < end;
       if (has_next) block_items(x0 + kBlock, end, next_items);
-      search_block(items, plan, wpp, has_next ? next_items : nullptr, workspace, scores);
       const std::int64_t count = std::min(kBlock, end - x0);
+      if (plan.n_channels > 0) {
+        search_block(items, plan, wpp, has_next ? next_items : nullptr, workspace, scores);
+      } else {  // every selected channel of every query in the batch is dead: all scores are 0
+        std::fill_n(scores, plan.n_queries * kBlock, 0);
+      }
+      if (compact()) counts_to_scores(items, count);
       for (std::int64_t q = 0; q < plan.n_queries; ++q) {
         TopK& top = best[static_cast<std::size_t>(q)];
         for (std::int64_t j = 0; j < count; ++j) top.offer(scores[q * kBlock + j], id_base + x0 + j);
@@ -161,8 +229,12 @@ const char* search_cpu(const SearchArgs& args) {
   const std::int64_t nq = args.queries.n, n_items = args.database.n, k = args.k, nc = args.n_channels;
   if (nq == 0 || n_items == 0) return "";  // an empty segment leaves a merged result as it was
   const std::int64_t dk = args.database.dk;
-  const std::int64_t stride = words_per_image(dk, args.database.dt), row_words = words_per_channel(args.database.dt);
-  const detail::SearchBlockFn search_block = detail::active_kernels().search_block;
+  const bool compact = args.database.layout == CodeLayout::kCompact;
+  const std::int64_t stride = image_words(args.database.layout, dk, args.database.dt);
+  const std::int64_t row_words = compact ? words_per_plane(args.database.dt) : words_per_channel(args.database.dt);
+  const std::int64_t rows_at = compact ? live_words(dk) : 0;
+  const detail::SearchBlockFn search_block =
+      compact ? detail::active_kernels().search_block_compact : detail::active_kernels().search_block;
   const std::int64_t n_ranges = (n_items + kRangeItems - 1) / kRangeItems;
   int threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
   threads = static_cast<int>(std::min<std::int64_t>(threads, n_ranges));
@@ -170,14 +242,15 @@ const char* search_cpu(const SearchArgs& args) {
 
   for (std::int64_t q0 = 0; q0 < nq; q0 += kQueryBatch) {
     const std::int64_t batch = std::min(kQueryBatch, nq - q0);
-    build_plan(args.queries.bits + q0 * stride, stride, row_words, args.channels + q0 * nc, batch, nc, dk, plan);
+    build_plan(args.queries.bits + q0 * stride, stride, rows_at, row_words, compact, args.channels + q0 * nc, batch, nc,
+               dk, plan);
     std::vector<std::vector<TopK>> per_thread(static_cast<std::size_t>(threads));
 
 #pragma omp parallel num_threads(threads)
     {
       std::vector<TopK>& best = per_thread[static_cast<std::size_t>(omp_get_thread_num())];
       best.assign(static_cast<std::size_t>(batch), TopK(k));
-      RangeScanner scanner(args.database, plan.view, search_block, args.id_base, best);
+      RangeScanner scanner(args.database, plan, search_block, args.id_base, best);
       // Ranges are handed out dynamically: on a shared machine a descheduled thread must not hold up the others.
 #pragma omp for schedule(dynamic, 1)
       for (std::int64_t range = 0; range < n_ranges; ++range)

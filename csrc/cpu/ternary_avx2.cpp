@@ -38,6 +38,9 @@ struct Ops {
     const __m256i same = _mm256_xor_si256(both, opposite);
     dot = _mm256_sub_epi64(_mm256_add_epi64(dot, popcount(same)), popcount(opposite));
   }
+  XL_TARGET static inline void accumulate_xor(Acc& acc, Vec a, Vec b) {
+    acc = _mm256_add_epi64(acc, popcount(_mm256_xor_si256(a, b)));
+  }
   XL_TARGET static inline std::int64_t reduce(Acc acc) {
     const __m128i sum = _mm_add_epi64(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
     return _mm_cvtsi128_si64(sum) + _mm_extract_epi64(sum, 1);
@@ -58,7 +61,8 @@ bool supported() {
 }  // namespace
 
 const TernaryKernels& kernels_avx2() {
-  static const TernaryKernels table{"avx2", &supported, &gram_tile, &search_block};
+  static const TernaryKernels table{"avx2", &supported, &gram_tile, &search_block, &gram_tile_compact,
+                                      &search_block_compact};
   return table;
 }
 

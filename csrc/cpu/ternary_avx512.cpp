@@ -29,6 +29,9 @@ struct Ops {
     const __m512i opposite = _mm512_ternarylogic_epi64(both, neg_a, neg_b, 0x60);
     dot = _mm512_sub_epi64(_mm512_add_epi64(dot, _mm512_popcnt_epi64(same)), _mm512_popcnt_epi64(opposite));
   }
+  XL_TARGET static inline void accumulate_xor(Acc& acc, Vec a, Vec b) {
+    acc = _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(a, b)));
+  }
   XL_TARGET static inline std::int64_t reduce(Acc acc) { return _mm512_reduce_add_epi64(acc); }
 };
 
@@ -47,6 +50,9 @@ struct SearchOps {
     const __m256i same = _mm256_ternarylogic_epi64(both, neg_a, neg_b, 0x90);
     const __m256i opposite = _mm256_ternarylogic_epi64(both, neg_a, neg_b, 0x60);
     dot = _mm256_sub_epi64(_mm256_add_epi64(dot, _mm256_popcnt_epi64(same)), _mm256_popcnt_epi64(opposite));
+  }
+  XL_TARGET static inline void accumulate_xor(Acc& acc, Vec a, Vec b) {
+    acc = _mm256_add_epi64(acc, _mm256_popcnt_epi64(_mm256_xor_si256(a, b)));
   }
   XL_TARGET static inline std::int64_t reduce(Acc acc) {
     const __m128i sum = _mm_add_epi64(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
@@ -67,7 +73,8 @@ bool supported() {
 }  // namespace
 
 const TernaryKernels& kernels_avx512_vpopcntdq() {
-  static const TernaryKernels table{"avx512_vpopcntdq", &supported, &gram_tile, &search_block};
+  static const TernaryKernels table{"avx512_vpopcntdq", &supported, &gram_tile, &search_block,
+                                    &gram_tile_compact, &search_block_compact};
   return table;
 }
 

@@ -42,11 +42,19 @@ constexpr std::int64_t kSearchWorkspacePerQuery = kSearchItemBlock * (32 + 8);
 using SearchBlockFn = void (*)(const std::uint64_t* const* items, const ChannelPlan& plan, std::int64_t wpp,
                                const std::uint64_t* const* prefetch, void* workspace, std::int32_t* scores);
 
+// Compact layout (crosslayer/compact_codes.h) variants, one popcount a word:
+//   gram_tile_compact: packed rows are one sign plane of `plane_words` words; adds popcount(a_i XOR b_j) summed
+//     over the row to tile[i * b_rows + j] (the caller turns these counts into dot products).
+//   search_block_compact: items[j] points at the first sign row of item j (past its live words), plan rows are
+//     sign rows of wpp words; scores[q * kSearchItemBlock + j] = sum over the query's entries of
+//     popcount(sign_q XOR sign_item) (the caller turns these counts into dot products).
 struct TernaryKernels {
   const char* name;
   bool (*supported)();
   GramTileFn gram_tile;
   SearchBlockFn search_block;
+  GramTileFn gram_tile_compact;
+  SearchBlockFn search_block_compact;
 };
 
 const TernaryKernels& kernels_avx512_vpopcntdq();

@@ -27,6 +27,7 @@ struct Ops {
     dot += __builtin_popcountll(both ^ opposite);
     dot -= __builtin_popcountll(opposite);
   }
+  XL_TARGET static inline void accumulate_xor(Acc& acc, Vec a, Vec b) { acc += __builtin_popcountll(a ^ b); }
   XL_TARGET static inline std::int64_t reduce(Acc acc) { return acc; }
 };
 
@@ -72,6 +73,7 @@ struct Ops {
     dot += popcount64(both ^ opposite);
     dot -= popcount64(opposite);
   }
+  static inline void accumulate_xor(Acc& acc, Vec a, Vec b) { acc += popcount64(a ^ b); }
   static inline std::int64_t reduce(Acc acc) { return acc; }
 };
 
@@ -88,12 +90,14 @@ bool supported() { return true; }
 
 const TernaryKernels& kernels_popcnt() {
   static const TernaryKernels table{"popcnt", &hardware_popcnt::supported, &hardware_popcnt::gram_tile,
-                                      &hardware_popcnt::search_block};
+                                      &hardware_popcnt::search_block, &hardware_popcnt::gram_tile_compact,
+                                      &hardware_popcnt::search_block_compact};
   return table;
 }
 
 const TernaryKernels& kernels_portable() {
-  static const TernaryKernels table{"portable", &portable::supported, &portable::gram_tile, &portable::search_block};
+  static const TernaryKernels table{"portable", &portable::supported, &portable::gram_tile, &portable::search_block,
+                                      &portable::gram_tile_compact, &portable::search_block_compact};
   return table;
 }
 

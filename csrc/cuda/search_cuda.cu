@@ -9,6 +9,9 @@
 //   The scoring kernel for words_per_plane in {2, 4, 8, 16} has W lanes read one channel line (2W words) with
 //   16-byte loads, so a warp reads whole 128-byte lines (W = 8); other widths use a one-thread-per-item kernel.
 // gram: 64x64 output tiles per CTA, 4x4 per thread, word pairs (nonzero, negative) staged in shared memory.
+// Compact codes (compact_codes.h) are first expanded to the 2-plane layout on the device (expand_compact_kernel,
+// into stream-ordered scratch as large as the 2-plane codes) and then scored by the same kernels: simple and exact,
+// at the cost of one extra pass over the codes and twice their memory for the call.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -17,6 +20,7 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include "crosslayer/codes.h"
+#include "crosslayer/compact_codes.h"
 #include "crosslayer/search.h"
 #include "cuda_util.cuh"
 
@@ -298,12 +302,58 @@ __global__ void __launch_bounds__(kGramThreads) gram_kernel(CodeMatrix a, CodeMa
   }
 }
 
+// ---- compact -> 2-plane ------------------------------------------------------------------------------------------
+// One thread per (image, channel, word): nonzero = all valid bits when the channel is live, negative = its sign word.
+__global__ void expand_compact_kernel(const std::uint64_t* compact, std::int64_t n, std::int64_t dk, std::int64_t dt,
+                                      std::uint64_t* out) {
+  const std::int64_t words = words_per_plane(dt), live = live_words(dk), stride = compact_words_per_image(dk, dt);
+  const std::int64_t total = n * dk * words;
+  const int tail = static_cast<int>(dt % kBitsPerWord);
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    const std::int64_t w = i % words, k = (i / words) % dk, image = i / (words * dk);
+    const std::uint64_t* source = compact + image * stride;
+    const bool is_live = (source[k / kBitsPerWord] >> (k % kBitsPerWord)) & 1u;
+    const std::uint64_t full = (w == words - 1 && tail) ? (std::uint64_t{1} << tail) - 1 : ~std::uint64_t{0};
+    std::uint64_t* target = out + ((image * dk + k) * 2) * words + w;
+    target[0] = is_live ? full : 0;
+    target[words] = source[live + k * words + w];
+  }
+}
+
+// `m` in the 2-plane layout: itself, or its expansion into `scratch` (enqueued on `stream`).
+cudaError_t as_two_plane(const CodeMatrix& m, cuda_detail::StreamScratch& scratch, cudaStream_t stream,
+                         CodeMatrix& out) {
+  out = m;
+  out.layout = CodeLayout::kTwoPlane;
+  if (m.layout != CodeLayout::kCompact || m.n == 0) return cudaSuccess;
+  const cudaError_t status = scratch.allocate(sizeof(std::uint64_t) * m.n * words_per_image(m.dk, m.dt));
+  if (status != cudaSuccess) return status;
+  expand_compact_kernel<<<grid_for(m.n * m.dk * words_per_plane(m.dt)), 256, 0, stream>>>(m.bits, m.n, m.dk, m.dt,
+                                                                                          scratch.as<std::uint64_t>());
+  out.bits = scratch.as<std::uint64_t>();
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 const char* gram_cuda(const GramArgs& args, void* stream_handle) {
   if (const char* e = check_codes(args.a, "gram_cuda: invalid first code matrix")) return e;
   if (const char* e = check_codes(args.b, "gram_cuda: invalid second code matrix")) return e;
   if (args.a.dk != args.b.dk || args.a.dt != args.b.dt) return "gram_cuda: code matrices differ in Dk or Dt";
+  if (args.a.layout != args.b.layout) return "gram_cuda: code matrices differ in layout";
+  if (args.a.layout == CodeLayout::kCompact && args.a.n > 0 && args.b.n > 0) {
+    const cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
+    cuda_detail::StreamScratch a_scratch(stream), b_scratch(stream);
+    GramArgs expanded = args;
+    CROSSLAYER_CUDA_TRY(as_two_plane(args.a, a_scratch, stream, expanded.a));
+    if (args.b.bits == args.a.bits && args.b.n == args.a.n) {
+      expanded.b = expanded.a;
+    } else {
+      CROSSLAYER_CUDA_TRY(as_two_plane(args.b, b_scratch, stream, expanded.b));
+    }
+    return gram_cuda(expanded, stream_handle);
+  }
   if (args.a.dk * args.a.dt > INT32_MAX) return "gram_cuda: dk * dt must stay below 2^31 for exact int32 scores";
   if (args.a.n == 0 || args.b.n == 0) return "";
   if (!args.out) return "gram_cuda: null output";
@@ -322,6 +372,15 @@ const char* search_cuda(const SearchArgs& args, void* stream_handle) {
   if (const char* e = check_codes(qm, "search_cuda: invalid query codes")) return e;
   if (const char* e = check_codes(db, "search_cuda: invalid database codes")) return e;
   if (qm.dk != db.dk || qm.dt != db.dt) return "search_cuda: queries and database differ in Dk or Dt";
+  if (qm.layout != db.layout) return "search_cuda: queries and database differ in layout";
+  if (qm.layout == CodeLayout::kCompact && qm.n > 0 && db.n > 0) {
+    const cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
+    cuda_detail::StreamScratch q_scratch(stream), db_scratch(stream);
+    SearchArgs expanded = args;
+    CROSSLAYER_CUDA_TRY(as_two_plane(qm, q_scratch, stream, expanded.queries));
+    CROSSLAYER_CUDA_TRY(as_two_plane(db, db_scratch, stream, expanded.database));
+    return search_cuda(expanded, stream_handle);
+  }
   if (args.n_channels < 0 || args.n_channels > qm.dk) return "search_cuda: n_channels must be in [0, Dk]";
   if (args.k < 0) return "search_cuda: k must be >= 0";
   if (args.id_base < 0) return "search_cuda: id_base must be >= 0";

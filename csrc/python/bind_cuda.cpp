@@ -70,11 +70,16 @@ void pool_cuda_py(std::uintptr_t local, std::uintptr_t guidance, std::int64_t n,
   on_device(device, [&] { return pool_cuda(args, reinterpret_cast<void*>(stream)); });
 }
 
+CodeLayout code_layout(int layout) {
+  require(layout == 0 || layout == 1, "layout must be 0 (2-plane) or 1 (compact)");
+  return layout == 1 ? CodeLayout::kCompact : CodeLayout::kTwoPlane;
+}
+
 void gram_cuda_py(std::uintptr_t a, std::int64_t a_n, std::uintptr_t b, std::int64_t b_n, std::int64_t dk,
-                  std::int64_t dt, std::uintptr_t out, std::uintptr_t stream, int device) {
+                  std::int64_t dt, std::uintptr_t out, std::uintptr_t stream, int device, int layout) {
   GramArgs args;
-  args.a = CodeMatrix{device_pointer<const std::uint64_t>(a), a_n, dk, dt};
-  args.b = CodeMatrix{device_pointer<const std::uint64_t>(b), b_n, dk, dt};
+  args.a = CodeMatrix{device_pointer<const std::uint64_t>(a), a_n, dk, dt, code_layout(layout)};
+  args.b = CodeMatrix{device_pointer<const std::uint64_t>(b), b_n, dk, dt, code_layout(layout)};
   args.out = device_pointer<std::int32_t>(out);
   on_device(device, [&] { return gram_cuda(args, reinterpret_cast<void*>(stream)); });
 }
@@ -82,10 +87,10 @@ void gram_cuda_py(std::uintptr_t a, std::int64_t a_n, std::uintptr_t b, std::int
 void search_cuda_py(std::uintptr_t queries, std::int64_t n_queries, std::uintptr_t database, std::int64_t n_database,
                     std::int64_t dk, std::int64_t dt, std::uintptr_t channels, std::int64_t n_channels, std::int64_t k,
                     std::int64_t id_base, bool merge_with_existing, std::uintptr_t out_scores, std::uintptr_t out_ids,
-                    std::uintptr_t stream, int device) {
+                    std::uintptr_t stream, int device, int layout) {
   SearchArgs args;
-  args.queries = CodeMatrix{device_pointer<const std::uint64_t>(queries), n_queries, dk, dt};
-  args.database = CodeMatrix{device_pointer<const std::uint64_t>(database), n_database, dk, dt};
+  args.queries = CodeMatrix{device_pointer<const std::uint64_t>(queries), n_queries, dk, dt, code_layout(layout)};
+  args.database = CodeMatrix{device_pointer<const std::uint64_t>(database), n_database, dk, dt, code_layout(layout)};
   args.channels = device_pointer<const std::int32_t>(channels);
   args.n_channels = n_channels;
   args.k = k;
@@ -105,13 +110,13 @@ void register_cuda(py::module_& m) {
         py::arg("stream"), py::arg("device"),
         "Fused cross-layer pooling on device addresses (see csrc/include/crosslayer/pool.h).");
   m.def("gram_cuda", &gram_cuda_py, py::arg("a"), py::arg("a_n"), py::arg("b"), py::arg("b_n"), py::arg("dk"),
-        py::arg("dt"), py::arg("out"), py::arg("stream"), py::arg("device"),
-        "Ternary code Gram matrix on device addresses (see csrc/include/crosslayer/search.h).");
+        py::arg("dt"), py::arg("out"), py::arg("stream"), py::arg("device"), py::arg("layout") = 0,
+        "Ternary code Gram matrix on device addresses (see csrc/include/crosslayer/search.h); layout 1: compact.");
   m.def("search_cuda", &search_cuda_py, py::arg("queries"), py::arg("n_queries"), py::arg("database"),
         py::arg("n_database"), py::arg("dk"), py::arg("dt"), py::arg("channels"), py::arg("n_channels"), py::arg("k"),
         py::arg("id_base"), py::arg("merge_with_existing"), py::arg("out_scores"), py::arg("out_ids"),
-        py::arg("stream"), py::arg("device"),
-        "Masked ternary top-k search on device addresses (see csrc/include/crosslayer/search.h).");
+        py::arg("stream"), py::arg("device"), py::arg("layout") = 0,
+        "Masked ternary top-k search on device addresses (see csrc/include/crosslayer/search.h); layout 1: compact.");
 }
 
 }  // namespace crosslayer::python

@@ -5,6 +5,10 @@ values, plane 1 negative ones, bit j of a plane in word j // 64 at position j % 
 negative plane is a subset of the nonzero plane. ``channel_mean`` is float32 (n, Dk). The kernels trust these two
 rules (a set padding bit changes every score it touches), so bits given by a caller or read from a file are checked
 once; codes our own kernels produce, and slices and concatenations of checked codes, skip the scan.
+
+Compact layout (``layout="compact"``, csrc/include/crosslayer/compact_codes.h, `crosslayer.compact`): ``bits`` is
+uint64 (n, ceil(Dk/64) + Dk*ceil(Dt/64)): per image a live bit per channel, then one sign plane per channel. Half
+the bytes, lossless for codes whose channels are all nonzero or all zero (what pooling produces).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import operator
 
 import numpy as np
 
+from crosslayer import compact as _compact
+from crosslayer.compact import COMPACT, TWO_PLANE
 from crosslayer.errors import CrossLayerError, UsageError
 from crosslayer.formats import CodeFile, CodesFormatError, words_per_plane  # noqa: F401 (re-exported)
 
@@ -75,18 +81,21 @@ def invalid_bits_reason(bits: np.ndarray, dt: int) -> str | None:
 
 
 class Codes:
-    """Sign codes of n images: ``bits`` (n, Dk, 2, words) uint64 and ``channel_mean`` (n, Dk) float32 (finite).
+    """Sign codes of n images: ``bits`` (n, Dk, 2, words) uint64 (``layout`` "two_plane") or (n, compact words)
+    (``layout`` "compact", inferred from a 2-D ``bits``) and ``channel_mean`` (n, Dk) float32 (finite).
 
     ``identity`` is the digest of the encoder that made them (`CrossLayerEncoder.identity_digest`; None: unknown):
     codes of two different known identities are never mixed or compared. ``keys`` are optional per-item strings
     (from a code file written with keys, e.g. `CodeIndex.export`)."""
 
-    __slots__ = ("bits", "channel_mean", "Dt", "identity", "keys")
+    __slots__ = ("bits", "channel_mean", "Dt", "identity", "keys", "layout")
 
-    def __init__(self, bits: np.ndarray, channel_mean: np.ndarray, Dt: int, identity: str | None = None, keys=None):
+    def __init__(self, bits: np.ndarray, channel_mean: np.ndarray, Dt: int, identity: str | None = None, keys=None,
+                 layout: str | None = None):
         """Checks the shapes, that the channel means are finite and that the bits keep the layout's rules (zero
-        padding, negative within nonzero): ValueError naming the argument otherwise."""
-        self._set(bits, channel_mean, Dt, check_bits=True, identity=identity, keys=keys)
+        padding, negative within nonzero; compact: no sign bits in a dead channel): UsageError naming the argument
+        otherwise. `layout` (None: from the number of axes of `bits`) must agree with `bits`."""
+        self._set(bits, channel_mean, Dt, check_bits=True, identity=identity, keys=keys, layout=layout)
 
     @classmethod
     def _from_valid_bits(cls, bits: np.ndarray, channel_mean: np.ndarray, Dt: int, identity=None, keys=None) -> "Codes":
@@ -96,18 +105,41 @@ class Codes:
         codes._set(bits, channel_mean, Dt, check_bits=False, identity=identity, keys=keys)
         return codes
 
-    def _set(self, bits, channel_mean, Dt, check_bits: bool, identity=None, keys=None) -> None:
-        if not isinstance(bits, np.ndarray) or bits.dtype != np.uint64 or bits.ndim != 4 or bits.shape[2] != 2:
-            raise UsageError("bits: expected a uint64 array of shape (n, Dk, 2, ceil(Dt/64))")
+    def _set(self, bits, channel_mean, Dt, check_bits: bool, identity=None, keys=None, layout=None) -> None:
+        if layout is not None:
+            _compact.check_layout(layout)
+        if isinstance(bits, np.ndarray) and bits.ndim == 2 and layout in (None, COMPACT):
+            layout = COMPACT
+        elif layout == COMPACT:
+            raise UsageError("bits: layout 'compact' expects a uint64 array of shape (n, ceil(Dk/64) + "
+                             "Dk*ceil(Dt/64))")
+        else:
+            layout = TWO_PLANE
+        if layout == TWO_PLANE and (not isinstance(bits, np.ndarray) or bits.dtype != np.uint64 or bits.ndim != 4
+                                    or bits.shape[2] != 2):
+            raise UsageError("bits: expected a uint64 array of shape (n, Dk, 2, ceil(Dt/64)) (2-plane layout) or "
+                             "(n, ceil(Dk/64) + Dk*ceil(Dt/64)) (compact layout)")
+        if layout == COMPACT and bits.dtype != np.uint64:
+            raise UsageError(f"bits: expected uint64 words, got {bits.dtype}")
         if isinstance(Dt, bool) or not isinstance(Dt, (int, np.integer)) or Dt < 1:
             raise UsageError(f"Dt: expected a positive integer, got {Dt!r}")
-        if bits.shape[1] < 1:
-            raise UsageError(f"bits: expected at least one guidance channel (Dk >= 1), got shape {bits.shape}")
-        if bits.shape[3] != words_per_plane(Dt):
-            raise UsageError(f"bits: last axis has {bits.shape[3]} words, Dt={Dt} needs {words_per_plane(Dt)}")
         channel_mean = np.asarray(channel_mean)
-        if channel_mean.shape != bits.shape[:2]:
-            raise UsageError(f"channel_mean: expected shape {bits.shape[:2]}, got {channel_mean.shape}")
+        if layout == TWO_PLANE:
+            if bits.shape[1] < 1:
+                raise UsageError(f"bits: expected at least one guidance channel (Dk >= 1), got shape {bits.shape}")
+            if bits.shape[3] != words_per_plane(Dt):
+                raise UsageError(f"bits: last axis has {bits.shape[3]} words, Dt={Dt} needs {words_per_plane(Dt)}")
+            if channel_mean.shape != bits.shape[:2]:
+                raise UsageError(f"channel_mean: expected shape {bits.shape[:2]}, got {channel_mean.shape}")
+        else:
+            # compact bits do not show Dk; the channel means do
+            if channel_mean.ndim != 2 or channel_mean.shape[0] != bits.shape[0] or channel_mean.shape[1] < 1:
+                raise UsageError(f"channel_mean: expected shape ({bits.shape[0]}, Dk) with Dk >= 1, got "
+                                 f"{channel_mean.shape}")
+            expected = _compact.compact_words_per_image(channel_mean.shape[1], Dt)
+            if bits.shape[1] != expected:
+                raise UsageError(f"bits: compact codes of Dk={channel_mean.shape[1]}, Dt={Dt} have {expected} words "
+                                 f"an image, got {bits.shape[1]}")
         channel_mean = np.ascontiguousarray(channel_mean, dtype=np.float32)
         if not np.isfinite(channel_mean).all():
             item = int(np.flatnonzero(~np.isfinite(channel_mean).all(axis=1))[0])
@@ -122,9 +154,11 @@ class Codes:
                 raise UsageError(f"keys: expected {bits.shape[0]} strings (one per item)")
         bits = np.ascontiguousarray(bits)
         if check_bits:
-            reason = invalid_bits_reason(bits, int(Dt))
+            reason = (invalid_bits_reason(bits, int(Dt)) if layout == TWO_PLANE
+                      else _compact.invalid_compact_reason(bits, channel_mean.shape[1], int(Dt)))
             if reason is not None:
                 raise UsageError(f"bits: {reason}")
+        self.layout = layout
         self.bits = bits
         self.channel_mean = channel_mean
         self.Dt = int(Dt)
@@ -134,11 +168,36 @@ class Codes:
     # ---- shape --------------------------------------------------------------------------------------------------
     @property
     def Dk(self) -> int:
-        return self.bits.shape[1]
+        return self.channel_mean.shape[1]
 
     @property
     def words(self) -> int:
-        return self.bits.shape[3]
+        """uint64 words of one channel's plane, ceil(Dt/64), in either layout."""
+        return words_per_plane(self.Dt)
+
+    @property
+    def is_compact(self) -> bool:
+        return self.layout == COMPACT
+
+    # ---- layout conversions --------------------------------------------------------------------------------------
+    def compact(self, lossy: bool = False) -> "Codes":
+        """These codes in the compact layout (themselves when already compact). A channel partly zero has no
+        compact form: UsageError naming it, unless ``lossy=True`` (its zeros become +1)."""
+        if self.is_compact:
+            return self
+        bits = _compact.two_plane_to_compact(self.bits, self.Dt, lossy=bool(lossy))
+        return Codes._from_valid_bits(bits, self.channel_mean, self.Dt, self.identity, self.keys)
+
+    def expanded(self) -> "Codes":
+        """These codes in the 2-plane layout (themselves when already so); lossless."""
+        if not self.is_compact:
+            return self
+        bits = _compact.compact_to_two_plane(self.bits, self.Dk, self.Dt)
+        return Codes._from_valid_bits(bits, self.channel_mean, self.Dt, self.identity, self.keys)
+
+    def to_layout(self, layout: str, lossy: bool = False) -> "Codes":
+        """These codes in `layout` ("two_plane" or "compact")."""
+        return self.compact(lossy) if _compact.check_layout(layout) == COMPACT else self.expanded()
 
     @property
     def nbytes(self) -> int:
@@ -156,13 +215,14 @@ class Codes:
 
     def __repr__(self) -> str:
         made = f", identity={self.identity}" if self.identity else ""
-        return (f"Codes(n={len(self)}, Dk={self.Dk}, Dt={self.Dt}{made}, "
+        return (f"Codes(n={len(self)}, Dk={self.Dk}, Dt={self.Dt}, {self.layout}{made}, "
                 f"{self.nbytes / max(len(self), 1):.0f} bytes/image)")
 
     def __eq__(self, other) -> bool:
         return (
             isinstance(other, Codes)
             and self.Dt == other.Dt
+            and self.layout == other.layout
             and self.identity == other.identity
             and np.array_equal(self.bits, other.bits)
             and np.array_equal(self.channel_mean, other.channel_mean)
@@ -172,8 +232,9 @@ class Codes:
 
     @staticmethod
     def concatenate(parts) -> "Codes":
-        """One batch of every part's items in order; parts of two different known encoder identities are refused
-        (IdentityMismatchError). Keys are kept when every part has them."""
+        """One batch of every part's items in order, in the first part's layout (others are converted; a 2-plane
+        part with a partly-zero channel cannot join compact ones: UsageError); parts of two different known encoder
+        identities are refused (IdentityMismatchError). Keys are kept when every part has them."""
         parts = list(parts)
         if not parts:
             raise UsageError("parts: expected at least one Codes")
@@ -185,6 +246,7 @@ class Codes:
                 raise UsageError(f"parts[{i}]: Dk={part.Dk}, Dt={part.Dt} differs from parts[0] ({first.Dk}, {first.Dt})")
         identity = common_identity({f"parts[{i}]": part.identity for i, part in enumerate(parts)})
         keys = [k for p in parts for k in p.keys] if all(p.keys is not None for p in parts) else None
+        parts = [part.to_layout(first.layout) for part in parts]
         return Codes._from_valid_bits(np.concatenate([p.bits for p in parts]),
                                       np.concatenate([p.channel_mean for p in parts]), first.Dt, identity, keys)
 
@@ -207,14 +269,19 @@ class Codes:
         return identity
 
     @staticmethod
-    def empty(Dk: int, Dt: int, identity: str | None = None) -> "Codes":
-        bits = np.zeros((0, Dk, 2, words_per_plane(Dt)), np.uint64)
+    def empty(Dk: int, Dt: int, identity: str | None = None, layout: str = TWO_PLANE) -> "Codes":
+        if _compact.check_layout(layout) == COMPACT:
+            bits = np.zeros((0, _compact.compact_words_per_image(Dk, Dt)), np.uint64)
+        else:
+            bits = np.zeros((0, Dk, 2, words_per_plane(Dt)), np.uint64)
         return Codes._from_valid_bits(bits, np.zeros((0, Dk), np.float32), Dt, identity)
 
     def signs(self) -> np.ndarray:
         """The ternary values (n, Dk, Dt) int8 (for inspection and tests; O(n·Dk·Dt) memory)."""
-        from crosslayer.reference import unpack_ternary
+        from crosslayer.reference import unpack_compact, unpack_ternary
 
+        if self.is_compact:
+            return unpack_compact(self.bits, self.Dk, self.Dt)
         return unpack_ternary(self.bits, self.Dt)
 
     # ---- file format (crosslayer.formats.CodeFile) --------------------------------------------------------------

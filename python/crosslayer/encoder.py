@@ -413,11 +413,15 @@ class CrossLayerEncoder:
 
     # ---- representations -----------------------------------------------------------------------------------------
     def pool_batch(self, outputs: dict, output: str = "codes"):
-        """Cross-layer pooling of one activations batch (`output` as in `crosslayer.pool`)."""
+        """Cross-layer pooling of one activations batch (`output` as in `crosslayer.pool`). Codes come in the
+        compact layout (`Codes.compact`; an exact zero inside a live channel, never seen on real images, is coded
+        +1 as the layout's contract says)."""
         self._check_fitted()
         local, guidance = outputs[self.layers[0]], outputs[self.layers[1]]
         with self.stage_times_.timing("pooling"):
             pooled = pool(local, guidance, self.pca_, output=output, num_threads=self.threads)
+            if output == "codes":
+                pooled = pooled.compact(lossy=True)
         if output == "codes":
             pooled.identity = self.identity_digest
         return pooled
@@ -429,10 +433,10 @@ class CrossLayerEncoder:
         return np.concatenate(parts) if parts else np.zeros((0, self.Dk * self.Dt), np.float32)
 
     def encode(self, images) -> Codes:
-        """2-bit sign codes with per-channel mean guidance activations."""
+        """Sign codes (compact layout) with per-channel mean guidance activations."""
         self._check_fitted()
         parts = [self.pool_batch(batch.outputs, "codes") for batch in self.activations(images)]
-        return Codes.concatenate(parts) if parts else Codes.empty(self.Dk, self.Dt, self.identity_digest)
+        return Codes.concatenate(parts) if parts else Codes.empty(self.Dk, self.Dt, self.identity_digest, "compact")
 
     def fit_transform(self, images, y=None):
         images = list(images)

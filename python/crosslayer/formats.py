@@ -5,14 +5,16 @@ records; `document_text`/`parse_json` for one kept inside another file)::
 
     {"format": NAME, "version": V, "crc32": C, ...body}      C = crc32 of the body alone (keys sorted, compact)
 
-Code file (`CodeFile`; `Codes.save/load`, `CodeIndex` segments and exports), version 3, little-endian::
+Code file (`CodeFile`; `Codes.save/load`, `CodeIndex` segments and exports), version 4, little-endian::
 
-    header (64 bytes)  magic "XLCODES\\0", version u32, header size u32, n u64, Dk u32, Dt u32, words per plane u32,
-                       key block bytes u64, identity 16 bytes (encoder identity digest, ASCII, zero padded), crc32 u32
-    bits               uint64 (n, Dk, 2, words)            at offset 64
+    header (72 bytes)  magic "XLCODES\\0", version u32, header size u32, n u64, Dk u32, Dt u32, words per plane u32,
+                       key block bytes u64, identity 16 bytes (encoder identity digest, ASCII, zero padded),
+                       layout u32 (0: 2-plane, 1: compact), reserved u32 (0), crc32 u32
+    bits               2-plane: uint64 (n, Dk, 2, words); compact: uint64 (n, ceil(Dk/64) + Dk*words)   at offset 72
     channel means      float32 (n, Dk)                     after the bits
     key block          JSON list of n strings (or nulls)   after the means; absent when its size is 0
     crc32 covers the header (less its crc field) and then every payload byte in order.
+    Version 3 (still read): the same without the layout and reserved fields (a 64-byte header), bits always 2-plane.
 
 Encoder file (`write_zip_document`/`read_zip_document`), a zip of ``document.json`` (a JSON document as above
 whose body also records each array's crc32, shape and dtype) and one ``NAME.npy`` per array.
@@ -125,9 +127,13 @@ def file_crc(path, start: int = 0, seed: int = 0, length: int | None = None) -> 
     return crc
 
 
+CODE_LAYOUTS = ("two_plane", "compact")  # index = the layout field of a version 4 code file
+
+
 @dataclass(frozen=True)
 class CodeFile:
-    """The header of a code file and where its parts lie. `parse` checks everything the header alone can tell."""
+    """The header of a code file and where its parts lie. `parse` checks everything the header alone can tell.
+    Written as version 4; version 3 files (64-byte header, 2-plane bits) are still read."""
 
     n: int
     Dk: int
@@ -135,10 +141,14 @@ class CodeFile:
     key_bytes: int = 0
     identity: str | None = None
     crc: int = 0
+    layout: str = "two_plane"
+    version: int = 4
 
     MAGIC = b"XLCODES\x00"
-    VERSION = 3
-    HEADER = struct.Struct("<8sIIQIIIQ16sI")
+    VERSION = 4
+    VERSIONS = (3, 4)
+    HEADER = struct.Struct("<8sIIQIIIQ16sIII")
+    HEADER_V3 = struct.Struct("<8sIIQIIIQ16sI")
     IDENTITY_BYTES = 16
 
     @property
@@ -146,12 +156,29 @@ class CodeFile:
         return words_per_plane(self.Dt)
 
     @property
+    def header_struct(self) -> struct.Struct:
+        return self.HEADER_V3 if self.version == 3 else self.HEADER
+
+    @property
     def bits_offset(self) -> int:
-        return self.HEADER.size
+        return self.header_struct.size
+
+    @property
+    def image_words(self) -> int:
+        """uint64 words of one image's bits in this file's layout."""
+        if self.layout == "compact":
+            return (self.Dk + 63) // 64 + self.Dk * self.words
+        return self.Dk * 2 * self.words
+
+    @property
+    def bits_shape(self) -> tuple:
+        if self.layout == "compact":
+            return (self.n, self.image_words)
+        return (self.n, self.Dk, 2, self.words)
 
     @property
     def means_offset(self) -> int:
-        return self.bits_offset + self.n * self.Dk * 2 * self.words * 8
+        return self.bits_offset + self.n * self.image_words * 8
 
     @property
     def keys_offset(self) -> int:
@@ -163,8 +190,12 @@ class CodeFile:
 
     def pack(self, crc: int | None = None) -> bytes:
         identity = (self.identity or "").encode("ascii")
-        return self.HEADER.pack(self.MAGIC, self.VERSION, self.HEADER.size, self.n, self.Dk, self.Dt, self.words,
-                                self.key_bytes, identity, self.crc if crc is None else crc)
+        crc = self.crc if crc is None else crc
+        if self.version == 3:
+            return self.HEADER_V3.pack(self.MAGIC, 3, self.HEADER_V3.size, self.n, self.Dk, self.Dt, self.words,
+                                       self.key_bytes, identity, crc)
+        return self.HEADER.pack(self.MAGIC, self.version, self.HEADER.size, self.n, self.Dk, self.Dt, self.words,
+                                self.key_bytes, identity, CODE_LAYOUTS.index(self.layout), 0, crc)
 
     def checksum_seed(self) -> int:
         """The crc32 state the payload's checksum continues from: that of the header less its crc field."""
@@ -172,21 +203,32 @@ class CodeFile:
 
     @classmethod
     def parse(cls, header: bytes, where, error=CodesFormatError) -> "CodeFile":
-        if len(header) < cls.HEADER.size:
+        if len(header) < cls.HEADER_V3.size:
             raise error(f"{where}: truncated header ({len(header)} bytes); not a crosslayer code file")
-        magic, version, header_size, n, dk, dt, words, key_bytes, identity, crc = cls.HEADER.unpack_from(header)
+        magic, version = struct.unpack_from("<8sI", header)
         if magic != cls.MAGIC:
             raise error(f"{where}: not a crosslayer code file (bad magic {magic!r})")
-        if version != cls.VERSION:
-            raise error(f"{where}: code file version {version}; this crosslayer reads version {cls.VERSION}")
-        if header_size != cls.HEADER.size or dk < 1 or dt < 1 or words != words_per_plane(dt):
-            raise error(f"{where}: inconsistent header (Dk={dk}, Dt={dt}, words={words})")
+        if version not in cls.VERSIONS:
+            raise error(f"{where}: code file version {version}; this crosslayer reads versions 3 and 4")
+        layout_code = reserved = 0
+        if version == 3:
+            _, _, header_size, n, dk, dt, words, key_bytes, identity, crc = cls.HEADER_V3.unpack_from(header)
+            expected_size = cls.HEADER_V3.size
+        else:
+            if len(header) < cls.HEADER.size:
+                raise error(f"{where}: truncated header ({len(header)} bytes); not a crosslayer code file")
+            (_, _, header_size, n, dk, dt, words, key_bytes, identity, layout_code, reserved,
+             crc) = cls.HEADER.unpack_from(header)
+            expected_size = cls.HEADER.size
+        if (header_size != expected_size or dk < 1 or dt < 1 or words != words_per_plane(dt)
+                or layout_code >= len(CODE_LAYOUTS) or reserved != 0):
+            raise error(f"{where}: inconsistent header (Dk={dk}, Dt={dt}, words={words}, layout={layout_code})")
         identity = identity.rstrip(b"\x00")
         try:
             text = identity.decode("ascii") if identity else None
         except UnicodeDecodeError:
             raise error(f"{where}: inconsistent header (identity is not ASCII)") from None
-        return cls(n, dk, dt, key_bytes, text, crc)
+        return cls(n, dk, dt, key_bytes, text, crc, CODE_LAYOUTS[layout_code], version)
 
     @classmethod
     def read_header(cls, path, error=CodesFormatError) -> tuple["CodeFile", int]:
@@ -209,12 +251,14 @@ class CodeFile:
 
     @classmethod
     def write(cls, path, bits: np.ndarray, channel_mean: np.ndarray, Dt: int, identity=None, keys=None) -> "CodeFile":
-        """Writes a code file atomically; returns its header (with the crc32)."""
+        """Writes a code file (version 4) atomically; returns its header (with the crc32). The layout follows
+        `bits`: 2-plane (n, Dk, 2, words) or compact (n, words an image, Dk from `channel_mean`)."""
         if identity is not None and (not identity.isascii() or len(identity) > cls.IDENTITY_BYTES):
             raise UsageError(f"identity: expected at most {cls.IDENTITY_BYTES} ASCII characters, got {identity!r}")
         block = cls.key_block(keys)
         payload = (bits.astype("<u8", copy=False).tobytes(), channel_mean.astype("<f4", copy=False).tobytes(), block)
-        header = cls(len(bits), bits.shape[1], int(Dt), len(block), identity)
+        layout = "compact" if bits.ndim == 2 else "two_plane"
+        header = cls(len(bits), channel_mean.shape[1], int(Dt), len(block), identity, layout=layout)
         crc = header.checksum_seed()
         for part in payload:
             crc = zlib.crc32(part, crc)
@@ -222,11 +266,12 @@ class CodeFile:
             handle.write(header.pack(crc))
             for part in payload:
                 handle.write(part)
-        return CodeFile(header.n, header.Dk, header.Dt, header.key_bytes, identity, crc)
+        return CodeFile(header.n, header.Dk, header.Dt, header.key_bytes, identity, crc, layout)
 
     @classmethod
     def read(cls, path, error=CodesFormatError):
-        """(header, bits (n, Dk, 2, words) uint64, channel means (n, Dk) float32, keys or None), checksum checked."""
+        """(header, bits (`header.bits_shape`) uint64, channel means (n, Dk) float32, keys or None), checksum
+        checked."""
         path = Path(path)
         try:
             data = path.read_bytes()
@@ -236,13 +281,13 @@ class CodeFile:
         if len(data) != header.size:
             raise error(f"{path}: expected {header.size} bytes for {header.n} codes, file has {len(data)} "
                         "(truncated or extended)")
-        if zlib.crc32(memoryview(data)[cls.HEADER.size:], header.checksum_seed()) != header.crc:
+        if zlib.crc32(memoryview(data)[header.bits_offset:], header.checksum_seed()) != header.crc:
             raise error(f"{path}: checksum mismatch (file is damaged)")
-        n, dk, words = header.n, header.Dk, header.words
-        bits = np.frombuffer(data, "<u8", n * dk * 2 * words, header.bits_offset).astype(np.uint64)
+        n, dk = header.n, header.Dk
+        bits = np.frombuffer(data, "<u8", n * header.image_words, header.bits_offset).astype(np.uint64)
         means = np.frombuffer(data, "<f4", n * dk, header.means_offset).astype(np.float32)
         keys = header.parse_keys(data[header.keys_offset:], path, error) if header.key_bytes else None
-        return header, bits.reshape(n, dk, 2, words), means.reshape(n, dk), keys
+        return header, bits.reshape(header.bits_shape), means.reshape(n, dk), keys
 
     def parse_keys(self, block: bytes, where, error=CodesFormatError) -> list:
         try:
@@ -256,7 +301,7 @@ class CodeFile:
     def verify(self, path, error=CodesFormatError) -> None:
         """Checks the payload on disk against this header's crc32 (reads the file once)."""
         try:
-            crc = file_crc(path, self.HEADER.size, self.checksum_seed())
+            crc = file_crc(path, self.bits_offset, self.checksum_seed())
         except OSError as exc:
             raise error(f"{path}: cannot read the code file: {exc.strerror or exc}") from None
         if crc != self.crc:

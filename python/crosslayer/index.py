@@ -1,8 +1,9 @@
 """`CodeIndex`: a keyed, crash-safe on-disk store of sign codes with optional side arrays, searched through memory maps.
 
-Directory layout (format version 3; files described in `crosslayer.formats`)::
+Directory layout (format version 4; files described in `crosslayer.formats`)::
 
-    MANIFEST.json               the commit (a `formats` JSON document "crosslayer-code-index"): Dk, Dt, count,
+    MANIFEST.json               the commit (a `formats` JSON document "crosslayer-code-index"): Dk, Dt, layout
+                                ("compact", "two_plane", or null until the first codes arrive), count,
                                 identity (encoder digest or null), side (name -> dtype, trailing shape), segments
                                 (file, count, id_base, size, crc32, keys, side files with size and crc32), deleted
                                 (sorted tombstoned ids), next_segment, attributes (a caller's JSON, e.g. the image
@@ -21,6 +22,11 @@ Ids are int64 in append order. Deleted ids are tombstones: `search` skips them e
 the number deleted and drops them), `get`/`keys`/`side` refuse them, `live_ids()` lists the others. `compact()`
 rewrites the segments holding tombstones and renumbers the live items 0..n-1 in their old order (ids change).
 
+Layout: every segment of an index holds its codes in the index's layout (`crosslayer.compact`): set at `create`
+or else by the first codes appended; later codes are converted to it (a 2-plane code with a partly-zero channel
+cannot join a compact index: UsageError). A version 3 index (before compact codes) opens, is searched and keeps the
+2-plane layout when appended to; its manifest is rewritten as version 4 at the next commit.
+
 Verification (`open(..., verify=)`): "lazy" (default) checks each segment's crc32 and bits, and each side array's
 crc32, the first time anything reads it in this open — a flipped byte gives a CodeIndexError, never a changed score;
 "full" checks everything at open; "none" checks sizes and headers only. `verify()` lists every problem found.
@@ -36,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crosslayer import compact as _compact
 from crosslayer.codes import Codes, IdentityMismatchError, identity_for_index, invalid_bits_reason
 from crosslayer.errors import CrossLayerError, FormatError, UsageError
 from crosslayer.formats import CodeFile, check_npy, file_crc, open_npy, read_json, write_json, write_npy
@@ -44,7 +51,8 @@ from crosslayer.search import check_search_args, masked_nonzero_counts, search_s
 MANIFEST_NAME = "MANIFEST.json"
 LOCK_NAME = "WRITER.lock"
 INDEX_FORMAT = "crosslayer-code-index"
-INDEX_VERSION = 3
+INDEX_VERSION = 4
+INDEX_VERSIONS = (3, 4)  # 3: no layout field, 2-plane codes
 VERIFY_POLICIES = ("lazy", "full", "none")
 _SEGMENT_FILE = re.compile(r"^seg-\d{8}(\.xlc|\.[A-Za-z0-9_]+\.npy)$")
 _SIDE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
@@ -98,8 +106,11 @@ class CodeIndex:
 
     # ---- opening ------------------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path, Dk: int, Dt: int, identity: str | None = None, side: dict | None = None) -> "CodeIndex":
+    def create(cls, path, Dk: int, Dt: int, identity: str | None = None, side: dict | None = None,
+               layout: str | None = None) -> "CodeIndex":
         """Creates an empty index in a new (or empty) directory and returns it open for appending.
+
+        layout: "compact" or "two_plane", the layout its segments store (None: that of the first codes appended).
 
         identity: the encoder digest every appended code must carry (None: taken from the first codes that carry
         one). side: {name: (dtype, trailing shape)} of the side arrays every append gives (else fixed by the first
@@ -108,12 +119,15 @@ class CodeIndex:
         if identity is not None:
             Codes.empty(dk, dt, identity)  # checks its form
         declared = _declare_side(side)
+        if layout is not None:
+            _compact.check_layout(layout)
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise CodeIndexError(f"{path}: exists and is not an empty directory")
         path.mkdir(parents=True, exist_ok=True)
         lock = cls._acquire_writer_lock(path)
-        manifest = {"Dk": dk, "Dt": dt, "count": 0, "identity": identity, "side": declared, "segments": [],
+        manifest = {"Dk": dk, "Dt": dt, "layout": layout, "count": 0, "identity": identity, "side": declared,
+                    "segments": [],
                     "deleted": [], "next_segment": 0, "attributes": {}}
         index = cls(path, manifest, lock)
         index._commit(manifest)
@@ -164,7 +178,9 @@ class CodeIndex:
     @staticmethod
     def _read_manifest(path: Path) -> dict:
         file = path / MANIFEST_NAME
-        body = read_json(file, INDEX_FORMAT, INDEX_VERSION, "crosslayer code index manifest", CodeIndexFormatError)
+        body = read_json(file, INDEX_FORMAT, INDEX_VERSIONS, "crosslayer code index manifest", CodeIndexFormatError)
+        if body["version"] == 3:
+            body["layout"] = _compact.TWO_PLANE
         try:
             _check_manifest(body)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -185,9 +201,10 @@ class CodeIndex:
                 header, size = CodeFile.read_header(file, CodeIndexFormatError)
             except CodeIndexFormatError as exc:
                 raise CodeIndexFormatError(f"committed segment is missing, truncated or damaged: {exc}") from None
-            if (size, header.n, header.Dk, header.Dt, header.crc, header.key_bytes > 0, header.identity) != (
+            if (size, header.n, header.Dk, header.Dt, header.crc, header.key_bytes > 0, header.identity,
+                    header.layout) != (
                 segment["size"], segment["count"], self.Dk, self.Dt, segment["crc32"], segment["keys"],
-                self.identity if header.identity is not None else None,
+                self.identity if header.identity is not None else None, self.layout,
             ):
                 raise CodeIndexFormatError(f"{file}: segment header does not match the manifest (damaged)")
             for name, entry in segment["side"].items():
@@ -204,7 +221,8 @@ class CodeIndex:
         header.verify(file, CodeIndexFormatError)
         bits, _ = self._open_segment(segment)
         # codes are checked when saved; a file made by another tool may still break the layout's rules
-        reason = invalid_bits_reason(bits, self.Dt)
+        reason = (_compact.invalid_compact_reason(bits, self.Dk, self.Dt) if self.layout == _compact.COMPACT
+                  else invalid_bits_reason(bits, self.Dt))
         if reason is not None:
             raise CodeIndexFormatError(f"{file}: invalid code bits: {reason}")
         means = self._open_segment(segment)[1]
@@ -340,6 +358,12 @@ class CodeIndex:
         if (codes.Dk, codes.Dt) != (self.Dk, self.Dt):
             raise UsageError(f"codes: Dk={codes.Dk}, Dt={codes.Dt} differs from the index (Dk={self.Dk}, Dt={self.Dt})")
         identity = identity_for_index(self.identity, "codes", codes.identity)
+        layout = self.layout if self.layout is not None else (codes.layout if len(codes) else None)
+        if layout is not None and codes.layout != layout:
+            try:
+                codes = codes.to_layout(layout)
+            except UsageError as exc:
+                raise UsageError(f"codes: cannot join an index of {layout} codes: {exc}") from None
         if isinstance(keys, (str, bytes)):
             raise TypeError("keys: expected a sequence of strings, one per item, got a single string")
         if keys is not None:
@@ -350,7 +374,7 @@ class CodeIndex:
         declared, side_rows = self._check_side(side or {}, len(codes))
         attributes = self._check_attributes(attributes)
         id_base = len(self)
-        manifest = dict(self._manifest, identity=identity, side=declared)
+        manifest = dict(self._manifest, identity=identity, side=declared, layout=layout)
         if attributes is not None:
             manifest["attributes"] = attributes
         if len(codes) == 0:
@@ -383,6 +407,13 @@ class CodeIndex:
             raise CodeIndexFormatError(f"{code_file}: {exc}") from None
         if codes.keys is None or any(key is None for key in codes.keys):
             raise UsageError(f"code_file: {code_file} has no key for every item (save it with keys)")
+        if self.layout is not None and header.layout != self.layout:
+            # the index keeps one layout: the file is rewritten in it (in place, atomically) before it is renamed in
+            try:
+                codes.to_layout(self.layout).save(code_file)
+            except UsageError as exc:
+                raise UsageError(f"code_file: cannot join an index of {self.layout} codes: {exc}") from None
+            header, size = CodeFile.read_header(code_file, CodeIndexFormatError)
         self._check_new_keys(codes.keys)
         declared, side_entries = self._adopted_side(side_files, header.n)
         attributes = self._check_attributes(attributes)
@@ -395,7 +426,7 @@ class CodeIndex:
             file = f"{name}.{side_name}.npy"
             path.rename(self.path / file)
             segment["side"][side_name] = {"file": file, **side_entries[side_name]}
-        manifest = dict(self._manifest, identity=identity, side=declared, count=id_base + header.n,
+        manifest = dict(self._manifest, identity=identity, side=declared, layout=header.layout, count=id_base + header.n,
                         segments=self._manifest["segments"] + [segment], next_segment=number + 1)
         if attributes is not None:
             manifest["attributes"] = attributes
@@ -549,19 +580,22 @@ class CodeIndex:
     # ---- reading --------------------------------------------------------------------------------------------------
     def _open_segment(self, segment: dict) -> tuple[np.ndarray, np.ndarray]:
         if segment["file"] not in self._maps:
-            n, dk, words = segment["count"], self.Dk, (self.Dt + 63) // 64
-            header = CodeFile(n, dk, self.Dt)
             file = self.path / segment["file"]
+            # the file's own header: a version 3 index keeps its version 3 segments (64-byte header)
+            header, _ = CodeFile.read_header(file, CodeIndexFormatError)
+            if (header.n, header.Dk, header.Dt, header.layout) != (segment["count"], self.Dk, self.Dt, self.layout):
+                raise CodeIndexFormatError(f"{file}: segment header does not match the manifest (damaged)")
             try:
-                bits = np.memmap(file, dtype="<u8", mode="r", offset=header.bits_offset, shape=(n, dk, 2, words))
-                means = np.memmap(file, dtype="<f4", mode="r", offset=header.means_offset, shape=(n, dk))
+                bits = np.memmap(file, dtype="<u8", mode="r", offset=header.bits_offset, shape=header.bits_shape)
+                means = np.memmap(file, dtype="<f4", mode="r", offset=header.means_offset, shape=(header.n, header.Dk))
             except (OSError, ValueError) as exc:
                 raise CodeIndexFormatError(f"{file}: cannot map the segment ({exc})") from None
             self._maps[segment["file"]] = (bits, means)
         return self._maps[segment["file"]]
 
     def _segment_arrays(self, segment: dict) -> tuple[np.ndarray, np.ndarray]:
-        """Memory maps of a segment's bits (n, Dk, 2, words) and channel means (n, Dk), verified per the policy."""
+        """Memory maps of a segment's bits (n, Dk, 2, words), or compact (n, words), and channel means (n, Dk),
+        verified per the policy."""
         self._ensure_verified(segment["file"], lambda: self._verify_segment(segment))
         return self._open_segment(segment)
 
@@ -622,7 +656,7 @@ class CodeIndex:
                 empty = np.zeros((len(queries), 0), np.float64 if normalize else np.int32)
                 return empty, np.zeros((len(queries), 0), np.int64)
         arrays = [(self._segment_arrays(s)[0], s["id_base"]) for s in chosen]
-        scores, ids = search_segments(queries, arrays, k + len(deleted), channels, num_threads)
+        scores, ids = search_segments(self._in_layout(queries), arrays, k + len(deleted), channels, num_threads)
         if len(deleted):
             keep = min(k, searched - len(deleted))
             # stable: the live hits keep their order (decreasing score, ties to the smaller id)
@@ -641,12 +675,29 @@ class CodeIndex:
         identity_for_index(self.identity, "queries", queries.identity)
         return check_search_args(queries, k, channels, self.Dk)
 
+    @property
+    def layout(self) -> str | None:
+        """The layout of the stored codes: "compact", "two_plane", or None while an index created without one is
+        empty."""
+        self._require_open()
+        return self._manifest.get("layout")
+
+    def _in_layout(self, queries: Codes) -> Codes:
+        """`queries` in the index's layout (UsageError naming them when a partly-zero channel has no compact form)."""
+        if self.layout is None or queries.layout == self.layout:
+            return queries
+        try:
+            return queries.to_layout(self.layout)
+        except UsageError as exc:
+            raise UsageError(f"queries: cannot search an index of {self.layout} codes: {exc}") from None
+
     def rerank(self, queries: Codes, candidates, k: int = 10, channels: int | None = 50, num_threads: int = 0,
                normalize: bool = False):
         """`search` restricted to each query's `candidates` (nq, m) int64 ids (-1 pads; deleted or repeated ids are
         dropped): the same exact masked scores, order and ties (to the smaller id), read from the candidates' codes
         only. Rows with fewer than k usable candidates are padded with score 0 and id -1."""
         k, channels = self._check_queries(queries, k, channels)
+        queries = self._in_layout(queries)
         candidates = np.asarray(candidates, np.int64)
         if candidates.ndim != 2 or len(candidates) != len(queries):
             raise UsageError(f"candidates: expected ({len(queries)}, m) ids, got shape {candidates.shape}")
@@ -663,8 +714,12 @@ class CodeIndex:
             # only the query's selected channels are read (the masked score looks at no other): the query and its
             # candidates restricted to them, compared over all of what remains, give the same scores
             chosen = selection[row]
-            query = Codes._from_valid_bits(np.ascontiguousarray(queries.bits[row:row + 1, chosen]),
-                                           queries.channel_mean[row:row + 1, chosen], self.Dt, queries.identity)
+            if queries.is_compact:
+                query_bits = _compact.take_channels(queries.bits[row:row + 1], self.Dk, self.Dt, chosen)
+            else:
+                query_bits = np.ascontiguousarray(queries.bits[row:row + 1, chosen])
+            query = Codes._from_valid_bits(query_bits, queries.channel_mean[row:row + 1, chosen], self.Dt,
+                                           queries.identity)
             # one thread unless asked: a shortlist is too little work to share (OpenMP start-up cost 4x the scan
             # for 400 candidates on a loaded 2-core machine)
             row_scores, positions = search_segments(query, [(self._gather_bits(shortlist, chosen), 0)], keep, None,
@@ -683,8 +738,9 @@ class CodeIndex:
         return scores, ids
 
     def segment_codes(self) -> list[tuple[dict, np.ndarray]]:
-        """Per committed segment, in id order: ({"file", "crc32", "id_base", "count"}, its bits (count, Dk, 2, words)
-        uint64, memory-mapped and verified per the policy) -- what a coarse stage is built from."""
+        """Per committed segment, in id order: ({"file", "crc32", "id_base", "count"}, its bits in the index's layout
+        (count, Dk, 2, words) or compact (count, words) uint64, memory-mapped and verified per the policy) -- what a
+        coarse stage is built from."""
         self._require_open()
         return [({key: segment[key] for key in ("file", "crc32", "id_base", "count")}, self._segment_arrays(segment)[0])
                 for segment in self._manifest["segments"]]
@@ -703,10 +759,12 @@ class CodeIndex:
         out = np.zeros(scores.shape, np.float64)
         if ids.size == 0:
             return out
-        query_nnz = masked_nonzero_counts(queries.bits, selection)
-        hits = self._gather_bits(ids.reshape(-1)).reshape(*ids.shape, self.Dk, 2, -1)
+        query_nnz = masked_nonzero_counts(queries.bits, selection, self.Dk, self.Dt)
+        hits = self._gather_bits(ids.reshape(-1))
+        hits = hits.reshape(ids.shape + hits.shape[1:])
         for row in range(len(queries)):
-            item_nnz = masked_nonzero_counts(hits[row], np.broadcast_to(selection[row], (ids.shape[1], channels)))
+            item_nnz = masked_nonzero_counts(hits[row], np.broadcast_to(selection[row], (ids.shape[1], channels)),
+                                             self.Dk, self.Dt)
             scale = np.sqrt(query_nnz[row] * item_nnz.astype(np.float64))
             np.divide(scores[row], scale, out=out[row], where=scale > 0)
         return out
@@ -729,8 +787,13 @@ class CodeIndex:
         return ids, np.searchsorted(bases, ids, side="right") - 1
 
     def _gather_bits(self, ids, channels=None) -> np.ndarray:
-        """(len(ids), Dk or len(channels), 2, words): the codes of `ids`, only the guidance `channels` if given."""
+        """The codes of `ids` in the index's layout, only the guidance `channels` if given: (len(ids), Dk or
+        len(channels), 2, words), or compact (len(ids), compact words of Dk or len(channels) channels)."""
         ids, which = self._locate(ids, allow_deleted=True)
+        if self.layout == _compact.COMPACT:
+            bits = np.empty((len(ids), _compact.compact_words_per_image(self.Dk, self.Dt)), np.uint64)
+            self._gather(bits, ids, which, lambda segment: self._segment_arrays(segment)[0])
+            return bits if channels is None else _compact.take_channels(bits, self.Dk, self.Dt, channels)
         channels = np.arange(self.Dk) if channels is None else np.asarray(channels, np.int64)
         bits = np.empty((len(ids), len(channels), 2, (self.Dt + 63) // 64), np.uint64)
         return self._gather(bits, ids, which, self._scattered_bits, channels)
@@ -758,8 +821,10 @@ class CodeIndex:
         """The codes of the given live ids (with the index's identity)."""
         self._require_open()
         ids, which = self._locate(ids)
-        words = (self.Dt + 63) // 64
-        bits = np.empty((len(ids), self.Dk, 2, words), np.uint64)
+        if self.layout == _compact.COMPACT:
+            bits = np.empty((len(ids), _compact.compact_words_per_image(self.Dk, self.Dt)), np.uint64)
+        else:
+            bits = np.empty((len(ids), self.Dk, 2, (self.Dt + 63) // 64), np.uint64)
         means = np.empty((len(ids), self.Dk), np.float32)
         self._gather(bits, ids, which, lambda segment: self._segment_arrays(segment)[0])
         self._gather(means, ids, which, lambda segment: self._segment_arrays(segment)[1])
@@ -879,6 +944,8 @@ def _check_manifest(body: dict) -> None:
         return value
 
     integer(body["Dk"], 1), integer(body["Dt"], 1), integer(body["next_segment"])
+    if body["layout"] not in (None, *_compact.LAYOUTS) or (body["layout"] is None and body["segments"]):
+        raise UsageError(f"layout {body['layout']!r}")
     if body["identity"] is not None and not isinstance(body["identity"], str):
         raise TypeError("identity")
     if not isinstance(body["attributes"], dict) or not isinstance(body["side"], dict):

@@ -156,6 +156,77 @@ def ternary_dot(bits_q: np.ndarray, bits_x: np.ndarray, dt: int, channels=None) 
     return int((q * x).sum())
 
 
+# ---- compact sign codes (csrc/include/crosslayer/compact_codes.h) ------------------------------------------------
+
+def _pack_bits(flags: np.ndarray) -> np.ndarray:
+    """(..., m) bool -> (..., ceil(m/64)) uint64, bit j of word j // 64 at position j % 64, padding zero."""
+    m = flags.shape[-1]
+    words = words_per_plane(m)
+    padded = np.zeros(flags.shape[:-1] + (words * WORD_BITS,), dtype=np.uint64)
+    padded[..., :m] = flags
+    weights = np.left_shift(np.uint64(1), np.arange(WORD_BITS, dtype=np.uint64))
+    return (padded.reshape(flags.shape[:-1] + (words, WORD_BITS)) * weights).sum(axis=-1, dtype=np.uint64)
+
+
+def _unpack_bits(words: np.ndarray, m: int) -> np.ndarray:
+    """Inverse of _pack_bits: (..., ceil(m/64)) uint64 -> (..., m) bool."""
+    shifts = np.arange(WORD_BITS, dtype=np.uint64)
+    bits = (np.asarray(words, np.uint64)[..., None] >> shifts) & np.uint64(1)
+    return bits.reshape(words.shape[:-1] + (words.shape[-1] * WORD_BITS,))[..., :m].astype(bool)
+
+
+def pack_compact(pooled: np.ndarray) -> np.ndarray:
+    """Pooled values (n, Dk, Dt) -> compact codes (n, ceil(Dk/64) + Dk*ceil(Dt/64)) uint64: a channel is live when
+    any value is nonzero; in a live channel a value's sign bit is set when it is negative (an exact zero is +1)."""
+    pooled = np.asarray(pooled)
+    n, dk, dt = pooled.shape
+    live = (pooled != 0).any(axis=2)
+    sign = _pack_bits((pooled < 0) & live[:, :, None])
+    return np.concatenate([_pack_bits(live), sign.reshape(n, dk * words_per_plane(dt))], axis=1)
+
+
+def unpack_compact(bits: np.ndarray, dk: int, dt: int) -> np.ndarray:
+    """Compact codes (n, words) -> ternary values (n, Dk, Dt) int8: +-1 in live channels, 0 in dead ones."""
+    bits = np.asarray(bits, np.uint64)
+    n = len(bits)
+    live_w = words_per_plane(dk)
+    live = _unpack_bits(bits[:, :live_w], dk)
+    negative = _unpack_bits(bits[:, live_w:].reshape(n, dk, words_per_plane(dt)), dt)
+    return (live[:, :, None] * (1 - 2 * negative.astype(np.int8))).astype(np.int8)
+
+
+def compact_from_ternary(signs: np.ndarray) -> np.ndarray:
+    """Ternary values (n, Dk, Dt) -> compact codes, a channel live when any value is nonzero (zeros -> +1)."""
+    return pack_compact(np.asarray(signs, np.float32))
+
+
+def compact_gram_reference(bits_a: np.ndarray, bits_b: np.ndarray, dk: int, dt: int) -> np.ndarray:
+    """All-pairs ternary dot products of compact codes over every channel: (len(a), len(b)) int64."""
+    a = unpack_compact(bits_a, dk, dt).reshape(len(bits_a), dk * dt).astype(np.int64)
+    b = unpack_compact(bits_b, dk, dt).reshape(len(bits_b), dk * dt).astype(np.int64)
+    return a @ b.T
+
+
+def compact_search_reference(query_bits, query_channel_mean, database_bits, dk: int, dt: int, k: int,
+                             channels: int | None):
+    """search_reference on compact codes: per query, every item scored over the query's selected channels,
+    sum over channels live in both of Dt - 2 * (differing signs); the k best, ties to the smaller id."""
+    n = len(database_bits)
+    keep = min(k, n)
+    selection = (np.tile(np.arange(dk), (len(query_bits), 1)) if channels is None
+                 else select_channels_reference(query_channel_mean, channels))
+    database = unpack_compact(database_bits, dk, dt).astype(np.int64)
+    queries = unpack_compact(query_bits, dk, dt).astype(np.int64)
+    scores = np.zeros((len(query_bits), keep), np.int32)
+    ids = np.zeros((len(query_bits), keep), np.int64)
+    for q, chosen in enumerate(selection):
+        all_scores = [int((database[i][chosen] * queries[q][chosen]).sum()) for i in range(n)]
+        order = sorted(range(n), key=lambda i: (-all_scores[i], i))[:keep]
+        scores[q] = [all_scores[i] for i in order]
+        ids[q] = order
+    return scores, ids
+
+
 # ---- popcount engine: Gram matrix, channel selection, masked top-k search ----------------------------------------
 
 def gram_reference(bits_a: np.ndarray, bits_b: np.ndarray, dt: int) -> np.ndarray:

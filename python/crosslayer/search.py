@@ -1,6 +1,8 @@
 """Popcount similarity on sign codes: the Gram matrix (linear kernel for an SVM on a precomputed kernel) and the
 masked top-k search of the paper (eq. 3: per query, only its `channels` guidance channels of largest mean activation
 are compared). Kernels: csrc/cpu/gram_cpu.cpp, csrc/cpu/search_cpu.cpp; contract in csrc/include/crosslayer/search.h.
+Both code layouts (2-plane and compact) are scored directly, with the same integers; operands of two layouts are
+compared in the layout of the first (codes_a, the database).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 from crosslayer import _device
 from crosslayer._native import core as _core
 from crosslayer._validate import check_num_threads, check_positive_int
+from crosslayer import compact as _compact
 from crosslayer.codes import Codes, common_identity
 from crosslayer.errors import UsageError
 
@@ -56,14 +59,20 @@ def _check_same_layout(a: Codes, b: Codes, name_a: str, name_b: str) -> None:
 
 def nonzero_counts(codes: Codes) -> np.ndarray:
     """Number of nonzero values of each code (n,) int64: the squared norm of its ternary vector."""
+    if codes.is_compact:
+        return _compact.nonzero_counts(codes.bits, codes.Dk, codes.Dt)
     nonzero_plane = codes.bits[:, :, 0, :]
     # summed over both axes, not reshaped to (n, -1): that reshape is ambiguous for n = 0 and raises
     return np.bitwise_count(nonzero_plane).sum(axis=(1, 2), dtype=np.int64)
 
 
-def masked_nonzero_counts(bits: np.ndarray, selection: np.ndarray) -> np.ndarray:
-    """Per row, the nonzero values of code `bits[i]` (n, Dk, 2, words) over its channels `selection[i]` (n, c):
-    (n,) int64, the squared norm of the ternary vector a masked search compares."""
+def masked_nonzero_counts(bits: np.ndarray, selection: np.ndarray, dk: int | None = None,
+                          dt: int | None = None) -> np.ndarray:
+    """Per row, the nonzero values of code `bits[i]` (n, Dk, 2, words; or compact (n, words) with its `dk`, `dt`)
+    over its channels `selection[i]` (n, c): (n,) int64, the squared norm of the ternary vector a masked search
+    compares."""
+    if np.ndim(bits) == 2:
+        return _compact.masked_nonzero_counts(bits, dk, dt, selection)
     rows = np.arange(len(bits))[:, None]
     return np.bitwise_count(np.asarray(bits)[rows, selection, 0, :]).sum(axis=(1, 2), dtype=np.int64)
 
@@ -82,8 +91,9 @@ def gram(codes_a: Codes, codes_b: Codes | None = None, normalize: bool = False, 
     if codes_b is not None:
         codes_b = _check_codes(codes_b, "codes_b")
         _check_same_layout(codes_a, codes_b, "codes_a", "codes_b")
+        codes_b = codes_b.to_layout(codes_a.layout)
     out = np.empty((len(codes_a), len(codes_a) if codes_b is None else len(codes_b)), np.int32)
-    _core.gram_cpu(codes_a.bits, None if codes_b is None else codes_b.bits, codes_a.Dt, out, num_threads)
+    _core.gram_cpu(codes_a.bits, None if codes_b is None else codes_b.bits, codes_a.Dt, out, num_threads, codes_a.Dk)
     if not normalize:
         return out
     norm_a = np.sqrt(nonzero_counts(codes_a).astype(np.float64))
@@ -135,7 +145,8 @@ def check_search_args(queries: Codes, k, channels, dk: int) -> tuple[int, int]:
 
 
 def search_segments(queries: Codes, segments, k, channels=50, num_threads: int = 0):
-    """Top-k over database segments [(bits (n, Dk, 2, words) uint64, id_base), ...] merged as one database.
+    """Top-k over database segments [(bits, id_base), ...] merged as one database; the bits of every segment are in
+    the queries' layout ((n, Dk, 2, words) or compact (n, words)).
 
     Returns (scores (nq, min(k, total)) int32, ids (nq, min(k, total)) int64)."""
     num_threads = check_num_threads(num_threads)
@@ -146,12 +157,15 @@ def search_segments(queries: Codes, segments, k, channels=50, num_threads: int =
     nq = len(queries)
     if keep == 0 or nq == 0:
         return np.zeros((nq, keep), np.int32), np.zeros((nq, keep), np.int64)
+    if np.ndim(segments[0][0]) != queries.bits.ndim:  # the database's layout decides (2-D bits: compact)
+        queries = queries.to_layout(_compact.COMPACT if np.ndim(segments[0][0]) == 2 else _compact.TWO_PLANE)
     selection = select_channels(queries.channel_mean, channels)
     # Sentinel entries rank after every real hit (lowest score, largest id), so every segment can merge.
     scores = np.full((nq, keep), np.iinfo(np.int32).min, np.int32)
     ids = np.full((nq, keep), np.iinfo(np.int64).max, np.int64)
     for bits, id_base in segments:
-        _core.search_cpu(queries.bits, bits, queries.Dt, selection, keep, id_base, True, scores, ids, num_threads)
+        _core.search_cpu(queries.bits, bits, queries.Dt, selection, keep, id_base, True, scores, ids, num_threads,
+                         queries.Dk)
     return scores, ids
 
 
@@ -170,7 +184,7 @@ def search(queries: Codes, database: Codes, k: int = 10, channels: int | None = 
     queries = _check_codes(queries, "queries")
     database = _check_codes(database, "database")
     _check_same_layout(queries, database, "queries", "database")
-    return search_segments(queries, [(database.bits, 0)], k, channels, num_threads)
+    return search_segments(queries.to_layout(database.layout), [(database.bits, 0)], k, channels, num_threads)
 
 
 def _search_on_device(queries, database, k, channels):

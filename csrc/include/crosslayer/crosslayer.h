@@ -30,12 +30,14 @@
  *       outputs (an earlier segment's result) take part, so searching segment by segment equals one search.
  *   Code bits given to gram/search must keep the layout's rules (crosslayer_codes_check says whether they do).
  *
- *   Code files (.xlc), version 3 exactly as Python's crosslayer.formats.CodeFile (Codes.save/load, index exports);
- *   other versions are refused with CROSSLAYER_FORMAT_ERROR. Little-endian:
- *       header (64 bytes, "<8sIIQIIIQ16sI"): magic "XLCODES\0", version 3, header size 64, n, dk, dt, words per
- *           plane, key block bytes (u64), identity (16 bytes: ASCII, zero padded), crc32
- *       bits uint64 [n][dk][2][words], then channel_mean float32 [n][dk], then the key block (absent when its size
- *       is 0): a JSON list of n strings or nulls, UTF-8.
+ *   Code files (.xlc), version 4 exactly as Python's crosslayer.formats.CodeFile (Codes.save/load, index exports);
+ *   version 3 is still read; other versions are refused with CROSSLAYER_FORMAT_ERROR. Little-endian:
+ *       header (72 bytes, "<8sIIQIIIQ16sIII"): magic "XLCODES\0", version 4, header size 72, n, dk, dt, words per
+ *           plane, key block bytes (u64), identity (16 bytes: ASCII, zero padded), layout (u32, a
+ *           crosslayer_layout), reserved (u32, 0), crc32
+ *       bits uint64 in the layout ([n][dk][2][words] or compact [n][ceil(dk/64) + dk*words]), then channel_mean
+ *       float32 [n][dk], then the key block (absent when its size is 0): a JSON list of n strings or nulls, UTF-8.
+ *       Version 3: a 64-byte header without the layout and reserved fields, 2-plane bits.
  *   The crc32 (zlib's) runs over the header without its crc field, then every payload byte in order.
  *   Identity: the digest of the encoder that made the codes (CrossLayerEncoder.identity_digest). On write NULL or ""
  *   records none, otherwise at most 16 ASCII characters; on read crosslayer_codes_identity gives it, NULL for none.
@@ -118,6 +120,14 @@ CROSSLAYER_API crosslayer_status crosslayer_pool_codes(const float* local, const
                                                        uint64_t* bits, float* channel_mean, int num_threads);
 
 /* ---- similarity of codes ---------------------------------------------------------------------------------------- */
+/* Code layouts: 2-plane (above) or compact: per image live[ceil(dk/64)] (bit k: channel k has a nonzero value; bits
+ * >= dk zero) then sign[dk][ceil(dt/64)] (bit j of channel k: P[k][j] < 0; zero for a dead channel; padding zero),
+ * CROSSLAYER_COMPACT_WORDS_PER_IMAGE(dk, dt) words an image. Exactly Python's Codes.compact().bits. On compact
+ * codes dot = sum over channels of S live in both q and x of dt - 2 * popcount(sign_q ^ sign_x): the same integers
+ * as on the same codes in 2-plane form. */
+typedef enum crosslayer_layout { CROSSLAYER_LAYOUT_TWO_PLANE = 0, CROSSLAYER_LAYOUT_COMPACT = 1 } crosslayer_layout;
+#define CROSSLAYER_COMPACT_WORDS_PER_IMAGE(dk, dt) (((dk) + 63) / 64 + (dk) * CROSSLAYER_WORDS_PER_PLANE(dt))
+
 CROSSLAYER_API crosslayer_status crosslayer_gram(const uint64_t* a, int64_t n_a, const uint64_t* b, int64_t n_b,
                                                  int64_t dk, int64_t dt, int32_t* out, int num_threads);
 CROSSLAYER_API crosslayer_status crosslayer_search(const uint64_t* queries, int64_t n_queries,
@@ -125,8 +135,22 @@ CROSSLAYER_API crosslayer_status crosslayer_search(const uint64_t* queries, int6
                                                    int64_t dt, const int32_t* channels, int64_t n_channels, int64_t k,
                                                    int64_t id_base, int merge_with_existing, int32_t* out_scores,
                                                    int64_t* out_ids, int num_threads);
+/* crosslayer_gram / crosslayer_search on codes of `layout` (a crosslayer_layout; both operands in that layout). */
+CROSSLAYER_API crosslayer_status crosslayer_gram_layout(int layout, const uint64_t* a, int64_t n_a, const uint64_t* b,
+                                                        int64_t n_b, int64_t dk, int64_t dt, int32_t* out,
+                                                        int num_threads);
+CROSSLAYER_API crosslayer_status crosslayer_search_layout(int layout, const uint64_t* queries, int64_t n_queries,
+                                                          const uint64_t* database, int64_t n_database, int64_t dk,
+                                                          int64_t dt, const int32_t* channels, int64_t n_channels,
+                                                          int64_t k, int64_t id_base, int merge_with_existing,
+                                                          int32_t* out_scores, int64_t* out_ids, int num_threads);
 /* CROSSLAYER_OK when bits [n][dk][2][words] keep the layout's rules; otherwise INVALID_ARGUMENT naming the item. */
 CROSSLAYER_API crosslayer_status crosslayer_codes_check(const uint64_t* bits, int64_t n, int64_t dk, int64_t dt);
+
+/* crosslayer_codes_check for codes of `layout` (compact: live bits >= dk, sign padding bits and sign bits of dead
+ * channels must be zero). */
+CROSSLAYER_API crosslayer_status crosslayer_codes_check_layout(int layout, const uint64_t* bits, int64_t n, int64_t dk,
+                                                               int64_t dt);
 
 /* ---- code files (.xlc) ------------------------------------------------------------------------------------------ */
 typedef struct crosslayer_codes crosslayer_codes; /* opaque; owns its bits, channel_mean, identity and keys */
@@ -136,13 +160,21 @@ CROSSLAYER_API crosslayer_status crosslayer_codes_write(const char* path, const 
                                                         const float* channel_mean, int64_t n, int64_t dk, int64_t dt,
                                                         const char* identity, const char* const* keys,
                                                         const int64_t* key_lengths);
+/* crosslayer_codes_write for codes of `layout` (a crosslayer_layout); bits [n][image words of that layout]. */
+CROSSLAYER_API crosslayer_status crosslayer_codes_write_layout(const char* path, int layout, const uint64_t* bits,
+                                                               const float* channel_mean, int64_t n, int64_t dk,
+                                                               int64_t dt, const char* identity,
+                                                               const char* const* keys, const int64_t* key_lengths);
 /* On success *out is a new object; on failure *out is NULL. */
 CROSSLAYER_API crosslayer_status crosslayer_codes_read(const char* path, crosslayer_codes** out);
 CROSSLAYER_API void crosslayer_codes_free(crosslayer_codes* codes); /* NULL is allowed */
 CROSSLAYER_API int64_t crosslayer_codes_n(const crosslayer_codes* codes);
 CROSSLAYER_API int64_t crosslayer_codes_dk(const crosslayer_codes* codes);
 CROSSLAYER_API int64_t crosslayer_codes_dt(const crosslayer_codes* codes);
-CROSSLAYER_API const uint64_t* crosslayer_codes_bits(const crosslayer_codes* codes);       /* [n][dk][2][words] */
+/* The layout of the file's bits (a crosslayer_layout; version 3 files are 2-plane). */
+CROSSLAYER_API int crosslayer_codes_layout(const crosslayer_codes* codes);
+/* In the file's layout: [n][dk][2][words] or compact [n][CROSSLAYER_COMPACT_WORDS_PER_IMAGE(dk, dt)]. */
+CROSSLAYER_API const uint64_t* crosslayer_codes_bits(const crosslayer_codes* codes);
 CROSSLAYER_API const float* crosslayer_codes_channel_mean(const crosslayer_codes* codes);  /* [n][dk] */
 /* The encoder identity the file records; NULL when it records none. Valid until crosslayer_codes_free. */
 CROSSLAYER_API const char* crosslayer_codes_identity(const crosslayer_codes* codes);

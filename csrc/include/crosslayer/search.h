@@ -1,9 +1,13 @@
-// crosslayer/search.h — ternary popcount similarity on sign codes (codes.h layout): Gram matrix and masked top-k.
+// crosslayer/search.h — ternary popcount similarity on sign codes (codes.h or compact_codes.h layout): Gram matrix
+// and masked top-k.
 //
 // Contract
-//   CodeMatrix: `n` codes of `dk` channels x `dt` values, bits[n][dk][2][words_per_plane(dt)] uint64, C-contiguous.
-//   Ternary dot of codes q, x over channels S (paper eq. 3 on sign codes):
-//     dot = sum_{k in S} popcount(nz_q & nz_x) - 2 * popcount(nz_q & nz_x & (neg_q ^ neg_x))
+//   CodeMatrix: `n` codes of `dk` channels x `dt` values in `layout`: kTwoPlane bits[n][dk][2][words_per_plane(dt)]
+//   (codes.h), kCompact bits[n][compact_words_per_image(dk, dt)] (compact_codes.h); uint64, C-contiguous. Both
+//   operands of a call share one layout. Every operation accepts either layout and gives the same integers for the
+//   same ternary values. Ternary dot of codes q, x over channels S (paper eq. 3 on sign codes):
+//     dot = sum_{k in S} popcount(nz_q & nz_x) - 2 * popcount(nz_q & nz_x & (neg_q ^ neg_x))      (2-plane)
+//         = sum_{k in S, live in q and x} dt - 2 * popcount(sign_q ^ sign_x)                     (compact)
 //   Scores are exact int32: |dot| <= dk * dt, which callers keep below 2^31.
 //
 //   gram:   out[i][j] = dot(a_i, b_j) over all channels; out is [a.n][b.n] int32, row-major.
@@ -18,6 +22,8 @@
 #pragma once
 #include <cstdint>
 
+#include "crosslayer/compact_codes.h"
+
 namespace crosslayer {
 
 struct CodeMatrix {
@@ -25,6 +31,7 @@ struct CodeMatrix {
   std::int64_t n = 0;
   std::int64_t dk = 0;
   std::int64_t dt = 0;
+  CodeLayout layout = CodeLayout::kTwoPlane;
 };
 
 struct GramArgs {

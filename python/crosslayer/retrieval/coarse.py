@@ -108,7 +108,8 @@ class CoarseIndex:
             table = np.empty((self.dk, entry["count"]), prefix_scan.WORD_TYPES[self.word_bits])
             for start in range(0, entry["count"], 4096):  # a block at a time: the codes are memory-mapped
                 stop = min(entry["count"], start + 4096)
-                table[:, start:stop] = prefix_scan.prefix_table(bits[start:stop], self.word_bits, self.dt)
+                table[:, start:stop] = prefix_scan.prefix_table(bits[start:stop], self.word_bits, self.dk,
+                                                                      self.dt)
             self.tables.append(table)
             self.covers.append({"segment": dict(entry), "table": f"TAB-{Path(entry['file']).stem}.npy"})
             added = True
@@ -143,8 +144,8 @@ class CoarseIndex:
         return sum(table.nbytes for table in self.tables)
 
     def query_words(self, query_bits: np.ndarray) -> np.ndarray:
-        """(nq, Dk) table words of query codes' bits (nq, Dk, 2, words)."""
-        return prefix_scan.prefix_table(query_bits, self.word_bits, self.dt).T
+        """(nq, Dk) table words of query codes' bits (2-plane or compact)."""
+        return prefix_scan.prefix_table(query_bits, self.word_bits, self.dk, self.dt).T
 
     def shortlist(self, queries, candidates: int, channels: int | None, deleted: np.ndarray,
                   num_threads: int = 0) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from crosslayer import compact as _compact
 from crosslayer.errors import UsageError
 
 WORD_TYPES = {16: np.uint16, 32: np.uint32, 64: np.uint64}
@@ -27,13 +28,18 @@ def prefix_bits(word_bits: int, dt: int) -> int:
     return min(word_bits - 1, dt)
 
 
-def prefix_table(bits: np.ndarray, word_bits: int, dt: int) -> np.ndarray:
-    """(Dk, n) channel-major table of codes `bits` (n, Dk, 2, words) in the layout of the module docstring."""
+def prefix_table(bits: np.ndarray, word_bits: int, dk: int, dt: int) -> np.ndarray:
+    """(Dk, n) channel-major table (the layout of the module docstring) of codes `bits`: 2-plane (n, Dk, 2, words)
+    or compact (n, compact words)."""
     b = prefix_bits(word_bits, dt)
     word = WORD_TYPES[word_bits]
-    first = np.asarray(bits[:, :, :, 0])  # (n, Dk, 2): the nonzero and negative planes' first words
-    signs = (first[:, :, 1] & np.uint64((1 << b) - 1)).astype(word)
-    live = (np.asarray(bits[:, :, 0, :]) != 0).any(axis=-1)
+    if bits.ndim == 2:  # compact: live bits, then each channel's sign words
+        live = _compact.live_mask(bits, dk)
+        first = _compact.sign_planes(bits, dk, dt)[:, :, 0]
+    else:
+        live = (np.asarray(bits[:, :, 0, :]) != 0).any(axis=-1)
+        first = np.asarray(bits[:, :, 1, 0])
+    signs = (first & np.uint64((1 << b) - 1)).astype(word)
     table = signs | (live.astype(word) << word(word_bits - 1))
     return np.ascontiguousarray(table.T)
 
