@@ -792,7 +792,7 @@ class CodeIndex:
         ids, which = self._locate(ids, allow_deleted=True)
         if self.layout == _compact.COMPACT:
             bits = np.empty((len(ids), _compact.compact_words_per_image(self.Dk, self.Dt)), np.uint64)
-            self._gather(bits, ids, which, lambda segment: self._segment_arrays(segment)[0])
+            self._gather(bits, ids, which, self._scattered_bits)
             return bits if channels is None else _compact.take_channels(bits, self.Dk, self.Dt, channels)
         channels = np.arange(self.Dk) if channels is None else np.asarray(channels, np.int64)
         bits = np.empty((len(ids), len(channels), 2, (self.Dt + 63) // 64), np.uint64)
