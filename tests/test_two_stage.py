@@ -154,14 +154,16 @@ def test_coarse_word_width_is_a_choice_of_the_cache(tmp_path, rng):
     codes, parts = _index(tmp_path, rng, sizes=(30,))
     database = np.concatenate([p.bits for p in parts])
     queries = random_codes(rng, 3, DK, DT)
-    wide = CoarseIndex.open(tmp_path, codes, word_bits=64)
-    assert wide.b == 63 and wide.tables[0].dtype == np.uint64
-    b = prefix_scan.prefix_bits(64, DT)
+    other = 32 if coarse_module.WORD_BITS == 64 else 64
+    wide = CoarseIndex.open(tmp_path, codes, word_bits=other)
+    assert wide.b == min(other - 1, DT) and wide.tables[0].dtype == prefix_scan.WORD_TYPES[other]
+    b = prefix_scan.prefix_bits(other, DT)
     scores = reference.prefix_scores_reference(queries.bits, queries.channel_mean, database, DT, b, 6)
     got = wide.shortlist(queries, 5, 6, np.zeros(0, np.int64))
     assert [sorted(r) for r in got.tolist()] == [sorted(sorted(range(30), key=lambda i: (-row[i], i))[:5])
                                                  for row in scores]
-    assert CoarseIndex.open(tmp_path, codes).tables[0].dtype == np.uint16  # another width: rebuilt at the default
+    default = CoarseIndex.open(tmp_path, codes)  # another width: rebuilt at the default
+    assert default.tables[0].dtype == prefix_scan.WORD_TYPES[coarse_module.WORD_BITS]
     with pytest.raises(UsageError, match="word_bits"):
         CoarseIndex.open(tmp_path, codes, word_bits=8)
 

@@ -1,14 +1,14 @@
 """The coarse stage of two-stage search: the query's masked score on a short prefix of every channel's code (its
-first b = 15 PCA components, the strongest), scanned over every item from a channel-major table, proposes the
-shortlist that the fine stage (`CodeIndex.rerank`: exact masked popcount over all Dt components) re-ranks.
+first b = word_bits - 1 PCA components, the strongest; 15 by default), scanned over every item from a channel-major
+table, proposes the shortlist that the fine stage (`CodeIndex.rerank`: exact masked popcount over all Dt
+components) re-ranks.
 
 Why this and not an ANN library over a descriptor: the masked score depends on a per-query channel selection, so a
-descriptor without it ranks by another measure. Channel means in a FAISS HNSW graph (this module's first version)
-needed a shortlist growing linearly with the database (recall@10 of 0.90 at N = 400 and 16k items); measured on the
-real codes (`benchmarks/results/scale.md`), the prefix score reaches recall@10 >= 0.95 with a few-thousand
-shortlist at 1M items, and FAISS's binary indexes on the same bits cannot apply the mask. A scan reads only the
-query's selected channels, 2 bytes an item each (100 MB a query at 1M items and 50 channels, ~10 ms); the table
-(Dk x 2 bytes an item: 640 kB per 1,000 items at Dk = 320) is kept in memory, the codes stay memory-mapped.
+descriptor without it ranks by another measure, and FAISS's binary indexes on the same bits cannot apply the mask
+(`benchmarks/bench_scale.py` compares them). The prefix score is the same masked score on fewer components; with 63
+components its shortlist holds the exhaustive top 10 far better than channel means do at every size measured
+(`benchmarks/results/scale.md`). A scan reads only the query's selected channels, word_bits / 8 bytes an item each;
+the table (Dk words an item) is kept in memory, the codes stay memory-mapped.
 
 Cache: DIR/coarse/ holds one table per covered segment (TAB-<segment>.npy, written by `formats.write_npy`) and
 DIR/coarse.json, a `crosslayer.formats` document recording the segments covered (file, crc32, id_base, count) and
