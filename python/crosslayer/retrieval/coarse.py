@@ -8,7 +8,7 @@ descriptor without it ranks by another measure, and FAISS's binary indexes on th
 (`benchmarks/bench_scale.py` compares them). The prefix score is the same masked score on fewer components; with 63
 components its shortlist holds the exhaustive top 10 far better than channel means do at every size measured
 (`benchmarks/results/scale.md`). A scan reads only the query's selected channels, word_bits / 8 bytes an item each;
-the table (Dk words an item) is kept in memory, the codes stay memory-mapped.
+the table (Dk words an item) and the codes are memory-mapped.
 
 Cache: DIR/coarse/ holds one table per covered segment (TAB-<segment>.npy, written by `formats.write_npy`) and
 DIR/coarse.json, a `crosslayer.formats` document recording the segments covered (file, crc32, id_base, count) and
@@ -90,7 +90,8 @@ class CoarseIndex:
             for cover in record["covers"]:
                 file = directory / TABLE_FOLDER / cover["table"]
                 check_npy(file, cover["size"], cover["crc32"])
-                table = np.load(file, allow_pickle=False)
+                # mapped, not read: the pages are the kernel's to keep or drop (a 1M-item 64-bit table is 2.6 GB)
+                table = np.load(file, mmap_mode="r", allow_pickle=False)
                 if table.shape != (dk, cover["segment"]["count"]) or table.dtype != prefix_scan.WORD_TYPES[word_bits]:
                     return None
                 tables.append(table)
