@@ -40,7 +40,6 @@ from _data import add_data_argument, data_set  # noqa: E402
 from _scale_data import DISTRACTOR_SETS, load_set, smvs_relevance, synthetic_distractors  # noqa: E402
 
 from crosslayer import CodeIndex, Codes, compact  # noqa: E402
-from crosslayer.retrieval import prefix_scan  # noqa: E402
 from crosslayer.retrieval.coarse import TABLE_FOLDER, CoarseIndex  # noqa: E402
 from crosslayer.search import search  # noqa: E402
 

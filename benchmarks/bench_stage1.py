@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     print(f"{'database':<34}{'items':>8} {'stage 1':>9} " + " ".join(f"{n:>6}" for n in SHORTLISTS))
     measure("SMVS refs + real distractors", queries, real, args.channels, prefixes)
     rng = np.random.default_rng(0)
-    same_size = Codes.concatenate([references, *synthetic_distractors(distractors, len(distractors), rng, args.parents, args.flip_bits)])
+    synthetic = synthetic_distractors(distractors, len(distractors), rng, args.parents, args.flip_bits)
+    same_size = Codes.concatenate([references, *synthetic])
     measure("SMVS refs + synthetic (same size)", queries, same_size, args.channels, prefixes)
     if not args.grow:
         return 0

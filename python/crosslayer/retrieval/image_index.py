@@ -528,8 +528,8 @@ class ImageIndex:
         if candidates is None or candidates >= self.codes.live_count:  # a shortlist of everything: exhaustive
             scores, ids = (codes_search or self.codes.search)(query_codes, top, channels, normalize=normalize)
         else:
-            scores, ids = self.codes.rerank(query_codes, self.shortlist(query_codes, candidates, channels), top, channels,
-                                            normalize=normalize)
+            shortlist = self.shortlist(query_codes, candidates, channels)
+            scores, ids = self.codes.rerank(query_codes, shortlist, top, channels, normalize=normalize)
             found = ids >= 0
             scores, ids = [s[f] for s, f in zip(scores, found)], [i[f] for i, f in zip(ids, found)]
         all_ids = sorted({int(i) for row in ids for i in row})
