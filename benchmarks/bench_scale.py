@@ -12,7 +12,7 @@ Phases, each in its own process so that each one's peak RSS (`resource.getrusage
 2. search: the page cache is emptied of the segment files (`posix_fadvise(POSIX_FADV_DONTNEED)`) before every timed
    run; two-stage search for each shortlist size: recall@10 against exhaustive, SMVS mAP (one relevant image a
    query, reciprocal rank in the top 100), per-query latency median and p95 at 1 query a batch and at 32.
-3. faiss: FAISS `IndexBinaryIVF` over the bits the coarse stage scans (every channel's live bit and first 15 signs,
+3. faiss: FAISS `IndexBinaryIVF` over the bits of the 16-bit coarse table (every channel's live bit and first 15 signs,
    Dk x 16 bits an image) with plain Hamming distance (no channel mask), the same queries; its own top 10 and its
    top N re-ranked exactly, against exhaustive masked search.
 4. faiss_full: FAISS `IndexBinaryHNSW` on the full live-and-sign bits (Dk*Dt + Dk bits an image,
@@ -188,7 +188,7 @@ def faiss_phase(args) -> dict:
     codes = CodeIndex.open(directory / "codes", "r")
     coarse = CoarseIndex.open(directory / "coarse16", codes, 16)
     dk = codes.Dk
-    # the bits the coarse stage scans, item-major: Dk words of 16 bits (live bit and first 15 signs) = Dk*16 bits
+    # the bits of the 16-bit coarse table, item-major: Dk words of 16 bits (live bit and first 15 signs) = Dk*16 bits
     vectors = np.concatenate([np.ascontiguousarray(t.T).view(np.uint8) for t in coarse.tables])
     query_vectors = np.ascontiguousarray(coarse.query_words(queries.bits)).view(np.uint8)
     del coarse

@@ -1,4 +1,4 @@
-"""Two-stage search: the coarse stage (the masked score on the first 15 components of every channel, scanned over a
+"""Two-stage search: the coarse stage (the masked score on the first 63 components of every channel, scanned over a
 channel-major table) proposes a shortlist, the fine stage (`CodeIndex.rerank`) scores it exactly. Synthetic codes for
 the stages, their kernels against `reference.prefix_scores_reference` and their cache (built, extended, checked,
 rebuilt; deletions respected), random-weight images for `ImageIndex.search(candidates=)` and `search --candidates`."""

@@ -184,7 +184,7 @@ def register(commands) -> None:
     parser.add_argument("--channels", type=channel_count, default=50,
                         help="guidance channels compared per query (its strongest), or 'all'; " + SCORE_HELP)
     parser.add_argument("--candidates", type=positive_int, default=None, metavar="N",
-                        help="two-stage search: re-rank only the N images of best masked score on the first 15 "
+                        help="two-stage search: re-rank only the N images of best masked score on the first 63 "
                              "components of every channel (a table built on first use and kept in DB_DIR); default: "
                              "every image (exhaustive, the reference)")
     parser.add_argument("--normalize", action="store_true",

@@ -454,7 +454,7 @@ class ImageIndex:
         Scores are raw masked ternary dot products (integers; the range grows with the channels compared and Dt),
         or with ``normalize=True`` those divided by sqrt(nnz_q * nnz_x) over the compared channels: in [-1, 1].
         candidates: None searches every image (exhaustive: the reference); N searches two-stage: a shortlist of
-        the N images of best masked score on the first 15 components of every channel (`crosslayer.retrieval.coarse`),
+        the N images of best masked score on the first 63 components of every channel (`crosslayer.retrieval.coarse`),
         re-ranked by the same exact masked scores (N at least the images indexed: all of them, the exhaustive result).
         codes_search: what searches the codes exhaustively, with `CodeIndex.search`'s signature (default: this
         index's codes; e.g. `crosslayer.distributed.ShardedIndex.search_codes`)."""
