@@ -1,4 +1,4 @@
-"""Two-stage search (FAISS HNSW shortlist on channel means, exact masked re-ranking) against exhaustive masked
+"""Two-stage search (`crosslayer.retrieval.coarse` shortlist, exact masked re-ranking) against exhaustive masked
 search, on SMVS with distractors, and how the shortlist must grow with the database (synthetic scaling).
 
 1. SMVS: the 192 phone-photo queries against the 192 reference scans plus `--distractors` images of cub100 and scene15,
@@ -73,7 +73,7 @@ def noisy_copies(codes: Codes, copies: int, flip: float, rng) -> Codes:
 
 
 def two_stage(codes_index: CodeIndex, coarse: CoarseIndex, queries: Codes, n: int, k: int, channels: int):
-    shortlist = coarse.shortlist(queries.channel_mean, n, np.zeros(0, np.int64))
+    shortlist = coarse.shortlist(queries, n, channels, np.zeros(0, np.int64))
     return codes_index.rerank(queries, shortlist, k, channels)
 
 

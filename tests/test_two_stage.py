@@ -1,5 +1,6 @@
-"""Two-stage search: the coarse stage (FAISS HNSW on L2-normalised channel means) proposes a shortlist, the fine stage
-(`CodeIndex.rerank`) scores it exactly. Synthetic codes for the stages and their cache (built, extended, checked,
+"""Two-stage search: the coarse stage (the masked score on the first 63 components of every channel, scanned over a
+channel-major table) proposes a shortlist, the fine stage (`CodeIndex.rerank`) scores it exactly. Synthetic codes for
+the stages, their kernels against `reference.prefix_scores_reference` and their cache (built, extended, checked,
 rebuilt; deletions respected), random-weight images for `ImageIndex.search(candidates=)` and `search --candidates`."""
 
 import json
@@ -9,37 +10,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("faiss")
+pytest.importorskip("numba")
 
 from crosslayer import CodeIndex, reference  # noqa: E402
 from crosslayer.errors import UsageError  # noqa: E402
 from crosslayer.retrieval import coarse as coarse_module  # noqa: E402
+from crosslayer.retrieval import prefix_scan  # noqa: E402
 from crosslayer.retrieval.coarse import CoarseIndex  # noqa: E402
 from _codes import random_codes  # noqa: E402
 
 DK, DT = 24, 64
 
 
-def _exact_cosines(means_q, means_x, excluded=()):
-    q = means_q / np.linalg.norm(means_q, axis=1, keepdims=True)
-    x = means_x / np.linalg.norm(means_x, axis=1, keepdims=True)
-    scores = q @ x.T
-    scores[:, list(excluded)] = -np.inf
-    return scores
-
-
-# The graph stores unit vectors in float16 (relative rounding 2^-11 a component), so a stored cosine is within
-# |dq| + |dx| <= 2 * 2^-11 of the exact one: items whose exact cosines are that close may swap at the cut.
-FP16_COSINE_SLACK = 2 * 2.0 ** -11
-
-
-def _assert_is_the_cosine_top(got, means_q, means_x, n, excluded=()):
-    """Tie-aware: every shortlisted id is within the float16 slack of the exact n-th cosine, and all n are distinct."""
-    cosines = _exact_cosines(means_q, means_x, excluded)
-    nth = np.sort(cosines, axis=1)[:, ::-1][:, n - 1]
-    assert got.shape == (len(means_q), n) and all(len(set(row)) == n for row in got.tolist())
-    chosen = np.take_along_axis(cosines, got, 1)
-    assert (chosen >= nth[:, None] - FP16_COSINE_SLACK).all(), (chosen.min(1), nth)
+def _prefix_top(queries, database_bits, dt, n, channels, excluded=()):
+    """Per query, the set of ids a shortlist of n must be: by (decreasing reference prefix score, id)."""
+    b = prefix_scan.prefix_bits(coarse_module.WORD_BITS, dt)
+    scores = reference.prefix_scores_reference(queries.bits, queries.channel_mean, database_bits, dt, b, channels)
+    keep = [i for i in range(len(database_bits)) if i not in set(excluded)]
+    return [sorted(sorted(keep, key=lambda i: (-row[i], i))[:n]) for row in scores]
 
 
 def _index(tmp_path, rng, sizes=(40, 30)):
@@ -47,8 +35,6 @@ def _index(tmp_path, rng, sizes=(40, 30)):
     parts = []
     for size in sizes:
         part = random_codes(rng, size, DK, DT)
-        # continuous means: no cosine ties, so the exact top-N is one set
-        part.channel_mean[:] = rng.random(part.channel_mean.shape, dtype=np.float32) + 0.01
         codes.append(part)
         parts.append(part)
     return codes, parts
@@ -83,25 +69,110 @@ def test_rerank_scores_only_the_candidates_exactly(tmp_path, rng):
         codes.rerank(queries, shortlist[:2], 4, None)
 
 
-def test_coarse_shortlist_is_the_cosine_top_of_the_channel_means_without_deleted_items(tmp_path, rng):
+def test_coarse_shortlist_is_the_prefix_score_top_without_deleted_items(tmp_path, rng):
     codes, parts = _index(tmp_path, rng)
-    means = np.concatenate([p.channel_mean for p in parts])
+    database = np.concatenate([p.bits for p in parts])
     queries = random_codes(rng, 6, DK, DT)
     coarse = CoarseIndex.open(tmp_path, codes)
     assert len(coarse) == 70
-    got = coarse.shortlist(queries.channel_mean, 10, np.zeros(0, np.int64))
-    _assert_is_the_cosine_top(got, queries.channel_mean, means, 10)
+    for channels in (5, None):
+        got = coarse.shortlist(queries, 10, channels, np.zeros(0, np.int64))
+        assert [sorted(row) for row in got.tolist()] == _prefix_top(queries, database, DT, 10, channels)
     deleted = np.unique(got[:, :3])
-    got = coarse.shortlist(queries.channel_mean, 10, deleted)
+    got = coarse.shortlist(queries, 10, 5, deleted, num_threads=1)
     assert not np.isin(got, deleted).any()
-    _assert_is_the_cosine_top(got, queries.channel_mean, means, 10, deleted)
+    assert [sorted(row) for row in got.tolist()] == _prefix_top(queries, database, DT, 10, 5, deleted.tolist())
+    padded = coarse.shortlist(queries, 80, 5, deleted)  # more than the live items: all of them, then -1
+    assert (np.sort(padded, axis=1)[:, :80 - 70 + len(deleted)] == -1).all()
+    assert all(set(row[row >= 0]) == set(range(70)) - set(deleted.tolist()) for row in padded)
+
+
+@given(st.integers(1, 60), st.integers(1, 3), st.integers(1, 9), st.integers(0, 2**32 - 1))
+@settings(deadline=None, max_examples=30)
+def test_prefix_scan_matches_the_reference(n, nq, dk, seed):
+    rng = np.random.default_rng(seed)
+    dt = int(rng.choice([1, 7, 15, 16, 64, 70]))
+    database, queries = random_codes(rng, n, dk, dt), random_codes(rng, nq, dk, dt)
+    channels = int(rng.integers(1, dk + 1))
+    b = prefix_scan.prefix_bits(coarse_module.WORD_BITS, dt)
+    want = reference.prefix_scores_reference(queries.bits, queries.channel_mean, database.bits, dt, b, channels)
+    table = prefix_scan.prefix_table(database.bits, coarse_module.WORD_BITS, dk, dt)
+    words = prefix_scan.prefix_table(queries.bits, coarse_module.WORD_BITS, dk, dt).T
+    from crosslayer.search import select_channels
+    selection = select_channels(queries.channel_mean, channels)
+    split = int(rng.integers(0, n + 1))  # two segments: the scan continues across tables
+    deleted = rng.choice(n, int(rng.integers(0, n + 1)), replace=False)
+    wanted_n = int(rng.integers(1, n + 2))
+    for row in range(nq):
+        chosen = selection[row]
+        got = prefix_scan.shortlist_one([(table[:, :split], 0), (table[:, split:], split)],
+                                        np.ascontiguousarray(words[row, chosen]), chosen, b, wanted_n, deleted, n)
+        live = [i for i in range(n) if i not in set(deleted.tolist())]
+        expected = sorted(sorted(live, key=lambda i: (-want[row][i], i))[:wanted_n])
+        assert sorted(got[got >= 0].tolist()) == expected
+        assert (got[len(expected):] == -1).all()
+
+
+def test_prefix_score_is_the_masked_score_of_codes_cut_to_b_components(rng):
+    """For codes whose channels are all-nonzero or all-zero (what encoders make) the coarse score is exact."""
+    from crosslayer import Codes
+    from crosslayer.search import search
+
+    dt, b = 40, prefix_scan.prefix_bits(coarse_module.WORD_BITS, 40)
+    signs = rng.choice(np.array([-1, 1], np.int8), size=(30, DK, dt))
+    signs[rng.random((30, DK)) < 0.1] = 0  # whole channels dead
+    codes = Codes(reference.pack_ternary(signs), rng.random((30, DK)).astype(np.float32), dt)
+    cut = Codes(reference.pack_ternary(signs[..., :b]), codes.channel_mean, b)
+    scores = reference.prefix_scores_reference(codes.bits, codes.channel_mean, codes.bits, dt, b, 7)
+    exact, ids = search(cut, cut, 30, 7)
+    np.testing.assert_array_equal(np.take_along_axis(scores, ids, 1), exact)
+
+
+def test_compact_index_two_stage_equals_exhaustive_and_its_table_equals_the_2_plane_one(tmp_path, rng):
+    from _codes import random_compact_codes
+
+    database, queries = random_compact_codes(rng, 60, DK, 70), random_compact_codes(rng, 4, DK, 70)
+    assert database.is_compact
+    for width in (16, 64):
+        np.testing.assert_array_equal(prefix_scan.prefix_table(database.bits, width, DK, 70),
+                                      prefix_scan.prefix_table(database.expanded().bits, width, DK, 70))
+    codes = CodeIndex.create(tmp_path / "codes", DK, 70, layout="compact")
+    codes.append(database[:25]), codes.append(database[25:])
+    codes.delete([4, 30])
+    coarse = CoarseIndex.open(tmp_path, codes)
+    b = prefix_scan.prefix_bits(coarse_module.WORD_BITS, 70)
+    scores = reference.prefix_scores_reference(queries.expanded().bits, queries.channel_mean,
+                                               database.expanded().bits, 70, b, 6)
+    got = coarse.shortlist(queries, 8, 6, codes._deleted_array())
+    live = [i for i in range(60) if i not in (4, 30)]
+    assert [sorted(r) for r in got.tolist()] == [sorted(sorted(live, key=lambda i: (-row[i], i))[:8]) for row in scores]
+    everything = coarse.shortlist(queries, 58, 6, codes._deleted_array())
+    np.testing.assert_array_equal(codes.rerank(queries, everything, 10, 6)[1], codes.search(queries, 10, 6)[1])
+
+
+def test_coarse_word_width_is_a_choice_of_the_cache(tmp_path, rng):
+    codes, parts = _index(tmp_path, rng, sizes=(30,))
+    database = np.concatenate([p.bits for p in parts])
+    queries = random_codes(rng, 3, DK, DT)
+    other = 32 if coarse_module.WORD_BITS == 64 else 64
+    wide = CoarseIndex.open(tmp_path, codes, word_bits=other)
+    assert wide.b == min(other - 1, DT) and wide.tables[0].dtype == prefix_scan.WORD_TYPES[other]
+    b = prefix_scan.prefix_bits(other, DT)
+    scores = reference.prefix_scores_reference(queries.bits, queries.channel_mean, database, DT, b, 6)
+    got = wide.shortlist(queries, 5, 6, np.zeros(0, np.int64))
+    assert [sorted(r) for r in got.tolist()] == [sorted(sorted(range(30), key=lambda i: (-row[i], i))[:5])
+                                                 for row in scores]
+    default = CoarseIndex.open(tmp_path, codes)  # another width: rebuilt at the default
+    assert default.tables[0].dtype == prefix_scan.WORD_TYPES[coarse_module.WORD_BITS]
+    with pytest.raises(UsageError, match="word_bits"):
+        CoarseIndex.open(tmp_path, codes, word_bits=8)
 
 
 def test_coarse_cache_is_extended_after_an_append_and_rebuilt_when_damaged_or_compacted(tmp_path, rng, monkeypatch):
     codes, parts = _index(tmp_path, rng, sizes=(30,))
     CoarseIndex.open(tmp_path, codes)
     record = json.loads((tmp_path / coarse_module.RECORD_FILE).read_text())
-    assert [c["file"] for c in record["covers"]] == ["seg-00000000.xlc"]
+    assert [c["segment"]["file"] for c in record["covers"]] == ["seg-00000000.xlc"]
     codes.append(random_codes(rng, 20, DK, DT))
     added = []
     original_add = CoarseIndex.extend
@@ -112,19 +183,21 @@ def test_coarse_cache_is_extended_after_an_append_and_rebuilt_when_damaged_or_co
 
     monkeypatch.setattr(CoarseIndex, "extend", counting_extend)
     resumed = CoarseIndex.open(tmp_path, codes)
-    assert added == [1] and len(resumed) == 50  # the cached graph was loaded and only the new segment added
-    graph = tmp_path / coarse_module.GRAPH_FILE
-    data = bytearray(graph.read_bytes())
+    assert added == [1] and len(resumed) == 50  # the cached table was loaded and only the new segment added
+    table = tmp_path / coarse_module.TABLE_FOLDER / record["covers"][0]["table"]
+    data = bytearray(table.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    graph.write_bytes(bytes(data))
+    table.write_bytes(bytes(data))
     added.clear()
     rebuilt = CoarseIndex.open(tmp_path, codes)
-    assert added == [2] and len(rebuilt) == 50  # a damaged graph is never trusted: both segments again
+    assert added == [2] and len(rebuilt) == 50  # a damaged table is never trusted: both segments again
     codes.delete([0, 31])
     codes.compact()
     added.clear()
     compacted = CoarseIndex.open(tmp_path, codes)
-    assert added == [len(codes.segment_means())] and len(compacted) == 48
+    assert added == [len(codes.segment_codes())] and len(compacted) == 48
+    named = {c["table"] for c in json.loads((tmp_path / coarse_module.RECORD_FILE).read_text())["covers"]}
+    assert {f.name for f in (tmp_path / coarse_module.TABLE_FOLDER).iterdir()} == named  # replaced tables removed
 
 
 @pytest.fixture(scope="module")
@@ -151,21 +224,20 @@ def test_image_index_two_stage_search_equals_exhaustive_when_candidates_cover_it
         index.search_keys(images[:1], top=5, candidates=2)  # builds the coarse stage
         index.add(images[6:], progress=False)  # and an add extends it at once
         record = json.loads((directory / coarse_module.RECORD_FILE).read_text())
-        assert [c["file"] for c in record["covers"]] == [e["file"] for e, _ in index.codes.segment_means()]
-        assert sum(c["count"] for c in record["covers"]) == 10
+        assert [c["segment"]["file"] for c in record["covers"]] == [e["file"] for e, _ in index.codes.segment_codes()]
+        assert sum(c["segment"]["count"] for c in record["covers"]) == 10
         exhaustive, _ = index.search_keys(images[:3], top=5)
         for candidates in (10, 50):
             covered, _ = index.search_keys(images[:3], top=5, candidates=candidates)
             assert [[(h.id, h.score) for h in q] for q in covered] == [[(h.id, h.score) for h in q] for q in exhaustive]
         partial, _ = index.search_keys(images[:3], top=5, candidates=4)
         assert all(len(q) == 4 for q in partial)
-        assert (directory / coarse_module.GRAPH_FILE).is_file()
         assert index.verify() == []
-        graph = directory / coarse_module.GRAPH_FILE
-        intact = graph.read_bytes()
-        graph.write_bytes(intact[:-7])
+        table = directory / coarse_module.TABLE_FOLDER / record["covers"][0]["table"]
+        intact = table.read_bytes()
+        table.write_bytes(intact[:-7])
         assert any("coarse" in problem for problem in index.verify())
-        graph.write_bytes(intact)
+        table.write_bytes(intact)
         index.remove([images[9]])
         after, _ = index.search_keys(images[:3], top=10, candidates=5)
         assert all(images[9] not in [h.path for h in q] for q in after)

@@ -280,6 +280,31 @@ def search_reference(query_bits, query_channel_mean, database_bits, dt: int, k: 
     return scores, ids
 
 
+def prefix_scores_reference(query_bits, query_channel_mean, database_bits, dt: int, b: int,
+                            channels: int | None) -> np.ndarray:
+    """The coarse stage's score (`crosslayer.retrieval.prefix_scan`), (nq, n) int64: over each query's selected
+    channels live in both codes (a channel is live when any of its components is nonzero), the dot product of the
+    first b components' signs read as +1 (nonnegative: zero counts as +1 in a live channel) or -1."""
+    dk = query_bits.shape[1]
+    if channels is None:
+        selection = np.tile(np.arange(dk), (len(query_bits), 1))
+    else:
+        selection = select_channels_reference(query_channel_mean, channels)
+
+    def signs_and_live(bits):
+        values = unpack_ternary(bits, dt)
+        return np.where(values[..., :b] < 0, -1, 1).astype(np.int64), (values != 0).any(axis=-1)
+
+    query_signs, query_live = signs_and_live(np.asarray(query_bits))
+    item_signs, item_live = signs_and_live(np.asarray(database_bits))
+    scores = np.zeros((len(query_bits), len(database_bits)), np.int64)
+    for q, chosen in enumerate(selection):
+        both = query_live[q][chosen][None, :] & item_live[:, chosen]  # (n, channels)
+        dots = (item_signs[:, chosen] * query_signs[q][chosen][None]).sum(axis=-1)  # (n, channels)
+        scores[q] = (dots * both).sum(axis=1)
+    return scores
+
+
 # ---- retrieval baselines (SPoC, Babenko & Lempitsky 2015) ---------------------------------------------------------
 
 def spoc(activations_learn: np.ndarray, activations: np.ndarray, dim: int, prior: bool = False) -> np.ndarray:

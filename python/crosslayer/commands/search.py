@@ -184,9 +184,9 @@ def register(commands) -> None:
     parser.add_argument("--channels", type=channel_count, default=50,
                         help="guidance channels compared per query (its strongest), or 'all'; " + SCORE_HELP)
     parser.add_argument("--candidates", type=positive_int, default=None, metavar="N",
-                        help="two-stage search: re-rank only the N images whose channel means are closest to the "
-                             "query's (a FAISS HNSW shortlist, built on first use and kept in DB_DIR); default: every "
-                             "image (exhaustive, the reference)")
+                        help="two-stage search: re-rank only the N images of best masked score on the first 63 "
+                             "components of every channel (a table built on first use and kept in DB_DIR); default: "
+                             "every image (exhaustive, the reference)")
     parser.add_argument("--normalize", action="store_true",
                         help="report scores divided by sqrt(nonzeros of query * nonzeros of hit) over the compared "
                              "channels: in [-1, 1] (the ranking is the raw one) (default: raw scores)")

@@ -1,75 +1,64 @@
-"""The coarse stage of two-stage search: a FAISS HNSW graph over each image's L2-normalised channel means (the
-pooled guidance embedding every code carries), searched by inner product (cosine) for a shortlist that the fine
-stage (`CodeIndex.rerank`: exact masked popcount) re-ranks.
+"""The coarse stage of two-stage search: the query's masked score on a short prefix of every channel's code (its
+first b = word_bits - 1 PCA components, the strongest; 63 by default), scanned over every item from a channel-major
+table, proposes the shortlist that the fine stage (`CodeIndex.rerank`: exact masked popcount over all Dt
+components) re-ranks.
 
-Why one structure per index kept as a cache, not a file per segment: the channel means it is built from are already
-in the segments, checksummed with the codes, so the graph is derived data. One graph is searched once per query
-(a graph per segment would be searched once per segment and merged, and HNSW gains nothing on small segments). The
-cache (DIR/coarse.faiss and DIR/coarse.json, a `crosslayer.formats` document recording the segments it covers by
-file and crc32 and the graph file's size and crc32) is checked when loaded: a damaged, stale or foreign cache is
-rebuilt, never trusted. A cache that covers a prefix of the index's segments (images were added since) is
-extended with the new segments' means only, and saved again; a compaction rewrites segments, so it rebuilds.
-HNSW labels are the items' ids (items are added in id order); deleted ids are excluded at search time by an
-IDSelector, so a tombstone never reaches the shortlist.
+Why this and not an ANN library over a descriptor: the masked score depends on a per-query channel selection, so a
+descriptor without it ranks by another measure, and FAISS's binary indexes on the same bits cannot apply the mask
+(`benchmarks/bench_scale.py` compares them). The prefix score is the same masked score on fewer components; with 63
+components its shortlist holds the exhaustive top 10 far better than channel means do at every size measured
+(`benchmarks/results/scale.md`). A scan reads only the query's selected channels, word_bits / 8 bytes an item each;
+the table (Dk words an item) and the codes are memory-mapped.
 
-Vectors are stored as float16 (HNSW-SQ fp16): 2 bytes a channel (2.5 kB an image for 1280 channels) — the means are
-non-negative values of order 1, far inside float16's precision for a cosine shortlist.
+Cache: DIR/coarse/ holds one table per covered segment (TAB-<segment>.npy, written by `formats.write_npy`) and
+DIR/coarse.json, a `crosslayer.formats` document recording the segments covered (file, crc32, id_base, count) and
+each table's size and crc32. Tables are derived data, checked when loaded: a damaged, stale or foreign cache is
+rebuilt, never trusted. A cache covering a prefix of the index's segments (images were added since) is extended
+with the new segments' tables only; a compaction rewrites segments (and renumbers ids), so it rebuilds. Deleted ids
+are excluded when the shortlist is taken, so a tombstone never reaches it.
 """
 
 from __future__ import annotations
 
-import zlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from crosslayer._atomic import atomic_write
 from crosslayer.errors import FormatError, UsageError
-from crosslayer.formats import read_json, write_json
+from crosslayer.formats import check_npy, read_json, write_json, write_npy
+from crosslayer.retrieval import prefix_scan
+from crosslayer.search import select_channels
 
 COARSE_FORMAT = "crosslayer-coarse-index"
-COARSE_VERSION = 1
-GRAPH_FILE = "coarse.faiss"
+COARSE_VERSION = 2  # 2: prefix-score tables (1: a FAISS HNSW graph on channel means)
 RECORD_FILE = "coarse.json"
-HNSW_NEIGHBOURS = 32  # M: links per node; 32 is FAISS's usual choice for high-recall graphs of this dimension
-BUILD_EFFORT = 80  # efConstruction
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise UsageError("candidates: two-stage search needs FAISS (pip install faiss-cpu)") from None
-    return faiss
-
-
-def normalized_means(means: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (all-zero rows stay zero), float32 C-contiguous as FAISS wants them."""
-    means = np.ascontiguousarray(means, dtype=np.float32)
-    norms = np.linalg.norm(means, axis=1, keepdims=True)
-    return np.ascontiguousarray(np.divide(means, norms, out=np.zeros_like(means), where=norms > 0))
-
-
-def search_effort(candidates: int) -> int:
-    """efSearch: the graph's search queue; at least twice the shortlist keeps HNSW recall of the cosine top-N high."""
-    return max(64, 2 * candidates)
+TABLE_FOLDER = "coarse"
+WORD_BITS = 64  # 63 components a channel: at 1M items, recall@10 0.97 with N = 1,000 (15: 0.63, 31: 0.85; scale.md)
 
 
 class CoarseIndex:
     """The coarse stage of one `CodeIndex`, cached in `directory`. Use `CoarseIndex.open(directory, codes)`."""
 
-    def __init__(self, directory: Path, graph, covers: list[dict], dim: int):
-        self.directory, self.graph, self.covers, self.dim = directory, graph, covers, dim
+    def __init__(self, directory: Path, dk: int, dt: int, covers: list[dict], tables: list[np.ndarray],
+                 word_bits: int = WORD_BITS):
+        self.directory, self.dk, self.dt, self.covers, self.tables = directory, dk, dt, covers, tables
+        self.word_bits = word_bits
+        self.b = prefix_scan.prefix_bits(word_bits, dt)
 
     @classmethod
-    def open(cls, directory, codes) -> "CoarseIndex":
+    def open(cls, directory, codes, word_bits: int = WORD_BITS) -> "CoarseIndex":
         """The coarse stage of `codes` (a `CodeIndex`): the cache in `directory` when it is sound and covers a prefix
-        of the segments (extended with the rest), else built anew; saved whenever it changed."""
+        of the segments (extended with the rest), else built anew; saved whenever it changed. word_bits: 16, 32 or
+        64, the table's word (word_bits - 1 components a channel; a cache of another width is rebuilt)."""
+        if word_bits not in prefix_scan.WORD_TYPES:
+            raise UsageError(f"word_bits: expected one of {sorted(prefix_scan.WORD_TYPES)}, got {word_bits!r}")
         directory = Path(directory)
-        segments = codes.segment_means()
-        coarse = cls._load(directory, codes.Dk)
-        if coarse is None or coarse.covers != [entry for entry, _ in segments[:len(coarse.covers)]]:
-            coarse = cls(directory, cls._new_graph(codes.Dk), [], codes.Dk)
+        segments = codes.segment_codes()
+        coarse = cls._load(directory, codes.Dk, codes.Dt, word_bits)
+        if coarse is None or [c["segment"] for c in coarse.covers] != [e for e, _ in segments[:len(coarse.covers)]]:
+            coarse = cls(directory, codes.Dk, codes.Dt, [], [], word_bits)
         if coarse.extend(segments):
             coarse.save()
         return coarse
@@ -80,84 +69,103 @@ class CoarseIndex:
         return (Path(directory) / RECORD_FILE).is_file()
 
     @classmethod
-    def problems(cls, directory, dim: int) -> list[str]:
+    def problems(cls, directory, dk: int, dt: int) -> list[str]:
         """A damaged cache, named (`open` rebuilds it; a cache that is only behind the segments is no problem)."""
         directory = Path(directory)
-        if not cls.cached(directory) or cls._load(directory, dim) is not None:
+        if not cls.cached(directory) or cls._load(directory, dk, dt, None) is not None:
             return []
-        return [f"{directory / GRAPH_FILE}: the coarse stage's cache is damaged or of another version (the next "
+        return [f"{directory / RECORD_FILE}: the coarse stage's cache is damaged or of another version (the next "
                 "search with candidates rebuilds it)"]
 
-    @staticmethod
-    def _new_graph(dim: int):
-        faiss = _faiss()
-        graph = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-        graph.hnsw.efConstruction = BUILD_EFFORT
-        return graph
-
     @classmethod
-    def _load(cls, directory: Path, dim: int):
-        """The cached coarse stage, or None when it is absent, damaged, of another version or another shape."""
-        faiss = _faiss()
+    def _load(cls, directory: Path, dk: int, dt: int, word_bits: int | None):
+        """The cached coarse stage, or None when it is absent, damaged, of another version or another shape
+        (word_bits None: any width)."""
         try:
             record = read_json(directory / RECORD_FILE, COARSE_FORMAT, COARSE_VERSION, "coarse index record")
-            data = (directory / GRAPH_FILE).read_bytes()
-        except (FormatError, OSError):
+            word_bits = record.get("word_bits") if word_bits is None else word_bits
+            if (record.get("Dk"), record.get("Dt"), record.get("word_bits")) != (dk, dt, word_bits):
+                return None
+            tables = []
+            for cover in record["covers"]:
+                file = directory / TABLE_FOLDER / cover["table"]
+                check_npy(file, cover["size"], cover["crc32"])
+                # mapped, not read: the pages are the kernel's to keep or drop (a 1M-item 64-bit table is 2.6 GB)
+                table = np.load(file, mmap_mode="r", allow_pickle=False)
+                if table.shape != (dk, cover["segment"]["count"]) or table.dtype != prefix_scan.WORD_TYPES[word_bits]:
+                    return None
+                tables.append(table)
+        except (FormatError, OSError, KeyError, TypeError, ValueError):
             return None
-        if (record.get("dim") != dim or len(data) != record.get("graph_size")
-                or zlib.crc32(data) != record.get("graph_crc32")):
-            return None
-        try:
-            graph = faiss.deserialize_index(np.frombuffer(data, np.uint8))
-        except RuntimeError:
-            return None
-        covered = sum(entry["count"] for entry in record["covers"])
-        if graph.ntotal != covered or graph.d != dim:
-            return None
-        return cls(directory, graph, record["covers"], dim)
+        return cls(directory, dk, dt, record["covers"], tables, word_bits)
 
     def extend(self, segments) -> bool:
-        """Adds the means of the segments past those covered; whether anything was added."""
+        """Adds the tables of the segments past those covered; whether anything was added."""
         added = False
-        for entry, means in segments[len(self.covers):]:
-            if entry["id_base"] != self.graph.ntotal:  # labels are ids: segments must follow one another
+        for entry, bits in segments[len(self.covers):]:
+            if entry["id_base"] != len(self):  # ids are positions: segments must follow one another
                 raise FormatError(f"{self.directory}: segment {entry['file']} starts at id {entry['id_base']}, "
-                                  f"expected {self.graph.ntotal}")
-            if entry["count"]:
-                self.graph.add(normalized_means(means))
-            self.covers.append(dict(entry))
+                                  f"expected {len(self)}")
+            table = np.empty((self.dk, entry["count"]), prefix_scan.WORD_TYPES[self.word_bits])
+            for start in range(0, entry["count"], 4096):  # a block at a time: the codes are memory-mapped
+                stop = min(entry["count"], start + 4096)
+                table[:, start:stop] = prefix_scan.prefix_table(bits[start:stop], self.word_bits, self.dk,
+                                                                      self.dt)
+            self.tables.append(table)
+            self.covers.append({"segment": dict(entry), "table": f"TAB-{Path(entry['file']).stem}.npy"})
             added = True
         return added
 
     def save(self) -> None:
-        """Writes the graph, then the record naming its checksum (a crash between leaves a mismatch: rebuilt).
-        A directory that cannot be written (a read-only index) keeps the graph in memory for this open only."""
-        data = _faiss().serialize_index(self.graph).tobytes()
+        """Writes the tables not written yet, then the record naming their checksums (a crash between leaves a
+        record that does not name them: rebuilt or extended). A directory that cannot be written (a read-only
+        index) keeps the stage in memory for this open only."""
         try:
-            with atomic_write(self.directory / GRAPH_FILE) as handle:
-                handle.write(data)
+            folder = self.directory / TABLE_FOLDER
+            folder.mkdir(exist_ok=True)
+            for cover, table in zip(self.covers, self.tables):
+                if "crc32" not in cover:
+                    cover.update(write_npy(folder / cover["table"], table))
+            named = {cover["table"] for cover in self.covers}
             write_json(self.directory / RECORD_FILE, COARSE_FORMAT, COARSE_VERSION,
-                       {"dim": self.dim, "kind": "hnsw-sq-fp16-ip", "neighbours": HNSW_NEIGHBOURS,
-                        "covers": self.covers, "graph_size": len(data), "graph_crc32": zlib.crc32(data)})
+                       {"Dk": self.dk, "Dt": self.dt, "word_bits": self.word_bits, "covers": self.covers})
+            for stale in folder.iterdir():  # tables of segments a compaction replaced
+                if stale.name not in named:
+                    stale.unlink(missing_ok=True)
+            (self.directory / "coarse.faiss").unlink(missing_ok=True)  # a version-1 cache's graph
         except OSError:
-            pass
+            for cover in self.covers:
+                cover.pop("crc32", None)
 
     def __len__(self) -> int:
-        return int(self.graph.ntotal)
+        return sum(cover["segment"]["count"] for cover in self.covers)
 
-    def shortlist(self, channel_means: np.ndarray, candidates: int, deleted: np.ndarray) -> np.ndarray:
-        """(nq, candidates) int64 ids of the items whose channel means are closest in cosine to each query's, live
-        ones only; -1 pads rows the graph could not fill."""
-        faiss = _faiss()
-        queries = normalized_means(channel_means)
-        if len(self) == 0:
-            return np.full((len(queries), candidates), -1, np.int64)
-        parameters = faiss.SearchParametersHNSW(efSearch=search_effort(candidates))
-        if len(deleted):
-            excluded = faiss.IDSelectorBatch(np.ascontiguousarray(deleted, np.int64))
-            keep = faiss.IDSelectorNot(excluded)
-            parameters.sel = keep
-            # the selectors are referenced, not owned, by the parameters: keep them alive through the search
-            parameters._selectors = (excluded, keep)
-        _, ids = self.graph.search(queries, candidates, params=parameters)
-        return ids.astype(np.int64)
+    @property
+    def nbytes(self) -> int:
+        return sum(table.nbytes for table in self.tables)
+
+    def query_words(self, query_bits: np.ndarray) -> np.ndarray:
+        """(nq, Dk) table words of query codes' bits (2-plane or compact)."""
+        return prefix_scan.prefix_table(query_bits, self.word_bits, self.dk, self.dt).T
+
+    def shortlist(self, queries, candidates: int, channels: int | None, deleted: np.ndarray,
+                  num_threads: int = 0) -> np.ndarray:
+        """(nq, candidates) int64 ids of the live items of best prefix score over each query's `channels` selected
+        channels (ties to the smaller id); -1 pads rows with fewer live items. queries: `Codes`."""
+        words = self.query_words(queries.bits)
+        selection = select_channels(queries.channel_mean, self.dk if channels is None else channels)
+        tables = [(table, cover["segment"]["id_base"]) for table, cover in zip(self.tables, self.covers)]
+        deleted = np.asarray(deleted, np.int64)
+        total = len(self)
+
+        def one(row):
+            chosen = selection[row]
+            return prefix_scan.shortlist_one(tables, np.ascontiguousarray(words[row, chosen]), chosen, self.b,
+                                             candidates, deleted, total)
+
+        threads = min(len(words), num_threads or os.cpu_count() or 1)
+        if threads <= 1:
+            return np.stack([one(row) for row in range(len(words))]) if len(words) else np.zeros((0, candidates),
+                                                                                                np.int64)
+        with ThreadPoolExecutor(threads) as pool:  # the kernels release the GIL
+            return np.stack(list(pool.map(one, range(len(words)))))

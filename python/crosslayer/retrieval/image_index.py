@@ -5,7 +5,7 @@ images writes one; any of them can be searched, inspected, extended, verified an
 Layout:
     DB_DIR/image-index.json    `crosslayer.formats` JSON document "crosslayer-image-index" (version 2), written last
     DB_DIR/encoder.xle         the encoder queries must be encoded with (its identity digest is the codes' identity)
-    DB_DIR/coarse.faiss, coarse.json   the coarse stage of two-stage search (`crosslayer.retrieval.coarse`): a
+    DB_DIR/coarse/, coarse.json   the coarse stage of two-stage search (`crosslayer.retrieval.coarse`): a
                                checked cache built on the first search with `candidates`, extended by later adds
     DB_DIR/codes/              the CodeIndex: keys = image paths relative to the root (POSIX separators); side
                                array "embedding" (n, C) float32 when built with embeddings; attributes {"root":
@@ -218,7 +218,7 @@ class ImageIndex:
         with the coarse stage's cache when there is one."""
         problems = self.codes.verify()
         if CoarseIndex.cached(self.directory):
-            problems += CoarseIndex.problems(self.directory, self.codes.Dk)
+            problems += CoarseIndex.problems(self.directory, self.codes.Dk, self.codes.Dt)
         return problems
 
     def close(self) -> None:
@@ -454,8 +454,8 @@ class ImageIndex:
         Scores are raw masked ternary dot products (integers; the range grows with the channels compared and Dt),
         or with ``normalize=True`` those divided by sqrt(nnz_q * nnz_x) over the compared channels: in [-1, 1].
         candidates: None searches every image (exhaustive: the reference); N searches two-stage: a shortlist of
-        the N images whose channel means are closest in cosine (`crosslayer.retrieval.coarse`, FAISS HNSW), re-ranked
-        by the same exact masked scores (N at least the images indexed: all of them, the exhaustive result).
+        the N images of best masked score on the first 63 components of every channel (`crosslayer.retrieval.coarse`),
+        re-ranked by the same exact masked scores (N at least the images indexed: all of them, the exhaustive result).
         codes_search: what searches the codes exhaustively, with `CodeIndex.search`'s signature (default: this
         index's codes; e.g. `crosslayer.distributed.ShardedIndex.search_codes`)."""
         # checked before the backbone runs on the queries
@@ -510,24 +510,26 @@ class ImageIndex:
 
     def coarse(self) -> CoarseIndex:
         """The coarse stage of two-stage search, loaded from its cache (checked; extended or rebuilt as needed)."""
-        if self._coarse is None or self._coarse.covers != [e for e, _ in self.codes.segment_means()]:
+        segments = [entry for entry, _ in self.codes.segment_codes()]
+        if self._coarse is None or [c["segment"] for c in self._coarse.covers] != segments:
             self._coarse = CoarseIndex.open(self.directory, self.codes)
         return self._coarse
 
-    def shortlist(self, query_codes, candidates: int) -> np.ndarray:
-        """(nq, candidates) ids the coarse stage proposes per query (-1 pads); every live id when `candidates`
-        covers the index."""
+    def shortlist(self, query_codes, candidates: int, channels: int | None = 50) -> np.ndarray:
+        """(nq, candidates) ids the coarse stage proposes per query for a search over `channels` channels (-1 pads);
+        every live id when `candidates` covers the index."""
         candidates = check_positive_int(candidates, "candidates")
+        channels = check_channel_count(channels, self.encoder.Dk)
         if candidates >= self.codes.live_count:
             return np.broadcast_to(self.codes.live_ids(), (len(query_codes), self.codes.live_count))
-        return self.coarse().shortlist(query_codes.channel_mean, candidates, self.codes._deleted_array())
+        return self.coarse().shortlist(query_codes, candidates, channels, self.codes._deleted_array())
 
     def _hits(self, query_codes, top, channels, normalize, candidates=None, codes_search=None) -> list:
         if candidates is None or candidates >= self.codes.live_count:  # a shortlist of everything: exhaustive
             scores, ids = (codes_search or self.codes.search)(query_codes, top, channels, normalize=normalize)
         else:
-            scores, ids = self.codes.rerank(query_codes, self.shortlist(query_codes, candidates), top, channels,
-                                            normalize=normalize)
+            shortlist = self.shortlist(query_codes, candidates, channels)
+            scores, ids = self.codes.rerank(query_codes, shortlist, top, channels, normalize=normalize)
             found = ids >= 0
             scores, ids = [s[f] for s, f in zip(scores, found)], [i[f] for i, f in zip(ids, found)]
         all_ids = sorted({int(i) for row in ids for i in row})
