@@ -10,8 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("numba")
-
 from crosslayer import CodeIndex, reference  # noqa: E402
 from crosslayer.errors import UsageError  # noqa: E402
 from crosslayer.retrieval import coarse as coarse_module  # noqa: E402
