@@ -9,7 +9,7 @@ load average, since the machine may be shared. Results are checked first: the pi
 torch script's (up to signs of values at rounding level) and with the old pipeline's exactly. Usage:
     PYTHONPATH=python python benchmarks/bench_extract.py [--data ROOT] [--images 64] [--threads 2] [--rounds 3]
     PYTHONPATH=python python benchmarks/bench_extract.py --quality [--quality-images 210]
-    PYTHONPATH=python python benchmarks/bench_extract.py --data /work/shared/data --reference FP32_DIR --candidate DIR
+    PYTHONPATH=python python benchmarks/bench_extract.py --data ROOT --reference FP32_DIR --candidate DIR
 (the last: quality of a precision on whole sets, from image indexes of smvs-queries, smvs-database, scene15 and
 cub100 made with one PCA: `compare_indexes`)
 (ROOT holds cub100/, scene15/, smvs/; default ../shared/data beside the repository.)
