@@ -289,13 +289,20 @@ def quality(args) -> int:
 QUALITY_SETS = ("smvs-queries", "smvs-database", "scene15", "cub100")
 
 
-def _set_codes(root, name, paths=None):
-    """(codes, paths) of one image index under root/name, in the order of `paths` (default: the index's own)."""
+def _set_paths(root, name) -> list:
     from crosslayer.retrieval.image_index import ImageIndex
 
     with ImageIndex.open(Path(root) / name) as index:
-        paths = index.paths() if paths is None else paths
-        return index.codes.get(index.ids_of(paths)), paths
+        return index.paths()
+
+
+def _set_codes(root, name, paths):
+    """The codes of `paths` in the image index root/name, in that order (one set in memory at a time: the machine
+    is shared, and both precisions' sets together would take ~2 GB)."""
+    from crosslayer.retrieval.image_index import ImageIndex
+
+    with ImageIndex.open(Path(root) / name) as index:
+        return index.codes.get(index.ids_of(paths))
 
 
 def _absolute(path) -> str:
@@ -319,10 +326,10 @@ def _bootstrap(difference, draws=4000, seed=0):
 
 def compare_indexes(args) -> int:
     """Quality of a candidate precision against fp32 on whole sets, each encoded into an image index per set
-    (QUALITY_SETS) with the SAME PCA under --reference and --candidate: sign agreement of every image, cub100 and
-    scene15 accuracy of crosslayer-sign (linear SVM on the popcount Gram, C by 3-fold CV: `crosslayer.eval.svm`)
-    with McNemar's test on the paired test predictions, SMVS mAP (queries vs references + every cub100 and scene15
-    image as distractors; masked search with 50 and all channels) with a paired bootstrap interval."""
+    (QUALITY_SETS) with the SAME PCA under --reference and --candidate (whose images may be a subset): sign agreement
+    of every image, cub100 and scene15 accuracy of crosslayer-sign (linear SVM on the popcount Gram, C by 3-fold CV:
+    `crosslayer.eval.svm`) with McNemar's test on the paired test predictions, SMVS mAP (queries vs references + every
+    cub100 and scene15 image as distractors; masked search with 50 and all channels) with a paired bootstrap."""
     from crosslayer.eval.gram import codes_gram
     from crosslayer.eval.svm import train_and_test
     from crosslayer.retrieval.datasets import read_retrieval_set
@@ -330,26 +337,58 @@ def compare_indexes(args) -> int:
     from crosslayer.search import search_segments
 
     print(f"reference {args.reference}, candidate {args.candidate}; load average {os.getloadavg()[0]:.1f}")
-    codes = {}
+    roots = {"fp32": args.reference, "candidate": args.candidate}
+    paths = {name: _set_paths(args.candidate, name) for name in QUALITY_SETS}
     for name in QUALITY_SETS:
-        candidate, paths = _set_codes(args.candidate, name)
-        reference, _ = _set_codes(args.reference, name, paths)
-        codes[name] = (reference, candidate, paths)
-        agreement = np.concatenate([(candidate[i : i + 256].signs() == reference[i : i + 256].signs()).mean(axis=(1, 2))
-                                    for i in range(0, len(paths), 256)])
-        print(f"| sign agreement, {name} ({len(paths)} images) | median {np.median(agreement):.4f}, mean "
+        agreement = []
+        for i in range(0, len(paths[name]), 256):
+            chunk = paths[name][i : i + 256]
+            reference, candidate = (_set_codes(roots[which], name, chunk) for which in ("fp32", "candidate"))
+            agreement.append((candidate.signs() == reference.signs()).mean(axis=(1, 2)))
+        agreement = np.concatenate(agreement)
+        print(f"| sign agreement, {name} ({len(agreement)} images) | median {np.median(agreement):.4f}, mean "
               f"{agreement.mean():.4f}, min {agreement.min():.4f} |", flush=True)
 
+    smvs = read_retrieval_set(data_set(args.data, "smvs"))
+    item_of = dict(zip(map(_absolute, smvs.database.paths), smvs.database.items))
+    query_item = dict(zip(map(_absolute, smvs.queries.paths), smvs.queries.items))
+    searched = ("smvs-database", "scene15", "cub100")
+    database_items = [item_of[p] for p in paths["smvs-database"]]
+    total = sum(len(paths[name]) for name in searched)
+    relevant = relevance_matrix([query_item[p] for p in paths["smvs-queries"]],
+                                database_items + [None] * (total - len(database_items)))
+    per_query = {}
+    for which, root in roots.items():
+        queries = _set_codes(root, "smvs-queries", paths["smvs-queries"])
+        for channels in (50, None):
+            # exact ternary dot products: one set at a time, the score columns side by side
+            matrix, base = np.empty((len(queries), total), np.float64), 0
+            for name in searched:
+                database = _set_codes(root, name, paths[name])
+                scores, ids = search_segments(queries, [(database.bits, base)], len(database), channels)
+                np.put_along_axis(matrix, ids, scores.astype(np.float64), axis=1)
+                base += len(database)
+                del database
+            per_query[which, channels] = np.array([evaluate_scores(matrix[i : i + 1], relevant[i : i + 1])["map"]
+                                                   for i in range(len(matrix))])
+    for channels in (50, None):
+        fp32, candidate = per_query["fp32", channels], per_query["candidate", channels]
+        low, high = _bootstrap(candidate - fp32)
+        print(f"| SMVS mAP, {channels or 'all'} channels ({len(relevant)} queries, {total} database images) | fp32 "
+              f"{fp32.mean():.4f}, candidate {candidate.mean():.4f}: {(candidate - fp32).mean():+.4f}, paired "
+              f"bootstrap 95% {low:+.4f} .. {high:+.4f} |", flush=True)
+
     for name in ("scene15", "cub100"):
-        reference, candidate, paths = codes[name]
         with open(data_set(args.data, f"{name}/manifest.csv"), newline="") as handle:
             rows = {_absolute(data_set(args.data, f"{name}/{row['path']}")): row for row in csv.DictReader(handle)}
-        labels = np.array([rows[p]["label"] for p in paths])
-        train = np.array([rows[p]["split"] == "train" for p in paths])
+        labels = np.array([rows[p]["label"] for p in paths[name]])
+        train = np.array([rows[p]["split"] == "train" for p in paths[name]])
         train_index, test_index = np.flatnonzero(train), np.flatnonzero(~train)
         right = {}
-        for which, set_codes in (("fp32", reference), ("candidate", candidate)):
+        for which, root in roots.items():
+            set_codes = _set_codes(root, name, paths[name])
             gram = codes_gram(set_codes.bits, set_codes.Dt, train_index)
+            del set_codes
             result = train_and_test(gram[train_index], labels[train_index], gram[test_index], labels[test_index])
             right[which] = np.asarray(result["predictions"]) == labels[test_index]
             print(f"  {name} {which}: accuracy {result['accuracy']:.4f} (C {result['C']:g})", flush=True)
@@ -358,31 +397,6 @@ def compare_indexes(args) -> int:
               f"candidate {right['candidate'].mean():.4f}: {difference:+.4f}; McNemar p = "
               f"{_mcnemar(right['candidate'], right['fp32']):.3f}; bootstrap 95% "
               f"{'%+.4f .. %+.4f' % _bootstrap(right['candidate'].astype(float) - right['fp32'])} |", flush=True)
-
-    smvs = read_retrieval_set(data_set(args.data, "smvs"))
-    item_of = dict(zip(map(_absolute, smvs.database.paths), smvs.database.items))
-    query_item = dict(zip(map(_absolute, smvs.queries.paths), smvs.queries.items))
-    database_items = [item_of[p] for p in codes["smvs-database"][2]]
-    total = sum(len(codes[name][2]) for name in ("smvs-database", "scene15", "cub100"))
-    relevant = relevance_matrix([query_item[p] for p in codes["smvs-queries"][2]],
-                                database_items + [None] * (total - len(database_items)))
-    for channels in (50, None):
-        per_query = {}
-        for which, column in (("fp32", 0), ("candidate", 1)):
-            segments, base = [], 0
-            for name in ("smvs-database", "scene15", "cub100"):
-                segments.append((codes[name][column].bits, base))
-                base += len(codes[name][2])
-            scores, ids = search_segments(codes["smvs-queries"][column], segments, total, channels)
-            matrix = np.empty(scores.shape, np.float64)
-            np.put_along_axis(matrix, ids, scores.astype(np.float64), axis=1)
-            per_query[which] = np.array([evaluate_scores(matrix[i : i + 1], relevant[i : i + 1])["map"]
-                                         for i in range(len(matrix))])
-        difference = per_query["candidate"] - per_query["fp32"]
-        low, high = _bootstrap(difference)
-        print(f"| SMVS mAP, {channels or 'all'} channels ({len(relevant)} queries, {total} database images) | fp32 "
-              f"{per_query['fp32'].mean():.4f}, candidate {per_query['candidate'].mean():.4f}: "
-              f"{difference.mean():+.4f}, paired bootstrap 95% {low:+.4f} .. {high:+.4f} |", flush=True)
     return 0
 
 
