@@ -18,6 +18,7 @@ cub100 made with one PCA: `compare_indexes`)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -289,20 +290,10 @@ def quality(args) -> int:
 QUALITY_SETS = ("smvs-queries", "smvs-database", "scene15", "cub100")
 
 
-def _set_paths(root, name) -> list:
-    from crosslayer.retrieval.image_index import ImageIndex
-
-    with ImageIndex.open(Path(root) / name) as index:
-        return index.paths()
-
-
-def _set_codes(root, name, paths):
-    """The codes of `paths` in the image index root/name, in that order (one set in memory at a time: the machine
-    is shared, and both precisions' sets together would take ~2 GB)."""
-    from crosslayer.retrieval.image_index import ImageIndex
-
-    with ImageIndex.open(Path(root) / name) as index:
-        return index.codes.get(index.ids_of(paths))
+def _set_codes(index, paths):
+    """The codes of `paths` in an open image index, in that order (one set in memory at a time: the machine is
+    shared, and both precisions' sets together would take ~2 GB)."""
+    return index.codes.get(index.ids_of(paths))
 
 
 def _absolute(path) -> str:
@@ -330,20 +321,29 @@ def compare_indexes(args) -> int:
     of every image, cub100 and scene15 accuracy of crosslayer-sign (linear SVM on the popcount Gram, C by 3-fold CV:
     `crosslayer.eval.svm`) with McNemar's test on the paired test predictions, SMVS mAP (queries vs references + every
     cub100 and scene15 image as distractors; masked search with 50 and all channels) with a paired bootstrap."""
+    from crosslayer.retrieval.image_index import ImageIndex
+
+    print(f"reference {args.reference}, candidate {args.candidate}; load average {os.getloadavg()[0]:.1f}")
+    with contextlib.ExitStack() as stack:
+        # each opened once: a segment's checksum is verified the first time it is read
+        roots = {which: {name: stack.enter_context(ImageIndex.open(Path(root) / name)) for name in QUALITY_SETS}
+                 for which, root in (("fp32", args.reference), ("candidate", args.candidate))}
+        return _compare(args, roots)
+
+
+def _compare(args, roots) -> int:
     from crosslayer.eval.gram import codes_gram
     from crosslayer.eval.svm import train_and_test
     from crosslayer.retrieval.datasets import read_retrieval_set
     from crosslayer.retrieval.metrics import evaluate_scores, relevance_matrix
     from crosslayer.search import search_segments
 
-    print(f"reference {args.reference}, candidate {args.candidate}; load average {os.getloadavg()[0]:.1f}")
-    roots = {"fp32": args.reference, "candidate": args.candidate}
-    paths = {name: _set_paths(args.candidate, name) for name in QUALITY_SETS}
+    paths = {name: roots["candidate"][name].paths() for name in QUALITY_SETS}  # the candidate's may be a subset
     for name in QUALITY_SETS:
         agreement = []
         for i in range(0, len(paths[name]), 256):
             chunk = paths[name][i : i + 256]
-            reference, candidate = (_set_codes(roots[which], name, chunk) for which in ("fp32", "candidate"))
+            reference, candidate = (_set_codes(roots[which][name], chunk) for which in ("fp32", "candidate"))
             agreement.append((candidate.signs() == reference.signs()).mean(axis=(1, 2)))
         agreement = np.concatenate(agreement)
         print(f"| sign agreement, {name} ({len(agreement)} images) | median {np.median(agreement):.4f}, mean "
@@ -359,12 +359,12 @@ def compare_indexes(args) -> int:
                                 database_items + [None] * (total - len(database_items)))
     per_query = {}
     for which, root in roots.items():
-        queries = _set_codes(root, "smvs-queries", paths["smvs-queries"])
+        queries = _set_codes(root["smvs-queries"], paths["smvs-queries"])
         for channels in (50, None):
             # exact ternary dot products: one set at a time, the score columns side by side
             matrix, base = np.empty((len(queries), total), np.float64), 0
             for name in searched:
-                database = _set_codes(root, name, paths[name])
+                database = _set_codes(root[name], paths[name])
                 scores, ids = search_segments(queries, [(database.bits, base)], len(database), channels)
                 np.put_along_axis(matrix, ids, scores.astype(np.float64), axis=1)
                 base += len(database)
@@ -386,7 +386,7 @@ def compare_indexes(args) -> int:
         train_index, test_index = np.flatnonzero(train), np.flatnonzero(~train)
         right = {}
         for which, root in roots.items():
-            set_codes = _set_codes(root, name, paths[name])
+            set_codes = _set_codes(root[name], paths[name])
             gram = codes_gram(set_codes.bits, set_codes.Dt, train_index)
             del set_codes
             result = train_and_test(gram[train_index], labels[train_index], gram[test_index], labels[test_index])
