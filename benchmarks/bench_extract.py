@@ -344,7 +344,9 @@ def _compare(args, roots) -> int:
         for i in range(0, len(paths[name]), 256):
             chunk = paths[name][i : i + 256]
             reference, candidate = (_set_codes(roots[which][name], chunk) for which in ("fp32", "candidate"))
-            agreement.append((candidate.signs() == reference.signs()).mean(axis=(1, 2)))
+            # a sign differs where either bit plane (positive, negative) differs: counted on the packed bits
+            differ = np.bitwise_or.reduce(reference.bits ^ candidate.bits, axis=2)
+            agreement.append(1 - np.bitwise_count(differ).sum(axis=(1, 2)) / (reference.Dk * reference.Dt))
         agreement = np.concatenate(agreement)
         print(f"| sign agreement, {name} ({len(agreement)} images) | median {np.median(agreement):.4f}, mean "
               f"{agreement.mean():.4f}, min {agreement.min():.4f} |", flush=True)
