@@ -1,6 +1,6 @@
 """Images -> codes end to end, side by side in one run: the pipeline as it was (onnxruntime threads spinning), the
-pipeline now at each precision, a bare onnxruntime session on the same model fed ready batches (the backbone-only
-ceiling of each precision), and a plain torch-eager script; plus the compute floor (the model's FLOPs at the side
+pipeline now at each precision (fp32, bf16 on OpenVINO, int8), a bare session of each precision's runtime on the same
+model fed ready batches (the backbone-only ceiling of each precision), and a plain torch-eager script; plus the compute floor (the model's FLOPs at the side
 against this CPU's measured GEMM rate) and, with --quality, the sign agreement of int8 and draft-decoded codes with
 fp32 codes on real images.
 
@@ -9,12 +9,16 @@ load average, since the machine may be shared. Results are checked first: the pi
 torch script's (up to signs of values at rounding level) and with the old pipeline's exactly. Usage:
     PYTHONPATH=python python benchmarks/bench_extract.py [--data ROOT] [--images 64] [--threads 2] [--rounds 3]
     PYTHONPATH=python python benchmarks/bench_extract.py --quality [--quality-images 210]
+    PYTHONPATH=python python benchmarks/bench_extract.py --data ROOT --reference FP32_DIR --candidate DIR
+(the last: quality of a precision on whole sets, from image indexes of smvs-queries, smvs-database, scene15 and
+cub100 made with one PCA: `compare_indexes`)
 (ROOT holds cub100/, scene15/, smvs/; default ../shared/data beside the repository.)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -25,17 +29,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _data import add_data_argument, data_set  # noqa: E402
 
 MANIFEST = "cub100/manifest.csv"
-VARIANTS = ("before", "fp32", "int8", "ort-fp32", "ort-int8", "torch")
+VARIANTS = ("before", "fp32", "bf16", "int8", "ort-fp32", "ov-bf16", "ort-int8", "torch")
 LABELS = {
     "before": "pipeline as before (ort spinning)",
     "fp32": "pipeline now, fp32",
+    "bf16": "pipeline now, bf16 (OpenVINO)",
     "int8": "pipeline now, int8",
     "ort-fp32": "bare ort fp32 session, ready batches",
+    "ov-bf16": "bare OpenVINO bf16 request, ready batches",
     "ort-int8": "bare ort int8 session, ready batches",
     "torch": "plain torch-eager script",
 }
@@ -56,8 +64,10 @@ def _paths(args):
 def _encoder(args, precision):
     from crosslayer.encoder import CrossLayerEncoder
 
-    return CrossLayerEncoder.load(args.encoder_int8 if precision == "int8" else args.encoder, threads=args.threads,
-                                  batch_size=args.batch_size, decode_workers=args.decode_workers)
+    encoder = CrossLayerEncoder.load(args.encoder_int8 if precision == "int8" else args.encoder, threads=args.threads,
+                                     batch_size=args.batch_size, decode_workers=args.decode_workers)
+    # bf16 needs no calibration: the fp32 encoder's PCA, so its codes compare with fp32's sign by sign
+    return encoder.with_precision("bf16") if precision == "bf16" else encoder
 
 
 def run_pipeline(args, precision, spinning=False) -> dict:
@@ -81,11 +91,10 @@ def run_pipeline(args, precision, spinning=False) -> dict:
 def run_bare(args, precision) -> dict:
     import numpy as np
 
-    from crosslayer.backbones.runtime import OnnxBackbone
+    from crosslayer.backbones.runtime import backbone_runner
 
     encoder = _encoder(args, precision)
-    model = encoder.int8_model_ if precision == "int8" else encoder._fp32_export(tuple(encoder.layers), True)
-    session = OnnxBackbone(model, intra_op_threads=args.threads)
+    session = backbone_runner(encoder.backbone_model(), precision, args.threads)
     paths = _paths(args)
     batches = [np.stack([encoder._prepare(p) for p in paths[i : i + args.batch_size]])
                for i in range(0, len(paths), args.batch_size)]
@@ -139,10 +148,10 @@ def _peak_rss_mb() -> float:
 
 def _child(args) -> int:
     which = args.which
-    if which in ("before", "fp32", "int8"):
-        result = run_pipeline(args, "int8" if which == "int8" else "fp32", spinning=which == "before")
-    elif which.startswith("ort-"):
-        result = run_bare(args, which[4:])
+    if which in ("before", "fp32", "bf16", "int8"):
+        result = run_pipeline(args, "fp32" if which == "before" else which, spinning=which == "before")
+    elif which.startswith(("ort-", "ov-")):
+        result = run_bare(args, which.split("-", 1)[1])
     else:
         result = run_torch(args)
     result["peak_rss_mb"] = _peak_rss_mb()
@@ -276,6 +285,123 @@ def quality(args) -> int:
     return 0
 
 
+# ---- quality of a precision on whole sets, against fp32 indexes made with the same PCA ------------------------------
+
+QUALITY_SETS = ("smvs-queries", "smvs-database", "scene15", "cub100")
+
+
+def _set_codes(index, paths):
+    """The codes of `paths` in an open image index, in that order (one set in memory at a time: the machine is
+    shared, and both precisions' sets together would take ~2 GB)."""
+    return index.codes.get(index.ids_of(paths))
+
+
+def _absolute(path) -> str:
+    """A path as an image index records it (absolute, normalised)."""
+    return os.path.normpath(os.path.abspath(str(path)))
+
+
+def _mcnemar(right_a, right_b) -> float:
+    """Exact two-sided McNemar p-value of paired right/wrong outcomes (binomial test of the discordant pairs)."""
+    from scipy.stats import binomtest
+
+    only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
+    return 1.0 if only_a + only_b == 0 else float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def _bootstrap(difference, draws=4000, seed=0):
+    rng = np.random.default_rng(seed)
+    means = [difference[rng.integers(0, len(difference), len(difference))].mean() for _ in range(draws)]
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def compare_indexes(args) -> int:
+    """Quality of a candidate precision against fp32 on whole sets, each encoded into an image index per set
+    (QUALITY_SETS) with the SAME PCA under --reference and --candidate (whose images may be a subset): sign agreement
+    of every image, cub100 and scene15 accuracy of crosslayer-sign (linear SVM on the popcount Gram, C by 3-fold CV:
+    `crosslayer.eval.svm`) with McNemar's test on the paired test predictions, SMVS mAP (queries vs references + every
+    cub100 and scene15 image as distractors; masked search with 50 and all channels) with a paired bootstrap."""
+    from crosslayer.retrieval.image_index import ImageIndex
+
+    print(f"reference {args.reference}, candidate {args.candidate}; load average {os.getloadavg()[0]:.1f}")
+    with contextlib.ExitStack() as stack:
+        # each opened once: a segment's checksum is verified the first time it is read
+        roots = {which: {name: stack.enter_context(ImageIndex.open(Path(root) / name)) for name in QUALITY_SETS}
+                 for which, root in (("fp32", args.reference), ("candidate", args.candidate))}
+        return _compare(args, roots)
+
+
+def _compare(args, roots) -> int:
+    from crosslayer.eval.gram import codes_gram
+    from crosslayer.eval.svm import train_and_test
+    from crosslayer.retrieval.datasets import read_retrieval_set
+    from crosslayer.retrieval.metrics import evaluate_scores, relevance_matrix
+    from crosslayer.search import search_segments
+
+    paths = {name: roots["candidate"][name].paths() for name in QUALITY_SETS}  # the candidate's may be a subset
+    for name in QUALITY_SETS:
+        agreement = []
+        for i in range(0, len(paths[name]), 256):
+            chunk = paths[name][i : i + 256]
+            reference, candidate = (_set_codes(roots[which][name], chunk) for which in ("fp32", "candidate"))
+            # a sign differs where either bit plane (positive, negative) differs: counted on the packed bits
+            differ = np.bitwise_or.reduce(reference.bits ^ candidate.bits, axis=2)
+            agreement.append(1 - np.bitwise_count(differ).sum(axis=(1, 2)) / (reference.Dk * reference.Dt))
+        agreement = np.concatenate(agreement)
+        print(f"| sign agreement, {name} ({len(agreement)} images) | median {np.median(agreement):.4f}, mean "
+              f"{agreement.mean():.4f}, min {agreement.min():.4f} |", flush=True)
+
+    smvs = read_retrieval_set(data_set(args.data, "smvs"))
+    item_of = dict(zip(map(_absolute, smvs.database.paths), smvs.database.items))
+    query_item = dict(zip(map(_absolute, smvs.queries.paths), smvs.queries.items))
+    searched = ("smvs-database", "scene15", "cub100")
+    database_items = [item_of[p] for p in paths["smvs-database"]]
+    total = sum(len(paths[name]) for name in searched)
+    relevant = relevance_matrix([query_item[p] for p in paths["smvs-queries"]],
+                                database_items + [None] * (total - len(database_items)))
+    per_query = {}
+    for which, root in roots.items():
+        queries = _set_codes(root["smvs-queries"], paths["smvs-queries"])
+        for channels in (50, None):
+            # exact ternary dot products: one set at a time, the score columns side by side
+            matrix, base = np.empty((len(queries), total), np.float64), 0
+            for name in searched:
+                database = _set_codes(root[name], paths[name])
+                scores, ids = search_segments(queries, [(database.bits, base)], len(database), channels)
+                np.put_along_axis(matrix, ids, scores.astype(np.float64), axis=1)
+                base += len(database)
+                del database
+            per_query[which, channels] = np.array([evaluate_scores(matrix[i : i + 1], relevant[i : i + 1])["map"]
+                                                   for i in range(len(matrix))])
+    for channels in (50, None):
+        fp32, candidate = per_query["fp32", channels], per_query["candidate", channels]
+        low, high = _bootstrap(candidate - fp32)
+        print(f"| SMVS mAP, {channels or 'all'} channels ({len(relevant)} queries, {total} database images) | fp32 "
+              f"{fp32.mean():.4f}, candidate {candidate.mean():.4f}: {(candidate - fp32).mean():+.4f}, paired "
+              f"bootstrap 95% {low:+.4f} .. {high:+.4f} |", flush=True)
+
+    for name in ("scene15", "cub100"):
+        with open(data_set(args.data, f"{name}/manifest.csv"), newline="") as handle:
+            rows = {_absolute(data_set(args.data, f"{name}/{row['path']}")): row for row in csv.DictReader(handle)}
+        labels = np.array([rows[p]["label"] for p in paths[name]])
+        train = np.array([rows[p]["split"] == "train" for p in paths[name]])
+        train_index, test_index = np.flatnonzero(train), np.flatnonzero(~train)
+        right = {}
+        for which, root in roots.items():
+            set_codes = _set_codes(root[name], paths[name])
+            gram = codes_gram(set_codes.bits, set_codes.Dt, train_index)
+            del set_codes
+            result = train_and_test(gram[train_index], labels[train_index], gram[test_index], labels[test_index])
+            right[which] = np.asarray(result["predictions"]) == labels[test_index]
+            print(f"  {name} {which}: accuracy {result['accuracy']:.4f} (C {result['C']:g})", flush=True)
+        difference = right["candidate"].mean() - right["fp32"].mean()
+        print(f"| {name} crosslayer-sign accuracy ({len(test_index)} test images) | fp32 {right['fp32'].mean():.4f}, "
+              f"candidate {right['candidate'].mean():.4f}: {difference:+.4f}; McNemar p = "
+              f"{_mcnemar(right['candidate'], right['fp32']):.3f}; bootstrap 95% "
+              f"{'%+.4f .. %+.4f' % _bootstrap(right['candidate'].astype(float) - right['fp32'])} |", flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_argument(parser)
@@ -293,7 +419,13 @@ def main() -> int:
     parser.add_argument("--encoder", default=None)
     parser.add_argument("--encoder-int8", default=None)
     parser.add_argument("--codes", default=None)
+    parser.add_argument("--reference", default=None, help="folder of fp32 image indexes, one per QUALITY_SETS")
+    parser.add_argument("--candidate", default=None, help="folder of the candidate's image indexes (the same PCA)")
     args = parser.parse_args()
+    if args.reference or args.candidate:
+        if not (args.reference and args.candidate):
+            parser.error("--reference and --candidate go together")
+        return compare_indexes(args)
     if args.which:
         return _child(args)
     if args.quality:
@@ -310,6 +442,8 @@ def main() -> int:
     args.encoder, args.encoder_int8 = str(work / "fp32.xle"), str(work / "int8.xle")
     train = _split(args.data, "cub100", "train", args.fit, 29)
     for precision, path in (("fp32", args.encoder), ("int8", args.encoder_int8)):
+        if precision == "int8" and not any("int8" in v for v in variants):
+            continue
         CrossLayerEncoder(side=args.side, threads=args.threads, fit_images=args.fit, precision=precision).fit(train).save(path)
     loads, runs = [os.getloadavg()[0]], {v: [] for v in variants}
     for round_ in range(args.rounds):
@@ -322,7 +456,7 @@ def main() -> int:
             runs[which].append(json.loads(out))
         loads.append(os.getloadavg()[0])
 
-    codes = {v: Codes.load(work / f"{v}.xlc") for v in ("before", "fp32", "int8", "torch") if v in variants}
+    codes = {v: Codes.load(work / f"{v}.xlc") for v in ("before", "fp32", "bf16", "int8", "torch") if v in variants}
     print(f"{args.images} CUB images, side {args.side}, MobileNetV2 features.17 x features.18, {args.threads} "
           f"threads, {args.decode_workers} decode workers, batch {args.batch_size}, {args.rounds} interleaved rounds "
           f"(median); load average {min(loads):.1f}-{max(loads):.1f}")
@@ -333,6 +467,11 @@ def main() -> int:
     if "fp32" in codes and "before" in codes:
         assert np.array_equal(codes["fp32"].signs(), codes["before"].signs()), "non-spinning session changed codes"
         print("check: pipeline fp32 codes identical to the pipeline as before")
+    if "fp32" in codes and "bf16" in codes:
+        agreement = (codes["bf16"].signs() == codes["fp32"].signs()).mean(axis=(1, 2))
+        assert agreement.min() > 0.9, f"bf16 codes: {agreement.min():.3f} of signs agree with fp32 (same PCA)"
+        print(f"check: bf16 codes agree with fp32 codes (same PCA) on a median {np.median(agreement):.4f}, min "
+              f"{agreement.min():.4f} of signs per image")
 
     def median(which):
         return float(np.median([r["seconds"] for r in runs[which]]))
@@ -342,7 +481,7 @@ def main() -> int:
     for which in variants:
         rate = args.images / median(which)
         versus = f"{median('ort-fp32') / median(which):.2f}" if "ort-fp32" in runs else "-"
-        ceiling = {"fp32": "ort-fp32", "before": "ort-fp32", "int8": "ort-int8"}.get(which)
+        ceiling = {"fp32": "ort-fp32", "before": "ort-fp32", "bf16": "ov-bf16", "int8": "ort-int8"}.get(which)
         own = f"{median(ceiling) / median(which):.2f}" if ceiling in runs else "-"
         rss = max(r["peak_rss_mb"] for r in runs[which])
         print(f"| {LABELS[which]} | {rate:.2f} | {versus} | {own} | {rss:.0f} |")

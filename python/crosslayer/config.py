@@ -12,7 +12,7 @@ from dataclasses import dataclass
 MIN_SIDE = 32
 MAX_SIDE = 4096
 # the backbone's arithmetic (see CrossLayerEncoder): fp32 is the reference
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,9 @@ class EncoderConfig:
     batch_size:     images per backbone run.
     threads:        onnxruntime and pooling threads; 0: all cores.
     decode_workers: threads decoding and resizing images ahead of the backbone.
-    precision:      the backbone's arithmetic: "fp32" (the reference) or "int8" (quantised, calibrated by the fit;
-                    faster, and its codes differ from fp32's: see CrossLayerEncoder).
+    precision:      the backbone's arithmetic: "fp32" (the reference), "bf16" (OpenVINO, optional package) or "int8"
+                    (quantised, calibrated by the fit); both faster, and their codes differ from fp32's: see
+                    CrossLayerEncoder.
     draft:          decode JPEGs of at least twice the side at a reduced scale (Pillow draft mode; changes pixels).
     """
 

@@ -125,14 +125,17 @@ class CrossLayerEncoder:
               most of it is then encoded with a PCA fitted on other images.
     weights:  None (the pinned packaged weights), a state-dict file path, or "random" (untrained; tests only).
     logits:   also compute ImageNet logits in `activations` (for display).
-    precision: "fp32" (the reference, default) or "int8": the backbone quantised by onnxruntime, calibrated during
-              `fit`; ~2.5x the fp32 session's speed on a CPU with VNNI, but ~18% of code signs differ from fp32's
-              and SMVS mAP moved by more than its noise (benchmarks/results/extract.md).
+    precision: "fp32" (the reference, default; onnxruntime), "bf16" (OpenVINO runs the fp32 export with bfloat16
+              convolutions: `pip install crosslayer[openvino]`; needs no calibration, so a bf16 encoder may reuse an
+              fp32 encoder's PCA) or "int8": the backbone quantised by onnxruntime, calibrated during `fit`; ~2.5x
+              the fp32 session's speed on a CPU with VNNI, but ~18% of code signs differ from fp32's and SMVS mAP
+              moved by more than its noise. Speeds and quality of each: benchmarks/results/extract.md.
     draft:    decode JPEGs of at least twice `side` at a reduced scale (`crosslayer.images.load_image`); faster on
               large photos, but ~4% of code signs differ from a full decode's (off by default).
 
-    Threads: `threads` onnxruntime intra-op threads run the network and, after it on the same thread, the pooling
-    kernel (its OpenMP threads take the network's slot); `decode_workers` threads decode the next batch meanwhile.
+    Threads: `threads` onnxruntime intra-op threads (OpenVINO's at bf16) run the network and, after it on the same
+    thread, the pooling kernel (its OpenMP threads take the network's slot); `decode_workers` threads decode the next
+    batch meanwhile.
     onnxruntime's threads do not spin while idle (`OnnxBackbone`), so the decoders get the cores inference leaves.
     `stage_times_` sums the seconds of each stage over every run (`crosslayer.stage_times`).
     """
@@ -245,40 +248,43 @@ class CrossLayerEncoder:
         return self.pca_dim if self.pca_dim is not None else self.spec.channels[self.layers[0]]
 
     def _backbone(self, taps=None, embedding=True):
-        """The onnxruntime session of one export (taps + embedding [+ logits]), made once per encoder."""
+        """The runner of one export (taps + embedding [+ logits]) at this encoder's precision, made once per encoder
+        (`crosslayer.backbones.runtime.backbone_runner`: onnxruntime for fp32 and int8, OpenVINO for bf16)."""
         taps = tuple(self.layers if taps is None else taps)
         key = (taps, embedding)
         if key not in self._runners:
-            from crosslayer.backbones.runtime import OnnxBackbone
+            from crosslayer.backbones.runtime import backbone_runner
 
             if self.precision == "int8":
                 if key != (tuple(self.layers), True):
                     raise UsageError(f"precision: int8 covers this encoder's own layer pair {self.layers} with its "
                                      f"embedding, not taps {taps}; use an fp32 encoder for other taps")
-                if self.int8_model_ is None:
-                    raise NotFittedError("precision int8: the quantised backbone is calibrated by fit(images) (or "
-                                         "read by CrossLayerEncoder.load)")
-                self._runners[key] = OnnxBackbone(self.int8_model_, intra_op_threads=self.threads)
-            else:
-                self._runners[key] = OnnxBackbone(self._fp32_export(taps, embedding), intra_op_threads=self.threads)
+                model = self._int8_model()
+            else:  # bf16 runs the fp32 export, converted by OpenVINO when it is compiled
+                model = self._fp32_export(taps, embedding)
+            self._runners[key] = backbone_runner(model, self.precision, self.threads)
         return self._runners[key]
 
+    def _int8_model(self) -> bytes:
+        if self.int8_model_ is None:
+            raise NotFittedError("precision int8: the quantised backbone is calibrated by fit(images) (or read by "
+                                 "CrossLayerEncoder.load)")
+        return self.int8_model_
+
     def backbone_model(self) -> bytes:
-        """The ONNX model `activations` runs (fp32: exported now or found in the cache; int8: the quantised one
-        calibrated by `fit`): with the encoder file, all a worker needs to encode images (`use_backbone_model`)."""
+        """The ONNX model `activations` runs (fp32 and bf16: the fp32 export, made now or found in the cache; int8: the
+        quantised one calibrated by `fit`): with the encoder file, all a worker needs to encode images
+        (`use_backbone_model`)."""
         if self.precision == "int8":
-            if self.int8_model_ is None:
-                raise NotFittedError("precision int8: the quantised backbone is calibrated by fit(images) (or read "
-                                     "by CrossLayerEncoder.load)")
-            return bytes(self.int8_model_)
+            return bytes(self._int8_model())
         return Path(self._fp32_export(tuple(self.layers), True)).read_bytes()
 
     def use_backbone_model(self, model) -> None:
         """Runs `activations` on `model` (this encoder's `backbone_model()`, as bytes or a file shipped to a worker),
-        so the worker needs neither torch nor the weights. Threads: this encoder's `threads`."""
-        from crosslayer.backbones.runtime import OnnxBackbone
+        so the worker needs neither torch nor the weights. Threads: this encoder's `threads`; runtime: its precision's."""
+        from crosslayer.backbones.runtime import backbone_runner
 
-        self._runners[(tuple(self.layers), True)] = OnnxBackbone(model, intra_op_threads=self.threads)
+        self._runners[(tuple(self.layers), True)] = backbone_runner(model, self.precision, self.threads)
 
     def _fp32_export(self, taps, embedding):
         from crosslayer.backbones.export import export
@@ -518,6 +524,21 @@ class CrossLayerEncoder:
             raise EncoderFormatError(f"{path}: damaged encoder file (identity {encoder.identity_digest} of its "
                                      f"contents differs from the {meta['identity']} recorded)")
         return encoder
+
+    def with_precision(self, precision: str) -> "CrossLayerEncoder":
+        """This fitted encoder's copy (the same network, weights, PCA and runtime options) whose backbone runs at
+        another precision that needs no calibration: "fp32" or "bf16". Its codes carry another identity (they are
+        never mixed with this encoder's), but are comparable sign by sign, since the PCA is the same."""
+        self._check_fitted()
+        if precision not in ("fp32", "bf16") or self.precision not in ("fp32", "bf16"):
+            raise UsageError(f"precision: with_precision converts between 'fp32' and 'bf16' (neither is calibrated), "
+                             f"not {self.precision!r} to {precision!r}; fit an int8 encoder on images instead")
+        params = {key: getattr(self, key) for key in ("backbone", "layers", "side", "pca_dim", "policy", "weights",
+                                                      "batch_size", "threads", "decode_workers", "fit_images",
+                                                      "logits", "cache", "seed", "draft")}
+        copy = type(self)(**params, precision=precision)
+        copy.pca_, copy._weights_id = self.pca_, self._weights_id
+        return copy
 
     @classmethod
     def load_for_resume(cls, path, requested: "CrossLayerEncoder") -> "CrossLayerEncoder":

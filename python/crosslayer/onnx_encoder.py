@@ -205,6 +205,9 @@ def build_encoder_model(encoder_or_path, ops: str = "standard", embedding: bool 
     if not isinstance(embedding, bool):
         raise UsageError(f"embedding: expected a bool, got {type(embedding).__name__}")
     encoder = _encoder(encoder_or_path)
+    if encoder.precision == "bf16":  # the graph would compute in fp32 and stamp the bf16 encoder's identity
+        raise UsageError("encoder: precision bf16 runs on OpenVINO and has no ONNX graph of its own; export the fp32 "
+                         "encoder of the same PCA (CrossLayerEncoder.with_precision('fp32'))")
     # the model the encoder runs: its fp32 export (weights checked against those its PCA was learnt with) or the
     # int8 one calibrated by fit, which exists only in memory
     model = onnx.load_model_from_string(encoder.backbone_model())

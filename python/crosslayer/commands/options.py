@@ -212,8 +212,9 @@ def add_runtime_options(parser, decode_workers: bool = True) -> None:
 def add_precision_options(parser) -> None:
     """--precision and --draft: faster ways to encode that change the codes (recorded in the encoder)."""
     parser.add_argument("--precision", default=ENCODER_DEFAULTS.precision, choices=PRECISIONS,
-                        help="the backbone's arithmetic: fp32 (the reference) or int8 (quantised, calibrated on the "
-                             "PCA sample: faster, codes differ from fp32's)")
+                        help="the backbone's arithmetic: fp32 (the reference), bf16 (OpenVINO: pip install "
+                             "'crosslayer[openvino]') or int8 (quantised, calibrated on the PCA sample); both "
+                             "faster, codes differ from fp32's")
     parser.add_argument("--draft", action="store_true",
                         help="decode JPEGs of at least twice --side at a reduced scale (faster on large photos; "
                              "~4%% of code signs differ from a full decode's)")

@@ -1,0 +1,129 @@
+"""precision "bf16": the fp32 export run by OpenVINO with bfloat16 convolutions (crosslayer.backbones.runtime), an
+encoder that may share an fp32 encoder's PCA (`with_precision`), codes never mixed with fp32 codes; and the clear
+error when OpenVINO is missing (that test runs without it)."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from _cli import ok, one_line_error, run_cli
+from _images import write_block_images
+from test_cli_commands import SIDE, TINY
+
+from crosslayer.errors import CrossLayerError, UsageError
+
+SETTINGS = dict(weights="random", side=SIDE, pca_dim=4, fit_images=6, batch_size=4, threads=1)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    return write_block_images(tmp_path_factory.mktemp("bf16") / "photos", 6, side=SIDE)
+
+
+@pytest.fixture(scope="module")
+def fp32_encoder(photos, backbone_cache):
+    from crosslayer.encoder import CrossLayerEncoder
+
+    with pytest.warns(UserWarning, match="fit: 6 images"):  # the fit-set trap: these codes are compared, not searched
+        return CrossLayerEncoder(**SETTINGS).fit([str(p) for p in photos])
+
+
+def test_missing_openvino_is_a_clear_error_naming_the_extra(monkeypatch, backbone_cache):
+    from crosslayer.backbones.export import export
+    from crosslayer.backbones.runtime import MissingRuntimeError, backbone_runner
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` raises ImportError
+    path = export("mobilenet_v2", weights="random", with_embedding=True)
+    with pytest.raises(MissingRuntimeError, match=r"crosslayer\[openvino\]") as error:
+        backbone_runner(path, "bf16", threads=1)
+    assert isinstance(error.value, CrossLayerError)
+    backbone_runner(path, "fp32", threads=1)  # fp32 never needs it
+    with pytest.raises(UsageError, match="precision"):
+        backbone_runner(path, "fp16", threads=1)
+
+
+def test_openvino_runner_matches_onnxruntime_at_fp32_and_approximates_it_at_bf16(backbone_cache):
+    pytest.importorskip("openvino")
+    from crosslayer.backbones.export import export
+    from crosslayer.backbones.runtime import OnnxBackbone, OpenVinoBackbone, backbone_runner
+
+    path = export("mobilenet_v2", weights="random", with_embedding=True)
+    images = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    want = OnnxBackbone(path, intra_op_threads=1).run(images)
+    fp32 = OpenVinoBackbone(path, threads=1, precision="fp32").run(images)
+    bf16_runner = backbone_runner(path.read_bytes(), "bf16", threads=1)  # bytes, as a worker receives the model
+    assert isinstance(bf16_runner, OpenVinoBackbone) and bf16_runner.model_path == "<in memory>"
+    bf16 = bf16_runner.run(images)
+    assert set(fp32) == set(bf16) == set(want)
+    for name in want:
+        scale = np.abs(want[name]).max()
+        assert fp32[name].shape == bf16[name].shape == want[name].shape
+        np.testing.assert_allclose(fp32[name], want[name], atol=1e-4 * scale, err_msg=name)
+        # bfloat16 keeps 8 bits of mantissa: close to fp32, but not equal to it
+        error = np.abs(bf16[name] - want[name]).max() / scale
+        assert 1e-5 < error < 0.1, (name, error)
+    again = bf16_runner.run(images)  # the outputs are copies, not views of the request's reused buffers
+    assert all(np.array_equal(again[name], bf16[name]) for name in bf16)
+    with pytest.raises(UsageError, match="images"):
+        bf16_runner.run(images[:, :2])
+    with pytest.raises(UsageError, match="threads"):
+        OpenVinoBackbone(path, threads=-1)
+    with pytest.raises(UsageError, match="precision"):
+        OpenVinoBackbone(path, precision="int8")
+
+
+def test_bf16_encoder_shares_the_fp32_pca_and_never_mixes_codes_with_fp32(photos, fp32_encoder, tmp_path):
+    pytest.importorskip("openvino")
+    from crosslayer.encoder import CrossLayerEncoder, EncoderMismatchError, Pass
+
+    sources = [str(p) for p in photos]
+    bf16 = fp32_encoder.with_precision("bf16")
+    assert bf16.precision == "bf16" and bf16.pca_ is fp32_encoder.pca_
+    assert bf16.identity["precision"] == "bf16" and bf16.identity_digest != fp32_encoder.identity_digest
+    want, codes = fp32_encoder.encode(sources), bf16.encode(sources)
+    agreement = (codes.signs() == want.signs()).mean()
+    assert 0.8 < agreement < 1.0, agreement  # the same PCA: comparable sign by sign, and not the fp32 computation
+    assert codes.identity == bf16.identity_digest
+    path = tmp_path / "bf16.xle"
+    bf16.save(path)
+    loaded = CrossLayerEncoder.load(path)
+    assert loaded.precision == "bf16" and loaded.identity_digest == bf16.identity_digest
+    assert np.array_equal(loaded.encode(sources).signs(), codes.signs())
+    with pytest.raises(EncoderMismatchError, match="precision 'bf16' \\(requested 'fp32'\\)"):
+        CrossLayerEncoder.load_for_resume(path, CrossLayerEncoder(**SETTINGS))
+    # other taps run at bf16 too (no calibration ties bf16 to the layer pair)
+    batch = next(iter(loaded.activations(sources[:2], pass_=Pass(taps=("features.18",), embedding=False))))
+    assert list(batch.outputs) == ["features.18"]
+    # a worker given the model bytes runs it at the encoder's precision
+    worker = CrossLayerEncoder.load(path)
+    worker.use_backbone_model(loaded.backbone_model())
+    assert np.array_equal(worker.encode(sources).signs(), codes.signs())
+    assert np.array_equal(bf16.with_precision("fp32").encode(sources).signs(), want.signs())
+
+
+def test_with_precision_refuses_int8_and_unfitted_encoders(fp32_encoder):
+    from crosslayer.encoder import CrossLayerEncoder, NotFittedError
+
+    with pytest.raises(UsageError, match="with_precision converts between 'fp32' and 'bf16'"):
+        fp32_encoder.with_precision("int8")
+    with pytest.raises(NotFittedError):
+        CrossLayerEncoder(**SETTINGS).with_precision("bf16")
+
+
+def test_onnx_export_refuses_a_bf16_encoder(fp32_encoder):
+    from crosslayer.onnx_encoder import build_encoder_model
+
+    with pytest.raises(UsageError, match="bf16 runs on OpenVINO"):
+        build_encoder_model(fp32_encoder.with_precision("bf16"))
+
+
+def test_index_build_precision_bf16_on_the_command_line_refuses_fp32_on_resume(photos, backbone_cache, tmp_path):
+    pytest.importorskip("openvino")
+    db = tmp_path / "db"
+    done = ok(run_cli("index", "build", db, "--images", photos[0].parent, *TINY, "--precision", "bf16", "--quiet"))
+    assert "indexed 6 images" in done.stdout
+    one_line_error(run_cli("index", "build", db, "--images", photos[0].parent, *TINY, "--quiet"),
+                   "precision 'bf16' (requested 'fp32')")
+    resumed = ok(run_cli("index", "build", db, "--images", photos[0].parent, *TINY, "--precision", "bf16", "--quiet"))
+    assert "6 already there" in resumed.stdout
