@@ -12,13 +12,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from crosslayer.commands.options import (ON_ERROR_CHOICES, add_command, add_threads_option, add_weights_option,
-                                         channel_count, image_sources, positive_int)
+from crosslayer.commands.options import (NOT_GIVEN, ON_ERROR_CHOICES, add_command, add_threads_option,
+                                         add_weights_option, channel_count, image_sources, positive_int,
+                                         retrieval_defaults_text)
 from crosslayer.commands.ray_options import add_ray_options, open_sharded, uses_ray
+from crosslayer.config import SEARCH_CHANNELS, retrieval_channels
 from crosslayer.errors import UsageError
 
 EXAMPLES = """\
-  crosslayer search db query.jpg                           # top 10 over each query's 50 strongest channels
+  crosslayer search db query.jpg                           # top 10, the index's default channels (see --channels)
   crosslayer search db q1.jpg q2.jpg --top 5 --channels all
   crosslayer search db queries/ --json > hits.json         # every image of a folder (or a CSV) as a query
   crosslayer search db --key holiday/img_001.jpg --normalize
@@ -67,6 +69,8 @@ def run(args) -> int:
         else:
             index = stack.enter_context(ImageIndex.open(args.db_dir, "r", **open_options))
             codes_search, where = None, ""
+        if args.channels is NOT_GIVEN:
+            args.channels = retrieval_channels(index.encoder.backbone, index.encoder.layers)
         images = image_sources(image_queries, "QUERY") if image_queries else []
         search = {"top": args.top, "channels": args.channels, "normalize": args.normalize,
                   "candidates": args.candidates, "codes_search": codes_search}
@@ -181,8 +185,10 @@ def register(commands) -> None:
     parser.add_argument("--key", dest="keys", nargs="+", default=None, metavar="KEY",
                         help="indexed images as queries, by key or path: their stored codes, not re-encoded")
     parser.add_argument("--top", type=positive_int, default=10, help="hits per query")
-    parser.add_argument("--channels", type=channel_count, default=50,
-                        help="guidance channels compared per query (its strongest), or 'all'; " + SCORE_HELP)
+    parser.add_argument("--channels", type=channel_count, default=NOT_GIVEN,
+                        help="guidance channels compared per query (its strongest), or 'all' (default: all in an "
+                             f"index of a retrieval pair ({retrieval_defaults_text()}), else {SEARCH_CHANNELS}); "
+                             + SCORE_HELP)
     parser.add_argument("--candidates", type=positive_int, default=None, metavar="N",
                         help="two-stage search: re-rank only the N images whose channel means are closest to the "
                              "query's (a FAISS HNSW shortlist, built on first use and kept in DB_DIR); default: every "
