@@ -141,8 +141,8 @@ def smvs_records(tag, queries: Codes, database: Codes, relevant, dims, channel_c
         save()
 
 
-def classification_records(tag, indexes: Path, data: Path, dims, done: dict, save) -> None:
-    for name in CLASSIFICATION_SETS:
+def classification_records(tag, indexes: Path, data: Path, dims, done: dict, save, sets=CLASSIFICATION_SETS) -> None:
+    for name in sets:
         if all(f"{tag}/{dim}/{name}" in done for dim in dims):
             continue
         dataset = load_manifest(data_set(data, name))
@@ -359,6 +359,9 @@ def main(argv=None) -> int:
                         help="SMVS keys TAG/DIM/CHANNELS to compare by bootstrap (repeatable)")
     parser.add_argument("--compare-classification", action="append", default=[], nargs=2, metavar=("A", "B"),
                         help="classification keys TAG/DIM to compare by McNemar (repeatable)")
+    parser.add_argument("--classify-sets", default=",".join(CLASSIFICATION_SETS),
+                        help="the classification sets, comma-separated")
+    parser.add_argument("--no-smvs", action="store_true", help="classification only (e.g. while an index fills)")
     parser.add_argument("--check-images", type=int, default=6, help="images the pca_dim check fits and encodes")
     parser.add_argument("--bootstrap", type=int, default=10000)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -390,6 +393,11 @@ def main(argv=None) -> int:
         query_codes, query_paths, settings = open_set(args.indexes, tag, "smvs-queries")
         body["pairs"][tag] = settings
         body["channels"] = [channel_label(c) for c in parse_channel_list(args.channels, settings["Dk"])]
+        if args.no_smvs:
+            classify_dims = [settings["Dt"] if d == "full" else d for d in classify.get(tag, [])]
+            classification_records(tag, args.indexes, args.data, classify_dims, body["classification"], save,
+                                   args.classify_sets.split(","))
+            continue
         if "truncation_check" not in body:
             scene = load_manifest(data_set(args.data, "scene15"))
             train = [scene.paths[i] for i in scene.indices("train")]
@@ -419,7 +427,8 @@ def main(argv=None) -> int:
         del database
         if tag in classify:
             classify_dims = [settings["Dt"] if d == "full" else d for d in classify[tag]]
-            classification_records(tag, args.indexes, args.data, classify_dims, body["classification"], save)
+            classification_records(tag, args.indexes, args.data, classify_dims, body["classification"], save,
+                                   args.classify_sets.split(","))
         render(body, args.out)
     save()
     render(body, args.out)

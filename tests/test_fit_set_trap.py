@@ -95,12 +95,13 @@ def test_index_build_takes_pca_dim_or_full_on_the_command_line_and_warns_of_the_
 
     write_block_images(tmp_path / "imgs", 3, side=64)
     tiny = ["--images", str(tmp_path / "imgs"), "--weights", "random", "--side", "64", "--threads", "1", "--quiet"]
-    with pytest.warns(UserWarning, match="fit: 3 images for a full PCA rotation of 320 channels.*at most 1"):
+    # the retrieval default: features.16 x features.17 at pca_dim 128
+    with pytest.warns(UserWarning, match="fit: 3 images for 128 PCA components.*at most 1"):
         assert main(["index", "build", str(tmp_path / "default"), *tiny]) == 0
     with pytest.warns(UserWarning, match="fit: 3 images for 2 PCA components"):
         assert main(["index", "build", str(tmp_path / "two"), *tiny, "--pca-dim", "2"]) == 0
-    with pytest.warns(UserWarning, match="full PCA rotation"):
+    with pytest.warns(UserWarning, match="full PCA rotation of 160 channels"):
         assert main(["index", "build", str(tmp_path / "full"), *tiny, "--pca-dim", "full"]) == 0
-    for name, dt, pca_dim in (("default", 320, None), ("two", 2, 2), ("full", 320, None)):
+    for name, dt, pca_dim in (("default", 128, 128), ("two", 2, 2), ("full", 160, None)):
         with ImageIndex.open(tmp_path / name) as index:
             assert (index.encoder.Dt, index.encoder.pca_dim) == (dt, pca_dim)
