@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crosslayer.commands.options import (NOT_GIVEN, ON_ERROR_CHOICES, add_command, add_threads_option,
-                                         add_weights_option, channel_count, image_sources, positive_int,
-                                         retrieval_defaults_text)
+                                         add_weights_option, channel_count, image_sources, positive_int)
 from crosslayer.commands.ray_options import add_ray_options, open_sharded, uses_ray
-from crosslayer.config import SEARCH_CHANNELS, retrieval_channels
+from crosslayer.config import RETRIEVAL_DEFAULTS, SEARCH_CHANNELS, retrieval_channels
 from crosslayer.errors import UsageError
 
 EXAMPLES = """\
@@ -173,6 +172,11 @@ def _attended_query(encoder, query, channels):
     return attended_region(maps, compared, THUMB)[0]
 
 
+def _retrieval_channels_text() -> str:
+    return "; ".join(f"{backbone} {' x '.join(chosen.layers)}: {'all' if chosen.channels is None else chosen.channels}"
+                     for backbone, chosen in sorted(RETRIEVAL_DEFAULTS.items()))
+
+
 def register(commands) -> None:
     from crosslayer.index import VERIFY_POLICIES
 
@@ -186,9 +190,9 @@ def register(commands) -> None:
                         help="indexed images as queries, by key or path: their stored codes, not re-encoded")
     parser.add_argument("--top", type=positive_int, default=10, help="hits per query")
     parser.add_argument("--channels", type=channel_count, default=NOT_GIVEN,
-                        help="guidance channels compared per query (its strongest), or 'all' (default: all in an "
-                             f"index of a retrieval pair ({retrieval_defaults_text()}), else {SEARCH_CHANNELS}); "
-                             + SCORE_HELP)
+                        help="guidance channels compared per query (its strongest), or 'all' (default: in an index "
+                             f"of a retrieval pair, its retrieval default ({_retrieval_channels_text()}); else "
+                             f"{SEARCH_CHANNELS}); " + SCORE_HELP)
     parser.add_argument("--candidates", type=positive_int, default=None, metavar="N",
                         help="two-stage search: re-rank only the N images whose channel means are closest to the "
                              "query's (a FAISS HNSW shortlist, built on first use and kept in DB_DIR); default: every "
