@@ -27,7 +27,7 @@ class EncoderConfig:
     pca_dim:        PCA output dimension Dt; None: the full decorrelating rotation (the paper), kept as the default
                     because it measured best on real images (benchmarks/results/two_stage.md: SMVS mAP 0.486 vs
                     0.335 at 64 components, scene15 accuracy 88.0% vs 86.0%); see `CrossLayerEncoder` for the
-                    fit-set trap and the warning that guards it.
+                    fit-set trap and the warning that guards it. The retrieval commands use RETRIEVAL_DEFAULTS.
     fit_images:     at most this many images (a seeded sample) are used to learn the PCA.
     seed:           the PCA sample, and the network itself for "random" weights.
     batch_size:     images per backbone run.
