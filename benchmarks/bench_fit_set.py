@@ -8,6 +8,7 @@ the query's `--channels` strongest guidance channels) is right when it has the s
 
     python benchmarks/bench_fit_set.py                       # scene15: 8 classes x 6 test images, side 224
     python benchmarks/bench_fit_set.py --classes 15 --per-class 6 --side 448
+    python benchmarks/bench_fit_set.py --side 448 --layers features.16 features.17 --dims full,128,64
 """
 
 from __future__ import annotations
@@ -99,15 +100,17 @@ def main(argv=None) -> int:
     parser.add_argument("--side", type=int, default=224)
     parser.add_argument("--channels", type=int, default=50)
     parser.add_argument("--dims", default="full,64,32", help="pca_dim values, 'full' for the rotation")
+    parser.add_argument("--layers", nargs=2, default=None, metavar="LAYER",
+                        help="the layer pair (default: the encoder's, features.17 features.18)")
     args = parser.parse_args(argv)
     dims = tuple(None if d == "full" else int(d) for d in args.dims.split(","))
     paths, labels, other = scene_slice(args.data, args.classes, args.per_class, args.fit_per_class)
-    encoder = CrossLayerEncoder(side=args.side)
+    encoder = CrossLayerEncoder(side=args.side, layers=args.layers)
     start = time.perf_counter()
     local, guidance = activations(encoder, paths)
     other_local, _ = activations(encoder, other)
     print(f"scene15: {len(paths)} images ({args.classes} classes x {args.per_class}) evaluated, {len(other)} other "
-          f"train images for the 'other' fit; side {args.side}; backbone {time.perf_counter() - start:.1f} s; "
+          f"train images for the 'other' fit; {' x '.join(encoder.layers)}, side {args.side}; backbone {time.perf_counter() - start:.1f} s; "
           f"chance ~{1 / args.classes:.2f}")
     print(f"{'PCA fitted on':<14}{'pca_dim':>8}{'code Gram P@1':>15}{'masked P@1':>12}{'float P@1':>11}")
     for row in trap_table(local, guidance, labels, other_local, dims, args.channels):

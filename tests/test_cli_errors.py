@@ -105,9 +105,9 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, backb
     pytest.importorskip("torch")
     write_block_images(tmp_path / "imgs", 4, side=SIDE)
     db = tmp_path / "db"
-    done = run_cli("index", "build", db, "--images", tmp_path / "imgs", *TINY, preexec_fn=_file_size_limit(100_000))
+    done = run_cli("index", "build", db, "--images", tmp_path / "imgs", *TINY, preexec_fn=_file_size_limit(50_000))
     one_line_error(done, f"File too large (writing {db})")
-    assert not db.exists() or not [p for p in db.rglob("*") if p.is_file()]  # the 400 kB encoder file is not there
+    assert not db.exists() or not [p for p in db.rglob("*") if p.is_file()]  # the ~80 kB encoder file is not there
     # with room again, the same command builds the index
     assert "indexed 4 images" in run_cli("index", "build", db, "--images", tmp_path / "imgs", *TINY).stdout
 

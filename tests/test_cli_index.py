@@ -80,7 +80,8 @@ def test_search_queries_from_a_folder_a_csv_and_normalized_scores(db, built, tmp
     _, images = built
     raw = search_json(db, images[0].parent, "--top", "3")
     assert [q["query"] for q in raw["queries"]] == [str(p.resolve()) for p in images] and raw["score"] == "raw"
-    channels, dt = 50, json.loads(ok(run_cli("info", db)).stdout)["encoder"]["Dt"]
+    encoder = json.loads(ok(run_cli("info", db)).stdout)["encoder"]
+    channels, dt = encoder["Dk"], encoder["Dt"]  # every channel: the search default in a retrieval-pair index
     for query, image in zip(raw["queries"], images):
         assert query["kind"] == "image" and [h["rank"] for h in query["hits"]] == [1, 2, 3]
         assert query["hits"][0]["key"] == image.name and query["hits"][0]["path"] == str(image.resolve())

@@ -23,7 +23,7 @@ FAST = {
     "crosslayer extract SOURCE DB": TINY,
     "crosslayer info [PATH]": [],
     "crosslayer index build DB --images FOLDER\\|CSV": TINY,
-    "crosslayer search DB QUERY... --top 10 --channels 50 --sheet out.png": ["--threads", "1"],
+    "crosslayer search DB QUERY... --top 10 --channels all --sheet out.png": ["--threads", "1"],
     "crosslayer heatmap IMAGE --out heat.png --channels 6": NETWORK,
     "crosslayer eval classify --data DIR --method M --json OUT": [
         *NETWORK, "--folds", "2", "--fit-images", "4"],

@@ -95,12 +95,30 @@ def test_index_build_takes_pca_dim_or_full_on_the_command_line_and_warns_of_the_
 
     write_block_images(tmp_path / "imgs", 3, side=64)
     tiny = ["--images", str(tmp_path / "imgs"), "--weights", "random", "--side", "64", "--threads", "1", "--quiet"]
-    with pytest.warns(UserWarning, match="fit: 3 images for a full PCA rotation of 320 channels.*at most 1"):
+    # the retrieval default: features.16 x features.17 at pca_dim 128
+    with pytest.warns(UserWarning, match="fit: 3 images for 128 PCA components.*at most 1"):
         assert main(["index", "build", str(tmp_path / "default"), *tiny]) == 0
     with pytest.warns(UserWarning, match="fit: 3 images for 2 PCA components"):
         assert main(["index", "build", str(tmp_path / "two"), *tiny, "--pca-dim", "2"]) == 0
-    with pytest.warns(UserWarning, match="full PCA rotation"):
+    with pytest.warns(UserWarning, match="full PCA rotation of 160 channels"):
         assert main(["index", "build", str(tmp_path / "full"), *tiny, "--pca-dim", "full"]) == 0
-    for name, dt, pca_dim in (("default", 320, None), ("two", 2, 2), ("full", 320, None)):
+    for name, dt, pca_dim in (("default", 128, 128), ("two", 2, 2), ("full", 160, None)):
         with ImageIndex.open(tmp_path / name) as index:
             assert (index.encoder.Dt, index.encoder.pca_dim) == (dt, pca_dim)
+
+
+def test_the_retrieval_default_does_not_fall_into_the_trap(scene_slice):
+    """`index build` of a small collection fits its PCA on the very images it encodes: with the retrieval defaults
+    (features.16 x features.17, pca_dim 128) those codes stay about as good as with a PCA fitted on other images."""
+    from crosslayer.config import RETRIEVAL_DEFAULTS
+
+    bench, paths, labels, _, _, _ = scene_slice
+    chosen = RETRIEVAL_DEFAULTS["mobilenet_v2"]
+    encoder = CrossLayerEncoder(side=SIDE, layers=chosen.layers)
+    local, guidance = bench.activations(encoder, paths)
+    other_local, _ = bench.activations(encoder, bench.scene_slice(_data_root(), CLASSES, PER_CLASS, PER_CLASS)[2])
+    rows = {r["fitted_on"]: r for r in bench.trap_table(local, guidance, labels, other_local, dims=(chosen.pca_dim,),
+                                                        channels=chosen.channels or encoder.Dk)}
+    for measure in ("code_gram", "masked"):
+        assert rows["self"][measure] >= rows["other"][measure] - 0.08, (measure, rows)
+        assert rows["self"][measure] > 0.6, (measure, rows)

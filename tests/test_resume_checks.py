@@ -223,7 +223,7 @@ def test_index_refuses_other_weights_and_info_describes_it(backbone_cache, tmp_p
     assert main(["info", db]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == 3 and summary["encoder"]["weights_id"] == "random:0"
-    assert summary["encoder"]["Dk"] == 1280
+    assert summary["encoder"]["Dk"] == 320  # the retrieval pair, features.16 x features.17
 
 
 @pytest.mark.parametrize("interrupted_after", ["encoder", "codes"])

@@ -60,7 +60,7 @@ def test_search_rejects_more_channels_than_the_encoder_has(tmp_path, model_cache
     with pytest.raises(SystemExit) as exit_info:
         main(["search", str(db), str(tmp_path / "db" / "img00.png"), "--channels", "5000", "--weights", "random"])
     assert exit_info.value.code == 2
-    assert "channels: expected at most Dk=1280 guidance channels" in capsys.readouterr().err
+    assert "channels: expected at most Dk=320 guidance channels" in capsys.readouterr().err
 
 
 def test_search_of_a_missing_index_is_a_clear_error(tmp_path, capsys):

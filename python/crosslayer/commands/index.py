@@ -29,7 +29,7 @@ IMAGES_HELP = "image folders (their manifest.csv if they have one), CSV manifest
 
 def add_build_options(parser) -> None:
     """What `index build` and its alias `extract` take besides their inputs."""
-    add_encoder_options(parser)
+    add_encoder_options(parser, retrieval=True)
     parser.add_argument("--encoder", default=None,
                         help="a fitted encoder file (.xle) to use as it is, instead of the encoder options and a PCA "
                              "fit (default: learn one)")
@@ -55,6 +55,8 @@ def run_build(args) -> int:
     from crosslayer.extract import extract, open_for_build
     from crosslayer.retrieval.image_index import ImageIndex
 
+    if not args.encoder:
+        _resume_with_recorded_settings(args)
     encoder = CrossLayerEncoder.load(args.encoder, **runtime_options(args)) if args.encoder else build_encoder(args)
     sources = image_sources(args.images, args.images_option)
     progress = not args.quiet
@@ -74,6 +76,26 @@ def run_build(args) -> int:
     if args.profile:
         print(encoder.stage_times_.table(report.seconds))
     return 0
+
+
+def _resume_with_recorded_settings(args) -> None:
+    """Resuming a build: --layers and --pca-dim not given are the index's own, so an index built before the retrieval
+    defaults changed (or with other ones) resumes with the options it was built with."""
+    from pathlib import Path
+
+    from crosslayer.commands.options import NOT_GIVEN
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.retrieval.image_index import ImageIndex
+
+    if not (ImageIndex.exists(args.db_dir) or ImageIndex.interrupted_creation(args.db_dir)):
+        return
+    recorded = CrossLayerEncoder.read_meta(Path(args.db_dir) / "encoder.xle")
+    if recorded["backbone"] != args.backbone:
+        return  # another network: the resume check names the difference
+    if args.layers is None:
+        args.layers = tuple(recorded["layers"])
+    if args.pca_dim is NOT_GIVEN:
+        args.pca_dim = recorded["pca_dim"]
 
 
 def run_add(args) -> int:

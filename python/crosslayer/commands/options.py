@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from crosslayer.config import ENCODER_DEFAULTS, MAX_SIDE, MIN_SIDE, PRECISIONS, EncoderConfig
+from crosslayer.config import (ENCODER_DEFAULTS, MAX_SIDE, MIN_SIDE, PRECISIONS, RETRIEVAL_DEFAULTS, EncoderConfig,
+                               retrieval_encoder_settings)
 from crosslayer.errors import UsageError
 
 ON_ERROR_CHOICES = ("skip", "raise")
@@ -96,6 +97,22 @@ def bounded_int(low: int, high: int | None = None):
 positive_int = bounded_int(1)
 
 
+class _NotGiven:
+    """The default of an option whose value depends on others (argparse converts string defaults, so not a str)."""
+
+    def __repr__(self) -> str:
+        return "not given"
+
+
+NOT_GIVEN = _NotGiven()
+
+
+def retrieval_defaults_text() -> str:
+    """The retrieval defaults, for --help."""
+    return "; ".join(f"{backbone}: {' '.join(chosen.layers)} at pca_dim {chosen.pca_dim or 'full'}"
+                     for backbone, chosen in sorted(RETRIEVAL_DEFAULTS.items()))
+
+
 def pca_dim(text: str) -> int | None:
     """--pca-dim: a positive integer, or 'full' (None: the full rotation)."""
     if text.strip().lower() == "full":
@@ -139,16 +156,19 @@ class LayerPair(argparse.Action):
 
 # ---- option groups -------------------------------------------------------------------------------------------------
 
-def add_network_options(parser, defaults: bool = True, backbones=None) -> None:
-    """--backbone, --layers, --weights; with defaults=False they default to None (taken from an index or file)."""
+def add_network_options(parser, defaults: bool = True, backbones=None, retrieval: bool = False) -> None:
+    """--backbone, --layers, --weights; with defaults=False they default to None (taken from an index or file).
+    retrieval: --layers defaults to the backbone's RETRIEVAL_DEFAULTS pair (see `encoder_config`)."""
     from crosslayer.backbones.registry import BACKBONES
 
     parser.add_argument("--backbone", default=ENCODER_DEFAULTS.backbone if defaults else None,
                         choices=sorted(backbones or BACKBONES),
                         help="the network" + ("" if defaults else f" (default: {ENCODER_DEFAULTS.backbone})"))
+    default = (f"the retrieval pair ({retrieval_defaults_text()}), else the backbone's pair" if retrieval
+               else "the backbone's pair")
     parser.add_argument("--layers", nargs="+", action=LayerPair, default=None, metavar="LAYER",
                         help="tap names of layer t and of a later guidance layer at the same stride, e.g. "
-                             "'features.16 features.17' (default: the backbone's pair)")
+                             f"'features.16 features.17' (default: {default})")
     add_weights_option(parser)
 
 
@@ -179,19 +199,26 @@ def add_input_options(parser, defaults: bool = True, policy: bool = True) -> Non
                                                                   f" (default: {ENCODER_DEFAULTS.policy})"))
 
 
-def add_pca_options(parser, fit_images_help: str = "images sampled (seeded) to learn the PCA on") -> None:
-    parser.add_argument("--pca-dim", type=pca_dim, default=ENCODER_DEFAULTS.pca_dim,
+def add_pca_options(parser, fit_images_help: str = "images sampled (seeded) to learn the PCA on",
+                    retrieval: bool = False) -> None:
+    """--pca-dim, --fit-images. retrieval: --pca-dim defaults to the RETRIEVAL_DEFAULTS of the pair (see
+    `encoder_config`)."""
+    default = (f"{retrieval_defaults_text()}; other pairs: {ENCODER_DEFAULTS.pca_dim or 'full'}" if retrieval
+               else f"{ENCODER_DEFAULTS.pca_dim or 'full'}")
+    parser.add_argument("--pca-dim", type=pca_dim, default=NOT_GIVEN if retrieval else ENCODER_DEFAULTS.pca_dim,
                         help="PCA output dimension Dt, or 'full': the full decorrelating rotation of the paper "
-                             f"(default: {ENCODER_DEFAULTS.pca_dim or 'full'}); fewer components when the images "
-                             "indexed are the few the PCA is fitted on (fewer than 4 a component)")
+                             f"(default: {default}); fewer components when the images indexed are the few the PCA "
+                             "is fitted on (fewer than 4 a component)")
     parser.add_argument("--fit-images", type=positive_int, default=ENCODER_DEFAULTS.fit_images, help=fit_images_help)
 
 
-def add_encoder_options(parser) -> None:
-    """Everything that decides what an encoder computes."""
-    add_network_options(parser)
+def add_encoder_options(parser, retrieval: bool = False) -> None:
+    """Everything that decides what an encoder computes; retrieval: --layers and --pca-dim default to the
+    backbone's RETRIEVAL_DEFAULTS (the commands that build image indexes)."""
+    add_network_options(parser, retrieval=retrieval)
     add_input_options(parser)
-    add_pca_options(parser)
+    add_pca_options(parser, retrieval=retrieval)
+    parser.set_defaults(retrieval_defaults=retrieval)
 
 
 def add_threads_option(parser) -> None:
@@ -253,8 +280,15 @@ def check_side(backbone: str, side: int) -> None:
 
 
 def encoder_config(args) -> EncoderConfig:
-    """The EncoderConfig the options describe (options a command lacks keep their defaults); --side checked."""
+    """The EncoderConfig the options describe (options a command lacks keep their defaults); --side checked. In a
+    retrieval command (`add_encoder_options(retrieval=True)`) --layers and --pca-dim not given come from
+    `RETRIEVAL_DEFAULTS`."""
     given = {name: getattr(args, name) for name in EncoderConfig.__dataclass_fields__ if hasattr(args, name)}
+    if getattr(args, "retrieval_defaults", False):
+        given_pca_dim = given["pca_dim"] is not NOT_GIVEN
+        given["layers"], given["pca_dim"] = retrieval_encoder_settings(
+            given["backbone"], given["layers"], given["pca_dim"] if given_pca_dim else ENCODER_DEFAULTS.pca_dim,
+            given_pca_dim)
     config = EncoderConfig(**given)
     check_side(config.backbone, config.side)
     return config

@@ -12,13 +12,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from crosslayer.commands.options import (ON_ERROR_CHOICES, add_command, add_threads_option, add_weights_option,
-                                         channel_count, image_sources, positive_int)
+from crosslayer.commands.options import (NOT_GIVEN, ON_ERROR_CHOICES, add_command, add_threads_option,
+                                         add_weights_option, channel_count, image_sources, positive_int)
 from crosslayer.commands.ray_options import add_ray_options, open_sharded, uses_ray
+from crosslayer.config import RETRIEVAL_DEFAULTS, SEARCH_CHANNELS, retrieval_channels
 from crosslayer.errors import UsageError
 
 EXAMPLES = """\
-  crosslayer search db query.jpg                           # top 10 over each query's 50 strongest channels
+  crosslayer search db query.jpg                           # top 10, the index's default channels (see --channels)
   crosslayer search db q1.jpg q2.jpg --top 5 --channels all
   crosslayer search db queries/ --json > hits.json         # every image of a folder (or a CSV) as a query
   crosslayer search db --key holiday/img_001.jpg --normalize
@@ -67,6 +68,8 @@ def run(args) -> int:
         else:
             index = stack.enter_context(ImageIndex.open(args.db_dir, "r", **open_options))
             codes_search, where = None, ""
+        if args.channels is NOT_GIVEN:
+            args.channels = retrieval_channels(index.encoder.backbone, index.encoder.layers)
         images = image_sources(image_queries, "QUERY") if image_queries else []
         search = {"top": args.top, "channels": args.channels, "normalize": args.normalize,
                   "candidates": args.candidates, "codes_search": codes_search}
@@ -169,6 +172,11 @@ def _attended_query(encoder, query, channels):
     return attended_region(maps, compared, THUMB)[0]
 
 
+def _retrieval_channels_text() -> str:
+    return "; ".join(f"{backbone} {' x '.join(chosen.layers)}: {'all' if chosen.channels is None else chosen.channels}"
+                     for backbone, chosen in sorted(RETRIEVAL_DEFAULTS.items()))
+
+
 def register(commands) -> None:
     from crosslayer.index import VERIFY_POLICIES
 
@@ -181,8 +189,10 @@ def register(commands) -> None:
     parser.add_argument("--key", dest="keys", nargs="+", default=None, metavar="KEY",
                         help="indexed images as queries, by key or path: their stored codes, not re-encoded")
     parser.add_argument("--top", type=positive_int, default=10, help="hits per query")
-    parser.add_argument("--channels", type=channel_count, default=50,
-                        help="guidance channels compared per query (its strongest), or 'all'; " + SCORE_HELP)
+    parser.add_argument("--channels", type=channel_count, default=NOT_GIVEN,
+                        help="guidance channels compared per query (its strongest), or 'all' (default: in an index "
+                             f"of a retrieval pair, its retrieval default ({_retrieval_channels_text()}); else "
+                             f"{SEARCH_CHANNELS}); " + SCORE_HELP)
     parser.add_argument("--candidates", type=positive_int, default=None, metavar="N",
                         help="two-stage search: re-rank only the N images of best masked score on the first 63 "
                              "components of every channel (a table built on first use and kept in DB_DIR); default: "
