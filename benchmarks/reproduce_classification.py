@@ -56,6 +56,9 @@ REFERENCE = "crosslayer"  # every row's paired difference is taken against this 
 HEADLINE = ("global", "sum-spm L012-t1", "max-spm L012-both", "crosslayer", "crosslayer-sign", "aconv-fast")
 HEADLINE_COMPARISONS = (
     ("crosslayer", "global", "higher"),
+    ("crosslayer-sign", "global", "higher"),
+    ("crosslayer-sign", "max-spm L012-both", "higher"),
+    ("crosslayer-sign", "sum-spm L012-t1", "higher"),
     ("crosslayer", "max-spm L012-both", "higher"),
     ("crosslayer", "sum-spm L012-t1", "higher"),
     ("crosslayer-sign", "crosslayer", "slightly lower"),
@@ -342,6 +345,7 @@ def partial_records(dataset, rows, spec, side, cache, jobs):
 
 
 def main(argv=None) -> int:
+    global REFERENCE  # --reference: the Δ columns of this run's tables
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_argument(parser)
     parser.add_argument("--set", required=True, help="the data set's folder (with manifest.csv), under --data")
@@ -360,6 +364,11 @@ def main(argv=None) -> int:
     parser.add_argument("--splits-methods", default=",".join(HEADLINE),
                         help="comma-separated row labels --splits applies to (default: the headline methods; the "
                              "all-images kernel of a 409,600-d float method costs n/n_train times its training kernel)")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated row labels not to evaluate (e.g. the float cross-layer rows, whose kernels "
+                             "take the longest), said in the notes")
+    parser.add_argument("--reference", default=REFERENCE,
+                        help=f"the row every Δ is taken against (default {REFERENCE})")
     parser.add_argument("--partial", action="store_true",
                         help="no extraction: evaluate on the classes the (running or stopped) pass has completed")
     args = parser.parse_args(argv)
@@ -369,7 +378,9 @@ def main(argv=None) -> int:
     spec = get_backbone(args.backbone)
     groups = parse_groups(args.groups)
     split_methods = {label.strip() for label in args.splits_methods.split(",") if label.strip()}
-    rows = table_rows(spec, groups)
+    skipped = [label.strip() for label in args.skip.split(",") if label.strip()]
+    REFERENCE = args.reference
+    rows = [(g, kwargs) for g, kwargs in table_rows(spec, groups) if label_of(kwargs) not in skipped]
     dataset = load_manifest(set_path).subset_per_class(args.limit_per_class)
     if args.partial:
         records, classes = partial_records(dataset, rows, spec, args.side, args.cache, args.jobs)
@@ -409,7 +420,7 @@ def main(argv=None) -> int:
                  "- Table 8 rows at levels L0 and L01 are slices of the L012 rows (same pass)",
                  "- extraction s: backbone share of the shared pass + this method's encoding (+ AConv training)",
                  "- bytes/image: float32 representation, or the 2-bit sign code; float features are stored as float16 on disk",
-                 not_run_note(groups),
+                 not_run_note(groups) + "".join(f"; {label} [--skip]" for label in skipped),
                  (f"- other splits: {args.splits} seeded random train/test splits (seeds 1..{args.splits}) with the "
                   f"manifest's per-class sizes, for: {', '.join(sorted(split_methods))}" if args.splits
                   else "- other splits: not run [--splits N]"),

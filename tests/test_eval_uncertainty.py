@@ -169,3 +169,26 @@ def test_reproduce_retrieval_map_intervals_are_paired_over_queries():
     codes_vs_float = [d for d in differences if d["b"] == ("crosslayer-float", "all")][0]
     assert codes_vs_float["within_noise"]
     assert "+0.100 [+0.100, +0.100] | A higher" in script.map_difference_table(differences)
+
+
+def test_shared_index_rows_evaluate_a_kernel_and_name_missing_images(tiny_set):
+    from crosslayer.errors import UsageError
+    from crosslayer.eval.manifest import load_manifest
+
+    script = _script("classify_shared_index")
+    dataset = load_manifest(tiny_set)
+
+    class Index:
+        def __init__(self, known):
+            self.known = known
+
+        def find(self, paths):
+            return np.array([self.known.index(p) if p in self.known else -1 for p in paths])
+
+    assert script.index_rows(Index(list(reversed(dataset.paths))), dataset).tolist() == list(range(13, -1, -1))
+    with pytest.raises(UsageError, match="--index: 1 manifest images"):
+        script.index_rows(Index(list(dataset.paths[1:])), dataset)
+    features = np.eye(2)[dataset.labels] + 0.01 * np.arange(14)[:, None]
+    record = script.evaluate("global", "global", features @ features.T, dataset, 2, 2, 8, 0.0, 1)
+    assert record["accuracy"] == 1.0 and [s["accuracy"] for s in record["resplits"]] == [1.0, 1.0]
+    assert record["test_keys"] == ["c0_4.png", "c0_5.png", "c1_4.png", "c1_5.png"]

@@ -80,6 +80,21 @@ def source_config(config: MethodConfig) -> MethodConfig:
     return config
 
 
+def resplit_results(gram_all, labels, splits, resplits: int, c_grid=DEFAULT_C_GRID, folds: int = 3, seed: int = 0,
+                    n_jobs: int = 1, multiclass: str = DEFAULT_MULTICLASS) -> list[dict]:
+    """The SVM (C by CV) on `resplits` seeded random train/test splits with the class sizes of `splits` (seeds
+    1..resplits), each a slice of the kernel `gram_all` of every image against every image."""
+    out = []
+    for split_seed in range(1, resplits + 1):
+        other_splits = resplit(labels, splits, split_seed)
+        tr, te = np.flatnonzero(other_splits == "train"), np.flatnonzero(other_splits == "test")
+        other = train_and_test(gram_all[np.ix_(tr, tr)], labels[tr], gram_all[np.ix_(te, tr)], labels[te],
+                               c_grid, folds, seed, n_jobs, multiclass)
+        out.append({"split_seed": split_seed, "accuracy": other["accuracy"], "C": other["C"],
+                    "mean_per_class_accuracy": other["mean_per_class_accuracy"]})
+    return out
+
+
 def image_key(dataset, index: int) -> str:
     """An image's key in records: its path relative to the manifest's folder (absolute when it lies outside)."""
     path = Path(dataset.paths[index])
@@ -188,14 +203,7 @@ def classify(data_dir, method: str, backbone: str = "mobilenet_v2", side: int = 
                             dataset.labels[test], c_grid, folds, seed, n_jobs, multiclass)
     seconds["select_c"] = result.pop("seconds_select_c")
     seconds["train_test"] = result.pop("seconds_train_test")
-    split_results = []
-    for split_seed in range(1, resplits + 1):
-        splits = resplit(dataset.labels, dataset.splits, split_seed)
-        tr, te = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "test")
-        other = train_and_test(gram[np.ix_(tr, tr)], dataset.labels[tr], gram[np.ix_(te, tr)], dataset.labels[te],
-                               c_grid, folds, seed, n_jobs, multiclass)
-        split_results.append({"split_seed": split_seed, "accuracy": other["accuracy"], "C": other["C"],
-                              "mean_per_class_accuracy": other["mean_per_class_accuracy"]})
+    split_results = resplit_results(gram, dataset.labels, dataset.splits, resplits, c_grid, folds, seed, n_jobs, multiclass)
     seconds["total_this_run"] = time.perf_counter() - started
 
     if config.method == "crosslayer-sign":
