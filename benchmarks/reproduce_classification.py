@@ -6,7 +6,14 @@
 set relative to it.
 
 One main backbone pass computes all whole-image methods at once (cached and resumable); jitter and AConv have their
-own passes. Writes benchmarks/results/classification-<set>.md (table), .json (records) and .png (bar chart).
+own passes. SPM rows at pyramid levels 0 and 0+1 are slices of the 0+1+2 rows (no pass of their own). Writes
+benchmarks/results/classification-<set>.md (table), .json (records, with every test image's key, label and
+prediction; a `crosslayer.formats` document) and .png (bar chart).
+
+Uncertainty: every row's accuracy difference to the default cross-layer row with its paired bootstrap 95% interval
+and McNemar's exact p; the headline comparisons (cross-layer vs global, max-SPM, sum-SPM; sign vs float; AConv vs
+OConv; max vs sum) each say "within the noise" where they are; `--splits N` evaluates the headline methods on N
+more seeded random train/test splits with the manifest's class sizes (from one all-images kernel) for mean +- sd.
 """
 
 from __future__ import annotations
@@ -22,22 +29,46 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import add_data_argument, data_set, relative_to_data  # noqa: E402
 
 from crosslayer._atomic import atomic_write  # noqa: E402
+from crosslayer.formats import read_json, write_json  # noqa: E402
+from crosslayer.eval.stats import compare_predictions, mean_sd  # noqa: E402
 from crosslayer.backbones.registry import get_backbone  # noqa: E402
-from crosslayer.eval.classify import classify  # noqa: E402
+from crosslayer.eval.classify import classify, source_config  # noqa: E402
 from crosslayer.eval.extract import extract  # noqa: E402
 from crosslayer.eval.manifest import load_manifest  # noqa: E402
 from crosslayer.eval.methods import MethodConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TABLE_FORMAT = "crosslayer-classification-table"
+TABLE_VERSION = 1
 # the optional rows, and what each adds to the table
 OPTIONAL_GROUPS = {
-    "ablations": "Table 7 ablations (without PCA, per-channel L2, signed square root)",
+    "ablations": "Table 7 ablations (all 8 PCA / per-channel L2 / signed square root combinations on OConv)",
+    "aconv-ablations": "Table 7 on AConv (fast): per-channel L2 / signed square root combinations, at PCA 256 and 640",
     "max": "crosslayer-max on the previous layer pair",
-    "aconv-fast": "AConv (fast region embeddings)",
+    "aconv-fast": "AConv (fast region embeddings; PCA 256 and the paper's half of the 1280 dimensions, 640)",
     "jitter": "CNN-Jitter (10 crops per image)",
     "crosslayer-max-default": "crosslayer-max on the default pair",
+    "ovr": "the paper's one-vs-rest SVM on the headline methods, paired with the default one-vs-one",
 }
-DEFAULT_GROUPS = "ablations,aconv-fast"
+DEFAULT_GROUPS = "ablations,aconv-ablations,aconv-fast,crosslayer-max-default"
+REFERENCE = "crosslayer"  # every row's paired difference is taken against this row
+# the methods --splits re-evaluates, and the paper's headline comparisons (A, B, what the paper found for A - B)
+HEADLINE = ("global", "sum-spm L012-t1", "max-spm L012-both", "crosslayer", "crosslayer-sign", "aconv-fast")
+HEADLINE_COMPARISONS = (
+    ("crosslayer", "global", "higher"),
+    ("crosslayer-sign", "global", "higher"),
+    ("crosslayer-sign", "max-spm L012-both", "higher"),
+    ("crosslayer-sign", "sum-spm L012-t1", "higher"),
+    ("crosslayer", "max-spm L012-both", "higher"),
+    ("crosslayer", "sum-spm L012-t1", "higher"),
+    ("crosslayer-sign", "crosslayer", "slightly lower"),
+    ("aconv-fast", "crosslayer", "higher on scenes, lower on birds"),
+    ("crosslayer-max", "crosslayer", "lower"),
+)
+# what the paper found for a row against the default cross-layer row, per table (for "what holds")
+EXPECTED = {"main": "lower", "Table 8": "lower", "Table 7": "lower", "Table 9": "slightly lower",
+            "max vs sum": "lower"}
+OVR = " [ovr]"
 
 
 def parse_groups(text: str) -> set:
@@ -63,7 +94,8 @@ def table_rows(spec, groups):
     rows = [("main", dict(method="global"))]
     for method in ("sum-spm", "max-spm"):
         for layer in ("t", "t1", "both"):
-            rows.append(("Table 8", dict(method=method, spm_layer=layer)))
+            for levels in ((0,), (0, 1), (0, 1, 2)):  # the first two are slices of the third's rows
+                rows.append(("Table 8", dict(method=method, spm_layer=layer, spm_levels=levels)))
     rows.append(("main", dict(method="crosslayer")))
     rows.append(("Table 9", dict(method="crosslayer-sign")))
     for pair in ((previous, local), (before, previous)):
@@ -72,37 +104,153 @@ def table_rows(spec, groups):
     if "max" in groups:
         rows.append(("max vs sum", dict(method="crosslayer-max", layers=(previous, local))))
     if "ablations" in groups:
-        for flags in (dict(pca=False), dict(l2=False), dict(power=False), dict(l2=False, power=False)):
-            rows.append(("Table 7", dict(method="crosslayer", **flags)))
+        for pca in (True, False):
+            for l2 in (True, False):
+                for power in (True, False):
+                    if not (pca and l2 and power):  # the default is the main row
+                        rows.append(("Table 7", dict(method="crosslayer", pca=pca, l2=l2, power=power)))
     if "crosslayer-max-default" in groups:
         rows.append(("max vs sum", dict(method="crosslayer-max")))
     if "jitter" in groups:
         rows.append(("main", dict(method="jitter")))
-    if "aconv-fast" in groups:
-        rows.append(("AConv", dict(method="aconv-fast")))
+    if "aconv-fast" in groups or "aconv-ablations" in groups:
+        half = spec.channels[spec.taps[-1]] // 2  # the paper's AConv PCA keeps ~50% of the dimension
+        for dim in (256, half):
+            rows.append(("AConv", dict(method="aconv-fast", aconv_pca_dim=dim)))
+            if "aconv-ablations" in groups:
+                for l2, power in ((True, False), (False, True), (False, False)):
+                    rows.append(("Table 7 AConv", dict(method="aconv-fast", aconv_pca_dim=dim, l2=l2, power=power)))
+    if "ovr" in groups:
+        for table, kwargs in list(rows):
+            if label_of(kwargs) in HEADLINE:
+                rows.append(("SVM protocol", dict(kwargs, multiclass="ovr")))
     return rows
+
+
+def label_of(kwargs) -> str:
+    return config_of(kwargs).label() + (OVR if kwargs.get("multiclass") == "ovr" else "")
 
 
 def config_of(kwargs) -> MethodConfig:
     options = dict(kwargs)
     method = options.pop("method")
+    options.pop("multiclass", None)  # the SVM's, not the representation's
     if "layers" in options:
         options["layers"] = tuple(options["layers"])
     return MethodConfig(method, **options)
 
 
-def markdown(records, title, notes) -> str:
+def _comparison(cache: dict, by_label: dict, a: str, b: str) -> dict:
+    """Paired comparison of rows `a` and `b` on their common test images (cached: the script rewrites its files
+    after every row)."""
+    if (a, b) not in cache:
+        ra, rb = by_label[a], by_label[b]
+        if ra["test_keys"] != rb["test_keys"]:
+            raise SystemExit(f"rows {a!r} and {b!r} were tested on different images: no paired comparison")
+        cache[(a, b)] = compare_predictions(ra["test_labels"], ra["test_predictions"], rb["test_predictions"])
+    return cache[(a, b)]
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.2f}"
+
+
+def _interval(c: dict) -> str:
+    return f"{_points(c['difference'])} [{_points(c['low'])}, {_points(c['high'])}]"
+
+
+def _verdict(c: dict, expected: str | None) -> str:
+    if c["within_noise"]:
+        return "within the noise"
+    direction = "higher" if c["difference"] > 0 else "lower"
+    if expected in ("higher", "lower", "slightly lower"):
+        return f"{direction}: {'holds' if expected.endswith(direction) else 'does not hold'}"
+    return direction
+
+
+def reference_of(label: str, by_label: dict) -> str:
+    """The row a row's Δ column is taken against: an AConv ablation against its AConv row (same PCA size), a
+    one-vs-rest row against its one-vs-one twin, every other row against the default cross-layer row."""
+    if label.endswith(OVR):
+        return label[: -len(OVR)]
+    if label.startswith("aconv") and " no-" in label:
+        return " ".join(part for part in label.split() if not part.startswith("no-"))
+    return REFERENCE
+
+
+def comparison_list(records, cache) -> list[dict]:
+    """The headline comparisons present in `records` (and one-vs-rest against one-vs-one for every [ovr] row)."""
+    by_label = {r["label"]: r for _, r in records}
+    wanted = list(HEADLINE_COMPARISONS)
+    for label in by_label:
+        if label.startswith("crosslayer-max ") and label.replace("crosslayer-max", "crosslayer", 1) in by_label:
+            wanted.append((label, label.replace("crosslayer-max", "crosslayer", 1), "lower"))
+        if label.endswith(OVR) and label[: -len(OVR)] in by_label:
+            wanted.append((label, label[: -len(OVR)], None))
+    out = []
+    for a, b, expected in wanted:
+        if a in by_label and b in by_label:
+            c = _comparison(cache, by_label, a, b)
+            out.append({"a": a, "b": b, "paper": expected, "verdict": _verdict(c, expected), **c})
+    return out
+
+
+def markdown(records, title, notes, cache) -> str:
+    by_label = {r["label"]: r for _, r in records}
+    splits = any("resplits" in r for _, r in records)
     lines = [f"# {title}", "", *notes, "",
-             "| table | method | dims | bytes/image | accuracy | mean per-class | C | extraction s | Gram s | SVM (C by CV + train) s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"Δ: accuracy difference to the `{REFERENCE}` row (or the row named) in points, with its paired bootstrap 95% interval "
+             "(10,000 resamples of the test images); p: McNemar's exact test on the same images.", "",
+             "| table | method | dims | bytes/image | accuracy | Δ vs crosslayer [95% CI] | McNemar p | mean per-class | C |"
+             + (" other splits mean ± sd |" if splits else "") + " extraction s | Gram s | SVM (C by CV + train) s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if splits else "") + "---:|---:|---:|"]
     for group, record in records:
         s = record["seconds"]
         extraction = s.get("extract_network", 0.0) + s.get("extract_encode", 0.0) + s.get("aconv_train", 0.0)
+        reference = reference_of(record["label"], by_label)
+        if reference in by_label and record["label"] != reference:
+            c = _comparison(cache, by_label, record["label"], reference)
+            delta, p = _interval(c) + ("" if reference == REFERENCE else f" vs {reference}"), f"{c['p']:.2g}"
+        else:
+            delta, p = "", ""
+        split_cell = ""
+        if splits:
+            accuracies = [split["accuracy"] for split in record.get("resplits", [])]
+            if accuracies:
+                mean, sd = mean_sd(accuracies)
+                split_cell = f" {100 * mean:.2f} ± {100 * sd:.2f}% (n={len(accuracies)}) |"
+            else:
+                split_cell = " |"
         lines.append(
             f"| {group} | {record['label']} | {record['dims']:,} | {record['bytes_per_image']:,} | "
-            f"{100 * record['accuracy']:.2f}% | {100 * record['mean_per_class_accuracy']:.2f}% | {record['C']:g} | "
-            f"{extraction:.0f} | {s['gram']:.1f} | {s['select_c'] + s['train_test']:.1f} |"
+            f"{100 * record['accuracy']:.2f}% | {delta} | {p} | {100 * record['mean_per_class_accuracy']:.2f}% | "
+            f"{record['C']:g} |{split_cell} {extraction:.0f} | {s['gram']:.1f} | {s['select_c'] + s['train_test']:.1f} |"
         )
+    compared = comparison_list(records, cache)
+    if compared:
+        lines += ["", "## Headline comparisons (paired, same test images)", "",
+                  "| A | B | A − B (points) [95% CI] | McNemar p | only A right / only B right | paper | verdict |",
+                  "|---|---|---:|---:|---:|---|---|"]
+        for c in compared:
+            lines.append(f"| {c['a']} | {c['b']} | {_interval(c)} | {c['p']:.2g} | {c['only_a']} / {c['only_b']} | "
+                         f"{c['paper'] or '-'} | {c['verdict']} |")
+    lines += ["", "## What holds (automatic: each row against the cross-layer row, paired)", ""]
+    for group in dict.fromkeys(g for g, _ in records):
+        if REFERENCE not in by_label:
+            break
+        verdicts = {}
+        for g, record in records:
+            reference = reference_of(record["label"], by_label)
+            if g == group and record["label"] != reference and reference in by_label:
+                c = _comparison(cache, by_label, record["label"], reference)
+                verdicts.setdefault((reference, _verdict(c, None)), []).append(record["label"])
+        if verdicts:
+            parts = [f"{reference} {'above' if v == 'lower' else 'below' if v == 'higher' else 'within the noise of'} "
+                     f"{len(labels)} ({', '.join(labels)})" for (reference, v), labels in sorted(verdicts.items())]
+            expected = EXPECTED.get(group)
+            lines.append(f"- {group}: " + "; ".join(parts)
+                         + (f" (the paper: these rows {expected} than cross-layer)" if expected else ""))
+    lines += ["", "Why: see the notes added by hand below the generated sections."]
     return "\n".join(lines) + "\n"
 
 
@@ -128,15 +276,24 @@ def bar_chart(records, title, path):
     plt.close(fig)
 
 
-def write_results(records, title, notes, name) -> None:
-    """The table (markdown), the records (JSON) and the bar chart (PNG) under benchmarks/results/, each atomically:
-    the script rewrites them after every row, and an interrupted run must not leave a torn file."""
+def write_results(records, title, notes, name, cache) -> None:
+    """The table (markdown), the records and comparisons (a `crosslayer.formats` JSON document) and the bar chart
+    (PNG) under benchmarks/results/, each atomically: the script rewrites them after every row, and an interrupted
+    run must not leave a torn file."""
     RESULTS.mkdir(exist_ok=True)
+    text = markdown(records, title, notes, cache)
     with atomic_write(RESULTS / f"{name}.md", "w") as handle:
-        handle.write(markdown(records, title, notes))
-    with atomic_write(RESULTS / f"{name}.json", "w") as handle:
-        json.dump([{"table": g, **r} for g, r in records], handle, indent=1)
+        handle.write(text)
+    body = {"title": title, "notes": notes, "records": [{"table": g, **r} for g, r in records]}
+    if any(r["label"] == REFERENCE for _, r in records):
+        body["comparisons"] = comparison_list(records, cache)
+    write_json(RESULTS / f"{name}.json", TABLE_FORMAT, TABLE_VERSION, body)
     bar_chart(records, title, RESULTS / f"{name}.png")
+
+
+def read_results(path) -> dict:
+    """A results document written by `write_results` (format, version and checksum checked)."""
+    return read_json(path, TABLE_FORMAT, TABLE_VERSION, "classification results")
 
 
 def partial_records(dataset, rows, spec, side, cache, jobs):
@@ -149,7 +306,11 @@ def partial_records(dataset, rows, spec, side, cache, jobs):
     from crosslayer.eval.methods import resolve_layers
     from crosslayer.eval.svm import train_and_test
 
+    from crosslayer.eval.classify import image_key
+
     directory = pass_directory(cache or default_cache_root(), dataset, spec.name, side, None)
+    # rows of their own store only (not the SPM level slices, not the one-vs-rest twins)
+    rows = [(g, kwargs) for g, kwargs in rows if "multiclass" not in kwargs and source_config(config_of(kwargs)) == config_of(kwargs)]
     configs = [config_of(kwargs) for _, kwargs in rows]
     stores = [open_store(directory, config, spec, len(dataset)) for config in configs]
     done = min(store.done for store in stores)
@@ -172,7 +333,8 @@ def partial_records(dataset, rows, spec, side, cache, jobs):
             size = dims * 4
         gram_seconds = time.perf_counter() - began
         result = train_and_test(gram[train], labels[train], gram[test], labels[test], n_jobs=jobs)
-        result.pop("predictions")
+        result["test_predictions"] = result.pop("predictions")
+        result.update(test_keys=[image_key(dataset, chosen[i]) for i in test], test_labels=labels[test].tolist())
         seconds = {"extract_network": float("nan"), "extract_encode": float("nan"), "gram": gram_seconds,
                    "select_c": result.pop("seconds_select_c"), "train_test": result.pop("seconds_train_test")}
         record = {"label": config.label(), "method": config.method, "dims": dims, "bytes_per_image": size,
@@ -183,6 +345,7 @@ def partial_records(dataset, rows, spec, side, cache, jobs):
 
 
 def main(argv=None) -> int:
+    global REFERENCE  # --reference: the Δ columns of this run's tables
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_argument(parser)
     parser.add_argument("--set", required=True, help="the data set's folder (with manifest.csv), under --data")
@@ -195,6 +358,17 @@ def main(argv=None) -> int:
     parser.add_argument("--limit-per-class", type=int, default=None)
     parser.add_argument("--extract-only", action="store_true")
     parser.add_argument("--name", default=None, help="result file stem (default: classification-<set>)")
+    parser.add_argument("--splits", type=int, default=0,
+                        help="also evaluate the headline methods on this many seeded random train/test splits with the "
+                             "manifest's class sizes (mean ± sd; one all-images kernel per method, no new pass)")
+    parser.add_argument("--splits-methods", default=",".join(HEADLINE),
+                        help="comma-separated row labels --splits applies to (default: the headline methods; the "
+                             "all-images kernel of a 409,600-d float method costs n/n_train times its training kernel)")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated row labels not to evaluate (e.g. the float cross-layer rows, whose kernels "
+                             "take the longest), said in the notes")
+    parser.add_argument("--reference", default=REFERENCE,
+                        help=f"the row every Δ is taken against (default {REFERENCE})")
     parser.add_argument("--partial", action="store_true",
                         help="no extraction: evaluate on the classes the (running or stopped) pass has completed")
     args = parser.parse_args(argv)
@@ -203,7 +377,10 @@ def main(argv=None) -> int:
 
     spec = get_backbone(args.backbone)
     groups = parse_groups(args.groups)
-    rows = table_rows(spec, groups)
+    split_methods = {label.strip() for label in args.splits_methods.split(",") if label.strip()}
+    skipped = [label.strip() for label in args.skip.split(",") if label.strip()]
+    REFERENCE = args.reference
+    rows = [(g, kwargs) for g, kwargs in table_rows(spec, groups) if label_of(kwargs) not in skipped]
     dataset = load_manifest(set_path).subset_per_class(args.limit_per_class)
     if args.partial:
         records, classes = partial_records(dataset, rows, spec, args.side, args.cache, args.jobs)
@@ -216,31 +393,40 @@ def main(argv=None) -> int:
                  "- extraction times are not attributed in partial mode (nan)",
                  not_run_note(groups),
                  "- generated by benchmarks/reproduce_classification.py --partial"]
-        write_results(records, title, notes, name)
+        write_results(records, title, notes, name, {})
         return 0
     started = time.perf_counter()
     # one pass per pass kind for all methods (classify below then finds every store complete)
-    extract(dataset, [config_of(kwargs) for _, kwargs in rows], spec.name, args.side, args.cache)
+    extract(dataset, list(dict.fromkeys(source_config(config_of(kwargs)) for _, kwargs in rows)), spec.name, args.side,
+            args.cache)
     print(f"extraction done in {time.perf_counter() - started:.0f} s", flush=True)
     if args.extract_only:
         return 0
     name = args.name or f"classification-{set_name}"
-    records = []
+    command = "python benchmarks/reproduce_classification.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    records, cache = [], {}
     for group, kwargs in rows:
+        resplits = args.splits if label_of(kwargs) in split_methods else 0
         record = classify(set_path, backbone=spec.name, side=args.side, cache_dir=args.cache, n_jobs=args.jobs,
-                          limit_per_class=args.limit_per_class, progress=False, **kwargs)
-        record.pop("test_predictions")
+                          limit_per_class=args.limit_per_class, progress=False, resplits=resplits, **kwargs)
+        record["label"] = label_of(kwargs)
         record["dataset"] = relative_to_data(args.data, set_path)
         records.append((group, record))
         print(f"{group:>10} {record['label']:<40} {100 * record['accuracy']:6.2f}%  C={record['C']:g}", flush=True)
         title = f"{set_name}: {spec.name} side {args.side}, linear SVM on precomputed kernels, C by 3-fold CV"
         notes = [f"- {records[0][1]['n_train']} train / {records[0][1]['n_test']} test images, {records[0][1]['classes']} classes"
-                 + (f", at most {args.limit_per_class} per class and split" if args.limit_per_class else ""),
+                 + (f", at most {args.limit_per_class} per class and split (seeded subset)" if args.limit_per_class else ""),
+                 "- SVM: libsvm one-vs-one (`SVC`) unless the row says [ovr] (the paper's one-vs-rest)",
+                 "- Table 8 rows at levels L0 and L01 are slices of the L012 rows (same pass)",
                  "- extraction s: backbone share of the shared pass + this method's encoding (+ AConv training)",
                  "- bytes/image: float32 representation, or the 2-bit sign code; float features are stored as float16 on disk",
-                 not_run_note(groups),
+                 not_run_note(groups) + "".join(f"; {label} [--skip]" for label in skipped),
+                 (f"- other splits: {args.splits} seeded random train/test splits (seeds 1..{args.splits}) with the "
+                  f"manifest's per-class sizes, for: {', '.join(sorted(split_methods))}" if args.splits
+                  else "- other splits: not run [--splits N]"),
+                 f"- command: `{command}`; evaluation run time {time.perf_counter() - started:.0f} s so far (2 shared cores)",
                  "- generated by benchmarks/reproduce_classification.py; rows appear as they complete"]
-        write_results(records, title, notes, name)
+        write_results(records, title, notes, name, cache)
     return 0
 
 

@@ -63,6 +63,42 @@ def plot(records, out, dk_of_records: int, pair: str) -> None:
         figure.savefig(handle, dpi=110, format="png")
 
 
+# (method, channels) pairs whose mAP difference gets a paired bootstrap interval over queries: A, B
+MAP_COMPARISONS = (
+    (("crosslayer-codes", "all"), ("spoc", "all")),
+    (("crosslayer-float", "all"), ("spoc", "all")),
+    (("crosslayer-codes", "all"), ("crosslayer-float", "all")),
+    (("crosslayer-codes", "200"), ("crosslayer-codes", "all")),
+    (("crosslayer-codes", "all"), ("embedding", "all")),
+    (("spoc-sign", "all"), ("spoc", "all")),
+)
+
+
+def map_differences(records) -> list[dict]:
+    """Per distractor setting, the mAP difference A - B of each pair in MAP_COMPARISONS with its paired bootstrap 95%
+    interval over queries (both methods' average precisions of a query resampled together)."""
+    from crosslayer.eval.stats import paired_bootstrap
+
+    out = []
+    for n_distractors in sorted({r["distractors"] for r in records}):
+        by_key = {(r["method"], r["channels"]): r for r in records if r["distractors"] == n_distractors}
+        for a, b in MAP_COMPARISONS:
+            if a in by_key and b in by_key and "query_ap" in by_key[a] and "query_ap" in by_key[b]:
+                interval = paired_bootstrap(by_key[a]["query_ap"], by_key[b]["query_ap"])
+                out.append({"a": a, "b": b, "distractors": n_distractors, **interval,
+                            "within_noise": interval["low"] <= 0.0 <= interval["high"]})
+    return out
+
+
+def map_difference_table(differences) -> str:
+    lines = ["| A | B | distractors | mAP A − B [95% CI over queries] | verdict |", "|---|---|---:|---:|---|"]
+    for d in differences:
+        verdict = "within the noise" if d["within_noise"] else ("A higher" if d["difference"] > 0 else "A lower")
+        lines.append(f"| {d['a'][0]} ({d['a'][1]}) | {d['b'][0]} ({d['b'][1]}) | {d['distractors']} | "
+                     f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] | {verdict} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     from crosslayer.retrieval.evaluate import (DEFAULT_CHANNELS, compute_features, evaluate, markdown_table,
                                                result_sheet, write_results)
@@ -127,6 +163,11 @@ def main(argv=None) -> int:
         "times are noisy.",
         "",
         markdown_table(records),
+        "",
+        "mAP differences with their paired bootstrap 95% intervals (10,000 resamples of the queries; each query's two "
+        "average precisions kept together):",
+        "",
+        map_difference_table(map_differences(records)),
         "",
         f"Contact sheet (`retrieval_sheet{args.tag}.png`, codes, 200 channels, {len(settings[-1]) and 'with distractors' or 'no distractors'}): "
         + ", ".join(Path(p).name for p in sheet_queries),

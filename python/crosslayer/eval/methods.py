@@ -138,6 +138,11 @@ class MethodConfig:
         for flag in ("pca", "l2", "power"):
             if self.method in CROSSLAYER_METHODS and not getattr(self, flag):
                 parts.append(f"no-{flag}")
+        if self.method in ACONV_METHODS:
+            if self.aconv_pca_dim != MethodConfig.aconv_pca_dim:
+                parts.append(f"pca{self.aconv_pca_dim}")
+            # AConv's PCA is its region reduction (aconv_pca_dim); l2 and power act on its guided pooling
+            parts += [f"no-{flag}" for flag in ("l2", "power") if not getattr(self, flag)]
         return " ".join(parts)
 
     def as_dict(self) -> dict:
@@ -209,3 +214,9 @@ def encode_main(config: MethodConfig, spec, outputs: dict, pcas: dict) -> np.nda
     if config.l2 and config.power:
         return pool(x, a, pca)
     return variants.cross_layer_sum(x, a, pca, config.l2, config.power)
+
+
+def spm_layers(config: MethodConfig, spec) -> list[str]:
+    """The layers an SPM method pools, in the order of its row's parts."""
+    local, guidance = resolve_layers(config, spec)
+    return {"t": [local], "t1": [guidance], "both": [local, guidance]}[config.spm_layer]

@@ -52,3 +52,26 @@ def spm_pool(maps: np.ndarray, levels=(0, 1, 2), pooling: str = "sum") -> np.nda
     if pooling == "sum":
         out = np.sign(out) * np.sqrt(np.abs(out))
     return l2_normalize(out.astype(np.float32, copy=False))
+
+
+def spm_level_slice(rows: np.ndarray, channels, stored_levels, wanted_levels) -> np.ndarray:
+    """The rows `spm_pool` gives at `wanted_levels`, from rows it gave at `stored_levels` (sum or max alike): each
+    level is a contiguous block, the signed square root is elementwise and the L2 a scale of the whole vector, so a
+    level subset is its blocks re-normalised. `channels`: the channel count of each pooled layer, in row order (rows
+    of several layers are unit vectors concatenated and scaled by 1/sqrt(layers), as `encode_main` stores them)."""
+    rows = np.asarray(rows, dtype=np.float32)
+    channels = [int(c) for c in channels]
+    stored, wanted = tuple(int(v) for v in stored_levels), tuple(int(v) for v in wanted_levels)
+    missing = sorted(set(wanted) - set(stored))
+    if not wanted or missing or len(set(wanted)) != len(wanted):
+        raise UsageError(f"wanted_levels: expected distinct levels among the stored {stored}, got {wanted}")
+    width = sum(spm_dim(c, stored) for c in channels)
+    if rows.ndim != 2 or rows.shape[1] != width:
+        raise UsageError(f"rows: expected (n, {width}) rows of levels {stored} over channels {channels}, got shape {rows.shape}")
+    parts, offset = [], 0
+    for c in channels:
+        starts = dict(zip(stored, offset + np.cumsum([0] + [c * 4**level for level in stored[:-1]])))
+        blocks = [rows[:, starts[level] : starts[level] + c * 4**level] for level in wanted]
+        parts.append(l2_normalize(np.concatenate(blocks, axis=1)))
+        offset += spm_dim(c, stored)
+    return np.concatenate(parts, axis=1) / np.float32(np.sqrt(len(parts)))

@@ -1,4 +1,7 @@
-"""Linear SVM on a precomputed linear kernel, with C chosen by stratified cross-validation on the training split."""
+"""Linear SVM on a precomputed linear kernel, with C chosen by stratified cross-validation on the training split.
+
+Multiclass schemes: "ovo" (libsvm's one-vs-one voting inside `SVC`, the default) and "ovr" (one binary SVM per class,
+highest decision value wins: `OneVsRestClassifier(SVC(kernel="precomputed"))`, the paper's protocol)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import numpy as np
 from crosslayer.errors import UsageError
 
 DEFAULT_C_GRID = tuple(10.0**e for e in range(-3, 4))
+MULTICLASS = ("ovo", "ovr")
+DEFAULT_MULTICLASS = "ovo"
 
 
 def kernel_scale(k_train: np.ndarray) -> float:
@@ -19,12 +24,22 @@ def kernel_scale(k_train: np.ndarray) -> float:
     return scale if scale > 0 and np.isfinite(scale) else 1.0
 
 
-def _fit(kernel, labels, c):
+def _fit(kernel, labels, c, multiclass: str = DEFAULT_MULTICLASS):
     from sklearn.svm import SVC
 
     model = SVC(kernel="precomputed", C=c, cache_size=500)
+    if multiclass == "ovr":
+        from sklearn.multiclass import OneVsRestClassifier
+
+        model = OneVsRestClassifier(model)
     model.fit(kernel, labels)
     return model
+
+
+def check_multiclass(multiclass) -> str:
+    if multiclass not in MULTICLASS:
+        raise UsageError(f"multiclass: expected one of {', '.join(MULTICLASS)}, got {multiclass!r}")
+    return multiclass
 
 
 def check_svm_options(c_grid, folds) -> tuple[tuple, int]:
@@ -41,13 +56,14 @@ def check_svm_options(c_grid, folds) -> tuple[tuple, int]:
 
 
 def select_c(k_train: np.ndarray, labels: np.ndarray, c_grid=DEFAULT_C_GRID, folds: int = 3, seed: int = 0,
-             n_jobs: int = 1) -> tuple[float, dict]:
+             n_jobs: int = 1, multiclass: str = DEFAULT_MULTICLASS) -> tuple[float, dict]:
     """Returns (best C, {C: mean fold accuracy}); ties go to the smaller C."""
     from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(labels)
     c_grid, folds = check_svm_options(c_grid, folds)
+    check_multiclass(multiclass)
     smallest_class = min(np.unique(labels, return_counts=True)[1]) if len(labels) else 0
     folds = min(folds, int(smallest_class))
     if folds < 2:
@@ -55,7 +71,7 @@ def select_c(k_train: np.ndarray, labels: np.ndarray, c_grid=DEFAULT_C_GRID, fol
     splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
 
     def score(c, train, held):
-        model = _fit(k_train[np.ix_(train, train)], labels[train], c)
+        model = _fit(k_train[np.ix_(train, train)], labels[train], c, multiclass)
         return float(np.mean(model.predict(k_train[np.ix_(held, train)]) == labels[held]))
 
     jobs = [(c, train, held) for c in c_grid for train, held in splits]
@@ -71,21 +87,22 @@ def mean_per_class_accuracy(truth: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def train_and_test(k_train, y_train, k_test, y_test, c_grid=DEFAULT_C_GRID, folds: int = 3, seed: int = 0,
-                   n_jobs: int = 1) -> dict:
+                   n_jobs: int = 1, multiclass: str = DEFAULT_MULTICLASS) -> dict:
     """Scales the kernels, picks C by CV, trains on the whole training split and tests. Returns a result dict."""
     scale = kernel_scale(k_train)
     k_train = k_train / scale
     k_test = k_test / scale
     start = time.perf_counter()
-    best_c, cv_scores = select_c(k_train, y_train, c_grid, folds, seed, n_jobs)
+    best_c, cv_scores = select_c(k_train, y_train, c_grid, folds, seed, n_jobs, multiclass)
     mid = time.perf_counter()
-    model = _fit(k_train, y_train, best_c)
+    model = _fit(k_train, y_train, best_c, multiclass)
     predicted = model.predict(k_test)
     end = time.perf_counter()
     return {
         "accuracy": float(np.mean(predicted == y_test)),
         "mean_per_class_accuracy": mean_per_class_accuracy(np.asarray(y_test), predicted),
         "C": best_c,
+        "multiclass": multiclass,
         "cv_accuracy": {f"{c:g}": s for c, s in cv_scores.items()},
         "kernel_scale": scale,
         "seconds_select_c": mid - start,

@@ -52,3 +52,11 @@ def cross_layer_max(local, guidance, pca=None, l2: bool = True, power: bool = Tr
             products = a[b, k0 : k0 + step, :, None] * x[b, None, :, :]  # (k, N, Dt)
             pooled[b, k0 : k0 + step] = products.max(axis=1)
     return normalize(pooled, l2, power)
+
+
+def guided_regions(regions, guidance, l2: bool = True, power: bool = True) -> np.ndarray:
+    """AConv's pooling with the chosen normalisations: regions (n, positions, dim) guided by the trained layer's
+    activations (n, positions, filters) -> (n, filters*dim)."""
+    local = np.asarray(regions, np.float32).transpose(0, 2, 1)[..., None]  # (n, dim, positions, 1)
+    guide = np.asarray(guidance, np.float32).transpose(0, 2, 1)[..., None]  # (n, filters, positions, 1)
+    return cross_layer_sum(local, guide, None, l2, power)

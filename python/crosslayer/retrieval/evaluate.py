@@ -22,7 +22,7 @@ from crosslayer.retrieval.channels import channel_label, selection_masks
 from crosslayer.retrieval.datasets import image_paths, read_retrieval_set
 from crosslayer.retrieval.feature_cache import FeatureCache, float_key
 from crosslayer.retrieval.float_scores import FloatQueryScorer
-from crosslayer.retrieval.metrics import evaluate_scores, relevance_matrix
+from crosslayer.retrieval.metrics import average_precision, evaluate_ranks, relevance_matrix, relevant_ranks
 from crosslayer.l2 import l2_normalize
 from crosslayer.retrieval.spoc import SpocWhitening
 
@@ -143,7 +143,10 @@ def evaluate(cache: FeatureCache, rset, distractors=(), channel_counts=DEFAULT_C
     common = {"queries": int(answerable.sum()), "database": len(database["paths"]), "distractors": n_distractors}
 
     def record(method, channels, scores, bytes_per_image, search_s, post_encode_s):
-        metrics = evaluate_scores(scores[answerable], relevant)
+        ranks = relevant_ranks(scores[answerable], relevant)
+        metrics = evaluate_ranks(ranks)
+        # per query, for paired intervals of mAP differences between methods (the same queries in the same order)
+        metrics["query_ap"] = [average_precision(r) for r in ranks]
         return {"method": method, "channels": channel_label(channels), **common, **metrics,
                 "bytes_per_image": int(np.ceil(bytes_per_image)), "search_ms": 1e3 * search_s,
                 "encode_ms": 1e3 * (backbone_s + post_encode_s), "search_note": ""}
