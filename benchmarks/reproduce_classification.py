@@ -24,6 +24,7 @@ from _data import add_data_argument, data_set, relative_to_data  # noqa: E402
 from crosslayer._atomic import atomic_write  # noqa: E402
 from crosslayer.backbones.registry import get_backbone  # noqa: E402
 from crosslayer.eval.classify import classify  # noqa: E402
+from crosslayer.eval.combine import classify_combination  # noqa: E402
 from crosslayer.eval.extract import extract  # noqa: E402
 from crosslayer.eval.manifest import load_manifest  # noqa: E402
 from crosslayer.eval.methods import MethodConfig  # noqa: E402
@@ -36,6 +37,7 @@ OPTIONAL_GROUPS = {
     "aconv-fast": "AConv (fast region embeddings)",
     "jitter": "CNN-Jitter (10 crops per image)",
     "crosslayer-max-default": "crosslayer-max on the default pair",
+    "table5-scfv": "SCFV; Table 5 FC-FC (softmax and ReLU guidance) and Conv-FC on fast regions; OConv + AConv-fast",
 }
 DEFAULT_GROUPS = "ablations,aconv-fast"
 
@@ -80,6 +82,12 @@ def table_rows(spec, groups):
         rows.append(("main", dict(method="jitter")))
     if "aconv-fast" in groups:
         rows.append(("AConv", dict(method="aconv-fast")))
+    if "table5-scfv" in groups:
+        rows.append(("main", dict(method="scfv")))
+        rows.append(("Table 5", dict(method="fc-fc")))
+        rows.append(("Table 5", dict(method="fc-fc", fc_guidance="relu")))
+        rows.append(("Table 5", dict(method="conv-fc")))
+        rows.append(("Table 5", dict(combine=[dict(method="crosslayer"), dict(method="aconv-fast")])))
     return rows
 
 
@@ -206,6 +214,8 @@ def main(argv=None) -> int:
     rows = table_rows(spec, groups)
     dataset = load_manifest(set_path).subset_per_class(args.limit_per_class)
     if args.partial:
+        # a combination's parts are rows of their own; partial mode evaluates stores only
+        rows = [row for row in rows if "combine" not in row[1]]
         records, classes = partial_records(dataset, rows, spec, args.side, args.cache, args.jobs)
         name = args.name or f"classification-{set_name}-partial"
         title = (f"PARTIAL {set_name}: first {len(classes)} of {len(dataset.classes)} classes; "
@@ -220,15 +230,20 @@ def main(argv=None) -> int:
         return 0
     started = time.perf_counter()
     # one pass per pass kind for all methods (classify below then finds every store complete)
-    extract(dataset, [config_of(kwargs) for _, kwargs in rows], spec.name, args.side, args.cache)
+    extract(dataset, [config_of(part) for _, kwargs in rows for part in kwargs.get("combine", [kwargs])],
+            spec.name, args.side, args.cache)
     print(f"extraction done in {time.perf_counter() - started:.0f} s", flush=True)
     if args.extract_only:
         return 0
     name = args.name or f"classification-{set_name}"
     records = []
     for group, kwargs in rows:
-        record = classify(set_path, backbone=spec.name, side=args.side, cache_dir=args.cache, n_jobs=args.jobs,
-                          limit_per_class=args.limit_per_class, progress=False, **kwargs)
+        if "combine" in kwargs:
+            record = classify_combination(set_path, kwargs["combine"], backbone=spec.name, side=args.side,
+                                          cache_dir=args.cache, n_jobs=args.jobs, limit_per_class=args.limit_per_class)
+        else:
+            record = classify(set_path, backbone=spec.name, side=args.side, cache_dir=args.cache, n_jobs=args.jobs,
+                              limit_per_class=args.limit_per_class, progress=False, **kwargs)
         record.pop("test_predictions")
         record["dataset"] = relative_to_data(args.data, set_path)
         records.append((group, record))
