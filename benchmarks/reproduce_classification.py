@@ -230,8 +230,9 @@ def main(argv=None) -> int:
         return 0
     started = time.perf_counter()
     # one pass per pass kind for all methods (classify below then finds every store complete)
-    extract(dataset, [config_of(part) for _, kwargs in rows for part in kwargs.get("combine", [kwargs])],
-            spec.name, args.side, args.cache)
+    # a combination's parts are rows too: each config once
+    configs = dict.fromkeys(config_of(part) for _, kwargs in rows for part in kwargs.get("combine", [kwargs]))
+    extract(dataset, list(configs), spec.name, args.side, args.cache)
     print(f"extraction done in {time.perf_counter() - started:.0f} s", flush=True)
     if args.extract_only:
         return 0
