@@ -21,7 +21,7 @@ per-channel L2 and the signed square root, as every cross-layer row.
 Region path: "fast" only, i.e. the network runs once on the whole aconv_side image and a region's embedding is the
 mean of the last conv map over the window of cells it covers (`crosslayer.eval.regions.window_mean`, as
 `aconv-fast`); the region logits are the network's own classifier applied to that embedding. The exact path (every
-region cropped and run through the network at 224) costs 169 network passes per image, ~100x this one, which the
+region cropped and run through the network at 224) costs 169 network passes per image, ~24x this one's network time, which the
 shared 2-core machine cannot afford on cub100; so these rows have none of the crop "style mismatch" the paper
 discusses, like every `aconv-fast` row.
 
