@@ -33,6 +33,7 @@ from crosslayer.formats import read_json, write_json  # noqa: E402
 from crosslayer.eval.stats import compare_predictions, mean_sd  # noqa: E402
 from crosslayer.backbones.registry import get_backbone  # noqa: E402
 from crosslayer.eval.classify import classify, source_config  # noqa: E402
+from crosslayer.eval.combine import classify_combination  # noqa: E402
 from crosslayer.eval.extract import extract  # noqa: E402
 from crosslayer.eval.manifest import load_manifest  # noqa: E402
 from crosslayer.eval.methods import MethodConfig  # noqa: E402
@@ -49,6 +50,7 @@ OPTIONAL_GROUPS = {
     "jitter": "CNN-Jitter (10 crops per image)",
     "crosslayer-max-default": "crosslayer-max on the default pair",
     "ovr": "the paper's one-vs-rest SVM on the headline methods, paired with the default one-vs-one",
+    "table5-scfv": "SCFV; Table 5 FC-FC (softmax and ReLU guidance) and Conv-FC on fast regions; OConv + AConv-fast",
 }
 DEFAULT_GROUPS = "ablations,aconv-ablations,aconv-fast,crosslayer-max-default"
 REFERENCE = "crosslayer"  # every row's paired difference is taken against this row
@@ -120,6 +122,12 @@ def table_rows(spec, groups):
             if "aconv-ablations" in groups:
                 for l2, power in ((True, False), (False, True), (False, False)):
                     rows.append(("Table 7 AConv", dict(method="aconv-fast", aconv_pca_dim=dim, l2=l2, power=power)))
+    if "table5-scfv" in groups:
+        rows.append(("main", dict(method="scfv")))
+        rows.append(("Table 5", dict(method="fc-fc")))
+        rows.append(("Table 5", dict(method="fc-fc", fc_guidance="relu")))
+        rows.append(("Table 5", dict(method="conv-fc")))
+        rows.append(("Table 5", dict(combine=[dict(method="crosslayer"), dict(method="aconv-fast")])))
     if "ovr" in groups:
         for table, kwargs in list(rows):
             if label_of(kwargs) in HEADLINE:
@@ -128,6 +136,8 @@ def table_rows(spec, groups):
 
 
 def label_of(kwargs) -> str:
+    if "combine" in kwargs:
+        return " + ".join(label_of(part) for part in kwargs["combine"])
     return config_of(kwargs).label() + (OVR if kwargs.get("multiclass") == "ovr" else "")
 
 
@@ -383,6 +393,8 @@ def main(argv=None) -> int:
     rows = [(g, kwargs) for g, kwargs in table_rows(spec, groups) if label_of(kwargs) not in skipped]
     dataset = load_manifest(set_path).subset_per_class(args.limit_per_class)
     if args.partial:
+        # a combination's parts are rows of their own; partial mode evaluates stores only
+        rows = [row for row in rows if "combine" not in row[1]]
         records, classes = partial_records(dataset, rows, spec, args.side, args.cache, args.jobs)
         name = args.name or f"classification-{set_name}-partial"
         title = (f"PARTIAL {set_name}: first {len(classes)} of {len(dataset.classes)} classes; "
@@ -397,8 +409,9 @@ def main(argv=None) -> int:
         return 0
     started = time.perf_counter()
     # one pass per pass kind for all methods (classify below then finds every store complete)
-    extract(dataset, list(dict.fromkeys(source_config(config_of(kwargs)) for _, kwargs in rows)), spec.name, args.side,
-            args.cache)
+    # a combination's parts are rows too: each config once
+    configs = dict.fromkeys(source_config(config_of(part)) for _, kwargs in rows for part in kwargs.get("combine", [kwargs]))
+    extract(dataset, list(configs), spec.name, args.side, args.cache)
     print(f"extraction done in {time.perf_counter() - started:.0f} s", flush=True)
     if args.extract_only:
         return 0
@@ -407,8 +420,13 @@ def main(argv=None) -> int:
     records, cache = [], {}
     for group, kwargs in rows:
         resplits = args.splits if label_of(kwargs) in split_methods else 0
-        record = classify(set_path, backbone=spec.name, side=args.side, cache_dir=args.cache, n_jobs=args.jobs,
-                          limit_per_class=args.limit_per_class, progress=False, resplits=resplits, **kwargs)
+        if "combine" in kwargs:
+            record = classify_combination(set_path, kwargs["combine"], backbone=spec.name, side=args.side,
+                                          cache_dir=args.cache, n_jobs=args.jobs, limit_per_class=args.limit_per_class)
+            record["test_labels"] = record.get("test_labels", record["parts"][0].get("test_labels"))
+        else:
+            record = classify(set_path, backbone=spec.name, side=args.side, cache_dir=args.cache, n_jobs=args.jobs,
+                              limit_per_class=args.limit_per_class, progress=False, resplits=resplits, **kwargs)
         record["label"] = label_of(kwargs)
         record["dataset"] = relative_to_data(args.data, set_path)
         records.append((group, record))

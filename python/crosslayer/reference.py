@@ -429,3 +429,57 @@ def masked_cosine_reference(query_bits, query_channel_mean, database_bits, dt: i
             norm = np.sqrt(float(np.count_nonzero(chosen_q)) * float(np.count_nonzero(chosen_x)))
             out[q, x] = float((chosen_q * chosen_x).sum()) / norm if norm > 0 else 0.0
     return out
+
+
+# ---- SCFV and Table 5 (eval) ------------------------------------------------------------------------------------
+
+def lasso_code(feature: np.ndarray, dictionary: np.ndarray, alpha: float) -> np.ndarray:
+    """argmin_u 1/2 ||x - u B||^2 + alpha ||u||_1 of one feature x (D,), atoms B (K, D), by sklearn's coordinate
+    descent to a tight tolerance (sklearn's Lasso scales the squared loss by 1/D, hence alpha / D)."""
+    from sklearn.linear_model import Lasso
+
+    model = Lasso(alpha=alpha / len(feature), fit_intercept=False, tol=1e-12, max_iter=100_000)
+    model.fit(np.asarray(dictionary, np.float64).T, np.asarray(feature, np.float64))
+    return model.coef_
+
+
+def scfv(local: np.ndarray, pca, dictionary: np.ndarray, scale: float, alpha: float) -> np.ndarray:
+    """The sparse-coding Fisher vector (n, K*D), codeword-major: per image sum_i u_ik (x_i - u_i B) over positions i,
+    x_i the PCA-applied local feature divided by `scale`, u_i its lasso code; then signed square root and L2."""
+    local = np.asarray(local, np.float64)
+    n = local.shape[0]
+    features = local_features(local).reshape(n, -1, local.shape[1])
+    if pca is not None:
+        features = pca_apply(features.reshape(-1, local.shape[1]), *pca).reshape(n, features.shape[1], -1)
+    features = features / scale
+    atoms = np.asarray(dictionary, np.float64)
+    out = np.zeros((n, atoms.shape[0], atoms.shape[1]))
+    for b in range(n):
+        for x in features[b]:
+            u = lasso_code(x, atoms, alpha)
+            residual = x - u @ atoms
+            for k in range(len(u)):
+                out[b, k] += u[k] * residual
+    out = signed_sqrt(out.reshape(n, -1))
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+
+
+def region_representation(local: np.ndarray, guidance: np.ndarray) -> np.ndarray:
+    """Cross-layer pooling over regions instead of positions (Table 5): local (n, R, D), guidance (n, R, K) ->
+    (n, K*D), P_k = sum_r guidance[r, k] local[r], per-channel L2, signed square root."""
+    local = np.asarray(local, np.float64)
+    guidance = np.asarray(guidance, np.float64)
+    pooled = np.zeros((local.shape[0], guidance.shape[2], local.shape[2]))
+    for b in range(local.shape[0]):
+        for r in range(local.shape[1]):
+            pooled[b] += np.outer(guidance[b, r], local[b, r])
+    out = signed_sqrt(l2_normalize_channels(pooled))
+    return out.reshape(out.shape[0], -1)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Along the last axis."""
+    logits = np.asarray(logits, np.float64)
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)

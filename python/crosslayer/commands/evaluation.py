@@ -28,7 +28,8 @@ def run_classify(args) -> int:
 
     check_side(args.backbone, args.side)
     aconv = {name: getattr(args, name) for name in ("aconv_side", "aconv_region", "aconv_stride", "aconv_region_side",
-                                                      "aconv_pca_dim", "aconv_filters", "aconv_epochs", "aconv_lr")}
+                                                      "aconv_pca_dim", "aconv_filters", "aconv_epochs", "aconv_lr",
+                                                      "scfv_atoms", "scfv_alpha", "fc_guidance")}
     record = classify(
         args.data, args.method, backbone=args.backbone, side=args.side, layers=args.layers, pca=not args.no_pca,
         l2=not args.no_l2, power=not args.no_power, spm_levels=args.spm_levels, spm_layer=args.spm_layer,
@@ -97,6 +98,10 @@ def _add_classify(actions) -> None:
     p.add_argument("--aconv-filters", type=positive_int, default=100, help="aconv: learnt filters")
     p.add_argument("--aconv-epochs", type=positive_int, default=50, help="aconv: training epochs")
     p.add_argument("--aconv-lr", type=float, default=0.01, help="aconv: learning rate")
+    p.add_argument("--scfv-atoms", type=positive_int, default=100, help="scfv: dictionary size")
+    p.add_argument("--scfv-alpha", type=float, default=0.1, help="scfv: lasso weight (features of unit RMS norm)")
+    p.add_argument("--fc-guidance", choices=("softmax", "relu"), default="softmax",
+                   help="fc-fc: region logits after softmax or ReLU as guidance")
     p.add_argument("--limit-per-class", type=positive_int, default=None,
                    help="use at most this many images per class and split (default: all)")
     p.add_argument("--cache", default=None, help="cache folder (default: $CROSSLAYER_CACHE/eval)")

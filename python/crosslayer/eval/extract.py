@@ -29,6 +29,7 @@ from crosslayer.eval.methods import (
     resolve_layers,
     row_layout,
 )
+from crosslayer.eval import cross_fc, scfv
 from crosslayer.eval.store import RowStore
 from crosslayer.formats import read_zip_document, write_zip_document
 from crosslayer.images import load_resized
@@ -90,6 +91,8 @@ def _pass(kind, config, spec, side, taps):
                     reduce=lambda outputs: {EMBEDDING: outputs[output].mean(axis=1)},
                     taps=(output,) if output != EMBEDDING else (last,), embedding=output == EMBEDDING,
                     input_side=side, inputs_per_image=JITTER_CROPS)
+    if kind == cross_fc.PASS_KIND:
+        return cross_fc.regions_pass(config if isinstance(config, list) else [config], spec)
     from crosslayer.eval.regions import fast_windows, region_crops, region_grid, window_mean
 
     if kind == "aconv-fast":
@@ -232,6 +235,8 @@ def extract(dataset, configs, backbone="mobilenet_v2", side: int = 448, cache_ro
     for config in configs:
         if not stores[config].complete:
             group = config.pass_kind if config.pass_kind != "aconv-fast" and config.pass_kind != "aconv" else config.key()
+            if config.pass_kind == cross_fc.PASS_KIND:
+                group = cross_fc.pass_group(config)
             kinds.setdefault(group, []).append(config)
     # every image reaches the network through the encoder (its network, decode pipeline and memory budget); the
     # passes differ only in their inputs and reductions
@@ -242,16 +247,24 @@ def extract(dataset, configs, backbone="mobilenet_v2", side: int = 448, cache_ro
         taps = main_taps(members, spec) if kind == "main" else []
         if kind == "main" and any(c.method == "global" for c in members) and spec.output_for("global") != EMBEDDING:
             taps = [*taps, spec.output_for("global")]  # the paper's fc layer (VGG/AlexNet), besides the pairs
-        step = _pass(kind, members[0], spec, side, taps)
+        step = _pass(kind, members if kind == cross_fc.PASS_KIND else members[0], spec, side, taps)
         wanted = {}
         for config in members:
             if kind == "main" and needs_pca(config):
                 local, guidance = resolve_layers(config, spec)
                 wanted[f"{local}"] = (local, None)
-            elif kind in ("aconv", "aconv-fast"):
+            elif kind in ("aconv", "aconv-fast") or config.method == "fc-fc":
                 wanted[config.key()] = (REGIONS, config.aconv_pca_dim)
         begin = time.perf_counter()
         pcas = _load_or_fit_pcas(directory, wanted, dataset, encoder, step, fit_images, seed, progress)
+        for config in members:  # what a method learns besides its PCA, under its own name beside the PCAs
+            if config.method == "scfv":
+                local = resolve_layers(config, spec)[0]
+                pca = pcas.get(local) if config.pca else None
+                pcas[_fitted_name(config)] = scfv.load_or_learn(directory, config, local, pca, dataset,
+                                                                encoder, step, fit_images, seed, progress)
+            elif config.method == "fc-fc":
+                pcas[cross_fc.CLASSIFIER] = cross_fc.load_classifier(spec, weights, seed)
         # the PCA fit is part of the extraction time of the methods that use it
         fit_seconds = {config: time.perf_counter() - begin for config in members
                        if kind != "main" or needs_pca(config)}
@@ -261,6 +274,10 @@ def extract(dataset, configs, backbone="mobilenet_v2", side: int = 448, cache_ro
     return stores
 
 
+def _fitted_name(config) -> str:
+    return f"fitted-{config.key()}"
+
+
 def _encode(config, spec, outputs, pcas):
     from crosslayer.l2 import l2_normalize
 
@@ -268,7 +285,9 @@ def _encode(config, spec, outputs, pcas):
     if kind == "main":
         local, guidance = resolve_layers(config, spec) if config.method != "global" else (None, None)
         by_pair = {(local, guidance): pcas[local]} if local in pcas else {}
-        return encode_main(config, spec, outputs, by_pair)
+        return encode_main(config, spec, outputs, by_pair, pcas.get(_fitted_name(config)))
+    if kind == cross_fc.PASS_KIND:
+        return cross_fc.encode(config, spec, outputs, pcas.get(config.key()), pcas.get(cross_fc.CLASSIFIER))
     if kind == "jitter":
         return l2_normalize(np.asarray(outputs[EMBEDDING], np.float32))
     mean, projection = pcas[config.key()]

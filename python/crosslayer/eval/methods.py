@@ -6,6 +6,8 @@ Method families and where their rows come from:
     jitter                                     10 crops (4 corners + centre, mirrored) per image ("jitter" pass)
     aconv-fast / aconv                         region embeddings at `aconv_side` ("aconv-fast" / "aconv" passes),
                                                then a guidance layer trained on the training split
+    scfv                                       the main pass, with a dictionary learnt on the PCA sample (eval/scfv.py)
+    fc-fc, conv-fc                             Table 5: one "regions-fast" pass at `aconv_side` (eval/cross_fc.py)
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import numpy as np
 from crosslayer._validate import check_positive_int
 from crosslayer.errors import UsageError
 
-METHODS = ("global", "jitter", "sum-spm", "max-spm", "crosslayer", "crosslayer-sign", "crosslayer-max", "aconv", "aconv-fast")
+METHODS = ("global", "jitter", "sum-spm", "max-spm", "crosslayer", "crosslayer-sign", "crosslayer-max", "aconv", "aconv-fast",
+           "scfv", "fc-fc", "conv-fc")
 CROSSLAYER_METHODS = ("crosslayer", "crosslayer-sign", "crosslayer-max")
 SPM_METHODS = ("sum-spm", "max-spm")
 SPM_LAYERS = ("t", "t1", "both")
 EMBEDDING = "embedding"
 ACONV_METHODS = ("aconv", "aconv-fast")
+CROSS_FC_METHODS = ("fc-fc", "conv-fc")
 DEFAULT_FIT_IMAGES = 256
 DEFAULT_SEED = 0
 
@@ -50,19 +54,28 @@ class MethodConfig:
     aconv_lr: float = 0.01
     fit_images: int = DEFAULT_FIT_IMAGES  # training images sampled to fit the PCAs
     seed: int = DEFAULT_SEED  # PCA sample, AConv training, and the network itself for "random" weights
+    scfv_atoms: int = 100  # SCFV dictionary size (Liu et al.'s)
+    scfv_alpha: float = 0.1  # SCFV lasso weight, for local features of unit RMS norm
+    fc_guidance: str = "softmax"  # fc-fc: the region logits after "softmax" or "relu"
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise UsageError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
         for name in ("aconv_side", "aconv_region", "aconv_stride", "aconv_region_side", "aconv_pca_dim",
-                     "aconv_filters", "aconv_epochs", "fit_images"):
+                     "aconv_filters", "aconv_epochs", "fit_images", "scfv_atoms"):
             object.__setattr__(self, name, check_positive_int(getattr(self, name), name))
         object.__setattr__(self, "seed", check_positive_int(self.seed, "seed", minimum=0))
         if isinstance(self.aconv_lr, bool) or not isinstance(self.aconv_lr, (int, float, np.floating, np.integer)):
             raise TypeError(f"aconv_lr: expected a number, got {type(self.aconv_lr).__name__}")
         if not (math.isfinite(self.aconv_lr) and self.aconv_lr > 0):
             raise UsageError(f"aconv_lr: expected a positive finite learning rate, got {self.aconv_lr}")
+        from crosslayer.eval.cross_fc import GUIDANCES
+        from crosslayer.eval.scfv import check_alpha
+
+        object.__setattr__(self, "scfv_alpha", check_alpha(self.scfv_alpha))
+        if self.fc_guidance not in GUIDANCES:
+            raise UsageError(f"fc_guidance: expected one of {GUIDANCES}, got {self.fc_guidance!r}")
         if self.spm_layer not in SPM_LAYERS:
             raise UsageError(f"spm_layer: expected one of {SPM_LAYERS}, got {self.spm_layer!r}")
         levels = tuple(int(level) for level in self.spm_levels)
@@ -86,12 +99,20 @@ class MethodConfig:
             return "jitter"
         if self.method in ("aconv", "aconv-fast"):
             return self.method
+        if self.method in CROSS_FC_METHODS:
+            from crosslayer.eval.cross_fc import PASS_KIND
+
+            return PASS_KIND
         return "main"
 
     def check_backbone(self, spec) -> None:
         """The checks that need the backbone, so a bad setting fails before any extraction."""
-        if self.method in CROSSLAYER_METHODS or self.method in SPM_METHODS:
+        if self.method in CROSSLAYER_METHODS or self.method in SPM_METHODS or self.method == "scfv":
             resolve_layers(self, spec)
+        if self.method in CROSS_FC_METHODS:
+            from crosslayer.eval import cross_fc
+
+            cross_fc.check_backbone(self, spec)
         if self.method in ACONV_METHODS:
             output = spec.output_for(self.method)
             channels = spec.output_channels(output)
@@ -117,6 +138,14 @@ class MethodConfig:
         elif self.method == "jitter":
             # crops fed at the network's side (image enlarged by 1/jitter_crop first), not at the crop's own side
             params.update(jitter_crop=self.jitter_crop, jitter_input="side")
+        elif self.method == "scfv":
+            params.update(layers=self.layers, pca=self.pca, scfv_atoms=self.scfv_atoms, scfv_alpha=self.scfv_alpha)
+        elif self.method in CROSS_FC_METHODS:
+            params.update(aconv_side=self.aconv_side, aconv_region=self.aconv_region, aconv_stride=self.aconv_stride)
+            if self.method == "fc-fc":
+                params.update(aconv_pca_dim=self.aconv_pca_dim, fc_guidance=self.fc_guidance)
+            else:
+                params.update(layers=self.layers)
         elif self.method in ("aconv", "aconv-fast"):
             params.update(aconv_side=self.aconv_side, aconv_region=self.aconv_region, aconv_stride=self.aconv_stride,
                           aconv_pca_dim=self.aconv_pca_dim)
@@ -131,10 +160,12 @@ class MethodConfig:
     def label(self) -> str:
         """A short human-readable name with the non-default options."""
         parts = [self.method]
-        if self.layers is not None and self.method not in ("global", "jitter", "aconv", "aconv-fast"):
+        if self.layers is not None and self.method not in ("global", "jitter", "aconv", "aconv-fast", "fc-fc"):
             parts.append("x".join(self.layers))
         if self.method in SPM_METHODS:
             parts.append(f"L{''.join(map(str, self.spm_levels))}-{self.spm_layer}")
+        if self.method == "fc-fc" and self.fc_guidance != "softmax":
+            parts.append(f"{self.fc_guidance}-guidance")
         for flag in ("pca", "l2", "power"):
             if self.method in CROSSLAYER_METHODS and not getattr(self, flag):
                 parts.append(f"no-{flag}")
@@ -156,7 +187,7 @@ def resolve_layers(config: MethodConfig, spec) -> tuple[str, str]:
 
 
 def needs_pca(config: MethodConfig) -> bool:
-    return config.method in CROSSLAYER_METHODS and config.pca
+    return (config.method in CROSSLAYER_METHODS or config.method == "scfv") and config.pca
 
 
 def main_taps(configs, spec) -> list[str]:
@@ -165,6 +196,8 @@ def main_taps(configs, spec) -> list[str]:
     for config in configs:
         if config.method in CROSSLAYER_METHODS or config.method in SPM_METHODS:
             taps.update(resolve_layers(config, spec))
+        elif config.method == "scfv":
+            taps.add(resolve_layers(config, spec)[0])
     return sorted(taps, key=spec.tap_index)
 
 
@@ -185,12 +218,19 @@ def row_layout(config: MethodConfig, spec) -> tuple[tuple, str]:
         if config.method == "crosslayer-sign":
             return (dk, 2, words_per_plane(dt)), "uint64"
         return (dk * dt,), "float16"
+    if config.method == "scfv":
+        return (config.scfv_atoms * spec.channels[resolve_layers(config, spec)[0]],), "float16"
+    if config.method in CROSS_FC_METHODS:
+        from crosslayer.eval.cross_fc import row_shape
+
+        return row_shape(config, spec), "float16"
     grid = (config.aconv_side - config.aconv_region) // config.aconv_stride + 1
     return (grid * grid, config.aconv_pca_dim), "float16"
 
 
-def encode_main(config: MethodConfig, spec, outputs: dict, pcas: dict) -> np.ndarray:
-    """One batch of main-pass outputs -> this method's rows."""
+def encode_main(config: MethodConfig, spec, outputs: dict, pcas: dict, fitted=None) -> np.ndarray:
+    """One batch of main-pass outputs -> this method's rows. fitted: what the method learnt besides the PCA (scfv:
+    its (dictionary, scale))."""
     from crosslayer.eval import variants
     from crosslayer.eval.spm import spm_pool
     from crosslayer.l2 import l2_normalize
@@ -205,6 +245,12 @@ def encode_main(config: MethodConfig, spec, outputs: dict, pcas: dict) -> np.nda
         parts = [spm_pool(outputs[layer], config.spm_levels, pooling) for layer in chosen]
         # each layer's vector is unit-norm; scaling keeps the concatenation unit-norm too
         return np.concatenate(parts, axis=1) / np.float32(np.sqrt(len(parts)))
+    if config.method == "scfv":
+        from crosslayer.eval.scfv import scfv_encode
+
+        dictionary, scale = fitted
+        pca = pcas.get((local, guidance)) if config.pca else None
+        return scfv_encode(outputs[local], pca, dictionary, scale, config.scfv_alpha)
     x, a = outputs[local], outputs[guidance]
     pca = pcas.get((local, guidance)) if config.pca else None
     if config.method == "crosslayer-sign":
