@@ -47,28 +47,42 @@ def _load_network(spec, weights_path, seed: int):
     return net.eval()
 
 
+def _is_inner(tap: str) -> bool:
+    """Whether a tap lies inside a block (``features.N.<path>``) rather than being the block's output."""
+    return tap.count(".") > 1
+
+
 def _tap_module(net, taps, indices, last_tap_index: int, with_embedding: bool, with_logits: bool):
-    """The network truncated after its last wanted tap. The embedding and the logits both start from the map of the
-    backbone's last registered tap (`last_tap_index`): modules after it (VGG's and AlexNet's final max-pool) belong
-    to the classifier, which applies them itself."""
+    """The network truncated after the block of its last wanted tap. The embedding and the logits both start from the
+    map of the backbone's last registered tap (`last_tap_index`): modules after it (VGG's and AlexNet's final
+    max-pool) belong to the classifier, which applies them itself. A tap inside a block (``features.16.conv.0``) is
+    read by a forward hook on that sub-module, so any named sub-module can be tapped without rewriting its block."""
     import torch
 
     last = max([*indices, last_tap_index]) if (with_embedding or with_logits) else max(indices)
-    wanted = dict(zip(indices, taps))
+    wanted = {index: tap for tap, index in zip(taps, indices) if not _is_inner(tap)}
     last_tap_key = wanted.setdefault(last_tap_index, "__last_tap__")
+    inner = [tap for tap in taps if _is_inner(tap)]
 
     class TapNet(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.net = net
+            self.captured = {}
+            for tap in inner:
+                # the tapped output must not be modified later in place: in these blocks it only feeds a conv
+                net.get_submodule(tap).register_forward_hook(
+                    lambda module, inputs, output, tap=tap: self.captured.__setitem__(tap, output))
 
         def forward(self, images):
+            self.captured.clear()
             outputs = {}
             x = images
             for index in range(last + 1):
                 x = self.net.features[index](x)
                 if index in wanted:
                     outputs[wanted[index]] = x
+            outputs.update(self.captured)
             result = [outputs[tap] for tap in taps]
             if with_embedding or with_logits:
                 last_map = outputs[last_tap_key]

@@ -158,7 +158,7 @@ def main_taps(configs, spec) -> list[str]:
     for config in configs:
         if config.method in CROSSLAYER_METHODS or config.method in SPM_METHODS:
             taps.update(resolve_layers(config, spec))
-    return sorted(taps, key=spec.tap_index)
+    return sorted(taps, key=spec.tap_position)
 
 
 def row_layout(config: MethodConfig, spec) -> tuple[tuple, str]:
