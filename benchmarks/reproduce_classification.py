@@ -33,7 +33,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 OPTIONAL_GROUPS = {
     "ablations": "Table 7 ablations (without PCA, per-channel L2, signed square root)",
     "max": "crosslayer-max on the previous layer pair",
-    "aconv-fast": "AConv (fast region embeddings)",
+    "aconv-fast": "AConv approximated (aconv-fast: region embeddings from windows of one pass, no region crops)",
     "jitter": "CNN-Jitter (10 crops per image)",
     "crosslayer-max-default": "crosslayer-max on the default pair",
     "aconv-exact": "exact AConv (169 region crops per image, ~24x a pass; aconv-fast is its approximation)",

@@ -31,6 +31,27 @@ def test_inner_taps_are_ordered_checked_and_paired_by_stride():
     assert get_backbone("vgg16").all_taps == get_backbone("vgg16").taps
 
 
+def test_reproduce_classification_guidance_group_pairs_each_local_layer_with_the_next_blocks_inner_taps():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce_classification.py"
+    module_spec = importlib.util.spec_from_file_location("reproduce_classification", path)
+    script = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(script)
+    spec = get_backbone("mobilenet_v2")
+    rows = script.table_rows(spec, script.parse_groups("guidance,aconv-exact"))
+    pairs = [kwargs["layers"] for group, kwargs in rows if group == "Table 6 non-negative guidance"]
+    assert pairs == [("features.16", "features.17.conv.0"), ("features.16", "features.17.conv.1"),
+                     ("features.15", "features.16.conv.0"), ("features.15", "features.16.conv.1")]
+    assert ("AConv", {"method": "aconv"}) in rows
+    # the signed pairs they stand beside are still there
+    assert {kwargs.get("layers") for group, kwargs in rows if group == "Table 6"} == {
+        ("features.16", "features.17"), ("features.15", "features.16")}
+    assert script.config_of(dict(method="crosslayer", layers=pairs[0]), 64).fit_images == 64
+    assert script.guidance_rows(get_backbone("vgg16"), get_backbone("vgg16").default_pair) == []  # no inner taps
+
+
 torch = pytest.importorskip("torch")
 
 
