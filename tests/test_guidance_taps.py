@@ -108,3 +108,28 @@ def test_encoder_pools_with_an_inner_guidance_tap(backbone_cache, tmp_path):
     codes = encoder.fit(paths).encode(paths)
     assert (encoder.Dk, encoder.Dt) == (960, 160)
     assert codes.channel_mean.shape == (3, 960) and codes.channel_mean.min() >= 0
+
+
+def test_guidance_stats_measures_cancellation_and_linear_dependence(rng):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "guidance_stats.py"
+    module_spec = importlib.util.spec_from_file_location("guidance_stats", path)
+    stats = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(stats)
+    local = rng.standard_normal((3, 5, 4, 4))
+    weights = rng.standard_normal((5, 6))
+    linear = np.einsum("nchw,ck->nkhw", local - local.mean(axis=(0, 2, 3), keepdims=True), weights)
+    exact = stats.pair_stats(local, linear)
+    assert (exact["Dt"], exact["Dk"], exact["dims"]) == (5, 6, 30)
+    assert exact["explained"] == pytest.approx(1.0, abs=1e-9)
+    noise = stats.pair_stats(local, rng.random((3, 6, 4, 4)))
+    assert noise["explained"] < 0.5 and noise["negative_channel_means"] == 0.0
+    # one position only: nothing to cancel
+    single = stats.pair_stats(local[:, :, :1, :1], np.abs(linear[:, :, :1, :1]))
+    assert single["cancellation"] == pytest.approx(1.0)
+    # a guidance of both signs at two positions whose local vectors are equal: the contributions cancel exactly
+    twin = np.repeat(local[:, :, :1, :1], 2, axis=3)
+    signed = np.concatenate([np.ones((3, 6, 1, 1)), -np.ones((3, 6, 1, 1))], axis=3)
+    assert stats.pair_stats(twin, signed)["cancellation"] == pytest.approx(0.0, abs=1e-12)
