@@ -102,12 +102,12 @@ def test_encoder_pools_with_an_inner_guidance_tap(backbone_cache, tmp_path):
     from crosslayer.encoder import CrossLayerEncoder
     from tests._images import write_block_images
 
-    paths = write_block_images(tmp_path / "images", 3, side=64)
+    paths = write_block_images(tmp_path / "images", 4, side=64)
     encoder = CrossLayerEncoder("mobilenet_v2", layers=("features.16", "features.17.conv.0"), side=64,
-                                weights="random", pca_dim=1)  # 3 fit images: one component (the fit-set trap)
+                                weights="random", pca_dim=1)  # 4 fit images: one component (the fit-set trap)
     codes = encoder.fit(paths).encode(paths)
     assert (encoder.Dk, encoder.Dt) == (960, 1)
-    assert codes.channel_mean.shape == (3, 960) and codes.channel_mean.min() >= 0
+    assert codes.channel_mean.shape == (4, 960) and codes.channel_mean.min() >= 0
 
 
 def test_guidance_stats_measures_cancellation_and_linear_dependence(rng):
