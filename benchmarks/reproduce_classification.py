@@ -36,7 +36,7 @@ from crosslayer.eval.classify import classify, source_config  # noqa: E402
 from crosslayer.eval.combine import classify_combination  # noqa: E402
 from crosslayer.eval.extract import extract  # noqa: E402
 from crosslayer.eval.manifest import load_manifest  # noqa: E402
-from crosslayer.eval.methods import MethodConfig  # noqa: E402
+from crosslayer.eval.methods import DEFAULT_FIT_IMAGES, MethodConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TABLE_FORMAT = "crosslayer-classification-table"
@@ -46,9 +46,12 @@ OPTIONAL_GROUPS = {
     "ablations": "Table 7 ablations (all 8 PCA / per-channel L2 / signed square root combinations on OConv)",
     "aconv-ablations": "Table 7 on AConv (fast): per-channel L2 / signed square root combinations, at PCA 256 and 640",
     "max": "crosslayer-max on the previous layer pair",
-    "aconv-fast": "AConv (fast region embeddings; PCA 256 and the paper's half of the 1280 dimensions, 640)",
+    "aconv-fast": "AConv approximated (aconv-fast: region embeddings from windows of one pass, no region crops; PCA "
+                  "256 and the paper's half of the 1280 dimensions, 640)",
     "jitter": "CNN-Jitter (10 crops per image)",
     "crosslayer-max-default": "crosslayer-max on the default pair",
+    "aconv-exact": "exact AConv (169 region crops per image, ~24x a pass; aconv-fast is its approximation)",
+    "guidance": "Table 6 pairs guided by non-negative (post-ReLU6) taps inside the next block",
     "ovr": "the paper's one-vs-rest SVM on the headline methods, paired with the default one-vs-one",
     "table5-scfv": "SCFV; Table 5 FC-FC (softmax and ReLU guidance) and Conv-FC on fast regions; OConv + AConv-fast",
 }
@@ -84,7 +87,6 @@ def parse_groups(text: str) -> set:
 def not_run_note(groups) -> str:
     """The table says which baselines it lacks, so a missing row is not read as a failed method."""
     missing = [f"{OPTIONAL_GROUPS[g]} [--groups {g}]" for g in OPTIONAL_GROUPS if g not in groups]
-    missing.append("exact AConv (not a group: crosslayer eval classify --method aconv)")
     return "- not run: " + "; ".join(missing)
 
 
@@ -122,6 +124,10 @@ def table_rows(spec, groups):
             if "aconv-ablations" in groups:
                 for l2, power in ((True, False), (False, True), (False, False)):
                     rows.append(("Table 7 AConv", dict(method="aconv-fast", aconv_pca_dim=dim, l2=l2, power=power)))
+    if "aconv-exact" in groups:
+        rows.append(("AConv", dict(method="aconv")))
+    if "guidance" in groups:
+        rows += guidance_rows(spec, (previous, before))
     if "table5-scfv" in groups:
         rows.append(("main", dict(method="scfv")))
         rows.append(("Table 5", dict(method="fc-fc")))
@@ -135,14 +141,26 @@ def table_rows(spec, groups):
     return rows
 
 
+def guidance_rows(spec, locals_):
+    """Each local layer guided by the non-negative points inside the next block at its stride (MobileNetV2's block
+    outputs are signed linear bottlenecks; its expansion and depthwise outputs are post-ReLU6)."""
+    rows = []
+    for local in locals_:
+        following = spec.tap_index(local) + 1
+        for inner in spec.inner_taps:
+            if spec.tap_index(inner) == following and spec.stride[inner] == spec.stride[local]:
+                rows.append(("Table 6 non-negative guidance", dict(method="crosslayer", layers=(local, inner))))
+    return rows
+
+
 def label_of(kwargs) -> str:
     if "combine" in kwargs:
         return " + ".join(label_of(part) for part in kwargs["combine"])
     return config_of(kwargs).label() + (OVR if kwargs.get("multiclass") == "ovr" else "")
 
 
-def config_of(kwargs) -> MethodConfig:
-    options = dict(kwargs)
+def config_of(kwargs, fit_images: int = DEFAULT_FIT_IMAGES) -> MethodConfig:
+    options = dict(kwargs, fit_images=fit_images)
     method = options.pop("method")
     options.pop("multiclass", None)  # the SVM's, not the representation's
     if "layers" in options:
@@ -366,6 +384,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", default=None)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--limit-per-class", type=int, default=None)
+    parser.add_argument("--fit-images", type=int, default=DEFAULT_FIT_IMAGES,
+                        help="training images sampled to fit the PCAs (fewer on a small subset: the fit re-runs them)")
     parser.add_argument("--extract-only", action="store_true")
     parser.add_argument("--name", default=None, help="result file stem (default: classification-<set>)")
     parser.add_argument("--splits", type=int, default=0,
@@ -410,8 +430,9 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     # one pass per pass kind for all methods (classify below then finds every store complete)
     # a combination's parts are rows too: each config once
-    configs = dict.fromkeys(source_config(config_of(part)) for _, kwargs in rows for part in kwargs.get("combine", [kwargs]))
-    extract(dataset, list(configs), spec.name, args.side, args.cache)
+    configs = dict.fromkeys(source_config(config_of(part, args.fit_images))
+                            for _, kwargs in rows for part in kwargs.get("combine", [kwargs]))
+    extract(dataset, list(configs), spec.name, args.side, args.cache, fit_images=args.fit_images)
     print(f"extraction done in {time.perf_counter() - started:.0f} s", flush=True)
     if args.extract_only:
         return 0
@@ -422,11 +443,13 @@ def main(argv=None) -> int:
         resplits = args.splits if label_of(kwargs) in split_methods else 0
         if "combine" in kwargs:
             record = classify_combination(set_path, kwargs["combine"], backbone=spec.name, side=args.side,
-                                          cache_dir=args.cache, n_jobs=args.jobs, limit_per_class=args.limit_per_class)
+                                          cache_dir=args.cache, n_jobs=args.jobs, limit_per_class=args.limit_per_class,
+                                          fit_images=args.fit_images)
             record["test_labels"] = record.get("test_labels", record["parts"][0].get("test_labels"))
         else:
             record = classify(set_path, backbone=spec.name, side=args.side, cache_dir=args.cache, n_jobs=args.jobs,
-                              limit_per_class=args.limit_per_class, progress=False, resplits=resplits, **kwargs)
+                              limit_per_class=args.limit_per_class, fit_images=args.fit_images, progress=False,
+                              resplits=resplits, **kwargs)
         record["label"] = label_of(kwargs)
         record["dataset"] = relative_to_data(args.data, set_path)
         records.append((group, record))

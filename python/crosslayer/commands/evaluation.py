@@ -12,7 +12,8 @@ from crosslayer.errors import UsageError
 
 CLASSIFY_EXAMPLES = """\
   crosslayer eval classify --data cub100 --method crosslayer --json crosslayer.json
-  crosslayer eval classify --data scene15 --method aconv-fast --layers features.16 features.17
+  crosslayer eval classify --data scene15 --method aconv-fast   # AConv approximated from one whole-image pass
+  crosslayer eval classify --data cub100 --method aconv --limit-per-class 2   # exact AConv: ~24x a pass an image
   crosslayer eval classify --data cub100 --method crosslayer --no-pca --limit-per-class 10   # a quick ablation
   crosslayer eval classify --data voc2007 --method global        # labels like dog;person: per-class SVMs, mean AP
   crosslayer eval classify --data scene15 --method global --multiclass ovr --resplits 3    # paper's SVM, 3 more splits
@@ -82,7 +83,9 @@ def _add_classify(actions) -> None:
     p.add_argument("--data", required=True, help="folder holding manifest.csv (path,label,split); the SVM trains on "
                    "train (C by cross-validation) and is tested on test; val is ignored. Labels separated by ';' "
                    "(dog;person) make a multi-label set: one binary SVM per class, VOC 2007 11-point mean AP")
-    p.add_argument("--method", required=True, choices=METHODS, help="the representation")
+    p.add_argument("--method", required=True, choices=METHODS, help="the representation; aconv is the paper's AConv (every region cropped and run through the network, "
+                        "~24x a pass), aconv-fast an approximation of it (region embeddings averaged from one "
+                        "whole-image pass: no region crops)")
     add_network_options(p)
     add_input_options(p, policy=False)
     p.add_argument("--no-pca", action="store_true", help="cross-layer: skip the decorrelating PCA of local features")

@@ -4,8 +4,11 @@ backbone outputs becomes their stored rows.
 Method families and where their rows come from:
     global, sum-spm, max-spm, crosslayer*      one network pass over the whole image at `side` ("main" pass)
     jitter                                     10 crops (4 corners + centre, mirrored) per image ("jitter" pass)
-    aconv-fast / aconv                         region embeddings at `aconv_side` ("aconv-fast" / "aconv" passes),
-                                               then a guidance layer trained on the training split
+    aconv / aconv-fast                         region embeddings at `aconv_side` ("aconv" / "aconv-fast" passes),
+                                               then a guidance layer trained on the training split; aconv is the
+                                               paper's (each region cropped and embedded, ~24x a pass), aconv-fast
+                                               an APPROXIMATION (windows of one whole-image pass, no region crops,
+                                               so none of the crops' change of scale and context)
     scfv                                       the main pass, with a dictionary learnt on the PCA sample (eval/scfv.py)
     fc-fc, conv-fc                             Table 5: one "regions-fast" pass at `aconv_side` (eval/cross_fc.py)
 """
@@ -198,7 +201,7 @@ def main_taps(configs, spec) -> list[str]:
             taps.update(resolve_layers(config, spec))
         elif config.method == "scfv":
             taps.add(resolve_layers(config, spec)[0])
-    return sorted(taps, key=spec.tap_index)
+    return sorted(taps, key=spec.tap_position)
 
 
 def row_layout(config: MethodConfig, spec) -> tuple[tuple, str]:
