@@ -1,4 +1,4 @@
-"""Real codes from the shared image indexes (/work/cache/TAG/SET, `crosslayer index build` outputs) and synthetic
+"""Real codes from the shared image indexes (TAG/SET under `build_shared_indexes.py`'s folder) and synthetic
 distractors made from them, for the scale benchmarks (`bench_scale.py`, `bench_stage1.py`).
 
 Synthetic distractors (`synthetic_distractors`) are made from the real distractors only (scene15 and cub100, never
@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from build_shared_indexes import default_out
 from crosslayer import Codes
 from crosslayer.retrieval.image_index import ImageIndex
 
-CACHE = Path("/work/cache")
+CACHE = default_out()  # where build_shared_indexes.py puts them
 DISTRACTOR_SETS = ("scene15", "cub100")
 
 

@@ -23,7 +23,7 @@ per-channel L2 / signed square root do not change signs. The script checks that 
 
 The search kernel is checked against the numpy reference on a slice before any number is written.
 
-    python benchmarks/bench_code_size.py --indexes /work/cache \\
+    python benchmarks/bench_code_size.py --indexes ~/.cache/crosslayer/indexes \\
         --classify f17f18:full,128 --classify f16f17:full,128,64
     python benchmarks/bench_code_size.py --render-only         # tables and plot again from code_size.json
 """

@@ -2,8 +2,8 @@
 of the same shapes, on the same ternary values).
 
     PYTHONPATH=python python benchmarks/bench_gram.py [--n 2000] [--dk 1280] [--dt 320] [--dead 0.011]
-                                                      [--codes /work/cache/f17f18/scene15/codes]
-                                                      [--zeros /work/cache/f17f18/scene15/codes ...]
+                                                      [--codes INDEXES/f17f18/scene15/codes]
+                                                      [--zeros INDEXES/f17f18/scene15/codes ...]
 
 Codes are random signs with a fraction --dead of dead (all-zero) channels, what pooling produces (1.1% on scene15
 with the default pair), or the first --n codes of a code index (--codes). Checks first: the compact kernel against

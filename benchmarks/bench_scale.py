@@ -1,6 +1,6 @@
 """Two-stage search at a million items (issue 16, two-stage index item 3).
 
-The database: the real codes of every image in the shared image indexes (/work/cache/TAG: the 192 SMVS references,
+The database: the real codes of every image in the shared image indexes (`build_shared_indexes.py`, TAG: the 192 SMVS references,
 scene15 and cub100: 10,579 images) plus synthetic distractors made from them (`_scale_data`: near-duplicates or
 chimeras of real codes) up to `--items`, written through `CodeIndex.append` (one memory-mapped segment per
 `--segment` items), then the coarse stage built as `ImageIndex.search(candidates=)` builds it. Queries: the 192 SMVS
@@ -292,7 +292,7 @@ def main(argv=None) -> int:
     add_data_argument(parser)
     parser.add_argument("--dir", default="/work/scale/bench", help="where the database is written")
     parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--tag", default="f16f17", help="the layer pair's shared indexes under /work/cache")
+    parser.add_argument("--tag", default="f16f17", help="the layer pair's shared indexes (build_shared_indexes.py)")
     parser.add_argument("--sets", default=",".join(DISTRACTOR_SETS), help="the real distractor sets")
     parser.add_argument("--layout", default="compact", choices=["compact", "two_plane"],
                         help="the layout the segments store (the cache's codes are converted)")

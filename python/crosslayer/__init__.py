@@ -14,7 +14,7 @@ from crosslayer.search import gram, search, popcount_path, popcount_paths, set_p
 from crosslayer.index import CodeIndex, CodeIndexError
 from crosslayer._install_paths import NotBuiltError, cmake_dir, include_dir, library_path, ort_ops_library
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 
 def build_info() -> dict:
