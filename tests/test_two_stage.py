@@ -294,3 +294,52 @@ def test_rerank_matches_the_reference_search_over_the_candidates(n, nq, k, seed)
             np.testing.assert_array_equal(ids[row][found], shortlist[want[0]])
             np.testing.assert_array_equal(scores[row][found], want_scores[0])
         codes.close()
+
+
+@given(st.sampled_from([16, 32, 64]), st.integers(0, 70), st.integers(1, 9), st.integers(0, 2**32 - 1))
+@settings(deadline=None, max_examples=25)
+def test_core_prefix_scan_matches_the_reference_at_every_word_width_and_popcount_path(word_bits, n, dk, seed):
+    """The native scan (crosslayer_prefix_scores) on each table word and each popcount path equals the reference."""
+    import crosslayer
+    from crosslayer import _core
+    from crosslayer.search import select_channels
+
+    rng = np.random.default_rng(seed)
+    dt = int(rng.choice([1, 7, 15, 16, 40, 64, 70]))
+    database, queries = random_codes(rng, n, dk, dt), random_codes(rng, 2, dk, dt)
+    channels = int(rng.integers(1, dk + 1))
+    b = prefix_scan.prefix_bits(word_bits, dt)
+    want = reference.prefix_scores_reference(queries.bits, queries.channel_mean, database.bits, dt, b, channels)
+    table = prefix_scan.prefix_table(database.bits, word_bits, dk, dt)
+    words = prefix_scan.prefix_table(queries.bits, word_bits, dk, dt).T
+    selection = select_channels(queries.channel_mean, channels)
+    default = crosslayer.popcount_path()
+    try:
+        for path in crosslayer.popcount_paths():
+            crosslayer.set_popcount_path(path)
+            for row in range(2):
+                chosen = selection[row]
+                scores = np.zeros(n, prefix_scan.SCORE_TYPES[word_bits])
+                _core.prefix_scores(table, np.ascontiguousarray(words[row, chosen], np.uint64),
+                                    chosen.astype(np.int32), b, scores, 2)
+                np.testing.assert_array_equal(scores, want[row], err_msg=path)
+                k = int(rng.integers(0, n + 2))
+                top = _core.top_scores(scores, k, -len(chosen) * b, -len(chosen) * b - 1)
+                assert top.tolist() == sorted(range(n), key=lambda i: (-int(want[row][i]), i))[:k]
+    finally:
+        crosslayer.set_popcount_path(default)
+
+
+def test_core_prefix_scan_refuses_bad_arguments():
+    from crosslayer import _core
+
+    table = np.zeros((4, 10), np.uint16)
+    words, scores = np.zeros(2, np.uint64), np.zeros(10, np.int16)
+    with pytest.raises(ValueError, match="channels"):
+        _core.prefix_scores(table, words, np.array([0, 4], np.int32), 15, scores)
+    with pytest.raises(ValueError, match="prefix_bits"):
+        _core.prefix_scores(table, words, np.array([0, 1], np.int32), 16, scores)
+    with pytest.raises(ValueError, match="int16"):
+        _core.prefix_scores(table, words, np.array([0, 1], np.int32), 15, np.zeros(10, np.int32))
+    with pytest.raises(ValueError, match="outside"):
+        _core.top_scores(np.array([0, 5, 40], np.int32), 2, -30, -31)

@@ -158,12 +158,15 @@ class CoarseIndex:
         deleted = np.asarray(deleted, np.int64)
         total = len(self)
 
+        threads = min(len(words), num_threads or os.cpu_count() or 1)
+        # one thread budget: queries in parallel each scan on one thread; a lone query's scan uses them all
+        scan_threads = 1 if threads > 1 else num_threads
+
         def one(row):
             chosen = selection[row]
             return prefix_scan.shortlist_one(tables, np.ascontiguousarray(words[row, chosen]), chosen, self.b,
-                                             candidates, deleted, total)
+                                             candidates, deleted, total, scan_threads)
 
-        threads = min(len(words), num_threads or os.cpu_count() or 1)
         if threads <= 1:
             return np.stack([one(row) for row in range(len(words))]) if len(words) else np.zeros((0, candidates),
                                                                                                 np.int64)
