@@ -236,6 +236,21 @@ def test_segment_bits_breaking_the_layout_are_rejected(committed_index):
             index.get([3])
 
 
+
+def test_the_check_reads_segments_in_chunks_and_names_the_item_across_them(committed_index, monkeypatch):
+    """The check walks a segment chunk by chunk (dropping each chunk's pages, so verifying a large index does not keep
+    it resident): a bad item in a later chunk is still found and named by its number in the segment."""
+    import crosslayer.index as index_module
+
+    with CodeIndex.open(committed_index) as index:
+        bits = index.get(np.arange(5)).bits.copy()
+        item_bytes = bits[0].nbytes
+    bits[3, 0, 0, -1] |= np.uint64(1) << np.uint64(DT % 64)
+    rewrite_segment(committed_index, 0, bits)
+    monkeypatch.setattr(index_module, "_VERIFY_CHUNK_BYTES", 2 * item_bytes)  # chunks of 2 items: item 3 is in the 2nd
+    with pytest.raises(CodeIndexError, match="seg-00000000.xlc: invalid code bits: item 3 has padding bits set"):
+        CodeIndex.open(committed_index, verify="full")
+
 # A child appends deterministic batches in a loop and reports each commit; the parent kills it with SIGKILL.
 _WRITER_CHILD = textwrap.dedent(
     """

@@ -58,6 +58,18 @@ _SEGMENT_FILE = re.compile(r"^seg-\d{8}(\.xlc|\.[A-Za-z0-9_]+\.npy)$")
 _SIDE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
+# Bytes of a segment the lazy/full check reads at a time (its pages are dropped after each chunk).
+_VERIFY_CHUNK_BYTES = 64 << 20
+
+
+def _drop_resident_pages(*maps) -> None:
+    """Unmaps the pages the process touched through these read-only file maps (they stay in the page cache)."""
+    for array in maps:
+        handle = getattr(array, "_mmap", None)
+        if handle is not None and hasattr(mmap, "MADV_DONTNEED") and len(handle):
+            handle.madvise(mmap.MADV_DONTNEED)
+
+
 class CodeIndexError(CrossLayerError, ValueError):
     """The index is missing, damaged, of another version, locked by another writer, or misused."""
 
@@ -219,15 +231,24 @@ class CodeIndex:
         file = self.path / segment["file"]
         header, _ = CodeFile.read_header(file, CodeIndexFormatError)
         header.verify(file, CodeIndexFormatError)
-        bits, _ = self._open_segment(segment)
-        # codes are checked when saved; a file made by another tool may still break the layout's rules
-        reason = (_compact.invalid_compact_reason(bits, self.Dk, self.Dt) if self.layout == _compact.COMPACT
-                  else invalid_bits_reason(bits, self.Dt))
-        if reason is not None:
-            raise CodeIndexFormatError(f"{file}: invalid code bits: {reason}")
-        means = self._open_segment(segment)[1]
-        if not np.isfinite(means).all():
-            raise CodeIndexFormatError(f"{file}: non-finite channel means")
+        # codes are checked when saved; a file made by another tool may still break the layout's rules. The check
+        # reads a map of its own, chunk by chunk, dropping each chunk's pages: checking a large index must not leave
+        # all of it resident in this process (the searches that follow touch only what they read).
+        bits, means = self._map_segment(file, header, segment)
+        try:
+            rows = max(1, _VERIFY_CHUNK_BYTES // max(bits[0].nbytes if len(bits) else 1, means.shape[1] * 4, 1))
+            for start in range(0, len(bits), rows):
+                chunk = bits[start:start + rows]
+                reason = (_compact.invalid_compact_reason(chunk, self.Dk, self.Dt) if self.layout == _compact.COMPACT
+                          else invalid_bits_reason(chunk, self.Dt))
+                if reason is not None:
+                    reason = re.sub(r"^item (\d+)", lambda found: f"item {start + int(found.group(1))}", reason)
+                    raise CodeIndexFormatError(f"{file}: invalid code bits: {reason}")
+                if not np.isfinite(means[start:start + rows]).all():
+                    raise CodeIndexFormatError(f"{file}: non-finite channel means")
+                _drop_resident_pages(bits, means)
+        finally:
+            del bits, means
         if segment["keys"]:
             self._read_key_table(segment)
 
@@ -583,15 +604,20 @@ class CodeIndex:
             file = self.path / segment["file"]
             # the file's own header: a version 3 index keeps its version 3 segments (64-byte header)
             header, _ = CodeFile.read_header(file, CodeIndexFormatError)
-            if (header.n, header.Dk, header.Dt, header.layout) != (segment["count"], self.Dk, self.Dt, self.layout):
-                raise CodeIndexFormatError(f"{file}: segment header does not match the manifest (damaged)")
-            try:
-                bits = np.memmap(file, dtype="<u8", mode="r", offset=header.bits_offset, shape=header.bits_shape)
-                means = np.memmap(file, dtype="<f4", mode="r", offset=header.means_offset, shape=(header.n, header.Dk))
-            except (OSError, ValueError) as exc:
-                raise CodeIndexFormatError(f"{file}: cannot map the segment ({exc})") from None
-            self._maps[segment["file"]] = (bits, means)
+            self._maps[segment["file"]] = self._map_segment(file, header, segment)
         return self._maps[segment["file"]]
+
+    def _map_segment(self, file: Path, header, segment: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Read-only memory maps of a segment file's bits and channel means, after checking its header against the
+        manifest's `segment`."""
+        if (header.n, header.Dk, header.Dt, header.layout) != (segment["count"], self.Dk, self.Dt, self.layout):
+            raise CodeIndexFormatError(f"{file}: segment header does not match the manifest (damaged)")
+        try:
+            bits = np.memmap(file, dtype="<u8", mode="r", offset=header.bits_offset, shape=header.bits_shape)
+            means = np.memmap(file, dtype="<f4", mode="r", offset=header.means_offset, shape=(header.n, header.Dk))
+        except (OSError, ValueError) as exc:
+            raise CodeIndexFormatError(f"{file}: cannot map the segment ({exc})") from None
+        return bits, means
 
     def _segment_arrays(self, segment: dict) -> tuple[np.ndarray, np.ndarray]:
         """Memory maps of a segment's bits (n, Dk, 2, words), or compact (n, words), and channel means (n, Dk),
