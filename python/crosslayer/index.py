@@ -732,6 +732,7 @@ class CodeIndex:
         ids = np.full((len(queries), keep), -1, np.int64)
         deleted = self._deleted_array()
         selection = select_channels(queries.channel_mean, channels)
+        self._prefetch(candidates[(candidates >= 0) & (candidates < len(self))])
         for row in range(len(queries)):
             shortlist = np.unique(candidates[row][(candidates[row] >= 0) & (candidates[row] < len(self))])
             shortlist = shortlist[~np.isin(shortlist, deleted)]  # increasing: ties go to the smaller id
@@ -811,6 +812,29 @@ class CodeIndex:
                 raise CodeIndexError(f"ids: {gone[:5].tolist()} are deleted")
         bases = np.array([s["id_base"] for s in self._manifest["segments"]], np.int64)
         return ids, np.searchsorted(bases, ids, side="right") - 1
+
+    def _prefetch(self, ids) -> None:
+        """Asks the kernel to start reading the pages of these items' codes all at once (MADV_WILLNEED on the
+        scattered maps), so a cold re-ranking waits for one deep queue of reads instead of one page fault at a time."""
+        if not hasattr(mmap, "MADV_WILLNEED") or len(ids) == 0:
+            return
+        ids, which = self._locate(np.unique(np.asarray(ids, np.int64)), allow_deleted=True)
+        page = mmap.PAGESIZE
+        for number in np.unique(which):
+            segment = self._manifest["segments"][number]
+            bits = self._scattered_bits(segment)
+            handle = getattr(bits, "_mmap", None)
+            if handle is None or len(bits) == 0:
+                continue
+            item_bytes = bits[0].nbytes
+            base = bits.offset % mmap.ALLOCATIONGRANULARITY  # where the array starts inside its mapping
+            local = ids[which == number] - segment["id_base"]
+            first = (base + local * item_bytes) // page
+            last = (base + (local + 1) * item_bytes - 1) // page
+            pages = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in zip(first.tolist(), last.tolist())]))
+            breaks = np.flatnonzero(np.diff(pages) != 1)
+            for start, stop in zip(pages[np.r_[0, breaks + 1]].tolist(), pages[np.r_[breaks, len(pages) - 1]].tolist()):
+                handle.madvise(mmap.MADV_WILLNEED, start * page, min((stop + 1) * page, len(handle)) - start * page)
 
     def _gather_bits(self, ids, channels=None) -> np.ndarray:
         """The codes of `ids` in the index's layout, only the guidance `channels` if given: (len(ids), Dk or
