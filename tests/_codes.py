@@ -2,6 +2,7 @@
 
 import numpy as np
 
+import crosslayer
 from crosslayer import Codes, reference
 
 
@@ -29,3 +30,14 @@ def random_compact_codes(rng, n, dk, dt, dead_fraction=0.2):
     """Compact Codes of random_compactable_signs, with integer channel means (ties common)."""
     signs = random_compactable_signs(rng, n, dk, dt, dead_fraction)
     return Codes(reference.compact_from_ternary(signs), rng.integers(0, 3, (n, dk)).astype(np.float32), dt)
+
+
+def for_each_popcount_path(check):
+    """Runs check(path) under every popcount path this CPU supports, then restores the one in use."""
+    before = crosslayer.popcount_path()
+    try:
+        for path in crosslayer.popcount_paths():
+            crosslayer.set_popcount_path(path)
+            check(path)
+    finally:
+        crosslayer.set_popcount_path(before)

@@ -11,17 +11,7 @@ from crosslayer import Codes, reference
 from crosslayer.errors import UsageError
 from crosslayer.search import search_segments
 
-from _codes import random_compact_codes, random_compactable_signs
-
-
-def for_each_popcount_path(check):
-    before = crosslayer.popcount_path()
-    try:
-        for path in crosslayer.popcount_paths():
-            crosslayer.set_popcount_path(path)
-            check(path)
-    finally:
-        crosslayer.set_popcount_path(before)
+from _codes import for_each_popcount_path, random_compact_codes, random_compactable_signs
 
 
 # Dt: 1 word with tails, whole vectors, vectors plus scalar words; Dk not a multiple of 64; packed-tile boundaries

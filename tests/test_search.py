@@ -9,7 +9,7 @@ import crosslayer
 from crosslayer import reference
 from crosslayer.search import search_segments, select_channels
 
-from _codes import random_codes
+from _codes import for_each_popcount_path, random_codes
 
 
 @pytest.fixture
@@ -17,16 +17,6 @@ def restore_popcount_path():
     before = crosslayer.popcount_path()
     yield
     crosslayer.set_popcount_path(before)
-
-
-def for_each_popcount_path(check):
-    before = crosslayer.popcount_path()
-    try:
-        for path in crosslayer.popcount_paths():
-            crosslayer.set_popcount_path(path)
-            check(path)
-    finally:
-        crosslayer.set_popcount_path(before)
 
 
 def test_popcount_paths_are_reported_and_switchable(restore_popcount_path):

@@ -15,7 +15,7 @@ from crosslayer.errors import UsageError  # noqa: E402
 from crosslayer.retrieval import coarse as coarse_module  # noqa: E402
 from crosslayer.retrieval import prefix_scan  # noqa: E402
 from crosslayer.retrieval.coarse import CoarseIndex  # noqa: E402
-from _codes import random_codes  # noqa: E402
+from _codes import for_each_popcount_path, random_codes  # noqa: E402
 
 DK, DT = 24, 64
 
@@ -300,7 +300,6 @@ def test_rerank_matches_the_reference_search_over_the_candidates(n, nq, k, seed)
 @settings(deadline=None, max_examples=25)
 def test_core_prefix_scan_matches_the_reference_at_every_word_width_and_popcount_path(word_bits, n, dk, seed):
     """The native scan (crosslayer_prefix_scores) on each table word and each popcount path equals the reference."""
-    import crosslayer
     from crosslayer import _core
     from crosslayer.search import select_channels
 
@@ -313,21 +312,18 @@ def test_core_prefix_scan_matches_the_reference_at_every_word_width_and_popcount
     table = prefix_scan.prefix_table(database.bits, word_bits, dk, dt)
     words = prefix_scan.prefix_table(queries.bits, word_bits, dk, dt).T
     selection = select_channels(queries.channel_mean, channels)
-    default = crosslayer.popcount_path()
-    try:
-        for path in crosslayer.popcount_paths():
-            crosslayer.set_popcount_path(path)
-            for row in range(2):
-                chosen = selection[row]
-                scores = np.zeros(n, prefix_scan.SCORE_TYPES[word_bits])
-                _core.prefix_scores(table, np.ascontiguousarray(words[row, chosen], np.uint64),
-                                    chosen.astype(np.int32), b, scores, 2)
-                np.testing.assert_array_equal(scores, want[row], err_msg=path)
-                k = int(rng.integers(0, n + 2))
-                top = _core.top_scores(scores, k, -len(chosen) * b, -len(chosen) * b - 1)
-                assert top.tolist() == sorted(range(n), key=lambda i: (-int(want[row][i]), i))[:k]
-    finally:
-        crosslayer.set_popcount_path(default)
+    def check(path):
+        for row in range(2):
+            chosen = selection[row]
+            scores = np.zeros(n, prefix_scan.SCORE_TYPES[word_bits])
+            _core.prefix_scores(table, np.ascontiguousarray(words[row, chosen], np.uint64), chosen.astype(np.int32),
+                                b, scores, 2)
+            np.testing.assert_array_equal(scores, want[row], err_msg=path)
+            k = int(rng.integers(0, n + 2))
+            top = _core.top_scores(scores, k, -len(chosen) * b, -len(chosen) * b - 1)
+            assert top.tolist() == sorted(range(n), key=lambda i: (-int(want[row][i]), i))[:k]
+
+    for_each_popcount_path(check)
 
 
 def test_core_prefix_scan_refuses_bad_arguments():

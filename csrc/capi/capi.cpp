@@ -24,20 +24,6 @@ namespace {
 
 thread_local std::string last_error;
 
-// Sizes a C caller passes are checked before any product of them is formed: each dimension below 2^40 keeps every
-// product the checks form (at most two dimensions) inside int64.
-constexpr std::int64_t kMaxDimension = std::int64_t{1} << 40;
-
-void require_dimension(std::int64_t value, std::int64_t minimum, const char* name) {
-  require(value >= minimum && value < kMaxDimension,
-          std::string(name) + ": expected an integer in [" + std::to_string(minimum) + ", 2^40), got " +
-              std::to_string(value));
-}
-
-void require_kernel_ok(const char* error, crosslayer_status status = CROSSLAYER_INVALID_ARGUMENT) {
-  if (error[0] != '\0') throw Failure{status, error};
-}
-
 crosslayer_status pool(const float* local, const float* guidance, std::int64_t n, std::int64_t dt_in,
                        std::int64_t dk, std::int64_t positions, const float* pca_mean, const float* pca_projection,
                        std::int64_t dt, float* representation, std::uint64_t* bits, float* channel_mean,

@@ -6,25 +6,10 @@
 #include "crosslayer/prefix_scan.h"
 #include "status.h"
 
-using crosslayer::capi::Failure;
 using crosslayer::capi::guarded;
 using crosslayer::capi::require;
-
-namespace {
-
-constexpr std::int64_t kMaxDimension = std::int64_t{1} << 40;
-
-void require_count(std::int64_t value, std::int64_t minimum, const char* name) {
-  require(value >= minimum && value < kMaxDimension, std::string(name) + ": expected an integer in [" +
-                                                         std::to_string(minimum) + ", 2^40), got " +
-                                                         std::to_string(value));
-}
-
-void require_kernel_ok(const std::string& error) {
-  if (!error.empty()) throw Failure{CROSSLAYER_INVALID_ARGUMENT, error};
-}
-
-}  // namespace
+using crosslayer::capi::require_dimension;
+using crosslayer::capi::require_kernel_ok;
 
 extern "C" {
 
@@ -32,9 +17,9 @@ crosslayer_status crosslayer_prefix_scores(const void* table, int word_bits, int
                                            const uint64_t* query_words, const int32_t* channels, int64_t n_channels,
                                            int prefix_bits, void* scores, int num_threads) {
   return guarded([&] {
-    require_count(n_items, 0, "n_items");
-    require_count(dk, 1, "dk");
-    require_count(n_channels, 0, "n_channels");
+    require_dimension(n_items, 0, "n_items");
+    require_dimension(dk, 1, "dk");
+    require_dimension(n_channels, 0, "n_channels");
     require(word_bits == 16 || word_bits == 32 || word_bits == 64,
             "word_bits: expected 16, 32 or 64, got " + std::to_string(word_bits));
     if (n_items > 0 && n_channels > 0) {
@@ -61,8 +46,8 @@ crosslayer_status crosslayer_prefix_scores(const void* table, int word_bits, int
 crosslayer_status crosslayer_top_scores(const void* scores, int score_bits, int64_t n, int32_t low, int32_t excluded,
                                         int64_t k, int64_t* out_ids, int64_t* out_count) {
   return guarded([&] {
-    require_count(n, 0, "n");
-    require_count(k, 0, "k");
+    require_dimension(n, 0, "n");
+    require_dimension(k, 0, "k");
     require(out_count != nullptr, "out_count: expected an int64 to write to, got NULL");
     require(n == 0 || scores != nullptr, "scores: expected int16/int32 [n], got NULL");
     require(k == 0 || out_ids != nullptr, "out_ids: expected int64 [k], got NULL");

@@ -1,6 +1,7 @@
 // The C API's error boundary: every exported function runs its body through `guarded`, which turns a failure into a
 // crosslayer_status plus this thread's last-error message, so no C++ exception crosses the ABI.
 #pragma once
+#include <cstdint>
 #include <exception>
 #include <new>
 #include <string>
@@ -20,6 +21,21 @@ crosslayer_status fail(crosslayer_status status, const std::string& message);
 
 inline void require(bool ok, const std::string& message) {
   if (!ok) throw Failure{CROSSLAYER_INVALID_ARGUMENT, message};
+}
+
+// Sizes a C caller passes are checked before any product of them is formed: each dimension below 2^40 keeps every
+// product the checks form (at most two dimensions) inside int64.
+constexpr std::int64_t kMaxDimension = std::int64_t{1} << 40;
+
+inline void require_dimension(std::int64_t value, std::int64_t minimum, const char* name) {
+  require(value >= minimum && value < kMaxDimension,
+          std::string(name) + ": expected an integer in [" + std::to_string(minimum) + ", 2^40), got " +
+              std::to_string(value));
+}
+
+// A kernel's own argument check ("" when fine) becomes a Failure with its message.
+inline void require_kernel_ok(const std::string& error, crosslayer_status status = CROSSLAYER_INVALID_ARGUMENT) {
+  if (!error.empty()) throw Failure{status, error};
 }
 
 template <typename Body>
