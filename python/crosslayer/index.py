@@ -831,7 +831,9 @@ class CodeIndex:
             local = ids[which == number] - segment["id_base"]
             first = (base + local * item_bytes) // page
             last = (base + (local + 1) * item_bytes - 1) // page
-            pages = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in zip(first.tolist(), last.tolist())]))
+            spans = last - first + 1  # each item's pages, first..last, without a Python loop over items
+            within = np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans)
+            pages = np.unique(np.repeat(first, spans) + within)
             breaks = np.flatnonzero(np.diff(pages) != 1)
             for start, stop in zip(pages[np.r_[0, breaks + 1]].tolist(), pages[np.r_[breaks, len(pages) - 1]].tolist()):
                 handle.madvise(mmap.MADV_WILLNEED, start * page, min((stop + 1) * page, len(handle)) - start * page)
