@@ -13,6 +13,7 @@ namespace crosslayer::python {
 void register_pool(pybind11::module_& m);
 void register_search(pybind11::module_& m);
 void register_prefix_scan(pybind11::module_& m);
+void register_prepare_image(pybind11::module_& m);
 // pool_cuda / gram_cuda / search_cuda on raw device addresses; registers nothing in a CPU-only build.
 void register_cuda(pybind11::module_& m);
 inline void require(bool ok, const std::string& what) {

@@ -39,6 +39,7 @@ PYBIND11_MODULE(_core, m) {
   crosslayer::python::register_pool(m);
   crosslayer::python::register_search(m);
   crosslayer::python::register_prefix_scan(m);
+  crosslayer::python::register_prepare_image(m);
   crosslayer::python::register_cuda(m);
   m.def("build_info", [] {
     py::dict info;

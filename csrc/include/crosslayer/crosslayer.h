@@ -200,6 +200,32 @@ CROSSLAYER_API int crosslayer_codes_has_keys(const crosslayer_codes* codes);
  * a null key, a file without keys or an index outside [0, n). Valid until crosslayer_codes_free. */
 CROSSLAYER_API const char* crosslayer_codes_key(const crosslayer_codes* codes, int64_t index, int64_t* length);
 
+/* ---- image preparation: one image's network input (crosslayer/prepare_image.h has the full contract) ------------
+ *   pixels: height x width x 3 uint8 RGB, element (y, x, c) at pixels + y*row_stride + x*pixel_stride +
+ *   c*channel_stride (byte strides, any sign). Resized to side x side by `policy` (square stretches; center-crop
+ *   scales the shorter side to side and cuts the middle; pad scales the longer side to side onto a canvas of
+ *   fill[3]) with exactly Pillow's Image.resize(BILINEAR) integers, then normalised: out float32 [3][side][side] =
+ *   float(v) * scale[c] - offset[c] in float32 (no fused multiply-add), bit for bit Python's images.normalize.
+ *   out_resized (uint8 [side][side][3]) receives the resized pixels; either output may be NULL, not both.
+ *   path: a crosslayer_prepare_path (AUTO: the fastest this CPU supports; all give the same result). Runs on the
+ *   calling thread only. */
+typedef enum crosslayer_resize_policy {
+  CROSSLAYER_RESIZE_SQUARE = 0,
+  CROSSLAYER_RESIZE_CENTER_CROP = 1,
+  CROSSLAYER_RESIZE_PAD = 2
+} crosslayer_resize_policy;
+typedef enum crosslayer_prepare_path {
+  CROSSLAYER_PREPARE_AUTO = 0,
+  CROSSLAYER_PREPARE_SCALAR = 1,
+  CROSSLAYER_PREPARE_AVX512 = 2
+} crosslayer_prepare_path;
+CROSSLAYER_API crosslayer_status crosslayer_prepare_image(const uint8_t* pixels, int64_t height, int64_t width,
+                                                          int64_t row_stride, int64_t pixel_stride,
+                                                          int64_t channel_stride, int64_t side, int policy,
+                                                          const uint8_t* fill, const float* scale,
+                                                          const float* offset, float* out, uint8_t* out_resized,
+                                                          int path);
+
 #ifdef __cplusplus
 }
 #endif
