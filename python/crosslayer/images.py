@@ -7,6 +7,7 @@ on white; 16-bit scaled to 8 bits. A file that cannot be used raises `ImageError
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from pathlib import Path
@@ -167,29 +168,78 @@ def as_rgb_array(image, name: str = "image") -> np.ndarray:
     return array
 
 
-def resize(rgb: np.ndarray, side: int, policy: str = "square", fill=(124, 116, 104)) -> np.ndarray:
-    """side x side x 3 uint8. "square" stretches (the paper's fixed square), "center-crop" scales the shorter side to
-    `side` and crops the middle, "pad" scales the longer side to `side` and pads with `fill` (the ImageNet mean colour,
-    which normalises to zero)."""
-    from PIL import Image
+# The ImageNet mean colour, the "pad" policy's canvas: it normalises to (nearly) zero.
+DEFAULT_FILL = (124, 116, 104)
+_POLICY_CODES = {policy: code for code, policy in enumerate(RESIZE_POLICIES)}  # crosslayer_resize_policy
+_PATH_CODES = {"auto": 0, "scalar": 1, "avx512": 2}  # crosslayer_prepare_path
+_KERNEL_MAX_SIDE = 1 << 20  # crosslayer_prepare_image's limit (network sides are checked by `check_side`)
 
+
+def _check_pixels(rgb, name: str = "rgb") -> np.ndarray:
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 \
+            or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        got = f"{rgb.dtype} {rgb.shape}" if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise UsageError(f"{name}: expected an HxWx3 uint8 numpy array (any strides), got {got}")
+    return rgb
+
+
+def _check_resize(side, policy, fill) -> tuple:
+    if isinstance(side, bool) or not isinstance(side, (int, np.integer)) or not 1 <= side <= _KERNEL_MAX_SIDE:
+        raise UsageError(f"side: expected an integer in 1..{_KERNEL_MAX_SIDE}, got {side!r}")
     if policy not in RESIZE_POLICIES:
         raise UsageError(f"policy: expected one of {RESIZE_POLICIES}, got {policy!r}")
-    height, width = rgb.shape[:2]
-    image = Image.fromarray(rgb)
-    if policy == "square":
-        return np.asarray(image.resize((side, side), Image.BILINEAR))
-    scale = side / min(height, width) if policy == "center-crop" else side / max(height, width)
-    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
-    scaled = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
-    if policy == "center-crop":
-        top, left = (new_h - side) // 2, (new_w - side) // 2
-        return np.ascontiguousarray(scaled[top : top + side, left : left + side])
-    canvas = np.empty((side, side, 3), np.uint8)
-    canvas[:] = np.asarray(fill, np.uint8)
-    top, left = (side - new_h) // 2, (side - new_w) // 2
-    canvas[top : top + new_h, left : left + new_w] = scaled
-    return canvas
+    try:
+        colour = tuple(int(value) for value in fill)
+    except (TypeError, ValueError):
+        colour = ()
+    if len(colour) != 3 or not all(0 <= value <= 255 for value in colour):
+        raise UsageError(f"fill: expected 3 integers in 0..255, got {fill!r}")
+    return colour
+
+
+def _check_slot(out, side: int) -> np.ndarray:
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (3, side, side) \
+            or not out.flags.c_contiguous or not out.flags.writeable:
+        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise UsageError(f"out: expected a writable C-contiguous float32 array of shape (3, {side}, {side}) (e.g. "
+                         f"batch[i] of a C-contiguous batch), got {got}")
+    return out
+
+
+def _run_kernel(rgb, side, policy, fill, scale, offset, out, out_resized, path="auto") -> None:
+    from crosslayer._native import core
+
+    if path not in _PATH_CODES:
+        raise UsageError(f"path: expected one of {tuple(_PATH_CODES)}, got {path!r}")
+    try:
+        core.prepare_image(rgb, int(side), _POLICY_CODES[policy], fill, tuple(float(v) for v in scale),
+                           tuple(float(v) for v in offset), out, out_resized, _PATH_CODES[path])
+    except ValueError as error:  # the arguments were checked above: an unsupported path is what is left
+        raise UsageError(str(error)) from None
+
+
+def resize(rgb: np.ndarray, side: int, policy: str = "square", fill=DEFAULT_FILL, path: str = "auto") -> np.ndarray:
+    """side x side x 3 uint8. "square" stretches (the paper's fixed square), "center-crop" scales the shorter side to
+    `side` and crops the middle, "pad" scales the longer side to `side` and pads with `fill` (the ImageNet mean colour,
+    which normalises to zero). The integers are exactly Pillow's Image.resize(BILINEAR) ones
+    (`crosslayer.reference.pillow_resize`), computed by the core's kernel (crosslayer/prepare_image.h); `rgb` may be
+    any HxWx3 uint8 view. path: "auto", or "scalar"/"avx512" to force one implementation (tests)."""
+    colour = _check_resize(side, policy, fill)
+    resized = np.empty((int(side), int(side), 3), np.uint8)
+    _run_kernel(_check_pixels(rgb), side, policy, colour, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), None, resized, path)
+    return resized
+
+
+def resize_normalize(rgb: np.ndarray, side: int, policy: str, mean, std, out: np.ndarray | None = None,
+                     fill=DEFAULT_FILL, path: str = "auto") -> np.ndarray:
+    """`normalize(resize(rgb, side, policy, fill), mean, std)` bit for bit, in one pass of the core's kernel, written
+    into `out` (a writable C-contiguous float32 (3, side, side) array, e.g. one slot of a batch; a new array when
+    None). Returns the array written. Releases the GIL while it runs."""
+    colour = _check_resize(side, policy, fill)
+    out = np.empty((3, int(side), int(side)), np.float32) if out is None else _check_slot(out, int(side))
+    scale, offset = _normalization_of(tuple(mean), tuple(std))
+    _run_kernel(_check_pixels(rgb), side, policy, colour, scale, offset, out, None, path)
+    return out
 
 
 def normalization(mean, std) -> tuple[np.ndarray, np.ndarray]:
@@ -198,6 +248,12 @@ def normalization(mean, std) -> tuple[np.ndarray, np.ndarray]:
     scale = np.asarray([1.0 / (255.0 * s) for s in std], np.float32)
     offset = np.asarray([m / s for m, s in zip(mean, std)], np.float32)
     return scale, offset
+
+
+@functools.lru_cache(maxsize=16)
+def _normalization_of(mean: tuple, std: tuple) -> tuple:
+    scale, offset = normalization(mean, std)
+    return tuple(float(v) for v in scale), tuple(float(v) for v in offset)
 
 
 def normalize(rgb: np.ndarray, mean, std) -> np.ndarray:
@@ -225,6 +281,12 @@ def check_side(side, multiple: int = 1) -> int:
 DRAFT_DEFAULT = False
 
 
+def _decode(source, side: int, max_pixels: int, draft: bool) -> np.ndarray:
+    if isinstance(source, (str, Path)):
+        return load_image(source, max_pixels, draft_side=side if draft else None)
+    return as_rgb_array(source)
+
+
 def load_resized(source, side: int, policy: str, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = DRAFT_DEFAULT,
                  stage_times=None) -> np.ndarray:
     """A file path or an HxWx3 uint8 array -> side x side x 3 uint8 RGB, decoded and resized as `prepare` does before
@@ -234,10 +296,7 @@ def load_resized(source, side: int, policy: str, max_pixels: int = DEFAULT_MAX_P
     `crosslayer.stage_times.StageTimes` that gets the seconds of decode and resize."""
     clock = time.perf_counter
     begin = clock()
-    if isinstance(source, (str, Path)):
-        rgb = load_image(source, max_pixels, draft_side=side if draft else None)
-    else:
-        rgb = as_rgb_array(source)
+    rgb = _decode(source, side, max_pixels, draft)
     decoded = clock()
     resized = resize(rgb, side, policy)
     if stage_times is not None:
@@ -247,15 +306,20 @@ def load_resized(source, side: int, policy: str, max_pixels: int = DEFAULT_MAX_P
 
 
 def prepare(source, side: int, policy: str, mean, std, max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = DRAFT_DEFAULT,
-            stage_times=None) -> np.ndarray:
-    """A file path or an HxWx3 uint8 array -> the network input 3 x side x side float32 (`load_resized`, then
-    `normalize`). Raises ImageError.
+            stage_times=None, out: np.ndarray | None = None) -> np.ndarray:
+    """A file path or an HxWx3 uint8 array -> the network input 3 x side x side float32: decoded, then resized and
+    normalised in one pass (`resize_normalize`: bit for bit `normalize(load_resized(...))`). Raises ImageError.
 
-    draft: decode large JPEGs at a reduced scale no smaller than `side` (`load_image`'s draft_side). stage_times: a
-    `crosslayer.stage_times.StageTimes` that gets the seconds of decode, resize and normalise."""
-    resized = load_resized(source, side, policy, max_pixels, draft, stage_times)
-    scaled = time.perf_counter()
-    network_input = normalize(resized, mean, std)
+    out: a writable C-contiguous float32 (3, side, side) array to write into (one slot of a batch: no per-image
+    array, no stacking); a new array when None. Returns the array written. draft: decode large JPEGs at a reduced
+    scale no smaller than `side` (`load_image`'s draft_side). stage_times: a `crosslayer.stage_times.StageTimes`
+    that gets the seconds of decode and of the fused resize + normalise (under "resize")."""
+    clock = time.perf_counter
+    begin = clock()
+    rgb = _decode(source, side, max_pixels, draft)
+    decoded = clock()
+    network_input = resize_normalize(rgb, side, policy, mean, std, out)
     if stage_times is not None:
-        stage_times.add("normalise", time.perf_counter() - scaled)
+        stage_times.add("decode", decoded - begin)
+        stage_times.add("resize", clock() - decoded)
     return network_input

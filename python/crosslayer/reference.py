@@ -483,3 +483,37 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, np.float64)
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)
+
+
+# ---- image preparation (the fused kernel crosslayer/prepare_image.h, via crosslayer.images) ----------------------
+
+def pillow_resize(rgb: np.ndarray, side: int, policy: str = "square", fill=(124, 116, 104)) -> np.ndarray:
+    """side x side x 3 uint8 by Pillow itself: Image.resize(BILINEAR) to the policy's size, then the crop or the pad
+    (`crosslayer.images.resize` promises exactly these integers)."""
+    from PIL import Image
+
+    height, width = rgb.shape[:2]
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    if policy == "square":
+        return np.asarray(image.resize((side, side), Image.BILINEAR))
+    scale = side / min(height, width) if policy == "center-crop" else side / max(height, width)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    scaled = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
+    if policy == "center-crop":
+        top, left = (new_h - side) // 2, (new_w - side) // 2
+        return np.ascontiguousarray(scaled[top : top + side, left : left + side])
+    if policy != "pad":
+        raise ValueError(f"unknown policy {policy!r}")
+    canvas = np.empty((side, side, 3), np.uint8)
+    canvas[:] = np.asarray(fill, np.uint8)
+    top, left = (side - new_h) // 2, (side - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = scaled
+    return canvas
+
+
+def prepared_image(rgb: np.ndarray, side: int, policy: str, mean, std, fill=(124, 116, 104)) -> np.ndarray:
+    """The network input 3 x side x side float32: `pillow_resize`, then `crosslayer.images.normalize` (numpy's
+    float32 x * scale - offset). `crosslayer.images.prepare` must equal it bit for bit."""
+    from crosslayer.images import normalize
+
+    return normalize(pillow_resize(rgb, side, policy, fill), mean, std)

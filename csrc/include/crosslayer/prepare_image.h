@@ -15,9 +15,10 @@
 //   per axis, for output i of n from an input of m, scale = m / n, support = max(scale, 1), centre = (i + 0.5)
 //   * scale, taps from int(centre - support + 0.5) (>= 0) to int(centre + support + 0.5) (<= m), weights
 //   max(0, 1 - |(j - centre + 0.5) / support|) in double, divided by their sum, then fixed point
-//   int(w * 2^22 + 0.5); each value is (2^21 + sum weight * pixel) >> 22 clipped to 0..255. The horizontal pass
-//   (into 8-bit values) runs first and the vertical one on its result; an axis whose size does not change is not
-//   resampled. Output pixels outside a crop are never computed (each depends only on its own taps, so the crop of
+//   int(w * 2^22 + 0.5); each value is (2^21 + sum weight * pixel) >> 22 clipped to 0..255. One pass runs on the
+//   other's 8-bit result: the vertical one first when h > new_h and h - new_h > 2 * (w - new_w) (Pillow 13; checked
+//   against Pillow on both sides of that boundary), the horizontal one first otherwise; an axis whose size does not
+//   change is not resampled. Output pixels outside a crop are never computed (each depends only on its own taps, so the crop of
 //   the whole resize is the same integers).
 //   Normalise: out[c][y][x] = float(v) * scale[c] - offset[c] in float32, the product rounded before the
 //   subtraction (no fused multiply-add), so the result is bit for bit numpy's `normalize` (images.normalization).
