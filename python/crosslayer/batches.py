@@ -50,37 +50,58 @@ class ActivationBatch:
     network_seconds: float = 0.0  # wall time of run() on this batch (the network's share of the work)
 
 
+# Batch buffers when images are prepared in place: the batch being gathered, the one decoding ahead of it and the one
+# the backbone may still read (OpenVINO reads its input in place) or the consumer has not yet let go of.
+BATCH_BUFFERS = 3
+
+
 def stream_batches(sources, prepare, run, batch_size: int, decode_workers: int = 2, on_error: str = "raise",
-                   stage_times=None):
+                   stage_times=None, input_shape=None):
     """prepare(source) -> (3, H, W) float32; run(images (n, 3, H, W)) -> {name: array}. A generator of batches.
 
-    stage_times: a `crosslayer.stage_times.StageTimes` that gets the seconds this thread waited for decoded images
-    (decode_wait), stacked them (batch) and ran the network (inference), and the images done."""
+    input_shape: when given, prepare(source, out) writes the network input into `out`, a float32 array of that shape
+    (its row of a preallocated batch), so no per-image array is made and nothing is stacked. The array run() gets is
+    then a view of one of `BATCH_BUFFERS` buffers, which decode workers do not write again until that batch has been
+    yielded and the next one asked for. stage_times: a `crosslayer.stage_times.StageTimes` that gets the seconds this
+    thread waited for decoded images (decode_wait), assembled them into a batch (batch: stacking, or with input_shape
+    only moving rows up over skipped images) and ran the network (inference), and the images done."""
     clock = time.perf_counter
     if on_error not in ON_ERROR:
         raise UsageError(f"on_error: expected one of {ON_ERROR}, got {on_error!r}")
     batch_size = check_batch_size(batch_size)
+    buffers = None
+    if input_shape is not None:
+        buffers = [np.empty((batch_size, *(int(d) for d in input_shape)), np.float32) for _ in range(BATCH_BUFFERS)]
     items = iter(enumerate(sources))
+    submitted = 0  # items handed to the workers: item j goes to row j % batch_size of batch j // batch_size
     with ThreadPoolExecutor(max_workers=max(1, decode_workers), thread_name_prefix="crosslayer-decode") as pool:
         pending: deque = deque()
 
         def submit(count: int) -> None:
+            nonlocal submitted
             for _ in range(count):
                 try:
                     position, source = next(items)
                 except StopIteration:
                     return
-                pending.append((position, source, pool.submit(prepare, source)))
+                if buffers is None:
+                    future = pool.submit(prepare, source)
+                else:
+                    row = buffers[(submitted // batch_size) % BATCH_BUFFERS][submitted % batch_size]
+                    future = pool.submit(prepare, source, row)
+                pending.append((position, source, future))
+                submitted += 1
 
         # two batches in flight: one being gathered, the next decoding while the backbone runs
         submit(2 * batch_size)
+        gathered = 0  # batches gathered so far
         while pending:
-            positions, kept, arrays, errors = [], [], [], []
+            positions, kept, arrays, rows, errors = [], [], [], [], []
             while pending and len(positions) + len(errors) < batch_size:
                 position, source, future = pending.popleft()
                 waited = clock()
                 try:
-                    arrays.append(future.result())
+                    result = future.result()
                 except ImageError as error:
                     if on_error == "raise":
                         for _, _, other in pending:
@@ -91,13 +112,25 @@ def stream_batches(sources, prepare, run, batch_size: int, decode_workers: int =
                 finally:
                     if stage_times is not None:
                         stage_times.add("decode_wait", clock() - waited)
+                rows.append(len(positions) + len(errors))
+                if buffers is None:
+                    arrays.append(result)
                 positions.append(position)
                 kept.append(source)
+            # the buffer this submission fills held the batch before the last one, yielded and released by now
             submit(batch_size)
             begin = clock()
-            stacked = np.stack(arrays) if arrays else None
+            if not positions:
+                stacked = None
+            elif buffers is None:
+                stacked = np.stack(arrays)
+            else:
+                buffer = buffers[gathered % BATCH_BUFFERS]
+                # rows of skipped images are left out (a copy, only then)
+                stacked = buffer[: len(rows)] if not errors else buffer[rows]
+            gathered += 1
             stacked_at = clock()
-            outputs = run(stacked) if arrays else {}
+            outputs = run(stacked) if positions else {}
             done = clock()
             if stage_times is not None:
                 stage_times.add("batch", stacked_at - begin)

@@ -313,9 +313,9 @@ class CrossLayerEncoder:
             raise FitError("images: no usable image to calibrate the int8 backbone on", [])
         return quantize_int8(self._fp32_export(tuple(self.layers), True), np.stack(inputs))
 
-    def _prepare(self, source):
+    def _prepare(self, source, out=None):
         return prepare(source, self.side, self.policy, self.spec.mean, self.spec.std, draft=self.draft,
-                       stage_times=self.stage_times_)
+                       stage_times=self.stage_times_, out=out)
 
     def load_pixels(self, images) -> np.ndarray:
         """(n, side, side, 3) uint8 RGB: the images (file paths or HxWx3 uint8 arrays) decoded and resized by this
@@ -359,8 +359,10 @@ class CrossLayerEncoder:
                 outputs = runner.run(stacked)
             return step.reduce(outputs) if step.reduce is not None else outputs
 
+        # the encoder's own inputs are prepared straight into their batch rows; a pass's own prepare returns arrays
         batches = stream_batches(images, step.prepare or self._prepare, run, batch_size, self.decode_workers, on_error,
-                                 stage_times=self.stage_times_)
+                                 stage_times=self.stage_times_,
+                                 input_shape=None if step.prepare else (3, self.side, self.side))
         if not progress:
             return batches
         return _with_progress(batches, images, desc)
