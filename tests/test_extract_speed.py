@@ -70,7 +70,8 @@ def test_prepare_with_draft_is_close_to_the_full_decode_and_records_its_stages(t
     assert full.shape == drafted.shape == (3, 128, 128)
     # blocks of 128 pixels downscaled 8x: the two decodes differ only near block edges and by JPEG rounding
     assert np.median(np.abs(full - drafted)) < 0.05 and not np.array_equal(full, drafted)
-    assert all(times.seconds()[stage] > 0 for stage in WORKER_STAGES)
+    # resize and normalise are one pass of the fused kernel: its seconds are under resize (stage_times.py)
+    assert all(times.seconds()[stage] > 0 for stage in WORKER_STAGES if stage != "normalise")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_encoder_profile_covers_every_stage_of_a_build(photos, backbone_cache, t
     report = extract([str(p) for p in photos], tmp_path / "db", encoder, progress=False)
     seconds = encoder.stage_times_.seconds()
     assert report.done == 6
-    assert all(seconds[stage] > 0 for stage in STAGES if stage != "decode_wait"), seconds
+    assert all(seconds[stage] > 0 for stage in STAGES if stage not in ("decode_wait", "normalise")), seconds
     assert encoder.stage_times_.images == 12  # the PCA fit's pass and the indexing pass
 
 

@@ -1,7 +1,9 @@
 """Seconds spent in each stage of images -> codes, summed over a run (what `crosslayer index build --profile` shows).
 
 Decode, resize and normalise run on the decode workers, overlapped with inference: their seconds are worker time,
-and only `decode_wait` (the main thread blocked on a not yet decoded image) is time the pipeline lost to them.
+and only `decode_wait` (the main thread blocked on a not yet decoded image) is time the pipeline lost to them. Where
+the core's fused kernel resizes and normalises in one pass (`crosslayer.images.prepare`, the encoder's inputs), its
+seconds are all under `resize` and `normalise` gets none: only inputs normalised apart (`images.normalize`) add to it.
 `batch`, `inference` and `pooling` run on the main thread, one after the other.
 """
 
