@@ -6,6 +6,7 @@ import ctypes
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import PIL
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -15,6 +16,11 @@ from crosslayer.errors import UsageError
 from crosslayer.images import RESIZE_POLICIES, prepare, resize, resize_normalize
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+if int(PIL.__version__.split(".")[0]) < 13:
+    # the kernel reproduces Pillow 13, which runs the vertical pass first when the height shrinks much more
+    pytest.skip(f"the reference is Pillow 13's resize; Pillow {PIL.__version__} orders its passes otherwise",
+                allow_module_level=True)
 
 
 def supported_paths():

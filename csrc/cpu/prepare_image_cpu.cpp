@@ -179,7 +179,8 @@ constexpr std::int64_t kWindow = 128;  // bytes a block's taps may span; rows gi
 class HorizontalPass {
  public:
   HorizontalPass(const AxisTaps& taps, std::int64_t cols, std::int64_t origin, bool vbmi)
-      : taps_(taps), cols_(cols), origin_(origin), vbmi_(vbmi) {
+      // beyond a 5x reduction (support > 5) no 16 outputs fit a window: do not build tables no block can use
+      : taps_(taps), cols_(cols), origin_(origin), vbmi_(vbmi && taps.ksize <= 11) {
     if (!vbmi_) return;
     const std::int64_t blocks = (cols + 15) / 16, k = taps.ksize;
     base_.assign(blocks, -1);

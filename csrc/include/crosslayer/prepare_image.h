@@ -24,6 +24,9 @@
 //   subtraction (no fused multiply-add), so the result is bit for bit numpy's `normalize` (images.normalization).
 //   Outputs (either may be NULL, not both): out float32 [3][side][side] C-contiguous; out_resized uint8
 //   [side][side][3] C-contiguous (the resized pixels before normalisation).
+//   Paths: scalar; AVX-512 (F, BW, VL) for the vertical pass and the normalisation, plus VBMI byte permutations for
+//   the horizontal pass where 16 outputs' taps lie within 128 bytes (reductions up to ~2.3x; wider ones and CPUs
+//   without VBMI take the scalar horizontal pass).
 //   Threads: one call runs on the calling thread only; no global state, so calls may run concurrently.
 #pragma once
 #include <cstdint>
