@@ -47,13 +47,28 @@ def old_prepare(rgb, side, policy="square"):
     return normalize(reference.pillow_resize(rgb, side, policy), MEAN, STD)
 
 
+def supported_paths():
+    """The kernel's implementations this CPU runs (avx512 is refused where the CPU lacks it)."""
+    from crosslayer.errors import UsageError
+
+    paths = []
+    for path in ("avx512", "scalar"):
+        try:
+            resize_normalize(np.zeros((1, 1, 3), np.uint8), 1, "square", MEAN, STD, path=path)
+            paths.append(path)
+        except UsageError:
+            pass
+    return paths
+
+
 def check_exact(decoded, side):
     for policy in RESIZE_POLICIES:
         for rgb in decoded:
-            new = resize_normalize(rgb, side, policy, MEAN, STD)
-            assert np.array_equal(new.view(np.uint32), old_prepare(rgb, side, policy).view(np.uint32)), policy
+            for path in supported_paths():
+                new = resize_normalize(rgb, side, policy, MEAN, STD, path=path)
+                assert np.array_equal(new.view(np.uint32), old_prepare(rgb, side, policy).view(np.uint32)), policy
     print(f"check: fused kernel == Pillow resize + numpy normalise, bit for bit, {len(decoded)} images x "
-          f"{len(RESIZE_POLICIES)} policies")
+          f"{len(RESIZE_POLICIES)} policies ({' and '.join(supported_paths())} paths)")
 
 
 def per_image(args):
@@ -87,8 +102,9 @@ def per_image(args):
         return run
 
     stages = {"decode": time_decode, "old resize (Pillow)": time_old_resize, "old normalise (numpy)": time_old_normalise,
-              "old np.stack (batches of 16)": time_old_stack, "new fused kernel, avx512": kernel("avx512"),
-              "new fused kernel, scalar": kernel("scalar")}
+              "old np.stack (batches of 16)": time_old_stack}
+    for path in supported_paths():
+        stages[f"new fused kernel, {path}"] = kernel(path)
     seconds = {name: [] for name in stages}
     for _ in range(args.rounds):  # interleaved: every stage once a round
         for name, run in stages.items():
@@ -103,7 +119,7 @@ def per_image(args):
     for name, value in ms.items():
         print(f"| {name} | {value:.3f} |")
     print(f"| old resize + normalise + stack | {old:.3f} |")
-    for path in ("avx512", "scalar"):
+    for path in supported_paths():
         new = ms[f"new fused kernel, {path}"]
         print(f"\nold / new ({path}): {old / new:.1f}x less time after decoding; decode + preparation "
               f"{ms['decode'] + old:.3f} -> {ms['decode'] + new:.3f} ms an image "
