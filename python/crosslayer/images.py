@@ -76,7 +76,8 @@ def _to_rgb_uint8(image, path) -> np.ndarray:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    # an RGB image is read as it is (convert("RGB") would copy it first)
+    rgb = np.asarray(image if mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ImageError(path, f"unsupported image mode {mode!r}")
     return rgb
@@ -141,7 +142,7 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, draft_side: int | Non
                 # both sides stay >= draft_side, whatever the EXIF orientation, so resizing still only shrinks
                 image.draft(None, (int(draft_side), int(draft_side)))
             image.load()
-            image = ImageOps.exif_transpose(image)
+            ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of the pixels when there is nothing to do
             return _to_rgb_uint8(image, path)
     except ImageError:
         raise
