@@ -2,10 +2,12 @@
 //
 // The arithmetic reimplements Pillow's two-pass fixed-point resampling: the coefficients in double precision exactly
 // as Pillow forms them (same expression order: this file is compiled with -ffp-contract=off, so no multiply-add is
-// fused where Pillow's plain x86-64 build rounds twice), then integer sums. Only the output window is computed: for
-// center-crop the columns and rows cut away are skipped, and the horizontal pass runs only over the source rows
-// the kept output rows read. The intermediate (after the horizontal pass) is planar so the vertical pass and the
-// normalisation read and write contiguous runs of one channel: that is the pass AVX-512 takes 16 values at a time.
+// fused where Pillow's plain x86-64 build rounds twice), then integer sums, in Pillow 13's order of the passes. Only
+// the output window is computed: for center-crop the columns and rows cut away are skipped, and the first pass runs
+// only over the source rows (or columns) the kept outputs read. Horizontal first, the intermediate is planar, so the
+// vertical pass and the normalisation run on contiguous runs of one channel, 16 values at a time with AVX-512;
+// vertical first, the vertical pass runs on the interleaved bytes of each source row as they are. The horizontal
+// pass picks its taps with AVX-512 VBMI byte permutations (HorizontalPass).
 #include "crosslayer/prepare_image.h"
 
 #include <immintrin.h>
