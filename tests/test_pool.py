@@ -275,7 +275,9 @@ def pooled_values(draw):
     pooled = (rng.standard_normal((n, dk, dt)) * draw(st.sampled_from([1e-3, 1.0, 1e4]))).astype(np.float32)
     pooled[:, draw(st.lists(st.integers(0, dk - 1), max_size=3))] = 0  # dead channels stay exactly zero
     if n and draw(st.booleans()):
-        pooled[0, 0, :: draw(st.integers(1, 5))] = 0  # exact zeros inside a live channel: the nonzero plane
+        step = draw(st.integers(1, 5))
+        pooled[0, 0, ::step] = 0  # exact zeros inside a live channel: the nonzero plane
+        pooled[0, -1, ::step] = -0.0  # negative zero is zero, not negative
     return pooled, draw(st.sampled_from([1, 2, 3]))
 
 
