@@ -121,6 +121,8 @@ class GraphPooling:
         return ov.Model(outputs + kept, model.get_parameters(), f"{model.get_friendly_name()}+pooling")
 
 
+# OpenVINO streams a bf16 runner splits its threads into (at most one per thread): see OpenVinoBackbone
+OPENVINO_STREAMS = 1
 # OpenVINO's names for the arithmetic it runs an fp32 model in (INFERENCE_PRECISION_HINT)
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
@@ -129,15 +131,22 @@ class OpenVinoBackbone:
     """Runs an exported fp32 ONNX model (a file path, or the model's bytes) in OpenVINO's CPU plugin, its
     convolutions in `precision` ("bf16": bfloat16 inputs with float32 accumulation, on AVX512_BF16 or AMX; "fp32").
 
-    One stream of `threads` threads (0: the plugin's choice), not pinned to cores: the decode workers share them.
+    `streams` streams (OpenVINO's NUM_STREAMS) share `threads` threads (0: the plugin's choice), not pinned to cores:
+    the decode workers share them. With several streams `run` splits each batch between them, one inference request
+    each, run concurrently: streams of one thread never wait for each other inside a layer (measured in
+    benchmarks/results/extract.md, "OpenVINO configuration"). At most one stream per thread.
     pooling: a `GraphPooling` to run the cross-layer pooling in the graph (its outputs replace the two layers').
     """
 
-    def __init__(self, model_path, threads: int = 0, precision: str = "bf16", pooling: GraphPooling | None = None):
+    def __init__(self, model_path, threads: int = 0, precision: str = "bf16", pooling: GraphPooling | None = None,
+                 streams: int = 1):
         ov = _import_openvino(precision)
         threads = _check_threads(threads, "threads")
         if precision not in OPENVINO_PRECISIONS:
             raise UsageError(f"precision: expected one of {tuple(OPENVINO_PRECISIONS)}, got {precision!r}")
+        if isinstance(streams, bool) or not isinstance(streams, (int, np.integer)) or streams < 1:
+            raise UsageError(f"streams: expected an integer >= 1, got {streams!r}")
+        streams = int(min(streams, threads)) if threads else int(streams)
         core = ov.Core()
         in_memory = isinstance(model_path, (bytes, bytearray))
         self.model_path = "<in memory>" if in_memory else str(model_path)
@@ -146,20 +155,32 @@ class OpenVinoBackbone:
         if pooling is not None:
             model = pooling.append_to(model)
         self.pooling = pooling
-        config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], "NUM_STREAMS": 1,
-                  "ENABLE_CPU_PINNING": False, "PERFORMANCE_HINT": "LATENCY"}
+        config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], "NUM_STREAMS": streams,
+                  "ENABLE_CPU_PINNING": False, "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.compiled = core.compile_model(model, "CPU", config)
+        self.streams = streams
         self.output_names = [output.get_any_name() for output in self.compiled.outputs]
         self.input_name = self.compiled.input(0).get_any_name()
-        self._request = self.compiled.create_infer_request()
+        self._requests = [self.compiled.create_infer_request() for _ in range(streams)]
 
     def run(self, images: np.ndarray) -> dict:
-        # the batch is read in place (no copy of its ~38 MB at batch 16, side 448); the outputs are copies, since
-        # the request's output tensors are overwritten by the next run
-        results = self._request.infer({0: _check_images(images)}, share_inputs=True, share_outputs=False)
-        return {name: results[output] for name, output in zip(self.output_names, self.compiled.outputs)}
+        images = _check_images(images)
+        if self.streams == 1 or len(images) < 2:
+            # the batch is read in place (no copy of its ~38 MB at batch 16, side 448); the outputs are copies, since
+            # the request's output tensors are overwritten by the next run
+            results = self._requests[0].infer({0: images}, share_inputs=True, share_outputs=False)
+            return {name: results[output] for name, output in zip(self.output_names, self.compiled.outputs)}
+        parts = [part for part in np.array_split(images, self.streams) if len(part)]  # views: read in place
+        requests = self._requests[: len(parts)]
+        for request, part in zip(requests, parts):
+            request.start_async({0: part}, share_inputs=True)
+        for request in requests:
+            request.wait()
+        # joined into new arrays: the requests' output tensors are overwritten by the next run
+        return {name: np.concatenate([request.get_output_tensor(i).data for request in requests])
+                for i, name in enumerate(self.output_names)}
 
 
 def _import_openvino(precision):
@@ -179,16 +200,21 @@ def openvino_available() -> bool:
     return True
 
 
-def backbone_runner(model, precision: str, threads: int = 0, pooling: GraphPooling | None = None):
+def backbone_runner(model, precision: str, threads: int = 0, pooling: GraphPooling | None = None,
+                    streams: int | None = None):
     """The runner of an exported model at a precision: "fp32" and "int8" (a QDQ model) in onnxruntime, "bf16" (the
     fp32 model) in OpenVINO. Measured on 2 cores of an AMD EPYC with AVX512_BF16 and no AMX, MobileNetV2 at side
     448 (benchmarks/results/extract.md): OpenVINO bf16 ~1.6x onnxruntime fp32 with ~96% of code signs unchanged;
     OpenVINO at fp32 is slower than onnxruntime's, so fp32 stays on onnxruntime.
-    pooling: a `GraphPooling` run in the graph (bf16 only)."""
+    pooling: a `GraphPooling` run in the graph (bf16 only). streams: OpenVINO's streams (bf16 only; None: the
+    measured default, OPENVINO_STREAMS)."""
     if pooling is not None and precision != "bf16":
         raise UsageError(f"pooling: the pooling runs in the graph at precision 'bf16' only, not {precision!r}")
+    if streams is not None and precision != "bf16":
+        raise UsageError(f"streams: OpenVINO's streams apply at precision 'bf16' only, not {precision!r}")
     if precision == "bf16":
-        return OpenVinoBackbone(model, threads=threads, precision="bf16", pooling=pooling)
+        return OpenVinoBackbone(model, threads=threads, precision="bf16", pooling=pooling,
+                                streams=OPENVINO_STREAMS if streams is None else streams)
     if precision in ("fp32", "int8"):
         return OnnxBackbone(model, intra_op_threads=threads)
     raise UsageError(f"precision: expected 'fp32', 'bf16' or 'int8', got {precision!r}")
