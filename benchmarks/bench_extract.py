@@ -470,6 +470,74 @@ def _compare(args, roots) -> int:
     return 0
 
 
+# ---- quality of the pooling in OpenVINO's graph (bf16) ----------------------------------------------------------------
+
+def _average_precisions(queries, database, relevant, channels=None) -> np.ndarray:
+    """Average precision of each query (exact ternary scores, `channels` masked channels or all)."""
+    from crosslayer.retrieval.metrics import evaluate_scores
+    from crosslayer.search import search_segments
+
+    scores, ids = search_segments(queries, [(database.bits, 0)], len(database), channels)
+    matrix = np.empty(scores.shape, np.float64)
+    np.put_along_axis(matrix, ids, scores.astype(np.float64), axis=1)
+    return np.array([evaluate_scores(matrix[i : i + 1], relevant[i : i + 1])["map"] for i in range(len(matrix))])
+
+
+def quality_graph_pooling(args) -> int:
+    """bf16 codes pooled in OpenVINO's graph against (a) the same encoder's bf16 maps pooled by the fp32 kernel and
+    (b) fp32 codes, all with the PCA of --encoder-file; fp32 codes are read from the image indexes under --reference
+    (made with that encoder). Sign agreement on every SMVS query and reference and --quality-images test images of
+    cub100 and scene15 each; SMVS mAP (queries vs references, all channels) with paired bootstrap intervals."""
+    from crosslayer.codes import Codes
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.eval.stats import paired_bootstrap
+    from crosslayer.retrieval.datasets import read_retrieval_set
+    from crosslayer.retrieval.image_index import ImageIndex
+    from crosslayer.retrieval.metrics import relevance_matrix
+
+    fp32 = CrossLayerEncoder.load(args.encoder_file, threads=args.threads, batch_size=args.batch_size,
+                                  decode_workers=args.decode_workers)
+    bf16 = fp32.with_precision("bf16")
+    print(f"encoder {args.encoder_file} (pca_dim {fp32.pca_dim}, Dk {fp32.Dk}, Dt {fp32.Dt}); fp32 codes from "
+          f"{args.reference}; load average {os.getloadavg()[0]:.1f}")
+    codes = {}
+    for name in ("smvs-queries", "smvs-database", "cub100", "scene15"):
+        with ImageIndex.open(Path(args.reference) / name) as index:
+            paths = index.paths()
+            if name in ("cub100", "scene15"):
+                with open(data_set(args.data, f"{name}/manifest.csv"), newline="") as handle:
+                    test = {_absolute(data_set(args.data, f"{name}/{row['path']}")) for row in csv.DictReader(handle)
+                            if row["split"] == "test"}
+                paths = [p for p in paths if p in test]
+                paths = paths[:: max(1, len(paths) // args.quality_images)][: args.quality_images]
+            reference = _set_codes(index, paths)
+        graph = bf16.encode(paths)
+        kernel = Codes.concatenate([bf16.pool_batch(batch.outputs, "codes") for batch in bf16.activations(paths)])
+        codes[name] = {"paths": paths, "fp32": reference, "graph": graph, "kernel": kernel}
+        for other in ("kernel", "fp32"):
+            agreement = (graph.signs() == codes[name][other].signs()).mean(axis=(1, 2))
+            print(f"| sign agreement, {name} ({len(paths)} images), graph-pooled vs {other} | median "
+                  f"{np.median(agreement):.4f}, mean {agreement.mean():.4f}, min {agreement.min():.4f} |", flush=True)
+        agreement = (kernel.signs() == codes[name]["fp32"].signs()).mean(axis=(1, 2))
+        print(f"| sign agreement, {name}, kernel-pooled bf16 vs fp32 | median {np.median(agreement):.4f}, mean "
+              f"{agreement.mean():.4f}, min {agreement.min():.4f} |", flush=True)
+
+    smvs = read_retrieval_set(data_set(args.data, "smvs"))
+    item_of = dict(zip(map(_absolute, smvs.database.paths), smvs.database.items))
+    item_of.update(zip(map(_absolute, smvs.queries.paths), smvs.queries.items))
+    relevant = relevance_matrix([item_of[p] for p in codes["smvs-queries"]["paths"]],
+                                [item_of[p] for p in codes["smvs-database"]["paths"]])
+    precisions = {which: _average_precisions(codes["smvs-queries"][which], codes["smvs-database"][which], relevant)
+                  for which in ("fp32", "kernel", "graph")}
+    print(f"SMVS mAP, all channels ({relevant.shape[0]} queries vs {relevant.shape[1]} references): " +
+          ", ".join(f"{which} {ap.mean():.4f}" for which, ap in precisions.items()))
+    for a, b in (("graph", "fp32"), ("graph", "kernel"), ("kernel", "fp32")):
+        result = paired_bootstrap(precisions[a], precisions[b])
+        print(f"| SMVS mAP {a} - {b} | {result['difference']:+.4f} (paired bootstrap 95% {result['low']:+.4f} .. "
+              f"{result['high']:+.4f}) |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_argument(parser)
@@ -491,7 +559,14 @@ def main() -> int:
     parser.add_argument("--codes", default=None)
     parser.add_argument("--reference", default=None, help="folder of fp32 image indexes, one per QUALITY_SETS")
     parser.add_argument("--candidate", default=None, help="folder of the candidate's image indexes (the same PCA)")
+    parser.add_argument("--quality-graph-pooling", action="store_true",
+                        help="bf16 pooled in OpenVINO's graph vs the fp32 kernel and fp32 codes (--reference, --encoder-file)")
+    parser.add_argument("--encoder-file", default=None, help="the encoder the --reference indexes were made with")
     args = parser.parse_args()
+    if args.quality_graph_pooling:
+        if not (args.reference and args.encoder_file):
+            parser.error("--quality-graph-pooling needs --reference and --encoder-file")
+        return quality_graph_pooling(args)
     if args.reference or args.candidate:
         if not (args.reference and args.candidate):
             parser.error("--reference and --candidate go together")

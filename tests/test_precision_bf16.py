@@ -2,6 +2,7 @@
 encoder that may share an fp32 encoder's PCA (`with_precision`), codes never mixed with fp32 codes; and the clear
 error when OpenVINO is missing (that test runs without it)."""
 
+import json
 import sys
 
 import numpy as np
@@ -127,6 +128,10 @@ def test_index_build_precision_bf16_on_the_command_line_refuses_fp32_on_resume(p
                    "precision 'bf16' (requested 'fp32')")
     resumed = ok(run_cli("index", "build", db, "--images", photos[0].parent, *TINY, "--precision", "bf16", "--quiet"))
     assert "6 already there" in resumed.stdout
+    # query images are encoded like the indexed ones (pooled in OpenVINO's graph): each finds itself first
+    found = json.loads(ok(run_cli("search", db, *map(str, photos), "--top", "1", "--channels", "all", "--json",
+                                  "--threads", "1")).stdout)
+    assert [query["hits"][0]["key"] for query in found["queries"]] == [photo.name for photo in photos]
 
 
 def test_graph_pooling_computes_the_pooling_of_the_layers_it_replaces(fp32_encoder):
@@ -189,3 +194,28 @@ def test_bf16_encode_pools_in_the_graph_like_the_kernel_on_the_same_activations(
     assert bf16._pooling_backbone() is not runner
     with pytest.raises(UsageError, match="for_pooling"):
         next(iter(bf16.activations(sources, for_pooling="yes")))
+
+
+def test_openvino_streams_split_a_batch_and_compute_the_same(fp32_encoder):
+    pytest.importorskip("openvino")
+    from crosslayer.backbones.runtime import GraphPooling, OpenVinoBackbone, backbone_runner
+
+    model = fp32_encoder.backbone_model()
+    images = np.random.default_rng(3).standard_normal((5, 3, SIDE, SIDE)).astype(np.float32)
+    pooling = GraphPooling(*fp32_encoder.layers, *fp32_encoder.pca_)
+    for extra in ({}, {"pooling": pooling}):
+        one = OpenVinoBackbone(model, threads=2, precision="fp32", streams=1, **extra)
+        two = OpenVinoBackbone(model, threads=2, precision="fp32", streams=2, **extra)
+        assert (one.streams, two.streams) == (1, 2)
+        want, got = one.run(images), two.run(images)  # 5 images: requests of 3 and 2
+        assert list(got) == list(want)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4 * np.abs(want[name]).max())
+        again = two.run(images[:1])  # fewer images than streams: one request
+        np.testing.assert_allclose(again[two.output_names[0]], want[two.output_names[0]][:1], rtol=1e-4,
+                                   atol=1e-4 * np.abs(want[two.output_names[0]]).max())
+    assert OpenVinoBackbone(model, threads=1, streams=2).streams == 1  # at most one stream per thread
+    with pytest.raises(UsageError, match="streams: expected an integer >= 1"):
+        OpenVinoBackbone(model, threads=1, streams=0)
+    with pytest.raises(UsageError, match="streams: OpenVINO's streams apply at precision 'bf16' only"):
+        backbone_runner(model, "fp32", threads=1, streams=2)
