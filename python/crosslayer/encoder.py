@@ -133,9 +133,11 @@ class CrossLayerEncoder:
     draft:    decode JPEGs of at least twice `side` at a reduced scale (`crosslayer.images.load_image`); faster on
               large photos, but ~4% of code signs differ from a full decode's (off by default).
 
-    Threads: `threads` onnxruntime intra-op threads (OpenVINO's at bf16) run the network and, after it on the same
-    thread, the pooling kernel (its OpenMP threads take the network's slot); `decode_workers` threads decode the next
-    batch meanwhile.
+    Threads: `threads` onnxruntime intra-op threads (OpenVINO's at bf16, in streams of one thread:
+    `crosslayer.backbones.runtime.OPENVINO_STREAMS`) run the network and, after it on the same thread, the pooling
+    kernel (its OpenMP threads take the network's slot; at bf16 `encode`, `transform` and image indexes run the PCA
+    and the pooling inside OpenVINO's graph, and the kernel only finishes P); `decode_workers` threads decode the
+    next batch meanwhile.
     onnxruntime's threads do not spin while idle (`OnnxBackbone`), so the decoders get the cores inference leaves.
     `stage_times_` sums the seconds of each stage over every run (`crosslayer.stage_times`).
     """

@@ -121,8 +121,11 @@ class GraphPooling:
         return ov.Model(outputs + kept, model.get_parameters(), f"{model.get_friendly_name()}+pooling")
 
 
-# OpenVINO streams a bf16 runner splits its threads into (at most one per thread): see OpenVinoBackbone
-OPENVINO_STREAMS = 1
+# OpenVINO streams a bf16 runner splits its threads into (at most one per thread): see OpenVinoBackbone. Two streams
+# of one thread on 2 shared cores, MobileNetV2 at side 448, batch 16 (benchmarks/results/extract.md, run F): the bare
+# session 30.1 vs 28.6 images/s and 22.5 vs 26.5 core-ms an image; the pipeline 20.9 vs 19.3 images/s. A batch of one
+# image (a search query) then runs on one stream's thread.
+OPENVINO_STREAMS = 2
 # OpenVINO's names for the arithmetic it runs an fp32 model in (INFERENCE_PRECISION_HINT)
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
