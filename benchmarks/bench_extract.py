@@ -470,6 +470,67 @@ def _compare(args, roots) -> int:
     return 0
 
 
+# ---- what the pooling costs at bf16: in OpenVINO's graph vs the fp32 kernel on the graph's maps ----------------------
+
+def pooling_cost(args) -> int:
+    """In one process, interleaved, on ready batches: the bare bf16 request alone, followed by the fp32 kernel's pooling
+    of its maps, and with the pooling appended to its graph then finished by the core, for 1 and 2 OpenVINO streams;
+    wall and process CPU seconds an image (min and median of --rounds), the codes compacted as `encode` does. The
+    minimum is the least disturbed round on a shared machine."""
+    from crosslayer.backbones.runtime import CHANNEL_MEAN, POOLED, GraphPooling, OpenVinoBackbone
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.pooling import finish_pooled, pool
+
+    if args.encoder_file:
+        encoder = CrossLayerEncoder.load(args.encoder_file, threads=args.threads)
+    else:
+        train = _split(args.data, "cub100", "train", args.fit, 29)
+        encoder = CrossLayerEncoder(side=args.side, threads=args.threads, fit_images=args.fit).fit(train)
+    model, (local, guidance) = encoder.backbone_model(), encoder.layers
+    paths = _paths(args)
+    images = np.stack([encoder._prepare(p) for p in paths])
+    batch, threads = args.batch_size, args.threads
+    graph = GraphPooling(local, guidance, *encoder.pca_)
+
+    def steps(streams):
+        bare = OpenVinoBackbone(model, threads=threads, streams=streams)
+        pooled = OpenVinoBackbone(model, threads=threads, streams=streams, pooling=graph)
+
+        def run(runner, finish):
+            def go():
+                for i in range(0, len(images), batch):
+                    finish(runner.run(images[i : i + batch]))
+            return go
+
+        return {f"s{streams} bare": run(bare, lambda out: None),
+                f"s{streams} + fp32 kernel": run(bare, lambda out: pool(out[local], out[guidance], encoder.pca_, "codes",
+                                                                        num_threads=threads).compact(lossy=True)),
+                f"s{streams} + graph": run(pooled, lambda out: finish_pooled(out[POOLED], out[CHANNEL_MEAN], "codes",
+                                                                             num_threads=threads,
+                                                                             check_finite=False).compact(lossy=True))}
+
+    variants = {**steps(1), **steps(2)}
+    for go in variants.values():
+        go()  # warm-up
+    wall, cpu, loads = {k: [] for k in variants}, {k: [] for k in variants}, [os.getloadavg()[0]]
+    for _ in range(args.rounds):
+        for name, go in variants.items():
+            begin, begin_cpu = time.perf_counter(), time.process_time()
+            go()
+            wall[name].append((time.perf_counter() - begin) / len(images))
+            cpu[name].append((time.process_time() - begin_cpu) / len(images))
+        loads.append(os.getloadavg()[0])
+    print(f"{len(images)} CUB images, side {args.side}, batch {batch}, {threads} threads, {args.rounds} interleaved "
+          f"rounds; load average {min(loads):.1f}-{max(loads):.1f}")
+    print("| step | wall ms an image (min, median) | core-ms an image (min, median) | core-ms over bare (median) |")
+    print("|---|---:|---:|---:|")
+    for name in variants:
+        bare = np.median(cpu[name.split(" ")[0] + " bare"])
+        print(f"| {name} | {1000 * min(wall[name]):.2f}, {1000 * np.median(wall[name]):.2f} | {1000 * min(cpu[name]):.2f}, "
+              f"{1000 * np.median(cpu[name]):.2f} | {1000 * (np.median(cpu[name]) - bare):+.2f} |")
+    return 0
+
+
 # ---- quality of the pooling in OpenVINO's graph (bf16) ----------------------------------------------------------------
 
 def _average_precisions(queries, database, relevant, channels=None) -> np.ndarray:
@@ -562,7 +623,11 @@ def main() -> int:
     parser.add_argument("--quality-graph-pooling", action="store_true",
                         help="bf16 pooled in OpenVINO's graph vs the fp32 kernel and fp32 codes (--reference, --encoder-file)")
     parser.add_argument("--encoder-file", default=None, help="the encoder the --reference indexes were made with")
+    parser.add_argument("--pooling-cost", action="store_true",
+                        help="cost of the bf16 pooling in OpenVINO's graph vs the fp32 kernel, in one process")
     args = parser.parse_args()
+    if args.pooling_cost:
+        return pooling_cost(args)
     if args.quality_graph_pooling:
         if not (args.reference and args.encoder_file):
             parser.error("--quality-graph-pooling needs --reference and --encoder-file")

@@ -122,7 +122,7 @@ class GraphPooling:
 
 
 # OpenVINO streams a bf16 runner splits its threads into (at most one per thread): see OpenVinoBackbone. Two streams
-# of one thread on 2 shared cores, MobileNetV2 at side 448, batch 16 (benchmarks/results/extract.md, run F): the bare
+# of one thread on 2 shared cores, MobileNetV2 at side 448, batch 16 (benchmarks/results/extract.md, run G): the bare
 # session 30.1 vs 28.6 images/s and 22.5 vs 26.5 core-ms an image; the pipeline 20.9 vs 19.3 images/s. A batch of one
 # image (a search query) then runs on one stream's thread.
 OPENVINO_STREAMS = 2
