@@ -10,8 +10,13 @@ torch script's (up to signs of values at rounding level) and with the old pipeli
     PYTHONPATH=python python benchmarks/bench_extract.py [--data ROOT] [--images 64] [--threads 2] [--rounds 3]
     PYTHONPATH=python python benchmarks/bench_extract.py --quality [--quality-images 210]
     PYTHONPATH=python python benchmarks/bench_extract.py --data ROOT --reference FP32_DIR --candidate DIR
-(the last: quality of a precision on whole sets, from image indexes of smvs-queries, smvs-database, scene15 and
-cub100 made with one PCA: `compare_indexes`)
+    PYTHONPATH=python python benchmarks/bench_extract.py --data ROOT --quality-graph-pooling --reference FP32_DIR \
+        --encoder-file ENCODER.xle [--quality-images 70]
+    PYTHONPATH=python python benchmarks/bench_extract.py --data ROOT --pooling-cost [--encoder-file ENCODER.xle]
+(--reference/--candidate: quality of a precision on whole sets, from image indexes of smvs-queries, smvs-database,
+scene15 and cub100 made with one PCA: `compare_indexes`; --quality-graph-pooling: bf16 pooled in OpenVINO's graph
+against the fp32 kernel's pooling of the same bf16 maps and against fp32 codes; --pooling-cost: the core time of
+each pooling route in one process. bf16 variants take options: `parse_variant`.)
 (ROOT holds cub100/, scene15/, smvs/; default ../shared/data beside the repository.)
 """
 
