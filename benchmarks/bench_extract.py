@@ -10,8 +10,13 @@ torch script's (up to signs of values at rounding level) and with the old pipeli
     PYTHONPATH=python python benchmarks/bench_extract.py [--data ROOT] [--images 64] [--threads 2] [--rounds 3]
     PYTHONPATH=python python benchmarks/bench_extract.py --quality [--quality-images 210]
     PYTHONPATH=python python benchmarks/bench_extract.py --data ROOT --reference FP32_DIR --candidate DIR
-(the last: quality of a precision on whole sets, from image indexes of smvs-queries, smvs-database, scene15 and
-cub100 made with one PCA: `compare_indexes`)
+    PYTHONPATH=python python benchmarks/bench_extract.py --data ROOT --quality-graph-pooling --reference FP32_DIR \
+        --encoder-file ENCODER.xle [--quality-images 70]
+    PYTHONPATH=python python benchmarks/bench_extract.py --data ROOT --pooling-cost [--encoder-file ENCODER.xle]
+(--reference/--candidate: quality of a precision on whole sets, from image indexes of smvs-queries, smvs-database,
+scene15 and cub100 made with one PCA: `compare_indexes`; --quality-graph-pooling: bf16 pooled in OpenVINO's graph
+against the fp32 kernel's pooling of the same bf16 maps and against fp32 codes; --pooling-cost: the core time of
+each pooling route in one process. bf16 variants take options: `parse_variant`.)
 (ROOT holds cub100/, scene15/, smvs/; default ../shared/data beside the repository.)
 """
 
@@ -37,6 +42,7 @@ from _data import add_data_argument, data_set  # noqa: E402
 
 MANIFEST = "cub100/manifest.csv"
 VARIANTS = ("before", "fp32", "bf16", "int8", "ort-fp32", "ov-bf16", "ort-int8", "torch")
+DEFAULT_VARIANTS = ("before", "fp32", "bf16", "bf16-kernelpool", "int8", "ort-fp32", "ov-bf16", "ort-int8", "torch")
 LABELS = {
     "before": "pipeline as before (ort spinning)",
     "fp32": "pipeline now, fp32",
@@ -47,6 +53,40 @@ LABELS = {
     "ort-int8": "bare ort int8 session, ready batches",
     "torch": "plain torch-eager script",
 }
+# Options appended to a bf16 variant's name, "-" separated (e.g. ov-bf16-s2-b32, bf16-s1-kernelpool):
+#   sN: N OpenVINO streams (default: the runtime's OPENVINO_STREAMS); bN: batch of N (default --batch-size);
+#   static: the model compiled for the batch's static shape (bare only); kernelpool: the pipeline pools the layers'
+#   bf16 maps with the fp32 kernel instead of in OpenVINO's graph (the pipeline before graph pooling).
+OPTION_LABELS = {"kernelpool": "pooled by the fp32 kernel, as before", "static": "static shape"}
+
+
+def parse_variant(which: str):
+    """(base variant, {"streams": int|None, "batch": int|None, "static": bool, "kernelpool": bool})."""
+    options = {"streams": None, "batch": None, "static": False, "kernelpool": False}
+    tokens = which.split("-")
+    while len(tokens) > 1 and "-".join(tokens) not in VARIANTS:
+        token = tokens.pop()
+        if token in ("static", "kernelpool"):
+            options[token] = True
+        elif token[:1] in "sb" and token[1:].isdigit():
+            options["streams" if token[0] == "s" else "batch"] = int(token[1:])
+        else:
+            raise SystemExit(f"variant {which!r}: unknown option {token!r}")
+    base = "-".join(tokens)
+    if base not in VARIANTS:
+        raise SystemExit(f"variant {which!r}: unknown (variants: {', '.join(VARIANTS)} with options)")
+    if base not in ("bf16", "ov-bf16") and (options["streams"] or options["static"]):
+        raise SystemExit(f"variant {which!r}: streams and static shapes apply to bf16 on OpenVINO only")
+    return base, options
+
+
+def label(which: str) -> str:
+    base, options = parse_variant(which)
+    extra = [f"{options['streams']} stream(s)"] if options["streams"] else []
+    extra += [f"batch {options['batch']}"] if options["batch"] else []
+    extra += [OPTION_LABELS[key] for key in ("static", "kernelpool") if options[key]]
+    extra += ["pooled in the graph"] if base == "bf16" and not options["kernelpool"] else []
+    return LABELS[base] + (f" [{', '.join(extra)}]" if extra else "")
 
 
 def _split(root, name, split, count, step=1):
@@ -61,48 +101,81 @@ def _paths(args):
     return read_manifest(data_set(args.data, MANIFEST))[: args.images]
 
 
-def _encoder(args, precision):
+def _encoder(args, precision, batch_size=None):
     from crosslayer.encoder import CrossLayerEncoder
 
     encoder = CrossLayerEncoder.load(args.encoder_int8 if precision == "int8" else args.encoder, threads=args.threads,
-                                     batch_size=args.batch_size, decode_workers=args.decode_workers)
+                                     batch_size=batch_size or args.batch_size, decode_workers=args.decode_workers)
     # bf16 needs no calibration: the fp32 encoder's PCA, so its codes compare with fp32's sign by sign
     return encoder.with_precision("bf16") if precision == "bf16" else encoder
 
 
-def run_pipeline(args, precision, spinning=False) -> dict:
+def run_pipeline(args, precision, spinning=False, options=None) -> dict:
+    from crosslayer.backbones import runtime
     from crosslayer.backbones.runtime import OnnxBackbone
+    from crosslayer.codes import Codes
 
-    encoder = _encoder(args, precision)
+    options = options or {}
+    if options.get("streams"):  # this child process only: the runner the encoder makes takes the default
+        runtime.OPENVINO_STREAMS = options["streams"]
+    encoder = _encoder(args, precision, options.get("batch"))
     runner = encoder._backbone()
     if spinning:  # the session as it was made before: idle intra-op threads busy-wait
         encoder._runners[(tuple(encoder.layers), True)] = OnnxBackbone(runner.model_path, intra_op_threads=args.threads,
                                                                         allow_spinning=True)
+    if options.get("kernelpool"):  # the bf16 maps out of the graph, pooled by the fp32 kernel (encode before graph pooling)
+        def encode(images):
+            return Codes.concatenate([encoder.pool_batch(batch.outputs, "codes") for batch in encoder.activations(images)])
+    else:
+        encode = encoder.encode
     paths = _paths(args)
-    encoder.encode(paths[: args.batch_size])  # warm-up, untimed
+    encode(paths[: encoder.batch_size])  # warm-up, untimed
     encoder.stage_times_.reset()
-    start = time.perf_counter()
-    codes = encoder.encode(paths)
-    seconds = time.perf_counter() - start
+    start, cpu = time.perf_counter(), time.process_time()
+    codes = encode(paths)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     codes.save(args.codes)
-    return {"seconds": seconds, "stages": encoder.stage_times_.seconds()}
+    return {"seconds": seconds, "cpu_seconds": cpu, "stages": encoder.stage_times_.seconds()}
 
 
-def run_bare(args, precision) -> dict:
+def _static_openvino(model, batch, side, threads, streams):
+    """A bare OpenVINO bf16 runner compiled for inputs of exactly (batch, 3, side, side)."""
+    import openvino as ov
+
+    from crosslayer.backbones.runtime import OpenVinoBackbone
+
+    runner = OpenVinoBackbone(model, threads=threads, streams=streams)
+    network = ov.Core().read_model(bytes(model), b"")
+    network.reshape([batch // runner.streams, 3, side, side])  # each stream's request runs its share of the batch
+    runner.compiled = ov.Core().compile_model(network, "CPU", {key: runner.compiled.get_property(key) for key in (
+        "INFERENCE_PRECISION_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "PERFORMANCE_HINT")} | {"ENABLE_CPU_PINNING": False})
+    runner._requests = [runner.compiled.create_infer_request() for _ in range(runner.streams)]
+    return runner
+
+
+def run_bare(args, precision, options=None) -> dict:
     import numpy as np
 
     from crosslayer.backbones.runtime import backbone_runner
 
+    options = options or {}
+    batch_size = options.get("batch") or args.batch_size
     encoder = _encoder(args, precision)
-    session = backbone_runner(encoder.backbone_model(), precision, args.threads)
+    model = encoder.backbone_model()
+    if options.get("static"):
+        session = _static_openvino(model, batch_size, args.side, args.threads, options.get("streams") or 1)
+    else:
+        session = backbone_runner(model, precision, args.threads, streams=options.get("streams"))
     paths = _paths(args)
-    batches = [np.stack([encoder._prepare(p) for p in paths[i : i + args.batch_size]])
-               for i in range(0, len(paths), args.batch_size)]
+    batches = [np.stack([encoder._prepare(p) for p in paths[i : i + batch_size]])
+               for i in range(0, len(paths), batch_size)]
+    if options.get("static") and len(batches[-1]) != batch_size:
+        raise SystemExit(f"static shapes: --images must be a multiple of the batch {batch_size}")
     session.run(batches[0])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for batch in batches:
         session.run(batch)
-    return {"seconds": time.perf_counter() - start}
+    return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
 
 
 def run_torch(args) -> dict:
@@ -147,11 +220,11 @@ def _peak_rss_mb() -> float:
 
 
 def _child(args) -> int:
-    which = args.which
+    which, options = parse_variant(args.which)
     if which in ("before", "fp32", "bf16", "int8"):
-        result = run_pipeline(args, "fp32" if which == "before" else which, spinning=which == "before")
+        result = run_pipeline(args, "fp32" if which == "before" else which, spinning=which == "before", options=options)
     elif which.startswith(("ort-", "ov-")):
-        result = run_bare(args, which.split("-", 1)[1])
+        result = run_bare(args, which.split("-", 1)[1], options)
     else:
         result = run_torch(args)
     result["peak_rss_mb"] = _peak_rss_mb()
@@ -402,6 +475,136 @@ def _compare(args, roots) -> int:
     return 0
 
 
+# ---- what the pooling costs at bf16: in OpenVINO's graph vs the fp32 kernel on the graph's maps ----------------------
+
+def pooling_cost(args) -> int:
+    """In one process, interleaved, on ready batches: the bare bf16 request alone, followed by the fp32 kernel's pooling
+    of its maps, and with the pooling appended to its graph then finished by the core, for 1 and 2 OpenVINO streams;
+    wall and process CPU seconds an image (min and median of --rounds), the codes compacted as `encode` does. The
+    minimum is the least disturbed round on a shared machine."""
+    from crosslayer.backbones.runtime import CHANNEL_MEAN, POOLED, GraphPooling, OpenVinoBackbone
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.pooling import finish_pooled, pool
+
+    if args.encoder_file:
+        encoder = CrossLayerEncoder.load(args.encoder_file, threads=args.threads)
+    else:
+        train = _split(args.data, "cub100", "train", args.fit, 29)
+        encoder = CrossLayerEncoder(side=args.side, threads=args.threads, fit_images=args.fit).fit(train)
+    model, (local, guidance) = encoder.backbone_model(), encoder.layers
+    paths = _paths(args)
+    images = np.stack([encoder._prepare(p) for p in paths])
+    batch, threads = args.batch_size, args.threads
+    graph = GraphPooling(local, guidance, *encoder.pca_)
+
+    def steps(streams):
+        bare = OpenVinoBackbone(model, threads=threads, streams=streams)
+        pooled = OpenVinoBackbone(model, threads=threads, streams=streams, pooling=graph)
+
+        def run(runner, finish):
+            def go():
+                for i in range(0, len(images), batch):
+                    finish(runner.run(images[i : i + batch]))
+            return go
+
+        return {f"s{streams} bare": run(bare, lambda out: None),
+                f"s{streams} + fp32 kernel": run(bare, lambda out: pool(out[local], out[guidance], encoder.pca_, "codes",
+                                                                        num_threads=threads).compact(lossy=True)),
+                f"s{streams} + graph": run(pooled, lambda out: finish_pooled(out[POOLED], out[CHANNEL_MEAN], "codes",
+                                                                             num_threads=threads,
+                                                                             check_finite=False).compact(lossy=True))}
+
+    variants = {**steps(1), **steps(2)}
+    for go in variants.values():
+        go()  # warm-up
+    wall, cpu, loads = {k: [] for k in variants}, {k: [] for k in variants}, [os.getloadavg()[0]]
+    for _ in range(args.rounds):
+        for name, go in variants.items():
+            begin, begin_cpu = time.perf_counter(), time.process_time()
+            go()
+            wall[name].append((time.perf_counter() - begin) / len(images))
+            cpu[name].append((time.process_time() - begin_cpu) / len(images))
+        loads.append(os.getloadavg()[0])
+    print(f"{len(images)} CUB images, side {args.side}, batch {batch}, {threads} threads, {args.rounds} interleaved "
+          f"rounds; load average {min(loads):.1f}-{max(loads):.1f}")
+    print("| step | wall ms an image (min, median) | core-ms an image (min, median) | core-ms over bare (median) |")
+    print("|---|---:|---:|---:|")
+    for name in variants:
+        bare = np.median(cpu[name.split(" ")[0] + " bare"])
+        print(f"| {name} | {1000 * min(wall[name]):.2f}, {1000 * np.median(wall[name]):.2f} | {1000 * min(cpu[name]):.2f}, "
+              f"{1000 * np.median(cpu[name]):.2f} | {1000 * (np.median(cpu[name]) - bare):+.2f} |")
+    return 0
+
+
+# ---- quality of the pooling in OpenVINO's graph (bf16) ----------------------------------------------------------------
+
+def _average_precisions(queries, database, relevant, channels=None) -> np.ndarray:
+    """Average precision of each query (exact ternary scores, `channels` masked channels or all)."""
+    from crosslayer.retrieval.metrics import evaluate_scores
+    from crosslayer.search import search_segments
+
+    scores, ids = search_segments(queries, [(database.bits, 0)], len(database), channels)
+    matrix = np.empty(scores.shape, np.float64)
+    np.put_along_axis(matrix, ids, scores.astype(np.float64), axis=1)
+    return np.array([evaluate_scores(matrix[i : i + 1], relevant[i : i + 1])["map"] for i in range(len(matrix))])
+
+
+def quality_graph_pooling(args) -> int:
+    """bf16 codes pooled in OpenVINO's graph against (a) the same encoder's bf16 maps pooled by the fp32 kernel and
+    (b) fp32 codes, all with the PCA of --encoder-file; fp32 codes are read from the image indexes under --reference
+    (made with that encoder). Sign agreement on every SMVS query and reference and --quality-images test images of
+    cub100 and scene15 each; SMVS mAP (queries vs references, all channels) with paired bootstrap intervals."""
+    from crosslayer.codes import Codes
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.eval.stats import paired_bootstrap
+    from crosslayer.retrieval.datasets import read_retrieval_set
+    from crosslayer.retrieval.image_index import ImageIndex
+    from crosslayer.retrieval.metrics import relevance_matrix
+
+    fp32 = CrossLayerEncoder.load(args.encoder_file, threads=args.threads, batch_size=args.batch_size,
+                                  decode_workers=args.decode_workers)
+    bf16 = fp32.with_precision("bf16")
+    print(f"encoder {args.encoder_file} (pca_dim {fp32.pca_dim}, Dk {fp32.Dk}, Dt {fp32.Dt}); fp32 codes from "
+          f"{args.reference}; load average {os.getloadavg()[0]:.1f}")
+    codes = {}
+    for name in ("smvs-queries", "smvs-database", "cub100", "scene15"):
+        with ImageIndex.open(Path(args.reference) / name) as index:
+            paths = index.paths()
+            if name in ("cub100", "scene15"):
+                with open(data_set(args.data, f"{name}/manifest.csv"), newline="") as handle:
+                    test = {_absolute(data_set(args.data, f"{name}/{row['path']}")) for row in csv.DictReader(handle)
+                            if row["split"] == "test"}
+                paths = [p for p in paths if p in test]
+                paths = paths[:: max(1, len(paths) // args.quality_images)][: args.quality_images]
+            reference = _set_codes(index, paths)
+        graph = bf16.encode(paths)
+        kernel = Codes.concatenate([bf16.pool_batch(batch.outputs, "codes") for batch in bf16.activations(paths)])
+        codes[name] = {"paths": paths, "fp32": reference, "graph": graph, "kernel": kernel}
+        for other in ("kernel", "fp32"):
+            agreement = (graph.signs() == codes[name][other].signs()).mean(axis=(1, 2))
+            print(f"| sign agreement, {name} ({len(paths)} images), graph-pooled vs {other} | median "
+                  f"{np.median(agreement):.4f}, mean {agreement.mean():.4f}, min {agreement.min():.4f} |", flush=True)
+        agreement = (kernel.signs() == codes[name]["fp32"].signs()).mean(axis=(1, 2))
+        print(f"| sign agreement, {name}, kernel-pooled bf16 vs fp32 | median {np.median(agreement):.4f}, mean "
+              f"{agreement.mean():.4f}, min {agreement.min():.4f} |", flush=True)
+
+    smvs = read_retrieval_set(data_set(args.data, "smvs"))
+    item_of = dict(zip(map(_absolute, smvs.database.paths), smvs.database.items))
+    item_of.update(zip(map(_absolute, smvs.queries.paths), smvs.queries.items))
+    relevant = relevance_matrix([item_of[p] for p in codes["smvs-queries"]["paths"]],
+                                [item_of[p] for p in codes["smvs-database"]["paths"]])
+    for channels in (None, 50):  # 50: the strongest channels by the channel means, which the graph computes too
+        precisions = {which: _average_precisions(codes["smvs-queries"][which], codes["smvs-database"][which],
+                                                 relevant, channels) for which in ("fp32", "kernel", "graph")}
+        print(f"SMVS mAP, {channels or 'all'} channels ({relevant.shape[0]} queries vs {relevant.shape[1]} "
+              f"references): " + ", ".join(f"{which} {ap.mean():.4f}" for which, ap in precisions.items()))
+        for a, b in (("graph", "fp32"), ("graph", "kernel"), ("kernel", "fp32")):
+            result = paired_bootstrap(precisions[a], precisions[b])
+            print(f"| SMVS mAP, {channels or 'all'} channels, {a} - {b} | {result['difference']:+.4f} (paired "
+                  f"bootstrap 95% {result['low']:+.4f} .. {result['high']:+.4f}) |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_argument(parser)
@@ -412,7 +615,9 @@ def main() -> int:
     parser.add_argument("--decode-workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help="comma-separated; bf16 variants take options (see OPTION_LABELS), e.g. ov-bf16-s2-b32")
+    parser.add_argument("--no-floor", action="store_true", help="skip the compute floor (FLOPs and GEMM rates)")
     parser.add_argument("--quality", action="store_true", help="measure sign agreement instead of speed")
     parser.add_argument("--quality-images", type=int, default=210)
     parser.add_argument("--which", default=None)
@@ -421,7 +626,18 @@ def main() -> int:
     parser.add_argument("--codes", default=None)
     parser.add_argument("--reference", default=None, help="folder of fp32 image indexes, one per QUALITY_SETS")
     parser.add_argument("--candidate", default=None, help="folder of the candidate's image indexes (the same PCA)")
+    parser.add_argument("--quality-graph-pooling", action="store_true",
+                        help="bf16 pooled in OpenVINO's graph vs the fp32 kernel and fp32 codes (--reference, --encoder-file)")
+    parser.add_argument("--encoder-file", default=None, help="the encoder the --reference indexes were made with")
+    parser.add_argument("--pooling-cost", action="store_true",
+                        help="cost of the bf16 pooling in OpenVINO's graph vs the fp32 kernel, in one process")
     args = parser.parse_args()
+    if args.pooling_cost:
+        return pooling_cost(args)
+    if args.quality_graph_pooling:
+        if not (args.reference and args.encoder_file):
+            parser.error("--quality-graph-pooling needs --reference and --encoder-file")
+        return quality_graph_pooling(args)
     if args.reference or args.candidate:
         if not (args.reference and args.candidate):
             parser.error("--reference and --candidate go together")
@@ -438,11 +654,12 @@ def main() -> int:
     from crosslayer.stage_times import STAGES
 
     variants = [v for v in args.variants.split(",") if v]
+    bases = {v: parse_variant(v)[0] for v in variants}
     work = Path(tempfile.mkdtemp(prefix="bench_extract_"))
     args.encoder, args.encoder_int8 = str(work / "fp32.xle"), str(work / "int8.xle")
     train = _split(args.data, "cub100", "train", args.fit, 29)
     for precision, path in (("fp32", args.encoder), ("int8", args.encoder_int8)):
-        if precision == "int8" and not any("int8" in v for v in variants):
+        if precision == "int8" and "int8" not in {base.split("-")[-1] for base in bases.values()}:
             continue
         CrossLayerEncoder(side=args.side, threads=args.threads, fit_images=args.fit, precision=precision).fit(train).save(path)
     loads, runs = [os.getloadavg()[0]], {v: [] for v in variants}
@@ -456,7 +673,7 @@ def main() -> int:
             runs[which].append(json.loads(out))
         loads.append(os.getloadavg()[0])
 
-    codes = {v: Codes.load(work / f"{v}.xlc") for v in ("before", "fp32", "bf16", "int8", "torch") if v in variants}
+    codes = {v: Codes.load(work / f"{v}.xlc") for v in variants if (work / f"{v}.xlc").exists()}
     print(f"{args.images} CUB images, side {args.side}, MobileNetV2 features.17 x features.18, {args.threads} "
           f"threads, {args.decode_workers} decode workers, batch {args.batch_size}, {args.rounds} interleaved rounds "
           f"(median); load average {min(loads):.1f}-{max(loads):.1f}")
@@ -467,24 +684,43 @@ def main() -> int:
     if "fp32" in codes and "before" in codes:
         assert np.array_equal(codes["fp32"].signs(), codes["before"].signs()), "non-spinning session changed codes"
         print("check: pipeline fp32 codes identical to the pipeline as before")
-    if "fp32" in codes and "bf16" in codes:
-        agreement = (codes["bf16"].signs() == codes["fp32"].signs()).mean(axis=(1, 2))
-        assert agreement.min() > 0.9, f"bf16 codes: {agreement.min():.3f} of signs agree with fp32 (same PCA)"
-        print(f"check: bf16 codes agree with fp32 codes (same PCA) on a median {np.median(agreement):.4f}, min "
-              f"{agreement.min():.4f} of signs per image")
+    pipelines_bf16 = [v for v in codes if bases[v] == "bf16"]
+    kernel_pooled = [v for v in pipelines_bf16 if parse_variant(v)[1]["kernelpool"]]
+    for which in pipelines_bf16:
+        if "fp32" in codes:
+            agreement = (codes[which].signs() == codes["fp32"].signs()).mean(axis=(1, 2))
+            assert agreement.min() > 0.9, f"{which} codes: {agreement.min():.3f} of signs agree with fp32 (same PCA)"
+            print(f"check: {which} codes agree with fp32 codes (same PCA) on a median {np.median(agreement):.4f}, min "
+                  f"{agreement.min():.4f} of signs per image")
+        if kernel_pooled and which not in kernel_pooled:
+            # the same bf16 maps (up to OpenVINO's own run-to-run differences), pooled in bf16 vs by the fp32 kernel
+            agreement = (codes[which].signs() == codes[kernel_pooled[0]].signs()).mean(axis=(1, 2))
+            assert agreement.min() > 0.98, f"{which}: {agreement.min():.4f} of signs agree with {kernel_pooled[0]}"
+            print(f"check: {which} codes (pooled in the graph) agree with {kernel_pooled[0]}'s on a median "
+                  f"{np.median(agreement):.4f}, min {agreement.min():.4f} of signs per image")
 
-    def median(which):
-        return float(np.median([r["seconds"] for r in runs[which]]))
+    def median(which, key="seconds"):
+        return float(np.median([r[key] for r in runs[which]]))
 
-    print(f"\n| variant | images/s | x bare ort fp32 | x own ceiling | peak RSS MB |")
-    print("|---|---:|---:|---:|---:|")
+    def ceiling_of(which):
+        """The fastest bare session of a pipeline's precision in this run (bf16: over every OpenVINO configuration)."""
+        bare = {"fp32": "ort-fp32", "before": "ort-fp32", "bf16": "ov-bf16", "int8": "ort-int8"}.get(bases[which])
+        candidates = [v for v in variants if bases[v] == bare]
+        return min(candidates, key=median) if candidates else None
+
+    print("\n| variant | images/s | x bare ort fp32 | x own ceiling | core-ms an image | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|")
     for which in variants:
         rate = args.images / median(which)
         versus = f"{median('ort-fp32') / median(which):.2f}" if "ort-fp32" in runs else "-"
-        ceiling = {"fp32": "ort-fp32", "before": "ort-fp32", "bf16": "ov-bf16", "int8": "ort-int8"}.get(which)
-        own = f"{median(ceiling) / median(which):.2f}" if ceiling in runs else "-"
+        ceiling = ceiling_of(which)
+        own = f"{median(ceiling) / median(which):.2f}" if ceiling else "-"
+        cpu = f"{1000 * median(which, 'cpu_seconds') / args.images:.1f}" if "cpu_seconds" in runs[which][0] else "-"
         rss = max(r["peak_rss_mb"] for r in runs[which])
-        print(f"| {LABELS[which]} | {rate:.2f} | {versus} | {own} | {rss:.0f} |")
+        print(f"| {label(which)} | {rate:.2f} | {versus} | {own} | {cpu} | {rss:.0f} |")
+    ceilings = {ceiling_of(v) for v in variants if bases[v] == "bf16"} - {None}
+    if ceilings:
+        print(f"(bf16 ceiling: {', '.join(sorted(ceilings))}, the fastest bare OpenVINO configuration of this run)")
 
     staged = [v for v in variants if "stages" in runs[v][0]]
     if staged:
@@ -495,6 +731,8 @@ def main() -> int:
             middle = sorted(runs[which], key=lambda r: r["seconds"])[len(runs[which]) // 2]
             print(f"| {which} | {middle['seconds']:.2f} | " + " | ".join(f"{middle['stages'][s]:.2f}" for s in STAGES[:-1]) + " |")
 
+    if args.no_floor:
+        return 0
     flops = model_flops(args.side)
     rates = gemm_rates(args.threads)
     print(f"\ncompute floor: {flops / 1e9:.2f} GFLOP per image at side {args.side}; measured GEMM (1024^3, "

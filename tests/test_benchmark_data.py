@@ -55,3 +55,17 @@ def test_bench_extract_reads_its_images_under_the_data_root(tmp_path):
         images = 2
 
     assert [Path(p) for p in bench._paths(Args)] == images[:2]
+
+
+def test_bench_extract_variant_options_parse_and_refuse_unknown_ones():
+    bench = _module("bench_extract")
+    assert bench.parse_variant("ov-bf16-s2-b32") == ("ov-bf16", {"streams": 2, "batch": 32, "static": False,
+                                                                 "kernelpool": False})
+    assert bench.parse_variant("bf16-s1-kernelpool")[1] == {"streams": 1, "batch": None, "static": False,
+                                                           "kernelpool": True}
+    assert bench.parse_variant("ort-fp32") == ("ort-fp32", {"streams": None, "batch": None, "static": False,
+                                                            "kernelpool": False})
+    assert "pooled by the fp32 kernel" in bench.label("bf16-kernelpool")
+    for bad in ("fp32-s2", "bf16-fast", "gpu"):
+        with pytest.raises(SystemExit):
+            bench.parse_variant(bad)

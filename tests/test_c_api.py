@@ -37,6 +37,8 @@ def lib():
     pool_args = [f32p, f32p, i64, i64, i64, i64, f32p, f32p, i64]
     lib.crosslayer_pool_codes.argtypes = pool_args + [u64p, f32p, ctypes.c_int]
     lib.crosslayer_pool_float.argtypes = pool_args + [f32p, f32p, ctypes.c_int]
+    lib.crosslayer_finish_pooled_codes.argtypes = [f32p, i64, i64, i64, u64p, ctypes.c_int]
+    lib.crosslayer_finish_pooled_float.argtypes = [f32p, i64, i64, i64, f32p, ctypes.c_int]
     lib.crosslayer_gram.argtypes = [u64p, i64, u64p, i64, i64, i64, i32p, ctypes.c_int]
     lib.crosslayer_search.argtypes = [u64p, i64, u64p, i64, i64, i64, i32p, i64, i64, i64, ctypes.c_int, i32p, i64p,
                                       ctypes.c_int]
@@ -83,7 +85,7 @@ def random_codes(rng, n, dk, dt):
 # ---- the library itself ---------------------------------------------------------------------------------------------
 def test_version_and_build_info_describe_this_build(lib):
     assert lib.crosslayer_version().decode() == crosslayer.__version__
-    assert lib.crosslayer_api_version() == 3
+    assert lib.crosslayer_api_version() == 4
     info = dict(pair.split("=", 1) for pair in lib.crosslayer_build_info().decode().split(";"))
     assert info["version"] == crosslayer.__version__
     assert info["blas"] == crosslayer.build_info()["blas_choice"]
@@ -133,6 +135,26 @@ def test_pool_with_pca_equals_python(lib, rng):
     np.testing.assert_array_equal(bits, codes.bits)
     np.testing.assert_array_equal(channel_mean, codes.channel_mean)
     np.testing.assert_array_equal(representation, floats)
+
+
+
+def test_finish_pooled_equals_python_in_place_too_and_reports_errors(lib, rng):
+    from crosslayer.pooling import finish_pooled
+
+    pooled = rng.standard_normal((2, 5, 70)).astype(np.float32)
+    codes = finish_pooled(pooled, np.ones((2, 5), np.float32), output="codes")
+    bits = np.empty_like(codes.bits)
+    assert lib.crosslayer_finish_pooled_codes(ptr(pooled, f32p), 2, 5, 70, ptr(bits, u64p), 1) == OK
+    np.testing.assert_array_equal(bits, codes.bits)
+    in_place = pooled.copy()
+    assert lib.crosslayer_finish_pooled_float(ptr(in_place, f32p), 2, 5, 70, ptr(in_place, f32p), 0) == OK
+    np.testing.assert_array_equal(in_place.reshape(2, -1), finish_pooled(pooled))
+    assert lib.crosslayer_finish_pooled_codes(None, 2, 5, 70, ptr(bits, u64p), 1) == INVALID_ARGUMENT
+    assert b"pooled" in lib.crosslayer_last_error()
+    assert lib.crosslayer_finish_pooled_float(ptr(pooled, f32p), 2, 0, 70, ptr(in_place, f32p), 1) == INVALID_ARGUMENT
+    assert b"dk" in lib.crosslayer_last_error()
+    pooled[1, 4, 69] = np.nan
+    assert lib.crosslayer_finish_pooled_codes(ptr(pooled, f32p), 2, 5, 70, ptr(bits, u64p), 1) == NOT_FINITE
 
 
 LAYOUT_TWO_PLANE, LAYOUT_COMPACT = 0, 1

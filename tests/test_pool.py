@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 import crosslayer
 from crosslayer import reference as ref
+from crosslayer.errors import UsageError
 
 from _tolerances import assert_normalized_within, assert_within_one_float32_ulp
 
@@ -263,3 +264,78 @@ def test_raw_kernel_refuses_a_pca_mean_without_projection(rng):
     out = np.empty((len(x), a.shape[1] * x.shape[1]), np.float32)
     with pytest.raises(ValueError, match="pca mean and projection go together"):
         core.pool_cpu(x, a, np.zeros(x.shape[1], np.float32), None, out, None, None)
+
+
+# ---- finish_pooled: the epilogue alone, on P computed elsewhere (OpenVINO's graph at bf16) ---------------------------
+
+@st.composite
+def pooled_values(draw):
+    n, dk, dt = draw(st.integers(0, 3)), draw(st.integers(1, 140)), draw(st.integers(1, 200))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    pooled = (rng.standard_normal((n, dk, dt)) * draw(st.sampled_from([1e-3, 1.0, 1e4]))).astype(np.float32)
+    pooled[:, draw(st.lists(st.integers(0, dk - 1), max_size=3))] = 0  # dead channels stay exactly zero
+    if n and draw(st.booleans()):
+        step = draw(st.integers(1, 5))
+        pooled[0, 0, ::step] = 0  # exact zeros inside a live channel: the nonzero plane
+        pooled[0, -1, ::step] = -0.0  # negative zero is zero, not negative
+    return pooled, draw(st.sampled_from([1, 2, 3]))
+
+
+@given(pooled_values())
+def test_finish_pooled_float_matches_reference(values):
+    from crosslayer.pooling import finish_pooled
+
+    pooled, threads = values
+    out = finish_pooled(pooled, num_threads=threads)
+    n, dk, dt = pooled.shape
+    assert out.shape == (n, dk * dt) and out.dtype == np.float32
+    # exact input: only the epilogue's roundings (4u of the normalised value, as for `pool`)
+    assert_normalized_within(out.reshape(n, dk, dt), pooled.astype(np.float64), np.zeros(pooled.shape), epilogue_units=4)
+    assert (out.reshape(n, dk, dt)[(pooled == 0).all(axis=2)] == 0).all()
+
+
+@given(pooled_values())
+def test_finish_pooled_codes_are_the_reference_signs_exactly(values):
+    from crosslayer.pooling import finish_pooled
+
+    pooled, threads = values
+    channel_mean = np.abs(pooled).mean(axis=2)
+    codes = finish_pooled(pooled, channel_mean, output="codes", num_threads=threads)
+    assert (len(codes), codes.Dk, codes.Dt) == pooled.shape
+    assert np.array_equal(codes.bits, ref.pack_ternary(ref.sign_quantize(pooled)))
+    assert np.array_equal(codes.channel_mean, channel_mean)
+
+
+def test_finish_pooled_equals_pool_on_the_same_pooled_values(rng):
+    """The same epilogue as the fused kernel's: given the fused kernel's own P, the outputs are identical."""
+    from crosslayer.pooling import finish_pooled
+
+    local, guidance = rng.standard_normal((2, 20, 3, 3)), rng.random((2, 9, 3, 3))
+    local, guidance = np.round(local * 4).astype(np.float32), np.round(guidance * 4).astype(np.float32)
+    pooled = ref.cross_layer_pool(local, guidance).astype(np.float32)  # small integers: P exact in float32
+    assert np.array_equal(finish_pooled(pooled), crosslayer.pool(local, guidance))
+    codes = crosslayer.pool(local, guidance, output="codes")
+    assert np.array_equal(finish_pooled(pooled, codes.channel_mean, output="codes").bits, codes.bits)
+
+
+def test_finish_pooled_rejects_bad_arguments(rng):
+    from crosslayer.pooling import finish_pooled
+
+    pooled = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    with pytest.raises(UsageError, match="pooled: expected a 3-d array"):
+        finish_pooled(pooled[0])
+    with pytest.raises(UsageError, match="channel_mean: codes need"):
+        finish_pooled(pooled, output="codes")
+    with pytest.raises(UsageError, match=r"channel_mean: expected shape \(2, 3\)"):
+        finish_pooled(pooled, np.zeros((2, 4), np.float32), output="codes")
+    with pytest.raises(UsageError, match="output"):
+        finish_pooled(pooled, output="bits")
+    with pytest.raises(UsageError, match=r"pooled: expected \(n, Dk, Dt\)"):
+        finish_pooled(np.zeros((1, 0, 5), np.float32))
+    bad = pooled.copy()
+    bad[1, 2, 3] = np.inf
+    with pytest.raises(UsageError, match="pooled: contains NaN or Inf"):
+        finish_pooled(bad)
+    for output in ("float", "codes"):  # unchecked, the kernel still refuses them
+        with pytest.raises(ValueError, match="not finite"):
+            finish_pooled(bad, np.zeros((2, 3), np.float32), output=output, check_finite=False)

@@ -2,6 +2,7 @@
 encoder that may share an fp32 encoder's PCA (`with_precision`), codes never mixed with fp32 codes; and the clear
 error when OpenVINO is missing (that test runs without it)."""
 
+import json
 import sys
 
 import numpy as np
@@ -127,3 +128,94 @@ def test_index_build_precision_bf16_on_the_command_line_refuses_fp32_on_resume(p
                    "precision 'bf16' (requested 'fp32')")
     resumed = ok(run_cli("index", "build", db, "--images", photos[0].parent, *TINY, "--precision", "bf16", "--quiet"))
     assert "6 already there" in resumed.stdout
+    # query images are encoded like the indexed ones (pooled in OpenVINO's graph): each finds itself first
+    found = json.loads(ok(run_cli("search", db, *map(str, photos), "--top", "1", "--channels", "all", "--json",
+                                  "--threads", "1")).stdout)
+    assert [query["hits"][0]["key"] for query in found["queries"]] == [photo.name for photo in photos]
+
+
+def test_graph_pooling_computes_the_pooling_of_the_layers_it_replaces(fp32_encoder):
+    """OpenVINO at fp32 with the pooling appended gives the kernel's P of its own maps (to float32 rounding); at bf16,
+    close to it. The two layers' maps are no longer outputs."""
+    pytest.importorskip("openvino")
+    from crosslayer import reference
+    from crosslayer.backbones.runtime import CHANNEL_MEAN, POOLED, GraphPooling, OpenVinoBackbone, backbone_runner
+
+    model, (local, guidance) = fp32_encoder.backbone_model(), fp32_encoder.layers
+    pooling = GraphPooling(local, guidance, *fp32_encoder.pca_)
+    images = np.random.default_rng(2).standard_normal((3, 3, SIDE, SIDE)).astype(np.float32)
+    maps = OpenVinoBackbone(model, threads=1, precision="fp32").run(images)
+    want = reference.cross_layer_pool(maps[local], maps[guidance], fp32_encoder.pca_)
+    for precision, tolerance in (("fp32", 1e-5), ("bf16", 0.05)):
+        outputs = OpenVinoBackbone(model, threads=1, precision=precision, pooling=pooling).run(images)
+        assert set(outputs) == {POOLED, CHANNEL_MEAN, "embedding"}
+        assert outputs[POOLED].shape == want.shape and outputs[POOLED].dtype == np.float32
+        error = np.abs(outputs[POOLED] - want).max() / np.abs(want).max()
+        assert error < tolerance, (precision, error)
+        np.testing.assert_allclose(outputs[CHANNEL_MEAN], reference.channel_mean(maps[guidance]),
+                                   rtol=tolerance, atol=tolerance * np.abs(maps[guidance]).max())
+    with pytest.raises(UsageError, match="pooling: the pooling runs in the graph at precision 'bf16' only"):
+        backbone_runner(model, "fp32", threads=1, pooling=pooling)
+    wrong = GraphPooling(local, guidance, np.zeros(3, np.float32), np.zeros((3, 2), np.float32))
+    with pytest.raises(UsageError, match="the projection has 3 rows"):
+        OpenVinoBackbone(model, threads=1, pooling=wrong)
+    with pytest.raises(UsageError, match="the model has no output 'features.3'"):
+        OpenVinoBackbone(model, threads=1, pooling=GraphPooling("features.3", guidance, *fp32_encoder.pca_))
+
+
+def test_bf16_encode_pools_in_the_graph_like_the_kernel_on_the_same_activations(photos, fp32_encoder):
+    pytest.importorskip("openvino")
+    from crosslayer.codes import Codes
+
+    sources = [str(p) for p in photos]
+    bf16 = fp32_encoder.with_precision("bf16")
+    graph = next(iter(bf16.activations(sources, for_pooling=True)))
+    assert {"pooled", "channel_mean", "embedding"} <= set(graph.outputs)
+    assert not set(fp32_encoder.layers) & set(graph.outputs)
+    maps = list(bf16.activations(sources))  # the layers' bf16 maps, pooled by the fp32 kernel
+    kernel = Codes.concatenate([bf16.pool_batch(batch.outputs, "codes") for batch in maps])
+    codes = bf16.encode(sources)
+    assert codes.identity == kernel.identity == bf16.identity_digest
+    agreement = (codes.signs() == kernel.signs()).mean()
+    assert 0.97 < agreement, agreement
+    np.testing.assert_allclose(codes.channel_mean, kernel.channel_mean, rtol=1e-2, atol=1e-3)
+    floats = bf16.transform(sources)
+    kernel_floats = np.concatenate([bf16.pool_batch(batch.outputs, "float") for batch in maps])
+    assert floats.shape == kernel_floats.shape
+    # compared before the signed square root (which magnifies differences near zero): unit vectors per channel of
+    # Dt 4, whose bfloat16 operands (8-bit mantissa) and cancelling centred values move them by a few hundredths
+    assert np.abs(np.sign(floats) * floats**2 - np.sign(kernel_floats) * kernel_floats**2).max() < 0.05
+    # fp32 never pools in the graph
+    assert set(fp32_encoder.layers) <= set(next(iter(fp32_encoder.activations(sources, for_pooling=True))).outputs)
+    # a new PCA (a new fit) makes a new graph
+    runner = bf16._pooling_backbone()
+    assert bf16._pooling_backbone() is runner
+    bf16.pca_ = (bf16.pca_[0].copy(), bf16.pca_[1].copy())
+    assert bf16._pooling_backbone() is not runner
+    with pytest.raises(UsageError, match="for_pooling"):
+        next(iter(bf16.activations(sources, for_pooling="yes")))
+
+
+def test_openvino_streams_split_a_batch_and_compute_the_same(fp32_encoder):
+    pytest.importorskip("openvino")
+    from crosslayer.backbones.runtime import GraphPooling, OpenVinoBackbone, backbone_runner
+
+    model = fp32_encoder.backbone_model()
+    images = np.random.default_rng(3).standard_normal((5, 3, SIDE, SIDE)).astype(np.float32)
+    pooling = GraphPooling(*fp32_encoder.layers, *fp32_encoder.pca_)
+    for extra in ({}, {"pooling": pooling}):
+        one = OpenVinoBackbone(model, threads=2, precision="fp32", streams=1, **extra)
+        two = OpenVinoBackbone(model, threads=2, precision="fp32", streams=2, **extra)
+        assert (one.streams, two.streams) == (1, 2)
+        want, got = one.run(images), two.run(images)  # 5 images: requests of 3 and 2
+        assert list(got) == list(want)
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4 * np.abs(want[name]).max())
+        again = two.run(images[:1])  # fewer images than streams: one request
+        np.testing.assert_allclose(again[two.output_names[0]], want[two.output_names[0]][:1], rtol=1e-4,
+                                   atol=1e-4 * np.abs(want[two.output_names[0]]).max())
+    assert OpenVinoBackbone(model, threads=1, streams=2).streams == 1  # at most one stream per thread
+    with pytest.raises(UsageError, match="streams: expected an integer >= 1"):
+        OpenVinoBackbone(model, threads=1, streams=0)
+    with pytest.raises(UsageError, match="streams: OpenVINO's streams apply at precision 'bf16' only"):
+        backbone_runner(model, "fp32", threads=1, streams=2)

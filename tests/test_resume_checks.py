@@ -130,9 +130,9 @@ def test_cli_extract_checks_its_flags_on_resume(backbone_cache, tmp_path, capsys
     used = {}
     original = CrossLayerEncoder.activations
 
-    def spy(self, images, on_error="raise"):
+    def spy(self, images, on_error="raise", **options):
         used.update(batch_size=self.batch_size, threads=self.threads, decode_workers=self.decode_workers)
-        return original(self, images, on_error)
+        return original(self, images, on_error, **options)
 
     monkeypatch.setattr(CrossLayerEncoder, "activations", spy)
     _write_images(tmp_path / "imgs", 4)

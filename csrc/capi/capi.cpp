@@ -162,6 +162,45 @@ crosslayer_status crosslayer_pool_codes(const float* local, const float* guidanc
               num_threads);
 }
 
+namespace {
+
+crosslayer_status finish_pooled(const float* pooled, std::int64_t n, std::int64_t dk, std::int64_t dt,
+                                float* representation, std::uint64_t* bits, int num_threads) {
+  return guarded([&] {
+    require_dimension(n, 0, "n");
+    require_dimension(dk, 1, "dk");
+    require_dimension(dt, 1, "dt");
+    if (n > 0) require(pooled != nullptr, "pooled: expected float32 [n][dk][dt], got NULL");
+    PoolFinishArgs args;
+    args.n = n;
+    args.dk = dk;
+    args.dt = dt;
+    args.pooled = pooled;
+    args.output = representation ? PoolOutput::Float : PoolOutput::Codes;
+    args.out_float = representation;
+    args.out_bits = bits;
+    args.num_threads = num_threads;
+    const char* error = pool_finish_cpu(args);
+    require_kernel_ok(error, error == kPoolNotFinite ? CROSSLAYER_NOT_FINITE : CROSSLAYER_INVALID_ARGUMENT);
+  });
+}
+
+}  // namespace
+
+crosslayer_status crosslayer_finish_pooled_float(const float* pooled, int64_t n, int64_t dk, int64_t dt,
+                                                 float* representation, int num_threads) {
+  if (n > 0 && representation == nullptr)
+    return fail(CROSSLAYER_INVALID_ARGUMENT, "representation: expected float32 [n][dk*dt], got NULL");
+  return finish_pooled(pooled, n, dk, dt, representation, nullptr, num_threads);
+}
+
+crosslayer_status crosslayer_finish_pooled_codes(const float* pooled, int64_t n, int64_t dk, int64_t dt, uint64_t* bits,
+                                                 int num_threads) {
+  if (n > 0 && bits == nullptr)
+    return fail(CROSSLAYER_INVALID_ARGUMENT, "bits: expected uint64 [n][dk][2][ceil(dt/64)], got NULL");
+  return finish_pooled(pooled, n, dk, dt, nullptr, bits, num_threads);
+}
+
 crosslayer_status crosslayer_gram(const uint64_t* a, int64_t n_a, const uint64_t* b, int64_t n_b, int64_t dk,
                                   int64_t dt, int32_t* out, int num_threads) {
   return crosslayer_gram_layout(CROSSLAYER_LAYOUT_TWO_PLANE, a, n_a, b, n_b, dk, dt, out, num_threads);

@@ -67,33 +67,44 @@ void pool_channels(const Plan& plan, std::int64_t b, const float* xp, std::int64
   }
 }
 
-void finish_channels(const Plan& plan, std::int64_t b, std::int64_t k_begin, std::int64_t k_count, float* p) {
+// Per-channel L2 normalisation, then v -> sign(v) sqrt(|v|), of p[k_count][dt] in place.
+void normalise_channels(const Plan& plan, std::int64_t k_count, float* p) {
   const std::int64_t dt = plan.dt;
+  for (std::int64_t k = 0; k < k_count; ++k) {
+    float* v = p + k * dt;
+    double sq = 0.0;
+    for (std::int64_t j = 0; j < dt; ++j) sq += static_cast<double>(v[j]) * v[j];
+    if (!std::isfinite(sq)) {  // a float32 square of a finite value always fits a double: an inf or NaN is in v
+      plan.not_finite->store(true, std::memory_order_relaxed);
+      continue;
+    }
+    if (sq == 0.0) continue;  // all-zero channel stays zero (no NaN)
+    // In double: for |P| near FLT_MAX, 1/||P|| is below FLT_MIN and would lose precision as a float32 denormal.
+    const double inv = 1.0 / std::sqrt(sq);
+    for (std::int64_t j = 0; j < dt; ++j) {
+      const float u = static_cast<float>(v[j] * inv);
+      v[j] = std::copysign(std::sqrt(std::fabs(u)), u);
+    }
+  }
+}
+
+// Sign codes of channels [k_begin, k_begin + k_count) of image b from p[k_count][dt].
+void pack_channels(const Plan& plan, std::int64_t b, std::int64_t k_begin, std::int64_t k_count, const float* p) {
+  const std::int64_t dt = plan.dt;
+  const std::int64_t wpp = words_per_plane(dt);
+  std::uint64_t* out = plan.args.out_bits + (b * plan.dk + k_begin) * kPlanes * wpp;
+  for (std::int64_t k = 0; k < k_count; ++k) {
+    std::uint64_t* channel = out + k * kPlanes * wpp;
+    if (!all_finite(p + k * dt, dt)) plan.not_finite->store(true, std::memory_order_relaxed);
+    pack_signs(p + k * dt, dt, channel, channel + wpp);
+  }
+}
+
+void finish_channels(const Plan& plan, std::int64_t b, std::int64_t k_begin, std::int64_t k_count, float* p) {
   if (plan.args.output == PoolOutput::Float) {
-    for (std::int64_t k = 0; k < k_count; ++k) {
-      float* v = p + k * dt;
-      double sq = 0.0;
-      for (std::int64_t j = 0; j < dt; ++j) sq += static_cast<double>(v[j]) * v[j];
-      if (!std::isfinite(sq)) {  // a float32 square of a finite value always fits a double: an inf or NaN is in v
-        plan.not_finite->store(true, std::memory_order_relaxed);
-        continue;
-      }
-      if (sq == 0.0) continue;  // all-zero channel stays zero (no NaN)
-      // In double: for |P| near FLT_MAX, 1/||P|| is below FLT_MIN and would lose precision as a float32 denormal.
-      const double inv = 1.0 / std::sqrt(sq);
-      for (std::int64_t j = 0; j < dt; ++j) {
-        const float u = static_cast<float>(v[j] * inv);
-        v[j] = std::copysign(std::sqrt(std::fabs(u)), u);
-      }
-    }
+    normalise_channels(plan, k_count, p);
   } else {
-    const std::int64_t wpp = words_per_plane(dt);
-    std::uint64_t* out = plan.args.out_bits + (b * plan.dk + k_begin) * kPlanes * wpp;
-    for (std::int64_t k = 0; k < k_count; ++k) {
-      std::uint64_t* channel = out + k * kPlanes * wpp;
-      if (!all_finite(p + k * dt, dt)) plan.not_finite->store(true, std::memory_order_relaxed);
-      pack_signs(p + k * dt, dt, channel, channel + wpp);
-    }
+    pack_channels(plan, b, k_begin, k_count, p);
   }
 }
 
@@ -192,6 +203,42 @@ const char* pool_cpu(const PoolArgs& args) {
     run_image_parallel(plan, threads);
   } else {
     run_channel_parallel(plan, threads);
+  }
+  if (not_finite.load()) return kPoolNotFinite;
+  return "";
+}
+
+const char* pool_finish_cpu(const PoolFinishArgs& args) {
+  if (args.n < 0 || args.dk <= 0 || args.dt <= 0) return "pool_finish_cpu: invalid shape";
+  if (args.n == 0) return "";
+  if (!args.pooled) return "pool_finish_cpu: null pooled input";
+  if (args.output == PoolOutput::Float && !args.out_float) return "pool_finish_cpu: null float output";
+  if (args.output == PoolOutput::Codes && !args.out_bits) return "pool_finish_cpu: null code output";
+  PoolArgs shaped;  // the epilogue's view: only the shape and the outputs are read
+  shaped.shape = PoolShape{args.n, args.dt, args.dt, args.dk, 1};
+  shaped.output = args.output;
+  shaped.out_float = args.out_float;
+  shaped.out_bits = args.out_bits;
+  std::atomic<bool> not_finite{false};
+  const Plan plan{shaped, args.n, args.dt, args.dt, args.dk, 1, false, &not_finite};
+  const int threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
+  // blocks of channels: a batch of few images still spreads over every thread
+  const std::int64_t block = 64;
+  const std::int64_t blocks_per_image = (args.dk + block - 1) / block;
+  const std::int64_t tasks = args.n * blocks_per_image;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (std::int64_t t = 0; t < tasks; ++t) {
+    const std::int64_t b = t / blocks_per_image;
+    const std::int64_t k_begin = (t % blocks_per_image) * block;
+    const std::int64_t k_count = std::min(block, args.dk - k_begin);
+    const std::int64_t offset = (b * args.dk + k_begin) * args.dt;
+    if (args.output == PoolOutput::Float) {
+      float* v = args.out_float + offset;
+      if (v != args.pooled + offset) std::memcpy(v, args.pooled + offset, sizeof(float) * k_count * args.dt);
+      normalise_channels(plan, k_count, v);
+    } else {
+      pack_channels(plan, b, k_begin, k_count, args.pooled + offset);
+    }
   }
   if (not_finite.load()) return kPoolNotFinite;
   return "";

@@ -75,12 +75,45 @@ void pool_cpu_py(const FloatArray& local, const FloatArray& guidance, py::object
   require_ok(status);
 }
 
+void finish_pooled_py(const FloatArray& pooled, py::object out_float, py::object out_bits, int num_threads) {
+  require(pooled.ndim() == 3, "pooled must be 3-d (n, Dk, Dt)");
+  const std::int64_t n = pooled.shape(0), dk = pooled.shape(1), dt = pooled.shape(2);
+  FloatArray float_arr;
+  WordArray bits_arr;
+  float* float_data = nullptr;
+  std::uint64_t* bits_data = nullptr;
+  if (!out_float.is_none()) {
+    require(py::isinstance<FloatArray>(out_float), "float output must be a C-contiguous float32 array");
+    float_arr = out_float.cast<FloatArray>();
+    require(float_arr.ndim() == 2 && float_arr.shape(0) == n && float_arr.shape(1) == dk * dt,
+            "float output must be (n, Dk*Dt)");
+    float_data = float_arr.mutable_data();
+  } else {
+    require(py::isinstance<WordArray>(out_bits), "code output must be a C-contiguous uint64 array");
+    bits_arr = out_bits.cast<WordArray>();
+    require(bits_arr.ndim() == 4 && bits_arr.shape(0) == n && bits_arr.shape(1) == dk && bits_arr.shape(2) == kPlanes &&
+                bits_arr.shape(3) == words_per_plane(dt),
+            "code output must be (n, Dk, 2, ceil(Dt/64))");
+    bits_data = bits_arr.mutable_data();
+  }
+  crosslayer_status status;
+  {
+    py::gil_scoped_release release;
+    status = float_data ? crosslayer_finish_pooled_float(pooled.data(), n, dk, dt, float_data, num_threads)
+                        : crosslayer_finish_pooled_codes(pooled.data(), n, dk, dt, bits_data, num_threads);
+  }
+  require_ok(status);
+}
+
 }  // namespace
 
 void register_pool(py::module_& m) {
   m.def("pool_cpu", &pool_cpu_py, py::arg("local"), py::arg("guidance"), py::arg("pca_mean"), py::arg("pca_proj"),
         py::arg("out_float"), py::arg("out_bits"), py::arg("channel_mean"), py::arg("num_threads") = 0,
         "Fused cross-layer pooling into preallocated outputs (see csrc/include/crosslayer/crosslayer.h).");
+  m.def("finish_pooled_cpu", &finish_pooled_py, py::arg("pooled"), py::arg("out_float"), py::arg("out_bits"),
+        py::arg("num_threads") = 0,
+        "The pooling's last step on P (n, Dk, Dt) computed elsewhere: L2 + signed sqrt, or sign packing.");
 }
 
 }  // namespace crosslayer::python

@@ -25,7 +25,7 @@ from crosslayer.errors import CrossLayerError, FormatError, UsageError
 from crosslayer.formats import read_zip_document, write_zip_document
 from crosslayer.images import RESIZE_POLICIES, check_side, prepare
 from crosslayer.pca import CovarianceAccumulator, local_rows
-from crosslayer.pooling import pool
+from crosslayer.pooling import finish_pooled, pool
 from crosslayer.stage_times import StageTimes
 
 ENCODER_FORMAT = "crosslayer-encoder"
@@ -133,9 +133,11 @@ class CrossLayerEncoder:
     draft:    decode JPEGs of at least twice `side` at a reduced scale (`crosslayer.images.load_image`); faster on
               large photos, but ~4% of code signs differ from a full decode's (off by default).
 
-    Threads: `threads` onnxruntime intra-op threads (OpenVINO's at bf16) run the network and, after it on the same
-    thread, the pooling kernel (its OpenMP threads take the network's slot); `decode_workers` threads decode the next
-    batch meanwhile.
+    Threads: `threads` onnxruntime intra-op threads (OpenVINO's at bf16, in streams of one thread:
+    `crosslayer.backbones.runtime.OPENVINO_STREAMS`) run the network and, after it on the same thread, the pooling
+    kernel (its OpenMP threads take the network's slot; at bf16 `encode`, `transform` and image indexes run the PCA
+    and the pooling inside OpenVINO's graph, and the kernel only finishes P); `decode_workers` threads decode the
+    next batch meanwhile.
     onnxruntime's threads do not spin while idle (`OnnxBackbone`), so the decoders get the cores inference leaves.
     `stage_times_` sums the seconds of each stage over every run (`crosslayer.stage_times`).
     """
@@ -187,6 +189,7 @@ class CrossLayerEncoder:
         self.fit_failures_ = []  # (path, reason) of the images fit skipped
         self.fit_seconds_ = 0.0  # wall time of the last fit (part of a build's time)
         self._runners = {}
+        self._model_source = None  # the backbone model given to `use_backbone_model` (None: the export)
         self._weights_id = _UNRESOLVED
         self._identity_cache = None  # (the pca_ tuple it was computed for, identity dict, digest)
 
@@ -265,6 +268,24 @@ class CrossLayerEncoder:
             self._runners[key] = backbone_runner(model, self.precision, self.threads)
         return self._runners[key]
 
+    def _pooling_backbone(self):
+        """At bf16, the runner of this encoder's own export with the PCA and the cross-layer pooling appended to the
+        graph (`crosslayer.backbones.runtime.GraphPooling`): it outputs POOLED and CHANNEL_MEAN instead of the two
+        layers' maps (and the embedding [and logits] as they are). Remade when the PCA changes (a new fit).
+
+        Why in the graph: there the two MatMuls (MobileNetV2 at side 448: ~200 MFLOP an image) run in bfloat16 with
+        float32 accumulation: 1.5 core-ms an image with the core's finish, against 3.0 in the fused fp32 kernel (one
+        thread), with ~0.1% of code signs changed and SMVS mAP unchanged (benchmarks/results/extract.md, part B)."""
+        from crosslayer.backbones.runtime import GraphPooling, backbone_runner
+
+        self._check_fitted()
+        runner = self._runners.get("graph pooling")
+        if runner is None or runner.pooling.mean is not self.pca_[0] or runner.pooling.projection is not self.pca_[1]:
+            model = self._model_source if self._model_source is not None else self.backbone_model()
+            pooling = GraphPooling(self.layers[0], self.layers[1], self.pca_[0], self.pca_[1])
+            runner = self._runners["graph pooling"] = backbone_runner(model, self.precision, self.threads, pooling)
+        return runner
+
     def _int8_model(self) -> bytes:
         if self.int8_model_ is None:
             raise NotFittedError("precision int8: the quantised backbone is calibrated by fit(images) (or read by "
@@ -284,6 +305,8 @@ class CrossLayerEncoder:
         so the worker needs neither torch nor the weights. Threads: this encoder's `threads`; runtime: its precision's."""
         from crosslayer.backbones.runtime import backbone_runner
 
+        self._model_source = model
+        self._runners.pop("graph pooling", None)
         self._runners[(tuple(self.layers), True)] = backbone_runner(model, self.precision, self.threads)
 
     def _fp32_export(self, taps, embedding):
@@ -327,9 +350,15 @@ class CrossLayerEncoder:
         decoded = [load_resized(source, self.side, self.policy, draft=self.draft) for source in images]
         return np.stack(decoded) if decoded else np.zeros((0, self.side, self.side, 3), np.uint8)
 
-    def activations(self, images, on_error="raise", pass_: Pass | None = None, progress=False, desc="encode"):
+    def activations(self, images, on_error="raise", pass_: Pass | None = None, progress=False, desc="encode",
+                    for_pooling=False):
         """Yields `ActivationBatch`es: outputs[layer t], outputs[layer t+1] (n, C, h, w), outputs["embedding"] (n, C)
         and, with logits=True, outputs["logits"] — the raw backbone maps for other uses (evaluation, inspection).
+
+        for_pooling: the outputs only go to `pool_batch` (and the embedding, logits are read): at precision bf16 the
+        PCA and the pooling then run in OpenVINO's graph, and outputs["pooled"] (n, Dk, Dt) and
+        outputs["channel_mean"] (n, Dk) replace the two layers' maps (`_pooling_backbone`); other precisions, and
+        any `pass_`, yield the maps as always.
 
         pass_: a `Pass` for other inputs (crops, regions, other sides) or other taps, reduced to rows by its hook;
         every image reaches the network this way. Batches are lowered to the memory budget
@@ -337,8 +366,13 @@ class CrossLayerEncoder:
         if on_error not in ON_ERROR:
             raise UsageError(f"on_error: expected one of {ON_ERROR}, got {on_error!r}")
         check_batch_size(self.batch_size)
+        if not isinstance(for_pooling, (bool, np.bool_)):
+            raise UsageError(f"for_pooling: expected True or False, got {for_pooling!r}")
         step = pass_ or Pass()
-        runner = self._backbone(step.taps, step.embedding)
+        if for_pooling and pass_ is None and self.precision == "bf16":
+            runner = self._pooling_backbone()
+        else:
+            runner = self._backbone(step.taps, step.embedding)
         side = step.input_side or self.side
         per_input = self.spec.bytes_per_input(side)
         # the batch holds inputs_per_image inputs per image; the network runs at most max_inputs of them at once
@@ -421,13 +455,21 @@ class CrossLayerEncoder:
 
     # ---- representations -----------------------------------------------------------------------------------------
     def pool_batch(self, outputs: dict, output: str = "codes"):
-        """Cross-layer pooling of one activations batch (`output` as in `crosslayer.pool`). Codes come in the
+        """Cross-layer pooling of one activations batch (`output` as in `crosslayer.pool`), or its last step when the
+        graph pooled already (outputs["pooled"]: `activations(for_pooling=True)` at bf16). Codes come in the
         compact layout (`Codes.compact`; an exact zero inside a live channel, never seen on real images, is coded
         +1 as the layout's contract says)."""
+        from crosslayer.backbones.runtime import CHANNEL_MEAN, POOLED
+
         self._check_fitted()
-        local, guidance = outputs[self.layers[0]], outputs[self.layers[1]]
         with self.stage_times_.timing("pooling"):
-            pooled = pool(local, guidance, self.pca_, output=output, num_threads=self.threads)
+            if POOLED in outputs:  # pooled in the backbone's graph (`activations(for_pooling=True)` at bf16)
+                # not scanned for NaN/Inf here: the kernel refuses non-finite pooled values itself
+                pooled = finish_pooled(outputs[POOLED], outputs[CHANNEL_MEAN], output=output, num_threads=self.threads,
+                                       check_finite=False)
+            else:
+                pooled = pool(outputs[self.layers[0]], outputs[self.layers[1]], self.pca_, output=output,
+                              num_threads=self.threads)
             if output == "codes":
                 pooled = pooled.compact(lossy=True)
         if output == "codes":
@@ -437,13 +479,13 @@ class CrossLayerEncoder:
     def transform(self, images) -> np.ndarray:
         """(n, Dk*Dt) float32 representations (1.6 MB an image for the default pair: prefer encode for many)."""
         self._check_fitted()
-        parts = [self.pool_batch(batch.outputs, "float") for batch in self.activations(images)]
+        parts = [self.pool_batch(batch.outputs, "float") for batch in self.activations(images, for_pooling=True)]
         return np.concatenate(parts) if parts else np.zeros((0, self.Dk * self.Dt), np.float32)
 
     def encode(self, images) -> Codes:
         """Sign codes (compact layout) with per-channel mean guidance activations."""
         self._check_fitted()
-        parts = [self.pool_batch(batch.outputs, "codes") for batch in self.activations(images)]
+        parts = [self.pool_batch(batch.outputs, "codes") for batch in self.activations(images, for_pooling=True)]
         return Codes.concatenate(parts) if parts else Codes.empty(self.Dk, self.Dt, self.identity_digest, "compact")
 
     def fit_transform(self, images, y=None):

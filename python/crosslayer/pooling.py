@@ -1,4 +1,5 @@
-"""`pool`: the cross-layer pooling operation, validated and dispatched to the compiled kernel."""
+"""`pool`: the cross-layer pooling operation, validated and dispatched to the compiled kernel; `finish_pooled`: its
+last step alone, for pooled values computed elsewhere (OpenVINO's graph at bf16: `crosslayer.backbones.runtime`)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,33 @@ def pool(x_t, a_t1, pca=None, output: str = "float", return_channel_mean: bool =
     bits = np.empty((n, dk, 2, words_per_plane(dt)), dtype=np.uint64)
     core.pool_cpu(x_t, a_t1, mean, proj, None, bits, channel_mean, num_threads)
     return Codes._from_valid_bits(bits, channel_mean, dt)  # the kernel keeps padding zero and negative within nonzero
+
+
+def finish_pooled(pooled, channel_mean=None, output: str = "float", num_threads: int = 0, check_finite: bool = True):
+    """The last step of `pool` on pooled values P computed elsewhere (e.g. inside a runtime's graph), by the same
+    kernel: "float" -> (n, Dk*Dt) float32, per-channel L2 then signed square root; "codes" -> `Codes` of sign(P)
+    with `channel_mean` (n, Dk) as their mean guidance activations (required for codes).
+
+    pooled: (n, Dk, Dt) float32, P[b, k, :] = sum_i a_ik x'_i as `pool` defines it. check_finite: as in `pool`
+    (the kernel reports non-finite pooled values as a ValueError either way)."""
+    num_threads = check_num_threads(num_threads)
+    if output not in OUTPUTS:
+        raise UsageError(f"output: expected one of {OUTPUTS}, got {output!r}")
+    if not isinstance(check_finite, (bool, np.bool_)):
+        raise TypeError(f"check_finite: expected a bool, got {type(check_finite).__name__}")
+    pooled = as_float32_array(pooled, "pooled", ndim=3, check_finite=bool(check_finite))
+    n, dk, dt = pooled.shape
+    if dk < 1 or dt < 1:
+        raise UsageError(f"pooled: expected (n, Dk, Dt) with Dk, Dt >= 1, got shape {pooled.shape}")
+    if output == "float":
+        out = np.empty((n, dk * dt), dtype=np.float32)
+        core.finish_pooled_cpu(pooled, out, None, num_threads)
+        return out
+    if channel_mean is None:
+        raise UsageError("channel_mean: codes need the (n, Dk) mean guidance activations, got None")
+    channel_mean = as_float32_array(channel_mean, "channel_mean", ndim=2, check_finite=bool(check_finite))
+    if channel_mean.shape != (n, dk):
+        raise UsageError(f"channel_mean: expected shape {(n, dk)} (n, Dk of pooled), got {channel_mean.shape}")
+    bits = np.empty((n, dk, 2, words_per_plane(dt)), dtype=np.uint64)
+    core.finish_pooled_cpu(pooled, None, bits, num_threads)
+    return Codes._from_valid_bits(bits, np.array(channel_mean), dt)

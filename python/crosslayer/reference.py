@@ -101,8 +101,12 @@ def signed_sqrt(values: np.ndarray) -> np.ndarray:
 
 def representation(local, guidance, pca=None) -> np.ndarray:
     """The float representation (n, Dk*Dt), channel-major: pooled, per-channel L2, then signed square root."""
-    pooled = cross_layer_pool(local, guidance, pca)
-    out = signed_sqrt(l2_normalize_channels(pooled))
+    return representation_from_pooled(cross_layer_pool(local, guidance, pca))
+
+
+def representation_from_pooled(pooled: np.ndarray) -> np.ndarray:
+    """The float representation (n, Dk*Dt) of pooled values P (n, Dk, Dt): per-channel L2, then signed square root."""
+    out = signed_sqrt(l2_normalize_channels(np.asarray(pooled, dtype=np.float64)))
     return out.reshape(out.shape[0], out.shape[1] * out.shape[2])
 
 

@@ -81,7 +81,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a function's signature or meaning changes; crosslayer_api_version() reports the library's. */
-#define CROSSLAYER_API_VERSION 3  /* 3: code file v4 (layouts), compact-code scoring, the coarse prefix scan; 2: code file v3 */
+#define CROSSLAYER_API_VERSION 4  /* 4: crosslayer_finish_pooled_float/_codes; 3: code file v4 (layouts), compact-code scoring, the coarse prefix scan; 2: code file v3 */
 #define CROSSLAYER_WORDS_PER_PLANE(dt) (((dt) + 63) / 64)
 
 typedef enum crosslayer_status {
@@ -118,6 +118,14 @@ CROSSLAYER_API crosslayer_status crosslayer_pool_codes(const float* local, const
                                                        int64_t dt_in, int64_t dk, int64_t positions,
                                                        const float* pca_mean, const float* pca_projection, int64_t dt,
                                                        uint64_t* bits, float* channel_mean, int num_threads);
+
+/* The pooling's last step alone, for P computed elsewhere (e.g. by a runtime's graph): pooled float32 [n][dk][dt]
+ * (P[b][k][:] as above) -> representation float32 [n][dk*dt] (may be `pooled` itself: in place) or bits, exactly
+ * as crosslayer_pool_float / crosslayer_pool_codes finish their own P. Non-finite values: CROSSLAYER_NOT_FINITE. */
+CROSSLAYER_API crosslayer_status crosslayer_finish_pooled_float(const float* pooled, int64_t n, int64_t dk, int64_t dt,
+                                                                float* representation, int num_threads);
+CROSSLAYER_API crosslayer_status crosslayer_finish_pooled_codes(const float* pooled, int64_t n, int64_t dk, int64_t dt,
+                                                                uint64_t* bits, int num_threads);
 
 /* ---- similarity of codes ---------------------------------------------------------------------------------------- */
 /* Code layouts: 2-plane (above) or compact: per image live[ceil(dk/64)] (bit k: channel k has a nonzero value; bits

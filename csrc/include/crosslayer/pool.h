@@ -57,6 +57,19 @@ inline constexpr const char* kPoolNotFinite =
     "or the inputs hold NaN/Inf (check_finite=False skipped their check)";
 const char* pool_cpu(const PoolArgs& args);
 
+// The epilogue alone, for P computed elsewhere (a runtime that ran the projection and the pooling in its own graph):
+//   pooled [n][Dk][Dt] -> out_float [n][Dk*Dt] (L2 + signed sqrt as above; out_float may be `pooled` itself: in
+//   place) or out_bits [n][Dk][2][ceil(Dt/64)] (sign packing). Errors as pool_cpu's, kPoolNotFinite included.
+struct PoolFinishArgs {
+  std::int64_t n = 0, dk = 0, dt = 0;
+  const float* pooled = nullptr;
+  PoolOutput output = PoolOutput::Float;
+  float* out_float = nullptr;
+  std::uint64_t* out_bits = nullptr;
+  int num_threads = 0;
+};
+const char* pool_finish_cpu(const PoolFinishArgs& args);
+
 #ifdef CROSSLAYER_WITH_CUDA
 // Same contract with device pointers, enqueued on `stream` (a cudaStream_t); nothing is synchronised. Products run
 // on the tensor cores in TF32 (10-bit mantissa operands, float32 accumulation), so float outputs and code bits of
