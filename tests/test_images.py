@@ -142,3 +142,56 @@ def test_concurrent_decodes_leave_pillows_limit_as_it_was(tmp_path, monkeypatch)
         decoded = list(pool.map(lambda limit: load_image(tiny, max_pixels=limit), [100, 1000, 10**9] * 20))
     assert all(d.shape == (10, 10, 3) and d[0, 0, 0] == 7 for d in decoded)
     assert Image.MAX_IMAGE_PIXELS == 20
+
+
+def _pillow_decode(path):
+    from PIL import ImageOps
+
+    from crosslayer.images import _to_rgb_uint8
+
+    with Image.open(path) as image:
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        return _to_rgb_uint8(image, path)
+
+
+@pytest.mark.parametrize("kind", ["444", "420", "422", "progressive", "grey", "one-pixel", "odd-size"])
+def test_fast_jpeg_decode_gives_pillows_pixels(tmp_path, rng, kind):
+    pytest.importorskip("simplejpeg")
+    from crosslayer.images import _decode_plain_jpeg
+
+    height, width = {"one-pixel": (1, 1), "odd-size": (37, 53)}.get(kind, (48, 64))
+    smooth = np.cumsum(rng.integers(-8, 9, (height, width, 3)), axis=1)  # photo-like, so chroma subsampling matters
+    photo = np.clip(smooth + 128, 0, 255).astype(np.uint8)
+    image = Image.fromarray(photo).convert("L") if kind == "grey" else Image.fromarray(photo)
+    options = {"444": {"subsampling": 0}, "422": {"subsampling": 1}, "420": {"subsampling": 2},
+               "progressive": {"progressive": True}}.get(kind, {})
+    path = tmp_path / f"{kind}.jpg"
+    image.save(path, "JPEG", quality=90, **options)
+    fast = _decode_plain_jpeg(path, 10**9)
+    assert fast is not None, "this JPEG should take the fast path"
+    np.testing.assert_array_equal(fast, _pillow_decode(path))
+    np.testing.assert_array_equal(load_image(path), fast)
+
+
+def test_fast_jpeg_decode_leaves_exif_cmyk_bombs_and_damage_to_pillow(tmp_path, rng):
+    pytest.importorskip("simplejpeg")
+    from crosslayer.images import _decode_plain_jpeg
+
+    photo = _photo(rng, 20, 30)
+    image = Image.fromarray(photo)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "rot.jpg", exif=exif.tobytes())
+    image.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    image.save(tmp_path / "plain.jpg")
+    data = (tmp_path / "plain.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    for name in ("rot.jpg", "cmyk.jpg", "cut.jpg"):
+        assert _decode_plain_jpeg(tmp_path / name, 10**9) is None, name
+    assert _decode_plain_jpeg(tmp_path / "plain.jpg", 599) is None  # over max_pixels: Pillow's path refuses it
+    with pytest.raises(ImageError, match="exceeds the limit of 599 pixels"):
+        load_image(tmp_path / "plain.jpg", max_pixels=599)
+    with pytest.raises(ImageError, match="cut.jpg: cannot decode"):
+        load_image(tmp_path / "cut.jpg")
+    assert load_image(tmp_path / "rot.jpg").shape == (30, 20, 3)

@@ -1,4 +1,4 @@
-"""Images in: decode (Pillow), orientation, colour handling, resize policy and ImageNet normalisation.
+"""Images in: decode (libjpeg-turbo for plain JPEGs, Pillow for everything else), orientation, colour handling, resize
 
 Any decoded image becomes HxWx3 uint8 RGB: EXIF orientation applied; grey, palette and CMYK converted; alpha composited
 on white; 16-bit scaled to 8 bits. A file that cannot be used raises `ImageError` naming the file and the reason.
@@ -114,6 +114,70 @@ def _pillow_limit_at_least(pixels: int):
                 Image.MAX_IMAGE_PIXELS = _pillow_limit_saved
 
 
+# JPEG markers that start a frame (SOF0..SOF15 less DHT, JPG and DAC): the EXIF segment, if any, comes before them
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _has_exif_segment(data: bytes) -> bool | None:
+    """Whether a JPEG's header holds an EXIF (APP1 "Exif") segment before its frame; None when the markers cannot
+    be followed (then the caller lets Pillow decide)."""
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in _JPEG_FRAME_MARKERS or marker == 0xDA:
+            return False
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
+        if marker == 0xE1 and data[position + 4 : position + 10] == b"Exif\x00\x00":
+            return True
+        position += 2 + length
+    return None
+
+
+def _decode_plain_jpeg(path: Path, max_pixels: int) -> np.ndarray | None:
+    """A colour or grey JPEG without EXIF decoded by libjpeg-turbo through simplejpeg, or None for everything else
+    (no simplejpeg, another format, EXIF orientation to apply, CMYK, any decoding complaint: Pillow then decodes it
+    and reports what is wrong). Pillow decodes JPEGs with the same library and the same settings (accurate integer
+    DCT, fancy upsampling, grey replicated to RGB), so the pixels are the same; it costs ~0.25 ms a 227 px CUB image
+    against ~0.6 ms through Pillow, and decoding is the largest preparation stage left (benchmarks/results/extract.md).
+    tests/test_images.py compares both decoders on every kind of JPEG this takes."""
+    decoder = _simplejpeg()
+    if decoder is None:
+        return None
+    try:
+        with open(path, "rb") as file:
+            if file.read(2) != b"\xff\xd8":
+                return None
+            data = b"\xff\xd8" + file.read()
+    except OSError:
+        return None  # Pillow's path names the problem
+    if _has_exif_segment(data) is not False:
+        return None
+    try:
+        height, width, colorspace, _ = decoder.decode_jpeg_header(data)
+        if colorspace not in ("YCbCr", "Gray") or height < 1 or width < 1 or height * width > max_pixels:
+            return None
+        if colorspace == "Gray":
+            grey = decoder.decode_jpeg(data, colorspace="GRAY")
+            return np.repeat(grey.reshape(height, width, 1), 3, axis=2)
+        return decoder.decode_jpeg(data, colorspace="RGB")
+    except (ValueError, OSError):
+        return None
+
+
+@functools.cache
+def _simplejpeg():
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    return simplejpeg
+
+
 def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, draft_side: int | None = None) -> np.ndarray:
     """Decodes an image file to HxWx3 uint8 RGB (EXIF orientation applied). Raises ImageError.
 
@@ -131,6 +195,10 @@ def load_image(path, max_pixels: int = DEFAULT_MAX_PIXELS, draft_side: int | Non
         raise UsageError(f"draft_side: expected None or a positive integer, got {draft_side!r}")
     path = Path(path)
     too_large = f"exceeds the limit of {max_pixels} pixels (decompression bomb?)"
+    if draft_side is None:
+        pixels = _decode_plain_jpeg(path, max_pixels)
+        if pixels is not None:
+            return pixels
     try:
         with _pillow_limit_at_least(int(max_pixels)), Image.open(path) as image:
             width, height = image.size
