@@ -1,4 +1,5 @@
-"""Images in: decode (libjpeg-turbo for plain JPEGs, Pillow for everything else), orientation, colour handling, resize
+"""Images in: decode (libjpeg-turbo for plain JPEGs, Pillow for the rest), orientation, colour handling, resize
+policy and ImageNet normalisation.
 
 Any decoded image becomes HxWx3 uint8 RGB: EXIF orientation applied; grey, palette and CMYK converted; alpha composited
 on white; 16-bit scaled to 8 bits. A file that cannot be used raises `ImageError` naming the file and the reason.
