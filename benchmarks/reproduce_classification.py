@@ -93,8 +93,9 @@ def not_run_note(groups) -> str:
 def table_rows(spec, groups):
     """(table, kwargs for classify) of the methods to run; `groups` picks the optional ones."""
     local, guidance = spec.default_pair
-    previous = spec.taps[spec.tap_index(local) - 1]
-    before = spec.taps[spec.tap_index(local) - 2]
+    # the taps listed before the local layer (a tap's module index is not its place in the list: VGG's are 1, 3, 6..)
+    position = spec.taps.index(local)
+    previous, before = spec.taps[position - 1], spec.taps[position - 2]
     rows = [("main", dict(method="global"))]
     for method in ("sum-spm", "max-spm"):
         for layer in ("t", "t1", "both"):
@@ -324,7 +325,7 @@ def read_results(path) -> dict:
     return read_json(path, TABLE_FORMAT, TABLE_VERSION, "classification results")
 
 
-def partial_records(dataset, rows, spec, side, cache, jobs):
+def partial_records(dataset, rows, spec, side, cache, jobs, weights=None):
     """Evaluates every method on the classes whose images all lie in the stores' complete prefix (the manifests list
     images class by class), while a pass is still running or after it was stopped. Returns (records, classes used)."""
     import numpy as np
@@ -336,7 +337,7 @@ def partial_records(dataset, rows, spec, side, cache, jobs):
 
     from crosslayer.eval.classify import image_key
 
-    directory = pass_directory(cache or default_cache_root(), dataset, spec.name, side, None)
+    directory = pass_directory(cache or default_cache_root(), dataset, spec.name, side, weights)
     # rows of their own store only (not the SPM level slices, not the one-vs-rest twins)
     rows = [(g, kwargs) for g, kwargs in rows if "multiclass" not in kwargs and source_config(config_of(kwargs)) == config_of(kwargs)]
     configs = [config_of(kwargs) for _, kwargs in rows]
@@ -378,6 +379,8 @@ def main(argv=None) -> int:
     add_data_argument(parser)
     parser.add_argument("--set", required=True, help="the data set's folder (with manifest.csv), under --data")
     parser.add_argument("--backbone", default="mobilenet_v2")
+    parser.add_argument("--weights", default=None,
+                        help="the backbone's state dict (.pth), for networks without installed weights (VGG, AlexNet)")
     parser.add_argument("--side", type=int, default=448)
     parser.add_argument("--groups", default=DEFAULT_GROUPS,
                         help="optional rows, comma-separated: " + "; ".join(f"{g}: {d}" for g, d in OPTIONAL_GROUPS.items()))
@@ -415,7 +418,7 @@ def main(argv=None) -> int:
     if args.partial:
         # a combination's parts are rows of their own; partial mode evaluates stores only
         rows = [row for row in rows if "combine" not in row[1]]
-        records, classes = partial_records(dataset, rows, spec, args.side, args.cache, args.jobs)
+        records, classes = partial_records(dataset, rows, spec, args.side, args.cache, args.jobs, args.weights)
         name = args.name or f"classification-{set_name}-partial"
         title = (f"PARTIAL {set_name}: first {len(classes)} of {len(dataset.classes)} classes; "
                  f"{spec.name} side {args.side}, linear SVM, C by 3-fold CV")
@@ -432,7 +435,7 @@ def main(argv=None) -> int:
     # a combination's parts are rows too: each config once
     configs = dict.fromkeys(source_config(config_of(part, args.fit_images))
                             for _, kwargs in rows for part in kwargs.get("combine", [kwargs]))
-    extract(dataset, list(configs), spec.name, args.side, args.cache, fit_images=args.fit_images)
+    extract(dataset, list(configs), spec.name, args.side, args.cache, args.weights, fit_images=args.fit_images)
     print(f"extraction done in {time.perf_counter() - started:.0f} s", flush=True)
     if args.extract_only:
         return 0
@@ -444,12 +447,12 @@ def main(argv=None) -> int:
         if "combine" in kwargs:
             record = classify_combination(set_path, kwargs["combine"], backbone=spec.name, side=args.side,
                                           cache_dir=args.cache, n_jobs=args.jobs, limit_per_class=args.limit_per_class,
-                                          fit_images=args.fit_images)
+                                          fit_images=args.fit_images, weights=args.weights)
             record["test_labels"] = record.get("test_labels", record["parts"][0].get("test_labels"))
         else:
             record = classify(set_path, backbone=spec.name, side=args.side, cache_dir=args.cache, n_jobs=args.jobs,
                               limit_per_class=args.limit_per_class, fit_images=args.fit_images, progress=False,
-                              resplits=resplits, **kwargs)
+                              resplits=resplits, weights=args.weights, **kwargs)
         record["label"] = label_of(kwargs)
         record["dataset"] = relative_to_data(args.data, set_path)
         records.append((group, record))

@@ -13,13 +13,28 @@ Features are cached (resumable) under --cache; the PCA of the local features and
     PYTHONPATH=python nice -n 10 python benchmarks/reproduce_retrieval.py [--data ROOT] [--no-distractors]
 
 Sets are named relative to --data (default ../shared/data beside the repository); records hold those names.
+
+From image indexes (`--indexes ROOT --encoder ENC.xle`: ROOT holds `<set>-database` and one index per distractor
+and learn folder, built with ENC): only the queries and the database images are re-encoded (their maps give the
+float representations, SPoC's centre-prior pooling and the channel-selection rules); distractor codes and
+embeddings, and the learn images' embeddings for the SPoC whitening, are read from the indexes. The re-encoded
+database is first checked against its index (same code bits, same embeddings). Adds the rows `spoc-prior` (SPoC's
+Gaussian centre prior, L2; no distractor setting: it needs every image's map) and `crosslayer-codes-positive` /
+`crosslayer-codes-abs` (channels chosen by the mean of max(a, 0) / of |a|, for a signed guidance layer); no
+latency columns (`retrieval.md` has them). Writes retrieval<tag>.md/.json/_channels.png.
+
+    PYTHONPATH=python nice -n 19 python benchmarks/reproduce_retrieval.py --indexes /work/cache/f17f18 \
+        --encoder /work/cache/mnv2-f17f18.xle --tag _v04
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -71,7 +86,15 @@ MAP_COMPARISONS = (
     (("crosslayer-codes", "200"), ("crosslayer-codes", "all")),
     (("crosslayer-codes", "all"), ("embedding", "all")),
     (("spoc-sign", "all"), ("spoc", "all")),
+    (("crosslayer-codes", "all"), ("spoc-prior", "all")),
+    (("crosslayer-float", "all"), ("spoc-prior", "all")),
+    (("spoc-prior", "all"), ("spoc", "all")),
+    (("crosslayer-codes-positive", "50"), ("crosslayer-codes", "50")),
+    (("crosslayer-codes-abs", "50"), ("crosslayer-codes", "50")),
+    (("crosslayer-codes-positive", "200"), ("crosslayer-codes", "200")),
+    (("crosslayer-codes-abs", "200"), ("crosslayer-codes", "200")),
 )
+RULE_METHODS = {"mean": "crosslayer-codes", "positive": "crosslayer-codes-positive", "abs": "crosslayer-codes-abs"}
 
 
 def map_differences(records) -> list[dict]:
@@ -99,6 +122,184 @@ def map_difference_table(differences) -> str:
     return "\n".join(lines)
 
 
+def encode_set(encoder, paths) -> dict:
+    """One backbone pass over `paths` (in order), the maps reduced as they come: sign codes, float representations,
+    the embedding, SPoC's centre-prior pooling of the guidance layer and every channel-selection rule's scores."""
+    from crosslayer.codes import Codes
+    from crosslayer.retrieval.channels import CHANNEL_RULES, guidance_channel_means
+    from crosslayer.retrieval.spoc import sum_pool
+
+    codes, floats, embedding, prior, rules = [], [], [], [], {rule: [] for rule in CHANNEL_RULES}
+    for batch in encoder.activations(paths, on_error="raise"):
+        outputs = batch.outputs
+        codes.append(encoder.pool_batch(outputs, "codes"))
+        floats.append(encoder.pool_batch(outputs, "float"))
+        embedding.append(np.asarray(outputs["embedding"], np.float64))
+        guidance = outputs[encoder.layers[1]]
+        prior.append(sum_pool(guidance, prior=True))
+        for rule in CHANNEL_RULES:
+            rules[rule].append(guidance_channel_means(guidance, rule))
+    return {"codes": Codes.concatenate(codes), "floats": np.concatenate(floats), "embedding": np.concatenate(embedding),
+            "prior": np.concatenate(prior), "rules": {rule: np.concatenate(v) for rule, v in rules.items()}}
+
+
+def read_index(directory, identity: str, paths=None) -> dict:
+    """Codes and embeddings of an image index built with the encoder `identity`: of `paths` in that order (each must
+    be indexed), or of every live image. SystemExit naming the index when it was built with another encoder."""
+    from crosslayer.retrieval.image_index import ImageIndex
+
+    with ImageIndex.open(directory) as index:
+        live = np.asarray(index.codes.live_ids())
+        ids = live if paths is None else np.asarray(index.ids_of(paths))
+        codes = index.codes.get(ids)
+        if codes.identity != identity:
+            raise SystemExit(f"--indexes: {directory} was built with another encoder (identity {codes.identity}, "
+                             f"expected {identity})")
+        embedding = np.asarray(index.embeddings(), np.float64)[np.searchsorted(live, ids)]
+        return {"codes": codes, "embedding": embedding, "paths": index.paths() if paths is None else list(paths)}
+
+
+def index_records(encoder, rset, database_index: dict, distractor_indexes: list, learn_embeddings, channel_counts,
+                  spoc_dim: int = 256) -> tuple[list[dict], dict]:
+    """Records as `evaluate`'s (per query AP kept), without and with the distractors, from re-encoded queries and
+    database images and indexed distractors. Returns (records, what was checked and how long the passes took)."""
+    from crosslayer.codes import Codes
+    from crosslayer.l2 import l2_normalize
+    from crosslayer.retrieval.channels import channel_label, selection_masks
+    from crosslayer.retrieval.evaluate import _codes_score_matrix
+    from crosslayer.retrieval.float_scores import FloatQueryScorer
+    from crosslayer.retrieval.metrics import average_precision, evaluate_ranks, relevance_matrix, relevant_ranks
+    from crosslayer.retrieval.spoc import SpocWhitening
+
+    began = time.perf_counter()
+    queries = encode_set(encoder, rset.queries.paths)
+    database = encode_set(encoder, rset.database.paths)
+    encode_seconds = time.perf_counter() - began
+    # the reference checks: the rule "mean" is what the pooling kernel stores with the codes, and the re-encoded
+    # database is what its index holds (same encoder, same images), so indexed distractors rank on equal terms
+    np.testing.assert_allclose(queries["rules"]["mean"], queries["codes"].channel_mean, rtol=1e-4, atol=1e-5)
+    indexed_layout = database_index["codes"].layout  # an index may hold either layout; both score alike
+    if not np.array_equal(database["codes"].to_layout(indexed_layout).bits, database_index["codes"].bits):
+        raise SystemExit("--indexes: the re-encoded database codes differ from the database index's")
+    np.testing.assert_allclose(database["embedding"], database_index["embedding"], rtol=1e-4, atol=1e-5)
+    whitening = SpocWhitening(spoc_dim).fit(learn_embeddings)
+    dk, dt = encoder.Dk, encoder.Dt
+    records = []
+    for distractors in ([], distractor_indexes):
+        parts = [database_index] + list(distractors)
+        labels = list(rset.database.items) + [None] * sum(len(p["paths"]) for p in distractors)
+        relevant = relevance_matrix(rset.queries.items, labels)
+        answerable = relevant.any(axis=1)
+        relevant = relevant[answerable]
+        total = relevant.shape[1]
+        common = {"queries": int(answerable.sum()), "database": len(rset.database.paths),
+                  "distractors": total - len(rset.database.paths)}
+
+        def record(method, channels, scores, bytes_per_image):
+            ranks = relevant_ranks(scores[answerable], relevant)
+            metrics = evaluate_ranks(ranks)
+            metrics["query_ap"] = [average_precision(r) for r in ranks]
+            return {"method": method, "channels": channel_label(channels), **common, **metrics,
+                    "bytes_per_image": int(np.ceil(bytes_per_image))}
+
+        embeddings = np.concatenate([p["embedding"] for p in parts])
+        for method, transform, nbytes in (("spoc", whitening.transform, spoc_dim * 4),
+                                          ("spoc-sign", lambda x: np.sign(whitening.transform(x)), spoc_dim / 8),
+                                          ("embedding", l2_normalize, embeddings.shape[1] * 4)):
+            records.append(record(method, None, transform(queries["embedding"]) @ transform(embeddings).T, nbytes))
+        if not distractors:  # these need every ranked image's maps
+            prior = l2_normalize(queries["prior"]) @ l2_normalize(database["prior"]).T
+            records.append(record("spoc-prior", None, prior, dk * 4))
+            masks = selection_masks(queries["codes"].channel_mean, channel_counts)
+            scores = FloatQueryScorer(queries["floats"], dk, masks).score(database["floats"])
+            for s, channels in enumerate(channel_counts):
+                records.append(record("crosslayer-float", channels, scores[:, :, s].astype(np.float64), dk * dt * 4))
+        segments, base = [], 0
+        for part in parts:
+            segments.append((part["codes"].bits, base))
+            base += len(part["paths"])
+        query_codes = queries["codes"]
+        for rule, method in RULE_METHODS.items():
+            ruled = Codes(query_codes.bits, queries["rules"][rule], query_codes.Dt, query_codes.identity)
+            for channels in channel_counts:
+                scores = _codes_score_matrix(ruled, segments, total, channels)
+                records.append(record(method, channels, scores, query_codes.nbytes // max(len(query_codes), 1)))
+        print(index_table([r for r in records if r["distractors"] == common["distractors"]]), flush=True)
+    negative = float(np.mean(queries["rules"]["mean"] < 0))
+    return records, {"encode_seconds": encode_seconds, "negative_channel_means": negative}
+
+
+def index_table(records) -> str:
+    lines = ["| method | channels | distractors | mAP | R@1 | R@5 | R@10 | bytes/image |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in records:
+        lines.append(f"| {r['method']} | {r['channels']} | {r['distractors']:,} | {r['map']:.3f} | {r['recall@1']:.3f} | "
+                     f"{r['recall@5']:.3f} | {r['recall@10']:.3f} | {r['bytes_per_image']:,} |")
+    return "\n".join(lines)
+
+
+def main_from_indexes(args) -> int:
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.retrieval.datasets import read_retrieval_set
+    from crosslayer.retrieval.evaluate import DEFAULT_CHANNELS, sample_paths, write_results
+
+    started = time.perf_counter()
+    encoder = CrossLayerEncoder.load(args.encoder)
+    encoder.threads = args.threads
+    identity = encoder.identity_digest
+    root = Path(args.indexes)
+    retrieval_set = data_set(args.data, args.set)
+    rset = read_retrieval_set(retrieval_set)
+    database_index = read_index(root / f"{Path(args.set).name}-database", identity, rset.database.paths)
+    distractors = [read_index(root / Path(name).name, identity) for name in args.distractors]
+    learn_folders = [str(data_set(args.data, name)) for name in args.learn]
+    learn_paths = sample_paths(learn_folders, args.learn_images)
+    learn = []
+    for name, folder in zip(args.learn, learn_folders):
+        mine = [p for p in learn_paths if Path(p).is_relative_to(Path(folder).resolve())]
+        learn.append(read_index(root / Path(name).name, identity, mine)["embedding"])
+    channel_counts = [c for c in DEFAULT_CHANNELS if c is None or c < encoder.Dk]
+    records, info = index_records(encoder, rset, database_index, distractors, np.concatenate(learn), channel_counts,
+                                  args.spoc_dim)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    distractor_names = [relative_to_data(args.data, data_set(args.data, d)) for d in args.distractors]
+    write_results(out / f"retrieval{args.tag}.json", relative_to_data(args.data, retrieval_set), distractor_names, records)
+    plot(records, out / f"retrieval{args.tag}_channels.png", encoder.Dk, "/".join(encoder.layers))
+    seconds = time.perf_counter() - started
+    command = "python benchmarks/reproduce_retrieval.py " + " ".join(args.argv)
+    text = [
+        f"# Retrieval on {Path(args.set).name} from image indexes: {encoder.backbone} {' x '.join(encoder.layers)}",
+        "",
+        f"- command: `{command}`; run time {seconds:.0f} s ({info['encode_seconds']:.0f} s re-encoding the "
+        f"{len(rset.queries.paths)} queries and {len(rset.database.paths)} database images; 2 shared cores)",
+        f"- encoder `{args.encoder}` (local {encoder.layers[0]} Dt {encoder.Dt}, guidance {encoder.layers[1]} Dk "
+        f"{encoder.Dk}, side {encoder.side}); distractors ({', '.join(distractor_names)}) and the SPoC whitening's "
+        f"{len(learn_paths)} learn images (sampled from {', '.join(args.learn)}) read from the image indexes under "
+        f"`{args.indexes}`",
+        "- checked first: the re-encoded database's codes equal its index's bit for bit and its embeddings agree "
+        "(1e-4); the rule `mean` equals the channel means the pooling kernel stored",
+        f"- share of negative query channel means of the guidance layer: {100 * info['negative_channel_means']:.1f}%",
+        "- methods: `spoc` sum pooling + L2 + PCA-whitening (256, out of domain) + L2; `spoc-sign` its signs; "
+        "`embedding` average pooling + L2; `spoc-prior` sum pooling with SPoC's Gaussian centre prior + L2 (no "
+        "whitening: `spoc.md` has it whitened in and out of domain); `crosslayer-float` cosine over the query's "
+        "channels; `crosslayer-codes` masked popcount of the sign codes over the channels of largest mean guidance "
+        "activation (paper eq. 3), `-positive` / `-abs` over those of largest mean of max(a, 0) / |a|",
+        "- not with distractors: `spoc-prior` and `crosslayer-float` (they need every distractor's maps; the indexes "
+        "hold codes and embeddings)",
+        "",
+        index_table(records),
+        "",
+        "mAP differences with their paired bootstrap 95% intervals (10,000 resamples of the queries; each query's two "
+        "average precisions kept together):",
+        "",
+        map_difference_table(map_differences(records)),
+    ]
+    with atomic_write(out / f"retrieval{args.tag}.md", "w") as handle:
+        handle.write("\n".join(text) + "\n")
+    print(f"wrote {out / f'retrieval{args.tag}.md'} in {seconds:.0f} s")
+    return 0
+
+
 def main(argv=None) -> int:
     from crosslayer.retrieval.evaluate import (DEFAULT_CHANNELS, compute_features, evaluate, markdown_table,
                                                result_sheet, write_results)
@@ -116,7 +317,17 @@ def main(argv=None) -> int:
                         help="the backbone's layer pair (default: mobilenet_v2 features.17, features.18)")
     parser.add_argument("--tag", default="", help="suffix of the output file names, e.g. _f16_f17")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--indexes", default=None,
+                        help="folder of image indexes (<set>-database and one per distractor and learn folder): "
+                             "distractors and learn embeddings are read from them, not re-encoded; needs --encoder")
+    parser.add_argument("--encoder", default=None, help="the saved encoder (.xle) the --indexes were built with")
+    parser.add_argument("--spoc-dim", type=int, default=256, help="SPoC whitening dimension (--indexes mode)")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if (args.indexes is None) != (args.encoder is None):
+        parser.error("--indexes and --encoder go together")
+    if args.indexes is not None:
+        return main_from_indexes(args)
 
     options = dict(threads=args.threads, batch_size=16, fit_images=256, layers=args.layers)
     retrieval_set = str(data_set(args.data, args.set))

@@ -313,6 +313,9 @@ def test_combination_of_oconv_and_aconv_fast_end_to_end(tiny):
     assert [part["method"] for part in record["parts"]] == ["crosslayer", "aconv-fast"]
     assert record["dims"] == 1280 * 320 + 4 * 8 and len(record["test_predictions"]) == 4
     assert record["label"].startswith("crosslayer + aconv-fast") and 0 <= record["accuracy"] <= 1
+    # paired against any method's row on the same images (reproduce_classification's Δ column needs both)
+    assert record["test_keys"] == record["parts"][0]["test_keys"] and len(record["test_keys"]) == 4
+    assert record["test_labels"] == record["parts"][0]["test_labels"]
     with pytest.raises(UsageError, match="parts"):
         combine.classify_combination(root, [dict(method="crosslayer")], cache_dir=cache, weights=weights, **COMMON)
 

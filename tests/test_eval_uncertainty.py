@@ -192,3 +192,51 @@ def test_shared_index_rows_evaluate_a_kernel_and_name_missing_images(tiny_set):
     record = script.evaluate("global", "global", features @ features.T, dataset, 2, 2, 8, 0.0, 1)
     assert record["accuracy"] == 1.0 and [s["accuracy"] for s in record["resplits"]] == [1.0, 1.0]
     assert record["test_keys"] == ["c0_4.png", "c0_5.png", "c1_4.png", "c1_5.png"]
+
+
+def test_reproduce_retrieval_from_image_indexes(backbone_cache, tmp_path):
+    """`reproduce_retrieval.py --indexes ROOT --encoder ENC.xle` as a user types it: queries and database re-encoded
+    (checked against the database's index), distractors and the whitening's learn embeddings read from indexes; the
+    centre-prior SPoC and the channel-rule rows, each setting with paired mAP intervals."""
+    from _images import write_block_images
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.retrieval.evaluate import read_results
+    from crosslayer.retrieval.image_index import ImageIndex
+
+    script = _script("reproduce_retrieval")
+    data, indexes = tmp_path / "data", tmp_path / "indexes"
+    database = write_block_images(data / "set" / "db", 6, seed=1, side=64)
+    rng = np.random.default_rng(2)
+    (data / "set" / "q").mkdir()
+    for i, path in enumerate(database):  # each query a noisy copy of its reference
+        pixels = np.asarray(Image.open(path), np.float64) + rng.normal(0, 40, (64, 64, 3))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(data / "set" / "q" / f"q{i}.png")
+    (data / "set" / "database.csv").write_text("path,item\n" + "".join(f"db/img{i:02d}.png,{i}\n" for i in range(6)))
+    (data / "set" / "queries.csv").write_text("path,item\n" + "".join(f"q/q{i}.png,{i}\n" for i in range(6)))
+    distractors = write_block_images(data / "other", 9, seed=3, side=64)
+    encoder = CrossLayerEncoder("mobilenet_v2", side=64, weights="random", batch_size=4, threads=1, fit_images=6)
+    encoder.fit(distractors)
+    encoder.save(tmp_path / "enc.xle")
+    for name, paths in (("set-database", database), ("other", distractors)):
+        with ImageIndex.create(indexes / name, encoder, root=paths[0].parent, embeddings=True) as index:
+            index.add(paths, progress=False)
+    argv = ["--data", str(data), "--set", "set", "--distractors", "other", "--learn", "other", "--learn-images", "8",
+            "--spoc-dim", "4", "--indexes", str(indexes), "--encoder", str(tmp_path / "enc.xle"), "--threads", "1",
+            "--tag", "_tiny", "--out", str(tmp_path / "out")]
+    assert script.main(argv) == 0
+    records = read_results(tmp_path / "out" / "retrieval_tiny.json")["records"]
+    by_setting = {}
+    for r in records:
+        by_setting.setdefault(r["distractors"], {})[r["method"], r["channels"]] = r
+    assert sorted(by_setting) == [0, 9]
+    assert ("spoc-prior", "all") in by_setting[0] and ("spoc-prior", "all") not in by_setting[9]
+    assert ("crosslayer-float", "50") in by_setting[0] and ("crosslayer-float", "50") not in by_setting[9]
+    for setting in by_setting.values():
+        # every channel compared: the selection rule cannot matter
+        rules = [setting[method, "all"]["query_ap"] for method in script.RULE_METHODS.values()]
+        assert rules[0] == rules[1] == rules[2] and len(rules[0]) == 6
+        assert {("spoc", "all"), ("embedding", "all"), ("crosslayer-codes-abs", "10")} <= set(setting)
+    text = (tmp_path / "out" / "retrieval_tiny.md").read_text()
+    assert "| crosslayer-codes (all) | spoc-prior (all) | 0 |" in text and "run time" in text
+    with pytest.raises(SystemExit):
+        script.main([a for a in argv if a not in ("--encoder", str(tmp_path / "enc.xle"))])  # --indexes alone

@@ -193,3 +193,50 @@ def test_cli_export_of_the_fc_taps(tmp_path, monkeypatch, narrow_networks, capsy
     path = capsys.readouterr().out.strip()
     outputs = OnnxBackbone(path, intra_op_threads=1).run(np.zeros((1, 3, 96, 96), np.float32))
     assert list(outputs) == ["fc6", "fc7", "embedding"] and outputs["fc7"].shape == (1, WIDTH)
+
+
+def _reproduce_classification():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "reproduce_classification.py"
+    spec = importlib.util.spec_from_file_location("reproduce_classification", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_reproduce_classification_table_rows_on_the_paper_networks():
+    """Their taps are module indices with gaps (VGG-16: features.1, 3, 6, ...): the layer pairs before the default
+    one are the taps listed before it, and only pairs at one stride are Table 6 rows."""
+    script = _reproduce_classification()
+    pairs = {}
+    for name in ("vgg16", "vgg19", "alexnet"):
+        rows = script.table_rows(get_backbone(name), script.parse_groups("max,ablations,ovr"))
+        pairs[name] = [tuple(kwargs["layers"]) for table, kwargs in rows if table == "Table 6"]
+        assert [kwargs["layers"] for table, kwargs in rows if table == "max vs sum"] == [pairs[name][0]]
+    # conv5_2 x conv5_3 (conv4_3 -> conv5_1 changes stride); AlexNet conv3 x conv4 (conv2 -> conv3 too)
+    assert pairs == {"vgg16": [("features.25", "features.27")], "vgg19": [("features.31", "features.33"),
+                                                                          ("features.29", "features.31")],
+                     "alexnet": [("features.7", "features.9")]}
+
+
+def test_reproduce_classification_runs_on_alexnet_with_user_weights(tiny_set, tmp_path, narrow_networks, monkeypatch):
+    """`python benchmarks/reproduce_classification.py --backbone alexnet --weights FILE.pth ...` end to end (the
+    headline rows only): the global row reads fc7, the Table 6 row is conv3 x conv4."""
+    script = _reproduce_classification()
+    monkeypatch.setattr(script, "RESULTS", tmp_path / "results")
+    torch.manual_seed(5)
+    weights = tmp_path / "alexnet-user.pth"
+    torch.save(narrow_networks("alexnet").state_dict(), weights)
+    skip = [f"{method} L{levels}-{layer}" for method in ("sum-spm", "max-spm") for layer in ("t", "t1", "both")
+            for levels in ("0", "01", "012")]
+    argv = ["--data", str(tiny_set.parent), "--set", tiny_set.name, "--backbone", "alexnet", "--weights", str(weights),
+            "--side", "96", "--groups", "", "--cache", str(tmp_path / "cache"), "--fit-images", "4", "--jobs", "1",
+            "--skip", ",".join(skip), "--name", "alexnet"]
+    assert script.main(argv) == 0
+    body = script.read_results(tmp_path / "results" / "alexnet.json")
+    rows = {record["label"]: record for record in body["records"]}
+    assert set(rows) == {"global", "crosslayer", "crosslayer-sign", "crosslayer features.7xfeatures.9"}
+    assert rows["global"]["dims"] == WIDTH and rows["crosslayer"]["dims"] == 256 * 256
+    assert all(len(record["test_predictions"]) == 4 for record in rows.values())

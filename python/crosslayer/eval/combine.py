@@ -57,7 +57,7 @@ def classify_combination(data_dir, parts, cache_dir=None, limit_per_class=None, 
     [dict(method="crosslayer"), dict(method="aconv-fast")]) with the same SVM protocol as every method.
     Each part is classified first (so its rows and Gram are cached, and its own record is returned alongside)."""
     from crosslayer.backbones.registry import get_backbone
-    from crosslayer.eval.classify import _aconv_store, _gram, classify
+    from crosslayer.eval.classify import _aconv_store, _gram, classify, image_key
     from crosslayer.eval.extract import default_cache_root, extract, pass_directory
     from crosslayer.eval.manifest import load_manifest
     from crosslayer.eval.methods import ACONV_METHODS, MethodConfig
@@ -114,6 +114,9 @@ def classify_combination(data_dir, parts, cache_dir=None, limit_per_class=None, 
         "dims": sum(r["dims"] for r in part_records),
         "bytes_per_image": sum(r["bytes_per_image"] for r in part_records),
         "seconds": seconds,
+        # every test image's key and label beside its prediction, as a method's record: rows are compared paired
+        "test_keys": [image_key(dataset, i) for i in test],
+        "test_labels": dataset.labels[test].tolist(),
         "test_predictions": result.pop("predictions"),
         **result,
     }
