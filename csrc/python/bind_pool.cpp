@@ -17,6 +17,34 @@ namespace {
 using FloatArray = py::array_t<float, py::array::c_style>;
 using WordArray = py::array_t<std::uint64_t, py::array::c_style>;
 
+// The pooling's output buffer: float (n, Dk*Dt) when out_float is given, else codes (n, Dk, 2, ceil(Dt/64)) in
+// out_bits. The arrays keep the buffer alive while the kernel writes it.
+struct PoolOutputs {
+  FloatArray float_arr;
+  WordArray bits_arr;
+  float* float_data = nullptr;
+  std::uint64_t* bits_data = nullptr;
+};
+
+PoolOutputs pool_outputs(const py::object& out_float, const py::object& out_bits, std::int64_t n, std::int64_t dk,
+                         std::int64_t dt) {
+  PoolOutputs outputs;
+  if (!out_float.is_none()) {
+    require(py::isinstance<FloatArray>(out_float), "float output must be a C-contiguous float32 array");
+    const FloatArray& floats = outputs.float_arr = out_float.cast<FloatArray>();
+    require(floats.ndim() == 2 && floats.shape(0) == n && floats.shape(1) == dk * dt, "float output must be (n, Dk*Dt)");
+    outputs.float_data = outputs.float_arr.mutable_data();
+  } else {
+    require(py::isinstance<WordArray>(out_bits), "code output must be a C-contiguous uint64 array");
+    const WordArray& bits = outputs.bits_arr = out_bits.cast<WordArray>();
+    require(bits.ndim() == 4 && bits.shape(0) == n && bits.shape(1) == dk && bits.shape(2) == kPlanes &&
+                bits.shape(3) == words_per_plane(dt),
+            "code output must be (n, Dk, 2, ceil(Dt/64))");
+    outputs.bits_data = outputs.bits_arr.mutable_data();
+  }
+  return outputs;
+}
+
 
 void pool_cpu_py(const FloatArray& local, const FloatArray& guidance, py::object pca_mean, py::object pca_proj,
                  py::object out_float, py::object out_bits, py::object channel_mean, int num_threads) {
@@ -39,25 +67,11 @@ void pool_cpu_py(const FloatArray& local, const FloatArray& guidance, py::object
     mean_data = mean_arr.data();
     proj_data = proj_arr.data();
   }
-  FloatArray float_arr, mean_out;
-  WordArray bits_arr;
-  float* float_data = nullptr;
-  std::uint64_t* bits_data = nullptr;
+  FloatArray mean_out;
   float* mean_out_data = nullptr;
-  if (!out_float.is_none()) {
-    require(py::isinstance<FloatArray>(out_float), "float output must be a C-contiguous float32 array");
-    float_arr = out_float.cast<FloatArray>();
-    require(float_arr.ndim() == 2 && float_arr.shape(0) == n && float_arr.shape(1) == dk * dt,
-            "float output must be (n, Dk*Dt)");
-    float_data = float_arr.mutable_data();
-  } else {
-    require(py::isinstance<WordArray>(out_bits), "code output must be a C-contiguous uint64 array");
-    bits_arr = out_bits.cast<WordArray>();
-    require(bits_arr.ndim() == 4 && bits_arr.shape(0) == n && bits_arr.shape(1) == dk && bits_arr.shape(2) == kPlanes &&
-                bits_arr.shape(3) == words_per_plane(dt),
-            "code output must be (n, Dk, 2, ceil(Dt/64))");
-    bits_data = bits_arr.mutable_data();
-  }
+  const PoolOutputs outputs = pool_outputs(out_float, out_bits, n, dk, dt);
+  float* const float_data = outputs.float_data;
+  std::uint64_t* const bits_data = outputs.bits_data;
   if (!channel_mean.is_none()) {
     require(py::isinstance<FloatArray>(channel_mean), "channel_mean must be a C-contiguous float32 array");
     mean_out = channel_mean.cast<FloatArray>();
@@ -78,24 +92,9 @@ void pool_cpu_py(const FloatArray& local, const FloatArray& guidance, py::object
 void finish_pooled_py(const FloatArray& pooled, py::object out_float, py::object out_bits, int num_threads) {
   require(pooled.ndim() == 3, "pooled must be 3-d (n, Dk, Dt)");
   const std::int64_t n = pooled.shape(0), dk = pooled.shape(1), dt = pooled.shape(2);
-  FloatArray float_arr;
-  WordArray bits_arr;
-  float* float_data = nullptr;
-  std::uint64_t* bits_data = nullptr;
-  if (!out_float.is_none()) {
-    require(py::isinstance<FloatArray>(out_float), "float output must be a C-contiguous float32 array");
-    float_arr = out_float.cast<FloatArray>();
-    require(float_arr.ndim() == 2 && float_arr.shape(0) == n && float_arr.shape(1) == dk * dt,
-            "float output must be (n, Dk*Dt)");
-    float_data = float_arr.mutable_data();
-  } else {
-    require(py::isinstance<WordArray>(out_bits), "code output must be a C-contiguous uint64 array");
-    bits_arr = out_bits.cast<WordArray>();
-    require(bits_arr.ndim() == 4 && bits_arr.shape(0) == n && bits_arr.shape(1) == dk && bits_arr.shape(2) == kPlanes &&
-                bits_arr.shape(3) == words_per_plane(dt),
-            "code output must be (n, Dk, 2, ceil(Dt/64))");
-    bits_data = bits_arr.mutable_data();
-  }
+  const PoolOutputs outputs = pool_outputs(out_float, out_bits, n, dk, dt);
+  float* const float_data = outputs.float_data;
+  std::uint64_t* const bits_data = outputs.bits_data;
   crosslayer_status status;
   {
     py::gil_scoped_release release;
