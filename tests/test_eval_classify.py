@@ -8,26 +8,17 @@ import pytest
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
-from PIL import Image  # noqa: E402
 
 from _tolerances import assert_normalized_within, max_pool_float32_bound  # noqa: E402
 
 from crosslayer.commands import main  # noqa: E402
 from crosslayer.eval import classify, read_record  # noqa: E402
+from _images import write_two_colour_set  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    lines = ["path,label,split"]
-    for label, colour in enumerate(((220, 40, 40), (40, 40, 220))):
-        for i in range(7):
-            image = np.clip(np.asarray(colour) + rng.normal(0, 20, (40, 40, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(image).save(root / f"c{label}_{i}.png")
-            lines.append(f"c{label}_{i}.png,class{label},{'train' if i < 4 else 'test' if i < 6 else 'val'}")
-    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
-    return root
+    return write_two_colour_set(tmp_path_factory.mktemp("tiny"))
 
 
 def test_cli_classify_writes_a_record_and_reuses_the_cache(tiny_set, tmp_path, capsys):

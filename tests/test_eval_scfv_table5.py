@@ -10,6 +10,7 @@ from crosslayer import reference
 from crosslayer.errors import CrossLayerError, FormatError, UsageError
 from crosslayer.eval import combine, cross_fc, scfv
 from crosslayer.eval.methods import MethodConfig
+from _images import write_two_colour_set  # noqa: E402
 
 
 def _unit_rows(rng, k, d):
@@ -210,19 +211,10 @@ def tiny(tmp_path_factory):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     import torch
-    from PIL import Image
 
     from crosslayer.backbones.architectures import build
 
-    root = tmp_path_factory.mktemp("tiny-scfv")
-    rng = np.random.default_rng(0)
-    lines = ["path,label,split"]
-    for label, colour in enumerate(((220, 40, 40), (40, 40, 220))):
-        for i in range(7):
-            image = np.clip(np.asarray(colour) + rng.normal(0, 40, (48, 48, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(image).save(root / f"c{label}_{i}.png")
-            lines.append(f"c{label}_{i}.png,class{label},{'train' if i < 4 else 'test' if i < 6 else 'val'}")
-    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    root = write_two_colour_set(tmp_path_factory.mktemp("tiny-scfv"), noise=40, side=48)
     # He-initialised weights: torch's default initialisation shrinks the last maps below float16's resolution
     torch.manual_seed(0)
     net = build("mobilenet_v2")

@@ -11,10 +11,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
-from PIL import Image  # noqa: E402
 
 from crosslayer.backbones import get_backbone  # noqa: E402
 from crosslayer.errors import UsageError  # noqa: E402
+from _images import write_two_colour_set  # noqa: E402
 
 WIDTH = 48  # narrowed fc6/fc7 width
 
@@ -112,15 +112,7 @@ def test_export_refuses_a_tap_asked_twice():
 
 @pytest.fixture
 def tiny_set(tmp_path):
-    rng = np.random.default_rng(1)
-    lines = ["path,label,split"]
-    for label, colour in enumerate(((220, 40, 40), (40, 40, 220))):
-        for i in range(5):
-            image = np.clip(np.asarray(colour) + rng.normal(0, 30, (48, 48, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(image).save(tmp_path / f"c{label}_{i}.png")
-            lines.append(f"c{label}_{i}.png,class{label},{'train' if i < 3 else 'test'}")
-    (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
-    return tmp_path
+    return write_two_colour_set(tmp_path, per_class=5, train=3, test=2, noise=30, side=48, seed=1)
 
 
 def test_eval_on_alexnet_with_user_weights_reads_fc7_and_fc6(tiny_set, tmp_path, narrow_networks, capsys):
