@@ -153,7 +153,8 @@ def _decode_plain_jpeg(path: Path, max_pixels: int) -> np.ndarray | None:
         with open(path, "rb") as file:
             if file.read(2) != b"\xff\xd8":
                 return None
-            data = b"\xff\xd8" + file.read()
+            file.seek(0)
+            data = file.read()
     except OSError:
         return None  # Pillow's path names the problem
     if _has_exif_segment(data) is not False:
