@@ -55,28 +55,32 @@ LABELS = {
 }
 # Options appended to a bf16 variant's name, "-" separated (e.g. ov-bf16-s2-b32, bf16-s1-kernelpool):
 #   sN: N OpenVINO streams (default: the runtime's OPENVINO_STREAMS); bN: batch of N (default --batch-size);
-#   static: the model compiled for the batch's static shape (bare only); kernelpool: the pipeline pools the layers'
-#   bf16 maps with the fp32 kernel instead of in OpenVINO's graph (the pipeline before graph pooling).
-OPTION_LABELS = {"kernelpool": "pooled by the fp32 kernel, as before", "static": "static shape"}
+#   rN: N images in one OpenVINO request (default: the runtime's IMAGES_PER_REQUEST);
+#   dynamic: the model compiled once as exported (dynamic batch and sides), not once per request shape;
+#   kernelpool: the pipeline pools the layers' bf16 maps with the fp32 kernel instead of in OpenVINO's graph (the
+#   pipeline before graph pooling).
+OPTION_LABELS = {"kernelpool": "pooled by the fp32 kernel, as before", "dynamic": "model as exported, dynamic shapes"}
 
 
 def parse_variant(which: str):
-    """(base variant, {"streams": int|None, "batch": int|None, "static": bool, "kernelpool": bool})."""
-    options = {"streams": None, "batch": None, "static": False, "kernelpool": False}
+    """(base variant, {"streams": int|None, "batch": int|None, "per_request": int|None, "dynamic": bool,
+    "kernelpool": bool})."""
+    options = {"streams": None, "batch": None, "per_request": None, "dynamic": False, "kernelpool": False}
     tokens = which.split("-")
     while len(tokens) > 1 and "-".join(tokens) not in VARIANTS:
         token = tokens.pop()
-        if token in ("static", "kernelpool"):
+        if token in ("dynamic", "kernelpool"):
             options[token] = True
-        elif token[:1] in "sb" and token[1:].isdigit():
-            options["streams" if token[0] == "s" else "batch"] = int(token[1:])
+        elif token[:1] in "sbr" and token[1:].isdigit():
+            options[{"s": "streams", "b": "batch", "r": "per_request"}[token[0]]] = int(token[1:])
         else:
             raise SystemExit(f"variant {which!r}: unknown option {token!r}")
     base = "-".join(tokens)
     if base not in VARIANTS:
         raise SystemExit(f"variant {which!r}: unknown (variants: {', '.join(VARIANTS)} with options)")
-    if base not in ("bf16", "ov-bf16") and (options["streams"] or options["static"]):
-        raise SystemExit(f"variant {which!r}: streams and static shapes apply to bf16 on OpenVINO only")
+    if base not in ("bf16", "ov-bf16") and (options["streams"] or options["dynamic"] or options["per_request"]):
+        raise SystemExit(f"variant {which!r}: streams, images a request and dynamic shapes apply to bf16 on "
+                         f"OpenVINO only")
     return base, options
 
 
@@ -84,7 +88,8 @@ def label(which: str) -> str:
     base, options = parse_variant(which)
     extra = [f"{options['streams']} stream(s)"] if options["streams"] else []
     extra += [f"batch {options['batch']}"] if options["batch"] else []
-    extra += [OPTION_LABELS[key] for key in ("static", "kernelpool") if options[key]]
+    extra += [f"{options['per_request']} image(s) a request"] if options["per_request"] else []
+    extra += [OPTION_LABELS[key] for key in ("dynamic", "kernelpool") if options[key]]
     extra += ["pooled in the graph"] if base == "bf16" and not options["kernelpool"] else []
     return LABELS[base] + (f" [{', '.join(extra)}]" if extra else "")
 
@@ -111,13 +116,11 @@ def _encoder(args, precision, batch_size=None):
 
 
 def run_pipeline(args, precision, spinning=False, options=None) -> dict:
-    from crosslayer.backbones import runtime
     from crosslayer.backbones.runtime import OnnxBackbone
     from crosslayer.codes import Codes
 
     options = options or {}
-    if options.get("streams"):  # this child process only: the runner the encoder makes takes the default
-        runtime.OPENVINO_STREAMS = options["streams"]
+    _set_runtime_options(options)
     encoder = _encoder(args, precision, options.get("batch"))
     runner = encoder._backbone()
     if spinning:  # the session as it was made before: idle intra-op threads busy-wait
@@ -138,19 +141,31 @@ def run_pipeline(args, precision, spinning=False, options=None) -> dict:
     return {"seconds": seconds, "cpu_seconds": cpu, "stages": encoder.stage_times_.seconds()}
 
 
-def _static_openvino(model, batch, side, threads, streams):
-    """A bare OpenVINO bf16 runner compiled for inputs of exactly (batch, 3, side, side)."""
-    import openvino as ov
+def _set_runtime_options(options) -> None:
+    """This child process only: the runners made from now on take these instead of the runtime's defaults."""
+    from crosslayer.backbones import runtime
 
+    if options.get("streams"):
+        runtime.OPENVINO_STREAMS = options["streams"]
+    if options.get("per_request"):
+        runtime.IMAGES_PER_REQUEST = options["per_request"]
+    if options.get("dynamic"):
+        _dynamic_shapes()
+
+
+def _dynamic_shapes() -> None:
+    """This child process only: OpenVINO runners compile the model as exported (dynamic batch and sides), once, instead
+    of once per request shape (the runtime's default since run P)."""
     from crosslayer.backbones.runtime import OpenVinoBackbone
 
-    runner = OpenVinoBackbone(model, threads=threads, streams=streams)
-    network = ov.Core().read_model(bytes(model), b"")
-    network.reshape([batch // runner.streams, 3, side, side])  # each stream's request runs its share of the batch
-    runner.compiled = ov.Core().compile_model(network, "CPU", {key: runner.compiled.get_property(key) for key in (
-        "INFERENCE_PRECISION_HINT", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "PERFORMANCE_HINT")} | {"ENABLE_CPU_PINNING": False})
-    runner._requests = [runner.compiled.create_infer_request() for _ in range(runner.streams)]
-    return runner
+    def as_exported(self, shape):
+        queue = self._queues.get("as exported")
+        if queue is None:
+            compiled = self._core.compile_model(self._model, "CPU", self._config)
+            queue = self._queues["as exported"] = self._ov.AsyncInferQueue(compiled, self.streams)
+        return queue
+
+    OpenVinoBackbone._queue_for = as_exported
 
 
 def run_bare(args, precision, options=None) -> dict:
@@ -159,18 +174,14 @@ def run_bare(args, precision, options=None) -> dict:
     from crosslayer.backbones.runtime import backbone_runner
 
     options = options or {}
+    _set_runtime_options(options)
     batch_size = options.get("batch") or args.batch_size
     encoder = _encoder(args, precision)
     model = encoder.backbone_model()
-    if options.get("static"):
-        session = _static_openvino(model, batch_size, args.side, args.threads, options.get("streams") or 1)
-    else:
-        session = backbone_runner(model, precision, args.threads, streams=options.get("streams"))
+    session = backbone_runner(model, precision, args.threads, streams=options.get("streams"))
     paths = _paths(args)
     batches = [np.stack([encoder._prepare(p) for p in paths[i : i + batch_size]])
                for i in range(0, len(paths), batch_size)]
-    if options.get("static") and len(batches[-1]) != batch_size:
-        raise SystemExit(f"static shapes: --images must be a multiple of the batch {batch_size}")
     session.run(batches[0])
     start, cpu = time.perf_counter(), time.process_time()
     for batch in batches:

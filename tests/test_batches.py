@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from crosslayer.batches import stream_batches
+from crosslayer.batches import BatchBuffers, stream_batches
 from crosslayer.images import ImageError
 from crosslayer.stage_times import StageTimes
 
@@ -89,6 +89,41 @@ def test_the_backbone_reads_a_batch_no_worker_writes():
         pass
 
 
+def test_buffers_are_kept_between_calls_sized_to_the_sources_and_never_shared_by_two_calls():
+    store = BatchBuffers()
+    GOOD = [0, 1, 2, 3, 4, 6, 7, 8]  # value_of refuses 5
+    seen = []
+
+    def run(batch):
+        seen.append((batch.__array_interface__["data"][0], batch.base.shape[0] if batch.base is not None else None))
+        return {"x": batch.copy()}
+
+    one = list(stream_batches([1], prepare_into, run, 16, 2, input_shape=SHAPE, buffers=store))
+    assert rows_of(one[0].outputs["x"]) == [1.0] and [a.shape[0] for a in store._arrays] == [1, 1, 1]  # one query: one row
+    first = [batch.outputs["x"] for batch in stream_batches(GOOD, prepare_into, run, 4, 2, input_shape=SHAPE,
+                                                             buffers=store)]
+    kept = [a.__array_interface__["data"][0] for a in store._arrays]
+    assert [a.shape[0] for a in store._arrays] == [4, 4, 4]
+    seen.clear()
+    again = [batch.outputs["x"] for batch in stream_batches(GOOD, prepare_into, run, 4, 2, input_shape=SHAPE,
+                                                             buffers=store)]
+    assert [address for address, _ in seen] == kept[:2]  # the same memory, no new pages
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    # a call while another holds the buffers prepares into buffers of its own
+    outer = stream_batches(GOOD, prepare_into, run, 4, 2, input_shape=SHAPE, buffers=store)
+    next(outer)
+    seen.clear()
+    inner = list(stream_batches(GOOD, prepare_into, run, 4, 2, input_shape=SHAPE, buffers=store))
+    assert not {address for address, _ in seen} & set(kept) and len(inner) == 2
+    outer.close()  # a generator let go of gives the buffers back
+    seen.clear()
+    list(stream_batches(GOOD[:4], prepare_into, run, 4, 2, input_shape=SHAPE, buffers=store))
+    assert [address for address, _ in seen] == kept[:1]
+    store.clear()
+    assert store._arrays == []
+
+
 def test_raise_stops_at_the_first_bad_image():
     with pytest.raises(ImageError, match="img5"):
         list(stream_batches(range(20), prepare_into, lambda b: {}, 3, 2, input_shape=SHAPE))
@@ -125,7 +160,7 @@ def test_encoder_codes_equal_the_old_pipelines(backbone_cache, tmp_path, monkeyp
         codes = encoder.encode(paths)
 
         def old_pipeline(sources, prepare, run, batch_size, decode_workers=2, on_error="raise", stage_times=None,
-                         input_shape=None):
+                         input_shape=None, buffers=None):
             def old_prepare(source):  # as images.prepare was: Pillow resize, numpy normalise, one array an image
                 return reference.prepared_image(load_image(source), 64, policy, encoder.spec.mean, encoder.spec.std)
             return batches.stream_batches(sources, old_prepare, run, batch_size, decode_workers, on_error, stage_times)

@@ -59,13 +59,13 @@ def test_bench_extract_reads_its_images_under_the_data_root(tmp_path):
 
 def test_bench_extract_variant_options_parse_and_refuse_unknown_ones():
     bench = _module("bench_extract")
-    assert bench.parse_variant("ov-bf16-s2-b32") == ("ov-bf16", {"streams": 2, "batch": 32, "static": False,
-                                                                 "kernelpool": False})
-    assert bench.parse_variant("bf16-s1-kernelpool")[1] == {"streams": 1, "batch": None, "static": False,
-                                                           "kernelpool": True}
-    assert bench.parse_variant("ort-fp32") == ("ort-fp32", {"streams": None, "batch": None, "static": False,
-                                                            "kernelpool": False})
+    none = {"streams": None, "batch": None, "per_request": None, "dynamic": False, "kernelpool": False}
+    assert bench.parse_variant("ov-bf16-s2-b32-r4") == ("ov-bf16", none | {"streams": 2, "batch": 32, "per_request": 4})
+    assert bench.parse_variant("bf16-s1-kernelpool")[1] == none | {"streams": 1, "kernelpool": True}
+    assert bench.parse_variant("ov-bf16-dynamic")[1] == none | {"dynamic": True}
+    assert bench.parse_variant("ort-fp32") == ("ort-fp32", none)
+    assert "8 image(s) a request" in bench.label("ov-bf16-r8") and "dynamic shapes" in bench.label("bf16-dynamic")
     assert "pooled by the fp32 kernel" in bench.label("bf16-kernelpool")
-    for bad in ("fp32-s2", "bf16-fast", "gpu"):
+    for bad in ("fp32-s2", "bf16-fast", "gpu", "ort-fp32-r2", "fp32-dynamic"):
         with pytest.raises(SystemExit):
             bench.parse_variant(bad)

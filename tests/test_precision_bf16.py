@@ -207,7 +207,7 @@ def test_openvino_streams_split_a_batch_and_compute_the_same(fp32_encoder):
         one = OpenVinoBackbone(model, threads=2, precision="fp32", streams=1, **extra)
         two = OpenVinoBackbone(model, threads=2, precision="fp32", streams=2, **extra)
         assert (one.streams, two.streams) == (1, 2)
-        want, got = one.run(images), two.run(images)  # 5 images: requests of 3 and 2
+        want, got = one.run(images), two.run(images)  # 5 images: one a request, over 1 or 2 streams
         assert list(got) == list(want)
         for name in want:
             np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4 * np.abs(want[name]).max())
@@ -219,3 +219,62 @@ def test_openvino_streams_split_a_batch_and_compute_the_same(fp32_encoder):
         OpenVinoBackbone(model, threads=1, streams=0)
     with pytest.raises(UsageError, match="streams: OpenVINO's streams apply at precision 'bf16' only"):
         backbone_runner(model, "fp32", threads=1, streams=2)
+
+
+def test_openvino_requests_of_any_size_fill_the_rows_in_order_and_finish_each_request(fp32_encoder, monkeypatch):
+    pytest.importorskip("openvino")
+    from crosslayer.backbones import runtime
+    from crosslayer.backbones.runtime import OpenVinoBackbone
+
+    model = fp32_encoder.backbone_model()
+    images = np.random.default_rng(4).standard_normal((5, 3, SIDE, SIDE)).astype(np.float32)
+    runner = OpenVinoBackbone(model, threads=2, precision="fp32", streams=2)
+    monkeypatch.setattr(runtime, "IMAGES_PER_REQUEST", 5)
+    whole = runner.run(images)  # the batch as one request
+    for per_request in (1, 2, 3):  # requests of 2, 2, 1 and of 3, 2: rows must land in place
+        monkeypatch.setattr(runtime, "IMAGES_PER_REQUEST", per_request)
+        got = runner.run(images)
+        assert list(got) == list(whole)
+        for name in whole:
+            np.testing.assert_allclose(got[name], whole[name], rtol=1e-4, atol=1e-4 * np.abs(whole[name]).max())
+        sizes = []
+
+        def finish(outputs):  # keeps one derived output per request, computed from its views
+            sizes.append(len(outputs["embedding"]))
+            return {"first": outputs["embedding"][:, :1] * 2}
+
+        finished = runner.run(images, finish=finish)
+        assert set(finished) == {"first"} and sorted(sizes) == sorted([min(per_request, 5 - i)
+                                                                       for i in range(0, 5, per_request)])
+        np.testing.assert_allclose(finished["first"], got["embedding"][:, :1] * 2, rtol=1e-6)
+    empty = runner.run(images[:0], finish=finish)
+    assert empty["first"].shape == (0, 1)
+    assert {name: array.shape[1:] for name, array in runner.run(images[:0]).items()} == \
+        {name: array.shape[1:] for name, array in whole.items()}
+
+    def broken(outputs):
+        raise ValueError("finish failed")
+
+    with pytest.raises(ValueError, match="finish failed"):  # raised by run, not lost in OpenVINO's thread
+        runner.run(images, finish=broken)
+    np.testing.assert_allclose(runner.run(images)["embedding"], whole["embedding"], rtol=1e-4, atol=1e-4)  # still usable
+
+
+def test_bf16_codes_finished_in_each_request_are_the_codes_of_the_graphs_pooled_values(photos, fp32_encoder):
+    pytest.importorskip("openvino")
+    from crosslayer.codes import Codes
+
+    sources = [str(p) for p in photos]
+    bf16 = fp32_encoder.with_precision("bf16")
+    batches = list(bf16.activations(sources, for_pooling="codes"))
+    assert all("code_bits" in b.outputs and "pooled" not in b.outputs for b in batches)
+    finished = Codes.concatenate([bf16.pool_batch(b.outputs, "codes") for b in batches])
+    pooled = Codes.concatenate([bf16.pool_batch(b.outputs, "codes") for b in bf16.activations(sources, for_pooling=True)])
+    assert finished.layout == pooled.layout == "compact"
+    np.testing.assert_array_equal(finished.bits, pooled.bits)
+    np.testing.assert_array_equal(finished.channel_mean, pooled.channel_mean)
+    np.testing.assert_array_equal(bf16.encode(sources).bits, finished.bits)
+    with pytest.raises(UsageError, match="only 'codes' can come out of them"):
+        bf16.pool_batch(batches[0].outputs, "float")
+    # fp32 has no graph: "codes" yields the layers' maps, as True does
+    assert set(fp32_encoder.layers) <= set(next(iter(fp32_encoder.activations(sources, for_pooling="codes"))).outputs)

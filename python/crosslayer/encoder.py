@@ -18,7 +18,7 @@ import numpy as np
 
 from crosslayer.backbones.registry import get_backbone
 from crosslayer.backbones.weights import describe_weights, weights_identity
-from crosslayer.batches import ON_ERROR, batch_size_within_budget, check_batch_size, stream_batches
+from crosslayer.batches import ON_ERROR, BatchBuffers, batch_size_within_budget, check_batch_size, stream_batches
 from crosslayer.codes import Codes
 from crosslayer.config import ENCODER_DEFAULTS, PRECISIONS
 from crosslayer.errors import CrossLayerError, FormatError, UsageError
@@ -189,6 +189,7 @@ class CrossLayerEncoder:
         self.fit_failures_ = []  # (path, reason) of the images fit skipped
         self.fit_seconds_ = 0.0  # wall time of the last fit (part of a build's time)
         self._runners = {}
+        self._batch_buffers = BatchBuffers()  # reused by activations from call to call
         self._model_source = None  # the backbone model given to `use_backbone_model` (None: the export)
         self._weights_id = _UNRESOLVED
         self._identity_cache = None  # (the pca_ tuple it was computed for, identity dict, digest)
@@ -358,7 +359,9 @@ class CrossLayerEncoder:
         for_pooling: the outputs only go to `pool_batch` (and the embedding, logits are read): at precision bf16 the
         PCA and the pooling then run in OpenVINO's graph, and outputs["pooled"] (n, Dk, Dt) and
         outputs["channel_mean"] (n, Dk) replace the two layers' maps (`_pooling_backbone`); other precisions, and
-        any `pass_`, yield the maps as always.
+        any `pass_`, yield the maps as always. "codes": as True, for `pool_batch(outputs, "codes")` only: at bf16
+        each image's P is finished into compact codes as soon as OpenVINO has computed it, while it is still in
+        the core's cache, and outputs["code_bits"] replaces outputs["pooled"] (`_finish_codes`).
 
         pass_: a `Pass` for other inputs (crops, regions, other sides) or other taps, reduced to rows by its hook;
         every image reaches the network this way. Batches are lowered to the memory budget
@@ -366,11 +369,13 @@ class CrossLayerEncoder:
         if on_error not in ON_ERROR:
             raise UsageError(f"on_error: expected one of {ON_ERROR}, got {on_error!r}")
         check_batch_size(self.batch_size)
-        if not isinstance(for_pooling, (bool, np.bool_)):
-            raise UsageError(f"for_pooling: expected True or False, got {for_pooling!r}")
+        if not (isinstance(for_pooling, (bool, np.bool_)) or (isinstance(for_pooling, str) and for_pooling == "codes")):
+            raise UsageError(f"for_pooling: expected True, False or 'codes', got {for_pooling!r}")
         step = pass_ or Pass()
+        finish = None
         if for_pooling and pass_ is None and self.precision == "bf16":
             runner = self._pooling_backbone()
+            finish = self._finish_codes if for_pooling == "codes" else None
         else:
             runner = self._backbone(step.taps, step.embedding)
         side = step.input_side or self.side
@@ -390,13 +395,14 @@ class CrossLayerEncoder:
                 outputs = {name: np.concatenate([part[name] for part in parts]).reshape((n, m) + parts[0][name].shape[1:])
                            for name in parts[0]}
             else:
-                outputs = runner.run(stacked)
+                outputs = runner.run(stacked, finish=finish) if finish is not None else runner.run(stacked)
             return step.reduce(outputs) if step.reduce is not None else outputs
 
         # the encoder's own inputs are prepared straight into their batch rows; a pass's own prepare returns arrays
         batches = stream_batches(images, step.prepare or self._prepare, run, batch_size, self.decode_workers, on_error,
                                  stage_times=self.stage_times_,
-                                 input_shape=None if step.prepare else (3, self.side, self.side))
+                                 input_shape=None if step.prepare else (3, self.side, self.side),
+                                 buffers=self._batch_buffers)
         if not progress:
             return batches
         return _with_progress(batches, images, desc)
@@ -449,6 +455,18 @@ class CrossLayerEncoder:
         self.fit_seconds_ = time.perf_counter() - begin
         return self
 
+    def _finish_codes(self, outputs: dict) -> dict:
+        """One OpenVINO request's outputs of the pooling graph with POOLED finished into compact code bits
+        (CODE_BITS): called on OpenVINO's thread as the request completes (`OpenVinoBackbone.run`), while its P is
+        still in cache; one thread, since the other streams keep the other cores busy."""
+        from crosslayer.backbones.runtime import CHANNEL_MEAN, CODE_BITS, POOLED
+
+        kept = {name: data for name, data in outputs.items() if name != POOLED}
+        # not scanned for NaN/Inf here: the kernel refuses non-finite pooled values itself
+        kept[CODE_BITS] = finish_pooled(outputs[POOLED], outputs[CHANNEL_MEAN], output="codes", num_threads=1,
+                                        check_finite=False).compact(lossy=True).bits
+        return kept
+
     def _check_fitted(self):
         if self.pca_ is None:
             raise NotFittedError("this CrossLayerEncoder is not fitted: call fit(images) or CrossLayerEncoder.load(path)")
@@ -459,11 +477,16 @@ class CrossLayerEncoder:
         graph pooled already (outputs["pooled"]: `activations(for_pooling=True)` at bf16). Codes come in the
         compact layout (`Codes.compact`; an exact zero inside a live channel, never seen on real images, is coded
         +1 as the layout's contract says)."""
-        from crosslayer.backbones.runtime import CHANNEL_MEAN, POOLED
+        from crosslayer.backbones.runtime import CHANNEL_MEAN, CODE_BITS, POOLED
 
         self._check_fitted()
         with self.stage_times_.timing("pooling"):
-            if POOLED in outputs:  # pooled in the backbone's graph (`activations(for_pooling=True)` at bf16)
+            if CODE_BITS in outputs:  # finished in the backbone's requests (`activations(for_pooling="codes")`)
+                if output != "codes":
+                    raise UsageError(f"output: these outputs were finished into codes (activations(for_pooling="
+                                     f"'codes')), so only 'codes' can come out of them, not {output!r}")
+                pooled = Codes._from_valid_bits(outputs[CODE_BITS], np.asarray(outputs[CHANNEL_MEAN]), self.Dt)
+            elif POOLED in outputs:  # pooled in the backbone's graph (`activations(for_pooling=True)` at bf16)
                 # not scanned for NaN/Inf here: the kernel refuses non-finite pooled values itself
                 pooled = finish_pooled(outputs[POOLED], outputs[CHANNEL_MEAN], output=output, num_threads=self.threads,
                                        check_finite=False)
@@ -485,7 +508,7 @@ class CrossLayerEncoder:
     def encode(self, images) -> Codes:
         """Sign codes (compact layout) with per-channel mean guidance activations."""
         self._check_fitted()
-        parts = [self.pool_batch(batch.outputs, "codes") for batch in self.activations(images, for_pooling=True)]
+        parts = [self.pool_batch(batch.outputs, "codes") for batch in self.activations(images, for_pooling="codes")]
         return Codes.concatenate(parts) if parts else Codes.empty(self.Dk, self.Dt, self.identity_digest, "compact")
 
     def fit_transform(self, images, y=None):

@@ -11,6 +11,7 @@ core only finishes P (`crosslayer.pooling.finish_pooled`: L2 + signed square roo
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,8 @@ class OnnxBackbone:
 # the graph outputs that replace the two layers' maps when the pooling runs in the graph
 POOLED = "pooled"
 CHANNEL_MEAN = "channel_mean"
+# POOLED finished into compact sign codes as each request completes: (n, compact words) uint64 (compact_codes.h)
+CODE_BITS = "code_bits"
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,10 @@ class GraphPooling:
 # session 30.1 vs 28.6 images/s and 22.5 vs 26.5 core-ms an image; the pipeline 20.9 vs 19.3 images/s. A batch of one
 # image (a search query) then runs on one stream's thread.
 OPENVINO_STREAMS = 2
+# Images in one OpenVINO request (see OpenVinoBackbone.run): one keeps an image's activations in the core's cache.
+IMAGES_PER_REQUEST = 1
+# Request shapes an OpenVinoBackbone keeps compiled models for (each holds its own weights and buffers).
+COMPILED_SHAPES = 4
 # OpenVINO's names for the arithmetic it runs an fp32 model in (INFERENCE_PRECISION_HINT)
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
@@ -135,9 +142,10 @@ class OpenVinoBackbone:
     convolutions in `precision` ("bf16": bfloat16 inputs with float32 accumulation, on AVX512_BF16 or AMX; "fp32").
 
     `streams` streams (OpenVINO's NUM_STREAMS) share `threads` threads (0: the plugin's choice), not pinned to cores:
-    the decode workers share them. With several streams `run` splits each batch between them, one inference request
-    each, run concurrently: streams of one thread never wait for each other inside a layer (measured in
-    benchmarks/results/extract.md, "OpenVINO configuration"). At most one stream per thread.
+    the decode workers share them. `run` sends each batch as requests of IMAGES_PER_REQUEST images, one request a
+    stream at a time, the next to whichever stream frees first: streams of one thread never wait for each other
+    inside a layer (measured in benchmarks/results/extract.md, "OpenVINO configuration"). At most one stream per
+    thread.
     pooling: a `GraphPooling` to run the cross-layer pooling in the graph (its outputs replace the two layers').
     """
 
@@ -162,28 +170,88 @@ class OpenVinoBackbone:
                   "ENABLE_CPU_PINNING": False, "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = core.compile_model(model, "CPU", config)
         self.streams = streams
-        self.output_names = [output.get_any_name() for output in self.compiled.outputs]
-        self.input_name = self.compiled.input(0).get_any_name()
-        self._requests = [self.compiled.create_infer_request() for _ in range(streams)]
+        self.output_names = [output.get_any_name() for output in model.outputs]
+        self.input_name = model.input(0).get_any_name()
+        self._ov, self._core, self._model, self._config = ov, core, model, config
+        self._queues: dict = {}  # request shape -> AsyncInferQueue (one request a stream) of the model compiled for it
+        self._running = threading.Lock()  # one run at a time: the queues' callbacks are per run
 
-    def run(self, images: np.ndarray) -> dict:
+    def _queue_for(self, shape: tuple):
+        """The requests of the model compiled for inputs of exactly `shape` (compiled on first use): a static shape
+        lets the plugin plan every layer's memory and kernels once (measured on 2 cores with AMX, MobileNetV2 at
+        side 448, one image a request: 9.9 core-ms an image against 10.7 for the model as exported, with dynamic
+        batch and sides)."""
+        queue = self._queues.get(shape)
+        if queue is None:
+            if len(self._queues) >= COMPILED_SHAPES:  # other sides come and go (crops, passes): keep the newest
+                self._queues.pop(next(iter(self._queues)))
+            model = self._model.clone()
+            try:
+                model.reshape(list(shape))
+            except RuntimeError:  # a graph that cannot take this shape statically runs as it is (still correct)
+                model = self._model
+            compiled = self._core.compile_model(model, "CPU", self._config)
+            queue = self._queues[shape] = self._ov.AsyncInferQueue(compiled, self.streams)
+        return queue
+
+    def run(self, images: np.ndarray, finish=None) -> dict:
+        """{output name: (n, ...) array} of images (n, 3, H, W) float32.
+
+        finish: optional; called with each request's outputs ({name: array of its images}, views valid only during
+        the call, on one of OpenVINO's threads) and returning {name: array with as many rows} to keep instead: work
+        on an image's outputs while they are still in the core's cache, and no copy of what is finished away."""
         images = _check_images(images)
-        if self.streams == 1 or len(images) < 2:
-            # the batch is read in place (no copy of its ~38 MB at batch 16, side 448); the outputs are copies, since
-            # the request's output tensors are overwritten by the next run
-            results = self._requests[0].infer({0: images}, share_inputs=True, share_outputs=False)
-            return {name: results[output] for name, output in zip(self.output_names, self.compiled.outputs)}
-        parts = [part for part in np.array_split(images, self.streams) if len(part)]  # views: read in place
-        requests = self._requests[: len(parts)]
-        for request, part in zip(requests, parts):
-            request.start_async({0: part}, share_inputs=True)
-        for request in requests:
-            request.wait()
-        # joined into new arrays: the requests' output tensors are overwritten by the next run
-        return {name: np.concatenate([request.get_output_tensor(i).data for request in requests])
-                for i, name in enumerate(self.output_names)}
+        n = len(images)
+        if n == 0:
+            return self._empty_outputs(images, finish)
+        # One image a request, the requests spread over the streams as they free up: an image's activations stay in
+        # the core's cache from layer to layer, where a request of 8 images streams them through memory (measured
+        # on 2 cores with AMX, MobileNetV2 at side 448: 9.8 core-ms an image at 1 image a request, 11.6 at 8, 13.0
+        # at 16; benchmarks/results/extract.md). Each image is read in place; its outputs are copied straight into
+        # rows of the returned arrays, since a request's output tensors are overwritten by its next run.
+        outputs: dict = {}
+        failures: list = []
+        lock = threading.Lock()
+
+        def finished(request, row):
+            try:
+                kept = {name: tensor.data for name, tensor in zip(self.output_names, request.output_tensors)}
+                if finish is not None:
+                    kept = finish(kept)
+                for name, data in kept.items():
+                    if name not in outputs:
+                        with lock:
+                            if name not in outputs:
+                                outputs[name] = np.empty((n,) + data.shape[1:], data.dtype)
+                    outputs[name][row : row + len(data)] = data
+            except BaseException as error:  # re-raised by run(): an exception must not die in OpenVINO's thread
+                failures.append(error)
+
+        with self._running:
+            # requests of IMAGES_PER_REQUEST images, and one of the rest: at most two compiled shapes a side
+            starts = list(range(0, n, IMAGES_PER_REQUEST))
+            queues = {}
+            for row in starts:
+                rows = min(IMAGES_PER_REQUEST, n - row)
+                if rows not in queues:
+                    queues[rows] = self._queue_for((rows,) + images.shape[1:])
+                    queues[rows].set_callback(finished)
+                queues[rows].start_async({0: images[row : row + rows]}, row, share_inputs=True)
+            for queue in queues.values():
+                queue.wait_all()
+        if failures:
+            raise failures[0]
+        return outputs
+
+    def _empty_outputs(self, images, finish):
+        """The outputs of no image: the shapes one image gives, with 0 rows."""
+        with self._running:
+            request = self._queue_for((1,) + images.shape[1:])[0]
+            request.infer({0: np.zeros((1,) + images.shape[1:], np.float32)}, share_inputs=False)
+            one = {name: tensor.data for name, tensor in zip(self.output_names, request.output_tensors)}
+            one = finish(one) if finish is not None else one
+            return {name: np.empty((0,) + data.shape[1:], data.dtype) for name, data in one.items()}
 
 
 def _import_openvino(precision):

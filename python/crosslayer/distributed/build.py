@@ -45,7 +45,7 @@ def encode_shard(encoder, shard: Shard, folder, embeddings: bool) -> dict:
 
     key_of = dict(zip(shard.paths, shard.keys))
     parts, keys, vectors, failed = [], [], [], {}
-    for batch in encoder.activations(list(shard.paths), on_error="skip", for_pooling=True):
+    for batch in encoder.activations(list(shard.paths), on_error="skip", for_pooling="codes"):
         for _, error in batch.errors:
             failed[key_of[str(error.path)]] = error.reason
         if batch.positions:

@@ -358,7 +358,7 @@ class ImageIndex:
         with tqdm(total=len(todo), unit="img", desc="index", disable=not progress) as bar:
             try:
                 # a `side` callable may read the layers' maps: the pooling then stays out of the graph
-                for batch in self.encoder.activations(todo, on_error=mode, for_pooling=side is None):
+                for batch in self.encoder.activations(todo, on_error=mode, for_pooling="codes" if side is None else False):
                     for _, error in batch.errors:
                         failed[key_of.get(str(error.path), self._key_of(error.path))] = error.reason
                         report.failed.append((str(error.path), error.reason))
@@ -466,7 +466,7 @@ class ImageIndex:
         start = time.perf_counter()
         queries = [str(q) for q in queries]
         parts, encoded_positions, results = [], [], [None] * len(queries)
-        for batch in self.encoder.activations(queries, on_error=on_error, for_pooling=True):
+        for batch in self.encoder.activations(queries, on_error=on_error, for_pooling="codes"):
             for position, error in batch.errors:
                 results[position] = error
             if batch.positions:
