@@ -39,6 +39,9 @@ def lib():
     lib.crosslayer_pool_float.argtypes = pool_args + [f32p, f32p, ctypes.c_int]
     lib.crosslayer_finish_pooled_codes.argtypes = [f32p, i64, i64, i64, u64p, ctypes.c_int]
     lib.crosslayer_finish_pooled_float.argtypes = [f32p, i64, i64, i64, f32p, ctypes.c_int]
+    lib.crosslayer_sign_pack_path.restype = ctypes.c_char_p
+    lib.crosslayer_sign_pack_path_name.restype = ctypes.c_char_p
+    lib.crosslayer_set_sign_pack_path.argtypes = [ctypes.c_char_p]
     lib.crosslayer_gram.argtypes = [u64p, i64, u64p, i64, i64, i64, i32p, ctypes.c_int]
     lib.crosslayer_search.argtypes = [u64p, i64, u64p, i64, i64, i64, i32p, i64, i64, i64, ctypes.c_int, i32p, i64p,
                                       ctypes.c_int]
@@ -85,11 +88,12 @@ def random_codes(rng, n, dk, dt):
 # ---- the library itself ---------------------------------------------------------------------------------------------
 def test_version_and_build_info_describe_this_build(lib):
     assert lib.crosslayer_version().decode() == crosslayer.__version__
-    assert lib.crosslayer_api_version() == 4
+    assert lib.crosslayer_api_version() == 5
     info = dict(pair.split("=", 1) for pair in lib.crosslayer_build_info().decode().split(";"))
     assert info["version"] == crosslayer.__version__
     assert info["blas"] == crosslayer.build_info()["blas_choice"]
     assert info["popcount"] == crosslayer.popcount_path()
+    assert info["sign_pack"] == lib.crosslayer_sign_pack_path().decode()
     assert lib.crosslayer_status_name(FORMAT_ERROR) == b"CROSSLAYER_FORMAT_ERROR"
 
 
@@ -155,6 +159,21 @@ def test_finish_pooled_equals_python_in_place_too_and_reports_errors(lib, rng):
     assert b"dk" in lib.crosslayer_last_error()
     pooled[1, 4, 69] = np.nan
     assert lib.crosslayer_finish_pooled_codes(ptr(pooled, f32p), 2, 5, 70, ptr(bits, u64p), 1) == NOT_FINITE
+
+
+def test_sign_pack_path_can_be_forced_and_is_checked(lib):
+    names = [lib.crosslayer_sign_pack_path_name(i).decode() for i in range(lib.crosslayer_sign_pack_path_count())]
+    assert names[-1] == "portable" and lib.crosslayer_sign_pack_path_name(len(names)) is None
+    before = lib.crosslayer_sign_pack_path()
+    try:
+        for name in names:
+            assert lib.crosslayer_set_sign_pack_path(name.encode()) == OK
+            assert lib.crosslayer_sign_pack_path().decode() == name
+    finally:
+        assert lib.crosslayer_set_sign_pack_path(before) == OK
+    assert lib.crosslayer_set_sign_pack_path(b"avx9") == INVALID_ARGUMENT
+    assert "name: sign packing path 'avx9': unknown" in last_error(lib)
+    assert lib.crosslayer_set_sign_pack_path(None) == INVALID_ARGUMENT
 
 
 LAYOUT_TWO_PLANE, LAYOUT_COMPACT = 0, 1

@@ -10,6 +10,7 @@
 #include "crosslayer/pool.h"
 #include "crosslayer/popcount.h"
 #include "crosslayer/search.h"
+#include "crosslayer/sign_pack.h"
 #include "status.h"
 
 #ifndef CROSSLAYER_VERSION
@@ -100,7 +101,7 @@ const char* crosslayer_build_info(void) {
   thread_local std::string info;
   info = std::string("version=") + CROSSLAYER_VERSION + ";api=" + std::to_string(CROSSLAYER_API_VERSION) +
          ";blas=" + CROSSLAYER_BLAS_NAME + ";openmp_max_threads=" + std::to_string(omp_get_max_threads()) +
-         ";popcount=" + popcount_path() + ";compiler=" +
+         ";popcount=" + popcount_path() + ";sign_pack=" + sign_pack_path() + ";compiler=" +
 #if defined(__clang__)
          "clang " __clang_version__;
 #elif defined(__GNUC__)
@@ -140,6 +141,22 @@ int crosslayer_popcount_path_count(void) { return popcount_path_count(); }
 
 const char* crosslayer_popcount_path_name(int index) {
   return index >= 0 && index < popcount_path_count() ? popcount_path_name(index) : nullptr;
+}
+
+const char* crosslayer_sign_pack_path(void) { return sign_pack_path(); }
+
+crosslayer_status crosslayer_set_sign_pack_path(const char* name) {
+  return guarded([&] {
+    require(name != nullptr, "name: expected a sign packing path name, got NULL");
+    const char* error = set_sign_pack_path(name);
+    require(error[0] == '\0', std::string("name: sign packing path '") + name + "': " + error);
+  });
+}
+
+int crosslayer_sign_pack_path_count(void) { return sign_pack_path_count(); }
+
+const char* crosslayer_sign_pack_path_name(int index) {
+  return index >= 0 && index < sign_pack_path_count() ? sign_pack_path_name(index) : nullptr;
 }
 
 crosslayer_status crosslayer_pool_float(const float* local, const float* guidance, int64_t n, int64_t dt_in,

@@ -9,7 +9,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cfloat>
 #include <climits>
 #include <cmath>
 #include <cstring>
@@ -31,13 +30,9 @@ struct Plan {
   // inputs propagate; the sign of such a value, or its normalisation, would be garbage, so the call fails instead.
   // Set by any worker, read at the end.
   std::atomic<bool>* not_finite;
+  // Read once per call: a concurrent set_sign_pack_path cannot mix two paths within one batch.
+  PackChannelFn pack;
 };
-
-bool all_finite(const float* values, std::int64_t count) {
-  bool finite = true;
-  for (std::int64_t j = 0; j < count; ++j) finite &= std::fabs(values[j]) <= FLT_MAX;  // false for inf and NaN
-  return finite;
-}
 
 // xp[positions][dt] = (X^T - mean) W for image b. Centring before the GEMM (not subtracting mean@W after) keeps
 // float32 accuracy when activations have a large mean, as post-ReLU layers do. `centred` is [dt_in][positions].
@@ -88,16 +83,17 @@ void normalise_channels(const Plan& plan, std::int64_t k_count, float* p) {
   }
 }
 
-// Sign codes of channels [k_begin, k_begin + k_count) of image b from p[k_count][dt].
+// 2-plane sign codes of channels [k_begin, k_begin + k_count) of image b from p[k_count][dt].
 void pack_channels(const Plan& plan, std::int64_t b, std::int64_t k_begin, std::int64_t k_count, const float* p) {
   const std::int64_t dt = plan.dt;
   const std::int64_t wpp = words_per_plane(dt);
   std::uint64_t* out = plan.args.out_bits + (b * plan.dk + k_begin) * kPlanes * wpp;
+  bool finite = true;
   for (std::int64_t k = 0; k < k_count; ++k) {
     std::uint64_t* channel = out + k * kPlanes * wpp;
-    if (!all_finite(p + k * dt, dt)) plan.not_finite->store(true, std::memory_order_relaxed);
-    pack_signs(p + k * dt, dt, channel, channel + wpp);
+    finite &= plan.pack(p + k * dt, dt, channel, channel + wpp).finite;
   }
+  if (!finite) plan.not_finite->store(true, std::memory_order_relaxed);
 }
 
 void finish_channels(const Plan& plan, std::int64_t b, std::int64_t k_begin, std::int64_t k_count, float* p) {
@@ -197,7 +193,8 @@ const char* pool_cpu(const PoolArgs& args) {
 
   blas::use_single_threaded_blas();
   std::atomic<bool> not_finite{false};
-  const Plan plan{args, s.n, s.dt_in, s.dt, s.dk, s.positions, args.pca_proj != nullptr, &not_finite};
+  const Plan plan{args, s.n, s.dt_in, s.dt, s.dk, s.positions, args.pca_proj != nullptr, &not_finite,
+                  sign_pack_kernel()};
   const int threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
   if (plan.n >= threads) {
     run_image_parallel(plan, threads);
@@ -220,7 +217,7 @@ const char* pool_finish_cpu(const PoolFinishArgs& args) {
   shaped.out_float = args.out_float;
   shaped.out_bits = args.out_bits;
   std::atomic<bool> not_finite{false};
-  const Plan plan{shaped, args.n, args.dt, args.dt, args.dk, 1, false, &not_finite};
+  const Plan plan{shaped, args.n, args.dt, args.dt, args.dk, 1, false, &not_finite, sign_pack_kernel()};
   const int threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
   // blocks of channels: a batch of few images still spreads over every thread
   const std::int64_t block = 64;

@@ -113,6 +113,16 @@ void register_pool(py::module_& m) {
   m.def("finish_pooled_cpu", &finish_pooled_py, py::arg("pooled"), py::arg("out_float"), py::arg("out_bits"),
         py::arg("num_threads") = 0,
         "The pooling's last step on P (n, Dk, Dt) computed elsewhere: L2 + signed sqrt, or sign packing.");
+  m.def("sign_pack_path", [] { return std::string(crosslayer_sign_pack_path()); },
+        "The sign packing path the pooling's codes use.");
+  m.def("sign_pack_paths", [] {
+    py::list names;
+    for (int i = 0; i < crosslayer_sign_pack_path_count(); ++i) names.append(crosslayer_sign_pack_path_name(i));
+    return names;
+  }, "Sign packing paths this CPU supports, fastest first.");
+  m.def("set_sign_pack_path", [](const std::string& name) {
+    require_ok(crosslayer_set_sign_pack_path(name.c_str()));
+  }, py::arg("name"), "Forces a sign packing path (tests, benchmarks).");
 }
 
 }  // namespace crosslayer::python

@@ -1,5 +1,7 @@
 """`pool`: the cross-layer pooling operation, validated and dispatched to the compiled kernel; `finish_pooled`: its
-last step alone, for pooled values computed elsewhere (OpenVINO's graph at bf16: `crosslayer.backbones.runtime`)."""
+last step alone, for pooled values computed elsewhere (OpenVINO's graph at bf16: `crosslayer.backbones.runtime`).
+`sign_pack_path` / `set_sign_pack_path`: which implementation packs the codes' signs (every path gives the same bits;
+tests and benchmarks force one)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,22 @@ from crosslayer.codes import Codes, words_per_plane
 from crosslayer.errors import UsageError
 
 OUTPUTS = ("float", "codes")
+
+
+def sign_pack_path() -> str:
+    """The sign packing path the CPU pooling's codes use ("avx512" or "portable")."""
+    return core.sign_pack_path()
+
+
+def sign_pack_paths() -> list[str]:
+    """Sign packing paths this CPU supports, fastest first."""
+    return list(core.sign_pack_paths())
+
+
+def set_sign_pack_path(name: str) -> None:
+    """Forces a sign packing path (process-wide; each pooling call reads it when it starts). ValueError naming the
+    path when it is unknown or this CPU lacks it."""
+    core.set_sign_pack_path(name)
 
 
 def _check_pca(pca, dt_in: int, check_finite: bool):

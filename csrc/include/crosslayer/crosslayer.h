@@ -81,7 +81,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a function's signature or meaning changes; crosslayer_api_version() reports the library's. */
-#define CROSSLAYER_API_VERSION 4  /* 4: crosslayer_finish_pooled_float/_codes; 3: code file v4 (layouts), compact-code scoring, the coarse prefix scan; 2: code file v3 */
+#define CROSSLAYER_API_VERSION 5  /* 5: the sign packing path (crosslayer_sign_pack_path & co); 4: crosslayer_finish_pooled_float/_codes; 3: code file v4 (layouts), compact-code scoring, the coarse prefix scan; 2: code file v3 */
 #define CROSSLAYER_WORDS_PER_PLANE(dt) (((dt) + 63) / 64)
 
 typedef enum crosslayer_status {
@@ -97,7 +97,7 @@ typedef enum crosslayer_status {
 /* ---- version, build, errors ------------------------------------------------------------------------------------ */
 CROSSLAYER_API const char* crosslayer_version(void);   /* the package version, e.g. "0.2.0" */
 CROSSLAYER_API int crosslayer_api_version(void);       /* CROSSLAYER_API_VERSION the library was built with */
-/* "key=value" pairs separated by ';': version, api, blas, openmp_max_threads, popcount, compiler. */
+/* "key=value" pairs separated by ';': version, api, blas, openmp_max_threads, popcount, sign_pack, compiler. */
 CROSSLAYER_API const char* crosslayer_build_info(void);
 /* The message of this thread's last failed call ("" if none). Valid until this thread's next failing call. */
 CROSSLAYER_API const char* crosslayer_last_error(void);
@@ -108,6 +108,14 @@ CROSSLAYER_API const char* crosslayer_popcount_path(void);
 CROSSLAYER_API crosslayer_status crosslayer_set_popcount_path(const char* name);
 CROSSLAYER_API int crosslayer_popcount_path_count(void);
 CROSSLAYER_API const char* crosslayer_popcount_path_name(int index); /* NULL when out of range */
+
+/* ---- sign packing implementation of the pooling's codes (same bits on every path) ------------------------------- */
+/* Paths, fastest first: "avx512", "portable"; the fastest this CPU supports is chosen at load time. Setting one is a
+ * process-wide change, read by each pooling call at its start. */
+CROSSLAYER_API const char* crosslayer_sign_pack_path(void);
+CROSSLAYER_API crosslayer_status crosslayer_set_sign_pack_path(const char* name);
+CROSSLAYER_API int crosslayer_sign_pack_path_count(void);
+CROSSLAYER_API const char* crosslayer_sign_pack_path_name(int index); /* NULL when out of range */
 
 /* ---- pooling --------------------------------------------------------------------------------------------------- */
 CROSSLAYER_API crosslayer_status crosslayer_pool_float(const float* local, const float* guidance, int64_t n,
