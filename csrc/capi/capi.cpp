@@ -27,8 +27,8 @@ thread_local std::string last_error;
 
 crosslayer_status pool(const float* local, const float* guidance, std::int64_t n, std::int64_t dt_in,
                        std::int64_t dk, std::int64_t positions, const float* pca_mean, const float* pca_projection,
-                       std::int64_t dt, float* representation, std::uint64_t* bits, float* channel_mean,
-                       int num_threads) {
+                       std::int64_t dt, PoolOutput output, float* representation, std::uint64_t* bits,
+                       float* channel_mean, int num_threads) {
   return guarded([&] {
     require_dimension(n, 0, "n");
     require_dimension(dt_in, 1, "dt_in");
@@ -50,7 +50,7 @@ crosslayer_status pool(const float* local, const float* guidance, std::int64_t n
     args.guidance = guidance;
     args.pca_mean = pca_mean;
     args.pca_proj = pca_projection;
-    args.output = representation ? PoolOutput::Float : PoolOutput::Codes;
+    args.output = output;
     args.out_float = representation;
     args.out_bits = bits;
     args.channel_mean = channel_mean;
@@ -165,8 +165,8 @@ crosslayer_status crosslayer_pool_float(const float* local, const float* guidanc
                                         float* channel_mean, int num_threads) {
   if (n > 0 && representation == nullptr)
     return fail(CROSSLAYER_INVALID_ARGUMENT, "representation: expected float32 [n][dk*dt], got NULL");
-  return pool(local, guidance, n, dt_in, dk, positions, pca_mean, pca_projection, dt, representation, nullptr,
-              channel_mean, num_threads);
+  return pool(local, guidance, n, dt_in, dk, positions, pca_mean, pca_projection, dt, PoolOutput::Float,
+              representation, nullptr, channel_mean, num_threads);
 }
 
 crosslayer_status crosslayer_pool_codes(const float* local, const float* guidance, int64_t n, int64_t dt_in,
@@ -175,14 +175,24 @@ crosslayer_status crosslayer_pool_codes(const float* local, const float* guidanc
                                         float* channel_mean, int num_threads) {
   if (n > 0 && bits == nullptr)
     return fail(CROSSLAYER_INVALID_ARGUMENT, "bits: expected uint64 [n][dk][2][ceil(dt/64)], got NULL");
-  return pool(local, guidance, n, dt_in, dk, positions, pca_mean, pca_projection, dt, nullptr, bits, channel_mean,
-              num_threads);
+  return pool(local, guidance, n, dt_in, dk, positions, pca_mean, pca_projection, dt, PoolOutput::Codes, nullptr,
+              bits, channel_mean, num_threads);
+}
+
+crosslayer_status crosslayer_pool_compact(const float* local, const float* guidance, int64_t n, int64_t dt_in,
+                                          int64_t dk, int64_t positions, const float* pca_mean,
+                                          const float* pca_projection, int64_t dt, uint64_t* bits,
+                                          float* channel_mean, int num_threads) {
+  if (n > 0 && bits == nullptr)
+    return fail(CROSSLAYER_INVALID_ARGUMENT, "bits: expected uint64 [n][ceil(dk/64) + dk*ceil(dt/64)], got NULL");
+  return pool(local, guidance, n, dt_in, dk, positions, pca_mean, pca_projection, dt, PoolOutput::Compact, nullptr,
+              bits, channel_mean, num_threads);
 }
 
 namespace {
 
 crosslayer_status finish_pooled(const float* pooled, std::int64_t n, std::int64_t dk, std::int64_t dt,
-                                float* representation, std::uint64_t* bits, int num_threads) {
+                                PoolOutput output, float* representation, std::uint64_t* bits, int num_threads) {
   return guarded([&] {
     require_dimension(n, 0, "n");
     require_dimension(dk, 1, "dk");
@@ -193,7 +203,7 @@ crosslayer_status finish_pooled(const float* pooled, std::int64_t n, std::int64_
     args.dk = dk;
     args.dt = dt;
     args.pooled = pooled;
-    args.output = representation ? PoolOutput::Float : PoolOutput::Codes;
+    args.output = output;
     args.out_float = representation;
     args.out_bits = bits;
     args.num_threads = num_threads;
@@ -208,14 +218,21 @@ crosslayer_status crosslayer_finish_pooled_float(const float* pooled, int64_t n,
                                                  float* representation, int num_threads) {
   if (n > 0 && representation == nullptr)
     return fail(CROSSLAYER_INVALID_ARGUMENT, "representation: expected float32 [n][dk*dt], got NULL");
-  return finish_pooled(pooled, n, dk, dt, representation, nullptr, num_threads);
+  return finish_pooled(pooled, n, dk, dt, PoolOutput::Float, representation, nullptr, num_threads);
 }
 
 crosslayer_status crosslayer_finish_pooled_codes(const float* pooled, int64_t n, int64_t dk, int64_t dt, uint64_t* bits,
                                                  int num_threads) {
   if (n > 0 && bits == nullptr)
     return fail(CROSSLAYER_INVALID_ARGUMENT, "bits: expected uint64 [n][dk][2][ceil(dt/64)], got NULL");
-  return finish_pooled(pooled, n, dk, dt, nullptr, bits, num_threads);
+  return finish_pooled(pooled, n, dk, dt, PoolOutput::Codes, nullptr, bits, num_threads);
+}
+
+crosslayer_status crosslayer_finish_pooled_compact(const float* pooled, int64_t n, int64_t dk, int64_t dt,
+                                                   uint64_t* bits, int num_threads) {
+  if (n > 0 && bits == nullptr)
+    return fail(CROSSLAYER_INVALID_ARGUMENT, "bits: expected uint64 [n][ceil(dk/64) + dk*ceil(dt/64)], got NULL");
+  return finish_pooled(pooled, n, dk, dt, PoolOutput::Compact, nullptr, bits, num_threads);
 }
 
 crosslayer_status crosslayer_gram(const uint64_t* a, int64_t n_a, const uint64_t* b, int64_t n_b, int64_t dk,
