@@ -67,7 +67,8 @@ def main() -> None:
         if has_layout:
             ways.append(("compact from the kernel", new_way))
         for name, way in ways:
-            row = [core_ms_per_image(lambda: way(threads), threads, args.images, args.reps) for threads in (1, 2)]
+            row = [core_ms_per_image(lambda way=way, threads=threads: way(threads), threads, args.images, args.reps)
+                   for threads in (1, 2)]
             print(f"{path:<12}{name:<34}{row[0]:>10.3f}{row[1]:>11.3f}")
     if has_layout:
         pooling.set_sign_pack_path(paths[0])
