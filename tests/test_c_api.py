@@ -39,6 +39,11 @@ def lib():
     lib.crosslayer_pool_float.argtypes = pool_args + [f32p, f32p, ctypes.c_int]
     lib.crosslayer_finish_pooled_codes.argtypes = [f32p, i64, i64, i64, u64p, ctypes.c_int]
     lib.crosslayer_finish_pooled_float.argtypes = [f32p, i64, i64, i64, f32p, ctypes.c_int]
+    lib.crosslayer_pool_compact.argtypes = pool_args + [u64p, f32p, ctypes.c_int]
+    lib.crosslayer_finish_pooled_compact.argtypes = [f32p, i64, i64, i64, u64p, ctypes.c_int]
+    lib.crosslayer_sign_pack_path.restype = ctypes.c_char_p
+    lib.crosslayer_sign_pack_path_name.restype = ctypes.c_char_p
+    lib.crosslayer_set_sign_pack_path.argtypes = [ctypes.c_char_p]
     lib.crosslayer_gram.argtypes = [u64p, i64, u64p, i64, i64, i64, i32p, ctypes.c_int]
     lib.crosslayer_search.argtypes = [u64p, i64, u64p, i64, i64, i64, i32p, i64, i64, i64, ctypes.c_int, i32p, i64p,
                                       ctypes.c_int]
@@ -85,11 +90,12 @@ def random_codes(rng, n, dk, dt):
 # ---- the library itself ---------------------------------------------------------------------------------------------
 def test_version_and_build_info_describe_this_build(lib):
     assert lib.crosslayer_version().decode() == crosslayer.__version__
-    assert lib.crosslayer_api_version() == 4
+    assert lib.crosslayer_api_version() == 5
     info = dict(pair.split("=", 1) for pair in lib.crosslayer_build_info().decode().split(";"))
     assert info["version"] == crosslayer.__version__
     assert info["blas"] == crosslayer.build_info()["blas_choice"]
     assert info["popcount"] == crosslayer.popcount_path()
+    assert info["sign_pack"] == lib.crosslayer_sign_pack_path().decode()
     assert lib.crosslayer_status_name(FORMAT_ERROR) == b"CROSSLAYER_FORMAT_ERROR"
 
 
@@ -116,6 +122,7 @@ def test_only_c_symbols_are_exported_and_python_links_the_same_library():
     core = next(Path(crosslayer.__file__).parent.glob("_core*.so"))
     imports = subprocess.run(["nm", "-D", "--undefined-only", str(core)], capture_output=True, text=True, check=True)
     assert "crosslayer_pool_codes" in imports.stdout and "crosslayer_search" in imports.stdout
+    assert "crosslayer_pool_compact" in imports.stdout and "crosslayer_finish_pooled_compact" in imports.stdout
     needed = subprocess.run(["readelf", "-d", str(core)], capture_output=True, text=True, check=True).stdout
     assert f"[{Path(library).name}]" in needed
 
@@ -155,6 +162,51 @@ def test_finish_pooled_equals_python_in_place_too_and_reports_errors(lib, rng):
     assert b"dk" in lib.crosslayer_last_error()
     pooled[1, 4, 69] = np.nan
     assert lib.crosslayer_finish_pooled_codes(ptr(pooled, f32p), 2, 5, 70, ptr(bits, u64p), 1) == NOT_FINITE
+
+
+def test_compact_pooling_equals_python_and_reports_errors(lib, rng):
+    from crosslayer.pooling import finish_pooled
+
+    local = rng.standard_normal((3, 6, 4, 3)).astype(np.float32)
+    guidance = np.maximum(rng.standard_normal((3, 70, 4, 3)), 0).astype(np.float32)
+    guidance[:, 5] = 0
+    mean, projection = rng.standard_normal(6).astype(np.float32), rng.standard_normal((6, 70)).astype(np.float32)
+    codes = crosslayer.pool(local, guidance, pca=(mean, projection), output="codes", num_threads=3, layout="compact")
+    bits = np.empty_like(codes.bits)
+    channel_mean = np.empty_like(codes.channel_mean)
+    args = (ptr(local, f32p), ptr(guidance, f32p), 3, 6, 70, 12, ptr(mean, f32p), ptr(projection, f32p), 70)
+    assert lib.crosslayer_pool_compact(*args, ptr(bits, u64p), ptr(channel_mean, f32p), 3) == OK
+    np.testing.assert_array_equal(bits, codes.bits)
+    np.testing.assert_array_equal(channel_mean, codes.channel_mean)
+    assert lib.crosslayer_pool_compact(*args, None, None, 1) == INVALID_ARGUMENT
+    assert "bits: expected uint64 [n][ceil(dk/64) + dk*ceil(dt/64)], got NULL" in last_error(lib)
+
+    pooled = rng.standard_normal((2, 70, 70)).astype(np.float32)
+    pooled[1, 3] = 0
+    codes = finish_pooled(pooled, np.ones((2, 70), np.float32), output="codes", layout="compact")
+    bits = np.empty_like(codes.bits)
+    assert bits.shape == (2, 2 + 70 * 2)
+    assert lib.crosslayer_finish_pooled_compact(ptr(pooled, f32p), 2, 70, 70, ptr(bits, u64p), 2) == OK
+    np.testing.assert_array_equal(bits, codes.bits)
+    assert lib.crosslayer_finish_pooled_compact(ptr(pooled, f32p), 2, 70, 70, None, 2) == INVALID_ARGUMENT
+    assert lib.crosslayer_finish_pooled_compact(ptr(pooled, f32p), 0, 70, 70, None, 2) == OK  # nothing to write
+    pooled[0, 69, 0] = np.inf
+    assert lib.crosslayer_finish_pooled_compact(ptr(pooled, f32p), 2, 70, 70, ptr(bits, u64p), 2) == NOT_FINITE
+
+
+def test_sign_pack_path_can_be_forced_and_is_checked(lib):
+    names = [lib.crosslayer_sign_pack_path_name(i).decode() for i in range(lib.crosslayer_sign_pack_path_count())]
+    assert names[-1] == "portable" and lib.crosslayer_sign_pack_path_name(len(names)) is None
+    before = lib.crosslayer_sign_pack_path()
+    try:
+        for name in names:
+            assert lib.crosslayer_set_sign_pack_path(name.encode()) == OK
+            assert lib.crosslayer_sign_pack_path().decode() == name
+    finally:
+        assert lib.crosslayer_set_sign_pack_path(before) == OK
+    assert lib.crosslayer_set_sign_pack_path(b"avx9") == INVALID_ARGUMENT
+    assert "name: sign packing path 'avx9': unknown" in last_error(lib)
+    assert lib.crosslayer_set_sign_pack_path(None) == INVALID_ARGUMENT
 
 
 LAYOUT_TWO_PLANE, LAYOUT_COMPACT = 0, 1

@@ -85,6 +85,17 @@ def test_public_pool_passes_check_finite_to_the_device_path(monkeypatch):
     assert seen == [True, False, True]
 
 
+def test_compact_layout_on_gpu_arrays_is_refused_before_the_kernel(monkeypatch):
+    """The CUDA kernel writes 2-plane codes only: layout="compact" is named, nothing is launched."""
+    monkeypatch.setattr(_device, "cuda_available_in_build", lambda: True)
+    launched = []
+    monkeypatch.setattr(_device, "pool_device", lambda *args, **kwargs: launched.append(args))
+    with pytest.raises(crosslayer.UsageError, match=r"layout: the CUDA kernel writes 2-plane codes only.*to_host"):
+        crosslayer.pool(FakeDeviceArray((1, 3, 2, 2)), FakeDeviceArray((1, 3, 2, 2)), output="codes", layout="compact")
+    crosslayer.pool(FakeDeviceArray((1, 3, 2, 2)), FakeDeviceArray((1, 3, 2, 2)), output="codes", layout="two_plane")
+    assert len(launched) == 1
+
+
 def test_finiteness_of_all_inputs_is_read_back_once(monkeypatch):
     torch = pytest.importorskip("torch")
     reads = []

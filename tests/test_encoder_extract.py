@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import crosslayer
 from crosslayer import reference
 from crosslayer.backbones import BACKBONES
 from crosslayer.backbones.weights import available
@@ -71,6 +72,12 @@ def test_encoder_matches_reference_and_round_trips(backbone_cache, tmp_path, rng
     bound = reference.float32_pool_bound(local, guidance, encoder.pca_)
     assert_normalized_within(rep.reshape(5, 1280, 10), pooled, bound, epilogue_units=4)  # as tests/test_pool.py
     assert_within_one_float32_ulp(codes.channel_mean, reference.channel_mean(guidance))
+    # compact codes packed by the kernel: bit for bit the 2-plane codes of the same batch converted (lossy=True)
+    for batch in batches:
+        two_plane = crosslayer.pool(batch.outputs["features.17"], batch.outputs["features.18"], encoder.pca_,
+                                    output="codes", num_threads=2)
+        kernel = encoder.pool_batch(batch.outputs, "codes")
+        assert kernel.layout == "compact" and np.array_equal(kernel.bits, two_plane.compact(lossy=True).bits)
 
     encoder.save(tmp_path / "enc.xle")
     loaded = CrossLayerEncoder.load(tmp_path / "enc.xle", threads=2)

@@ -13,6 +13,7 @@ from _images import write_block_images
 from test_cli_commands import SIDE, TINY
 
 from crosslayer.errors import CrossLayerError, UsageError
+from crosslayer.pooling import finish_pooled
 
 SETTINGS = dict(weights="random", side=SIDE, pca_dim=4, fit_images=6, batch_size=4, threads=1)
 
@@ -172,6 +173,9 @@ def test_bf16_encode_pools_in_the_graph_like_the_kernel_on_the_same_activations(
     graph = next(iter(bf16.activations(sources, for_pooling=True)))
     assert {"pooled", "channel_mean", "embedding"} <= set(graph.outputs)
     assert not set(fp32_encoder.layers) & set(graph.outputs)
+    # compact codes packed by the kernel: bit for bit the 2-plane codes of the same P converted (lossy=True)
+    two_plane = finish_pooled(graph.outputs["pooled"], graph.outputs["channel_mean"], "codes", num_threads=2)
+    assert np.array_equal(bf16.pool_batch(graph.outputs, "codes").bits, two_plane.compact(lossy=True).bits)
     maps = list(bf16.activations(sources))  # the layers' bf16 maps, pooled by the fp32 kernel
     kernel = Codes.concatenate([bf16.pool_batch(batch.outputs, "codes") for batch in maps])
     codes = bf16.encode(sources)

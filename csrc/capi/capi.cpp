@@ -10,6 +10,7 @@
 #include "crosslayer/pool.h"
 #include "crosslayer/popcount.h"
 #include "crosslayer/search.h"
+#include "crosslayer/sign_pack.h"
 #include "status.h"
 
 #ifndef CROSSLAYER_VERSION
@@ -26,8 +27,8 @@ thread_local std::string last_error;
 
 crosslayer_status pool(const float* local, const float* guidance, std::int64_t n, std::int64_t dt_in,
                        std::int64_t dk, std::int64_t positions, const float* pca_mean, const float* pca_projection,
-                       std::int64_t dt, float* representation, std::uint64_t* bits, float* channel_mean,
-                       int num_threads) {
+                       std::int64_t dt, PoolOutput output, float* representation, std::uint64_t* bits,
+                       float* channel_mean, int num_threads) {
   return guarded([&] {
     require_dimension(n, 0, "n");
     require_dimension(dt_in, 1, "dt_in");
@@ -49,7 +50,7 @@ crosslayer_status pool(const float* local, const float* guidance, std::int64_t n
     args.guidance = guidance;
     args.pca_mean = pca_mean;
     args.pca_proj = pca_projection;
-    args.output = representation ? PoolOutput::Float : PoolOutput::Codes;
+    args.output = output;
     args.out_float = representation;
     args.out_bits = bits;
     args.channel_mean = channel_mean;
@@ -100,7 +101,7 @@ const char* crosslayer_build_info(void) {
   thread_local std::string info;
   info = std::string("version=") + CROSSLAYER_VERSION + ";api=" + std::to_string(CROSSLAYER_API_VERSION) +
          ";blas=" + CROSSLAYER_BLAS_NAME + ";openmp_max_threads=" + std::to_string(omp_get_max_threads()) +
-         ";popcount=" + popcount_path() + ";compiler=" +
+         ";popcount=" + popcount_path() + ";sign_pack=" + sign_pack_path() + ";compiler=" +
 #if defined(__clang__)
          "clang " __clang_version__;
 #elif defined(__GNUC__)
@@ -142,14 +143,30 @@ const char* crosslayer_popcount_path_name(int index) {
   return index >= 0 && index < popcount_path_count() ? popcount_path_name(index) : nullptr;
 }
 
+const char* crosslayer_sign_pack_path(void) { return sign_pack_path(); }
+
+crosslayer_status crosslayer_set_sign_pack_path(const char* name) {
+  return guarded([&] {
+    require(name != nullptr, "name: expected a sign packing path name, got NULL");
+    const char* error = set_sign_pack_path(name);
+    require(error[0] == '\0', std::string("name: sign packing path '") + name + "': " + error);
+  });
+}
+
+int crosslayer_sign_pack_path_count(void) { return sign_pack_path_count(); }
+
+const char* crosslayer_sign_pack_path_name(int index) {
+  return index >= 0 && index < sign_pack_path_count() ? sign_pack_path_name(index) : nullptr;
+}
+
 crosslayer_status crosslayer_pool_float(const float* local, const float* guidance, int64_t n, int64_t dt_in,
                                         int64_t dk, int64_t positions, const float* pca_mean,
                                         const float* pca_projection, int64_t dt, float* representation,
                                         float* channel_mean, int num_threads) {
   if (n > 0 && representation == nullptr)
     return fail(CROSSLAYER_INVALID_ARGUMENT, "representation: expected float32 [n][dk*dt], got NULL");
-  return pool(local, guidance, n, dt_in, dk, positions, pca_mean, pca_projection, dt, representation, nullptr,
-              channel_mean, num_threads);
+  return pool(local, guidance, n, dt_in, dk, positions, pca_mean, pca_projection, dt, PoolOutput::Float,
+              representation, nullptr, channel_mean, num_threads);
 }
 
 crosslayer_status crosslayer_pool_codes(const float* local, const float* guidance, int64_t n, int64_t dt_in,
@@ -158,14 +175,24 @@ crosslayer_status crosslayer_pool_codes(const float* local, const float* guidanc
                                         float* channel_mean, int num_threads) {
   if (n > 0 && bits == nullptr)
     return fail(CROSSLAYER_INVALID_ARGUMENT, "bits: expected uint64 [n][dk][2][ceil(dt/64)], got NULL");
-  return pool(local, guidance, n, dt_in, dk, positions, pca_mean, pca_projection, dt, nullptr, bits, channel_mean,
-              num_threads);
+  return pool(local, guidance, n, dt_in, dk, positions, pca_mean, pca_projection, dt, PoolOutput::Codes, nullptr,
+              bits, channel_mean, num_threads);
+}
+
+crosslayer_status crosslayer_pool_compact(const float* local, const float* guidance, int64_t n, int64_t dt_in,
+                                          int64_t dk, int64_t positions, const float* pca_mean,
+                                          const float* pca_projection, int64_t dt, uint64_t* bits,
+                                          float* channel_mean, int num_threads) {
+  if (n > 0 && bits == nullptr)
+    return fail(CROSSLAYER_INVALID_ARGUMENT, "bits: expected uint64 [n][ceil(dk/64) + dk*ceil(dt/64)], got NULL");
+  return pool(local, guidance, n, dt_in, dk, positions, pca_mean, pca_projection, dt, PoolOutput::Compact, nullptr,
+              bits, channel_mean, num_threads);
 }
 
 namespace {
 
 crosslayer_status finish_pooled(const float* pooled, std::int64_t n, std::int64_t dk, std::int64_t dt,
-                                float* representation, std::uint64_t* bits, int num_threads) {
+                                PoolOutput output, float* representation, std::uint64_t* bits, int num_threads) {
   return guarded([&] {
     require_dimension(n, 0, "n");
     require_dimension(dk, 1, "dk");
@@ -176,7 +203,7 @@ crosslayer_status finish_pooled(const float* pooled, std::int64_t n, std::int64_
     args.dk = dk;
     args.dt = dt;
     args.pooled = pooled;
-    args.output = representation ? PoolOutput::Float : PoolOutput::Codes;
+    args.output = output;
     args.out_float = representation;
     args.out_bits = bits;
     args.num_threads = num_threads;
@@ -191,14 +218,21 @@ crosslayer_status crosslayer_finish_pooled_float(const float* pooled, int64_t n,
                                                  float* representation, int num_threads) {
   if (n > 0 && representation == nullptr)
     return fail(CROSSLAYER_INVALID_ARGUMENT, "representation: expected float32 [n][dk*dt], got NULL");
-  return finish_pooled(pooled, n, dk, dt, representation, nullptr, num_threads);
+  return finish_pooled(pooled, n, dk, dt, PoolOutput::Float, representation, nullptr, num_threads);
 }
 
 crosslayer_status crosslayer_finish_pooled_codes(const float* pooled, int64_t n, int64_t dk, int64_t dt, uint64_t* bits,
                                                  int num_threads) {
   if (n > 0 && bits == nullptr)
     return fail(CROSSLAYER_INVALID_ARGUMENT, "bits: expected uint64 [n][dk][2][ceil(dt/64)], got NULL");
-  return finish_pooled(pooled, n, dk, dt, nullptr, bits, num_threads);
+  return finish_pooled(pooled, n, dk, dt, PoolOutput::Codes, nullptr, bits, num_threads);
+}
+
+crosslayer_status crosslayer_finish_pooled_compact(const float* pooled, int64_t n, int64_t dk, int64_t dt,
+                                                   uint64_t* bits, int num_threads) {
+  if (n > 0 && bits == nullptr)
+    return fail(CROSSLAYER_INVALID_ARGUMENT, "bits: expected uint64 [n][ceil(dk/64) + dk*ceil(dt/64)], got NULL");
+  return finish_pooled(pooled, n, dk, dt, PoolOutput::Compact, nullptr, bits, num_threads);
 }
 
 crosslayer_status crosslayer_gram(const uint64_t* a, int64_t n_a, const uint64_t* b, int64_t n_b, int64_t dk,

@@ -2,14 +2,13 @@
 //
 // Per image b:  xp = (X_b^T - mean) W            [positions x Dt]   (one GEMM; skipped without PCA)
 //               P  = G_b xp                       [Dk x Dt]          (one GEMM)
-//               epilogue on P in cache: L2 + signed sqrt (float) or sign packing (codes).
+//               epilogue on P in cache: L2 + signed sqrt (float) or sign packing (codes, 2-plane or compact).
 // Batches with at least as many images as threads run one image per worker with single-threaded BLAS (no
 // batch-sized scratch); smaller batches split each image's guidance channels across the workers instead.
 #include <omp.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cfloat>
 #include <climits>
 #include <cmath>
 #include <cstring>
@@ -17,6 +16,7 @@
 
 #include "crosslayer/blas.h"
 #include "crosslayer/codes.h"
+#include "crosslayer/compact_codes.h"
 #include "crosslayer/pool.h"
 #include "crosslayer/sign_pack.h"
 
@@ -31,13 +31,9 @@ struct Plan {
   // inputs propagate; the sign of such a value, or its normalisation, would be garbage, so the call fails instead.
   // Set by any worker, read at the end.
   std::atomic<bool>* not_finite;
+  // Read once per call: a concurrent set_sign_pack_path cannot mix two paths within one batch.
+  PackChannelFn pack;
 };
-
-bool all_finite(const float* values, std::int64_t count) {
-  bool finite = true;
-  for (std::int64_t j = 0; j < count; ++j) finite &= std::fabs(values[j]) <= FLT_MAX;  // false for inf and NaN
-  return finite;
-}
 
 // xp[positions][dt] = (X^T - mean) W for image b. Centring before the GEMM (not subtracting mean@W after) keeps
 // float32 accuracy when activations have a large mean, as post-ReLU layers do. `centred` is [dt_in][positions].
@@ -88,23 +84,66 @@ void normalise_channels(const Plan& plan, std::int64_t k_count, float* p) {
   }
 }
 
-// Sign codes of channels [k_begin, k_begin + k_count) of image b from p[k_count][dt].
+// 2-plane sign codes of channels [k_begin, k_begin + k_count) of image b from p[k_count][dt].
 void pack_channels(const Plan& plan, std::int64_t b, std::int64_t k_begin, std::int64_t k_count, const float* p) {
   const std::int64_t dt = plan.dt;
   const std::int64_t wpp = words_per_plane(dt);
   std::uint64_t* out = plan.args.out_bits + (b * plan.dk + k_begin) * kPlanes * wpp;
+  bool finite = true;
   for (std::int64_t k = 0; k < k_count; ++k) {
     std::uint64_t* channel = out + k * kPlanes * wpp;
-    if (!all_finite(p + k * dt, dt)) plan.not_finite->store(true, std::memory_order_relaxed);
-    pack_signs(p + k * dt, dt, channel, channel + wpp);
+    finite &= plan.pack(p + k * dt, dt, channel, channel + wpp).finite;
   }
+  if (!finite) plan.not_finite->store(true, std::memory_order_relaxed);
+}
+
+// Compact codes of the same channels: their sign rows, and their live bits OR-ed into the image's live words, which
+// clear_live_words zeroed before any worker started.
+//
+// Data races: every sign row belongs to one channel, so to one task. A live word covers 64 channels, and a channel
+// block of run_channel_parallel need not start on a multiple of 64, so two tasks (two threads) can share a live
+// word; each ORs its bits in with one atomic read-modify-write (relaxed: the bits of different tasks are disjoint,
+// so their order does not matter, and the OpenMP barrier at the end of the parallel region orders every OR before
+// the caller reads the words). The zeroing runs on the calling thread before the parallel region starts, which
+// OpenMP orders before every worker's first access. (Checked with GCC 12's -fsanitize=thread on this schedule, Dk=200
+// over 3 threads: a plain |= is reported as a race between workers, the atomic OR is not.)
+void pack_channels_compact(const Plan& plan, std::int64_t b, std::int64_t k_begin, std::int64_t k_count,
+                           const float* p) {
+  const std::int64_t dt = plan.dt;
+  const std::int64_t wpp = words_per_plane(dt);
+  std::uint64_t* image = plan.args.out_bits + b * compact_words_per_image(plan.dk, dt);
+  std::uint64_t* signs = image + live_words(plan.dk) + k_begin * wpp;
+  bool finite = true;
+  std::int64_t word = k_begin / kBitsPerWord;
+  std::uint64_t live = 0;
+  for (std::int64_t k = 0; k < k_count; ++k) {
+    const ChannelSigns packed = plan.pack(p + k * dt, dt, nullptr, signs + k * wpp);
+    finite &= packed.finite;
+    const std::int64_t channel = k_begin + k;
+    if (channel / kBitsPerWord != word) {
+      if (live) __atomic_fetch_or(image + word, live, __ATOMIC_RELAXED);
+      word = channel / kBitsPerWord;
+      live = 0;
+    }
+    live |= static_cast<std::uint64_t>(packed.live) << (channel % kBitsPerWord);
+  }
+  if (live) __atomic_fetch_or(image + word, live, __ATOMIC_RELAXED);
+  if (!finite) plan.not_finite->store(true, std::memory_order_relaxed);
+}
+
+// Live words of every image start clear (pack_channels_compact only ORs bits in); padding bits >= Dk stay clear.
+void clear_live_words(const Plan& plan) {
+  if (plan.args.output != PoolOutput::Compact) return;
+  const std::int64_t stride = compact_words_per_image(plan.dk, plan.dt);
+  for (std::int64_t b = 0; b < plan.n; ++b)
+    std::memset(plan.args.out_bits + b * stride, 0, sizeof(std::uint64_t) * live_words(plan.dk));
 }
 
 void finish_channels(const Plan& plan, std::int64_t b, std::int64_t k_begin, std::int64_t k_count, float* p) {
-  if (plan.args.output == PoolOutput::Float) {
-    normalise_channels(plan, k_count, p);
-  } else {
-    pack_channels(plan, b, k_begin, k_count, p);
+  switch (plan.args.output) {
+    case PoolOutput::Float: normalise_channels(plan, k_count, p); break;
+    case PoolOutput::Codes: pack_channels(plan, b, k_begin, k_count, p); break;
+    case PoolOutput::Compact: pack_channels_compact(plan, b, k_begin, k_count, p); break;
   }
 }
 
@@ -178,6 +217,10 @@ void run_channel_parallel(const Plan& plan, int threads) {
   }
 }
 
+bool valid_output(PoolOutput output) {
+  return output == PoolOutput::Float || output == PoolOutput::Codes || output == PoolOutput::Compact;
+}
+
 }  // namespace
 
 const char* pool_cpu(const PoolArgs& args) {
@@ -191,13 +234,16 @@ const char* pool_cpu(const PoolArgs& args) {
   if (args.input_type != PoolInputType::Float32) return "pool_cpu: inputs must be float32";
   if ((args.pca_mean == nullptr) != (args.pca_proj == nullptr)) return "pool_cpu: pca mean and projection go together";
   if (!args.pca_proj && s.dt != s.dt_in) return "pool_cpu: without PCA, dt must equal dt_in";
+  if (!valid_output(args.output)) return "pool_cpu: unknown output kind";
   if (args.output == PoolOutput::Float && !args.out_float && s.n > 0) return "pool_cpu: null float output";
-  if (args.output == PoolOutput::Codes && !args.out_bits && s.n > 0) return "pool_cpu: null code output";
+  if (args.output != PoolOutput::Float && !args.out_bits && s.n > 0) return "pool_cpu: null code output";
   if (s.n == 0) return "";
 
   blas::use_single_threaded_blas();
   std::atomic<bool> not_finite{false};
-  const Plan plan{args, s.n, s.dt_in, s.dt, s.dk, s.positions, args.pca_proj != nullptr, &not_finite};
+  const Plan plan{args, s.n, s.dt_in, s.dt, s.dk, s.positions, args.pca_proj != nullptr, &not_finite,
+                  sign_pack_kernel()};
+  clear_live_words(plan);
   const int threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
   if (plan.n >= threads) {
     run_image_parallel(plan, threads);
@@ -210,17 +256,19 @@ const char* pool_cpu(const PoolArgs& args) {
 
 const char* pool_finish_cpu(const PoolFinishArgs& args) {
   if (args.n < 0 || args.dk <= 0 || args.dt <= 0) return "pool_finish_cpu: invalid shape";
+  if (!valid_output(args.output)) return "pool_finish_cpu: unknown output kind";
   if (args.n == 0) return "";
   if (!args.pooled) return "pool_finish_cpu: null pooled input";
   if (args.output == PoolOutput::Float && !args.out_float) return "pool_finish_cpu: null float output";
-  if (args.output == PoolOutput::Codes && !args.out_bits) return "pool_finish_cpu: null code output";
+  if (args.output != PoolOutput::Float && !args.out_bits) return "pool_finish_cpu: null code output";
   PoolArgs shaped;  // the epilogue's view: only the shape and the outputs are read
   shaped.shape = PoolShape{args.n, args.dt, args.dt, args.dk, 1};
   shaped.output = args.output;
   shaped.out_float = args.out_float;
   shaped.out_bits = args.out_bits;
   std::atomic<bool> not_finite{false};
-  const Plan plan{shaped, args.n, args.dt, args.dt, args.dk, 1, false, &not_finite};
+  const Plan plan{shaped, args.n, args.dt, args.dt, args.dk, 1, false, &not_finite, sign_pack_kernel()};
+  clear_live_words(plan);
   const int threads = args.num_threads > 0 ? args.num_threads : omp_get_max_threads();
   // blocks of channels: a batch of few images still spreads over every thread
   const std::int64_t block = 64;
@@ -232,12 +280,15 @@ const char* pool_finish_cpu(const PoolFinishArgs& args) {
     const std::int64_t k_begin = (t % blocks_per_image) * block;
     const std::int64_t k_count = std::min(block, args.dk - k_begin);
     const std::int64_t offset = (b * args.dk + k_begin) * args.dt;
-    if (args.output == PoolOutput::Float) {
-      float* v = args.out_float + offset;
-      if (v != args.pooled + offset) std::memcpy(v, args.pooled + offset, sizeof(float) * k_count * args.dt);
-      normalise_channels(plan, k_count, v);
-    } else {
-      pack_channels(plan, b, k_begin, k_count, args.pooled + offset);
+    switch (args.output) {
+      case PoolOutput::Float: {
+        float* v = args.out_float + offset;
+        if (v != args.pooled + offset) std::memcpy(v, args.pooled + offset, sizeof(float) * k_count * args.dt);
+        normalise_channels(plan, k_count, v);
+        break;
+      }
+      case PoolOutput::Codes: pack_channels(plan, b, k_begin, k_count, args.pooled + offset); break;
+      case PoolOutput::Compact: pack_channels_compact(plan, b, k_begin, k_count, args.pooled + offset); break;
     }
   }
   if (not_finite.load()) return kPoolNotFinite;

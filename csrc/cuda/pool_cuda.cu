@@ -251,6 +251,7 @@ const char* pool_cuda(const PoolArgs& args, void* stream_handle) {
   if (!args.pca_proj && s.dt != s.dt_in) return "pool_cuda: without PCA, dt must equal dt_in";
   if (args.output == PoolOutput::Float && !args.out_float && s.n > 0) return "pool_cuda: null float output";
   if (args.output == PoolOutput::Codes && !args.out_bits && s.n > 0) return "pool_cuda: null code output";
+  if (args.output == PoolOutput::Compact) return "pool_cuda: no compact output (pool 2-plane codes, convert them)";
   if (s.n == 0) return "";
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_handle);
   switch (args.input_type) {

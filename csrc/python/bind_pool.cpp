@@ -7,6 +7,7 @@
 
 #include "bindings.h"
 #include "crosslayer/codes.h"
+#include "crosslayer/compact_codes.h"
 #include "crosslayer/crosslayer.h"
 
 namespace py = pybind11;
@@ -17,13 +18,15 @@ namespace {
 using FloatArray = py::array_t<float, py::array::c_style>;
 using WordArray = py::array_t<std::uint64_t, py::array::c_style>;
 
-// The pooling's output buffer: float (n, Dk*Dt) when out_float is given, else codes (n, Dk, 2, ceil(Dt/64)) in
-// out_bits. The arrays keep the buffer alive while the kernel writes it.
+// The pooling's output buffer: float (n, Dk*Dt) when out_float is given, else codes in out_bits, whose number of
+// axes says the layout: 4-d (n, Dk, 2, ceil(Dt/64)) 2-plane, 2-d (n, ceil(Dk/64) + Dk*ceil(Dt/64)) compact. The
+// arrays keep the buffer alive while the kernel writes it.
 struct PoolOutputs {
   FloatArray float_arr;
   WordArray bits_arr;
   float* float_data = nullptr;
   std::uint64_t* bits_data = nullptr;
+  bool compact = false;
 };
 
 PoolOutputs pool_outputs(const py::object& out_float, const py::object& out_bits, std::int64_t n, std::int64_t dk,
@@ -37,9 +40,17 @@ PoolOutputs pool_outputs(const py::object& out_float, const py::object& out_bits
   } else {
     require(py::isinstance<WordArray>(out_bits), "code output must be a C-contiguous uint64 array");
     const WordArray& bits = outputs.bits_arr = out_bits.cast<WordArray>();
-    require(bits.ndim() == 4 && bits.shape(0) == n && bits.shape(1) == dk && bits.shape(2) == kPlanes &&
-                bits.shape(3) == words_per_plane(dt),
-            "code output must be (n, Dk, 2, ceil(Dt/64))");
+    outputs.compact = bits.ndim() == 2;
+    if (outputs.compact) {
+      require(bits.shape(0) == n && bits.shape(1) == compact_words_per_image(dk, dt),
+              "compact code output must be (n, ceil(Dk/64) + Dk*ceil(Dt/64)), got (" + std::to_string(bits.shape(0)) +
+                  ", " + std::to_string(bits.shape(1)) + ") for n=" + std::to_string(n) + ", Dk=" +
+                  std::to_string(dk) + ", Dt=" + std::to_string(dt));
+    } else {
+      require(bits.ndim() == 4 && bits.shape(0) == n && bits.shape(1) == dk && bits.shape(2) == kPlanes &&
+                  bits.shape(3) == words_per_plane(dt),
+              "code output must be (n, Dk, 2, ceil(Dt/64)) (2-plane) or (n, ceil(Dk/64) + Dk*ceil(Dt/64)) (compact)");
+    }
     outputs.bits_data = outputs.bits_arr.mutable_data();
   }
   return outputs;
@@ -81,10 +92,16 @@ void pool_cpu_py(const FloatArray& local, const FloatArray& guidance, py::object
   crosslayer_status status;
   {
     py::gil_scoped_release release;
-    status = float_data ? crosslayer_pool_float(local.data(), guidance.data(), n, dt_in, dk, positions, mean_data,
-                                                proj_data, dt, float_data, mean_out_data, num_threads)
-                        : crosslayer_pool_codes(local.data(), guidance.data(), n, dt_in, dk, positions, mean_data,
-                                                proj_data, dt, bits_data, mean_out_data, num_threads);
+    if (float_data) {
+      status = crosslayer_pool_float(local.data(), guidance.data(), n, dt_in, dk, positions, mean_data, proj_data, dt,
+                                     float_data, mean_out_data, num_threads);
+    } else if (outputs.compact) {
+      status = crosslayer_pool_compact(local.data(), guidance.data(), n, dt_in, dk, positions, mean_data, proj_data,
+                                       dt, bits_data, mean_out_data, num_threads);
+    } else {
+      status = crosslayer_pool_codes(local.data(), guidance.data(), n, dt_in, dk, positions, mean_data, proj_data, dt,
+                                     bits_data, mean_out_data, num_threads);
+    }
   }
   require_ok(status);
 }
@@ -98,8 +115,13 @@ void finish_pooled_py(const FloatArray& pooled, py::object out_float, py::object
   crosslayer_status status;
   {
     py::gil_scoped_release release;
-    status = float_data ? crosslayer_finish_pooled_float(pooled.data(), n, dk, dt, float_data, num_threads)
-                        : crosslayer_finish_pooled_codes(pooled.data(), n, dk, dt, bits_data, num_threads);
+    if (float_data) {
+      status = crosslayer_finish_pooled_float(pooled.data(), n, dk, dt, float_data, num_threads);
+    } else if (outputs.compact) {
+      status = crosslayer_finish_pooled_compact(pooled.data(), n, dk, dt, bits_data, num_threads);
+    } else {
+      status = crosslayer_finish_pooled_codes(pooled.data(), n, dk, dt, bits_data, num_threads);
+    }
   }
   require_ok(status);
 }
@@ -109,10 +131,21 @@ void finish_pooled_py(const FloatArray& pooled, py::object out_float, py::object
 void register_pool(py::module_& m) {
   m.def("pool_cpu", &pool_cpu_py, py::arg("local"), py::arg("guidance"), py::arg("pca_mean"), py::arg("pca_proj"),
         py::arg("out_float"), py::arg("out_bits"), py::arg("channel_mean"), py::arg("num_threads") = 0,
-        "Fused cross-layer pooling into preallocated outputs (see csrc/include/crosslayer/crosslayer.h).");
+        "Fused cross-layer pooling into preallocated outputs (see csrc/include/crosslayer/crosslayer.h); 2-d out_bits "
+        "take compact codes.");
   m.def("finish_pooled_cpu", &finish_pooled_py, py::arg("pooled"), py::arg("out_float"), py::arg("out_bits"),
         py::arg("num_threads") = 0,
         "The pooling's last step on P (n, Dk, Dt) computed elsewhere: L2 + signed sqrt, or sign packing.");
+  m.def("sign_pack_path", [] { return std::string(crosslayer_sign_pack_path()); },
+        "The sign packing path the pooling's codes use.");
+  m.def("sign_pack_paths", [] {
+    py::list names;
+    for (int i = 0; i < crosslayer_sign_pack_path_count(); ++i) names.append(crosslayer_sign_pack_path_name(i));
+    return names;
+  }, "Sign packing paths this CPU supports, fastest first.");
+  m.def("set_sign_pack_path", [](const std::string& name) {
+    require_ok(crosslayer_set_sign_pack_path(name.c_str()));
+  }, py::arg("name"), "Forces a sign packing path (tests, benchmarks).");
 }
 
 }  // namespace crosslayer::python

@@ -20,6 +20,7 @@ from crosslayer.backbones.registry import get_backbone
 from crosslayer.backbones.weights import describe_weights, weights_identity
 from crosslayer.batches import ON_ERROR, BatchBuffers, batch_size_within_budget, check_batch_size, stream_batches
 from crosslayer.codes import Codes
+from crosslayer.compact import COMPACT, TWO_PLANE
 from crosslayer.config import ENCODER_DEFAULTS, PRECISIONS
 from crosslayer.errors import CrossLayerError, FormatError, UsageError
 from crosslayer.formats import read_zip_document, write_zip_document
@@ -464,7 +465,7 @@ class CrossLayerEncoder:
         kept = {name: data for name, data in outputs.items() if name != POOLED}
         # not scanned for NaN/Inf here: the kernel refuses non-finite pooled values itself
         kept[CODE_BITS] = finish_pooled(outputs[POOLED], outputs[CHANNEL_MEAN], output="codes", num_threads=1,
-                                        check_finite=False).compact(lossy=True).bits
+                                        check_finite=False, layout=COMPACT).bits
         return kept
 
     def _check_fitted(self):
@@ -475,11 +476,12 @@ class CrossLayerEncoder:
     def pool_batch(self, outputs: dict, output: str = "codes"):
         """Cross-layer pooling of one activations batch (`output` as in `crosslayer.pool`), or its last step when the
         graph pooled already (outputs["pooled"]: `activations(for_pooling=True)` at bf16). Codes come in the
-        compact layout (`Codes.compact`; an exact zero inside a live channel, never seen on real images, is coded
-        +1 as the layout's contract says)."""
+        compact layout, packed so by the kernel (`Codes.compact(lossy=True)` of the 2-plane codes, bit for bit; an
+        exact zero inside a live channel, never seen on real images, is coded +1 as the layout's contract says)."""
         from crosslayer.backbones.runtime import CHANNEL_MEAN, CODE_BITS, POOLED
 
         self._check_fitted()
+        layout = COMPACT if output == "codes" else TWO_PLANE
         with self.stage_times_.timing("pooling"):
             if CODE_BITS in outputs:  # finished in the backbone's requests (`activations(for_pooling="codes")`)
                 if output != "codes":
@@ -489,12 +491,10 @@ class CrossLayerEncoder:
             elif POOLED in outputs:  # pooled in the backbone's graph (`activations(for_pooling=True)` at bf16)
                 # not scanned for NaN/Inf here: the kernel refuses non-finite pooled values itself
                 pooled = finish_pooled(outputs[POOLED], outputs[CHANNEL_MEAN], output=output, num_threads=self.threads,
-                                       check_finite=False)
+                                       check_finite=False, layout=layout)
             else:
                 pooled = pool(outputs[self.layers[0]], outputs[self.layers[1]], self.pca_, output=output,
-                              num_threads=self.threads)
-            if output == "codes":
-                pooled = pooled.compact(lossy=True)
+                              num_threads=self.threads, layout=layout)
         if output == "codes":
             pooled.identity = self.identity_digest
         return pooled

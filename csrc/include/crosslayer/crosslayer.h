@@ -18,6 +18,10 @@
  *       plane 0 "nonzero":  bit j set <=> P[b][k][j] != 0;   plane 1 "negative": bit j set <=> P[b][k][j] < 0
  *       value j in word j/64, bit j%64 (bit 0 least significant); padding bits (j >= dt) are zero; the negative
  *       plane is a subset of the nonzero plane. This is exactly Python's `crosslayer.pool(..., output="codes").bits`.
+ *   crosslayer_pool_compact writes bits uint64 [n][CROSSLAYER_COMPACT_WORDS_PER_IMAGE(dk, dt)] in the compact layout
+ *       (below): live bit k <=> P[b][k] has a nonzero value, sign bit j of channel k <=> P[b][k][j] < 0, an exact
+ *       zero inside a live channel coded +1. Exactly Python's `crosslayer.pool(..., output="codes",
+ *       layout="compact").bits`, i.e. the _codes bits converted by Codes.compact(lossy=True).
  *   channel_mean float32 [n][dk] (NULL to skip): the mean of guidance[b][k][:] over the positions.
  *   A pooled value that is not finite (NaN/Inf inputs, or |P| > FLT_MAX) fails with CROSSLAYER_NOT_FINITE.
  *
@@ -81,7 +85,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever a function's signature or meaning changes; crosslayer_api_version() reports the library's. */
-#define CROSSLAYER_API_VERSION 4  /* 4: crosslayer_finish_pooled_float/_codes; 3: code file v4 (layouts), compact-code scoring, the coarse prefix scan; 2: code file v3 */
+#define CROSSLAYER_API_VERSION 5  /* 5: crosslayer_pool_compact, crosslayer_finish_pooled_compact, the sign packing path; 4: crosslayer_finish_pooled_float/_codes; 3: code file v4 (layouts), compact-code scoring, the coarse prefix scan; 2: code file v3 */
 #define CROSSLAYER_WORDS_PER_PLANE(dt) (((dt) + 63) / 64)
 
 typedef enum crosslayer_status {
@@ -97,7 +101,7 @@ typedef enum crosslayer_status {
 /* ---- version, build, errors ------------------------------------------------------------------------------------ */
 CROSSLAYER_API const char* crosslayer_version(void);   /* the package version, e.g. "0.2.0" */
 CROSSLAYER_API int crosslayer_api_version(void);       /* CROSSLAYER_API_VERSION the library was built with */
-/* "key=value" pairs separated by ';': version, api, blas, openmp_max_threads, popcount, compiler. */
+/* "key=value" pairs separated by ';': version, api, blas, openmp_max_threads, popcount, sign_pack, compiler. */
 CROSSLAYER_API const char* crosslayer_build_info(void);
 /* The message of this thread's last failed call ("" if none). Valid until this thread's next failing call. */
 CROSSLAYER_API const char* crosslayer_last_error(void);
@@ -109,6 +113,14 @@ CROSSLAYER_API crosslayer_status crosslayer_set_popcount_path(const char* name);
 CROSSLAYER_API int crosslayer_popcount_path_count(void);
 CROSSLAYER_API const char* crosslayer_popcount_path_name(int index); /* NULL when out of range */
 
+/* ---- sign packing implementation of the pooling's codes (same bits on every path) ------------------------------- */
+/* Paths, fastest first: "avx512", "portable"; the fastest this CPU supports is chosen at load time. Setting one is a
+ * process-wide change, read by each pooling call at its start. */
+CROSSLAYER_API const char* crosslayer_sign_pack_path(void);
+CROSSLAYER_API crosslayer_status crosslayer_set_sign_pack_path(const char* name);
+CROSSLAYER_API int crosslayer_sign_pack_path_count(void);
+CROSSLAYER_API const char* crosslayer_sign_pack_path_name(int index); /* NULL when out of range */
+
 /* ---- pooling --------------------------------------------------------------------------------------------------- */
 CROSSLAYER_API crosslayer_status crosslayer_pool_float(const float* local, const float* guidance, int64_t n,
                                                        int64_t dt_in, int64_t dk, int64_t positions,
@@ -118,14 +130,22 @@ CROSSLAYER_API crosslayer_status crosslayer_pool_codes(const float* local, const
                                                        int64_t dt_in, int64_t dk, int64_t positions,
                                                        const float* pca_mean, const float* pca_projection, int64_t dt,
                                                        uint64_t* bits, float* channel_mean, int num_threads);
+CROSSLAYER_API crosslayer_status crosslayer_pool_compact(const float* local, const float* guidance, int64_t n,
+                                                         int64_t dt_in, int64_t dk, int64_t positions,
+                                                         const float* pca_mean, const float* pca_projection,
+                                                         int64_t dt, uint64_t* bits, float* channel_mean,
+                                                         int num_threads);
 
 /* The pooling's last step alone, for P computed elsewhere (e.g. by a runtime's graph): pooled float32 [n][dk][dt]
- * (P[b][k][:] as above) -> representation float32 [n][dk*dt] (may be `pooled` itself: in place) or bits, exactly
- * as crosslayer_pool_float / crosslayer_pool_codes finish their own P. Non-finite values: CROSSLAYER_NOT_FINITE. */
+ * (P[b][k][:] as above) -> representation float32 [n][dk*dt] (may be `pooled` itself: in place) or bits (2-plane
+ * or compact), exactly as crosslayer_pool_float / _codes / _compact finish their own P. Non-finite values:
+ * CROSSLAYER_NOT_FINITE. */
 CROSSLAYER_API crosslayer_status crosslayer_finish_pooled_float(const float* pooled, int64_t n, int64_t dk, int64_t dt,
                                                                 float* representation, int num_threads);
 CROSSLAYER_API crosslayer_status crosslayer_finish_pooled_codes(const float* pooled, int64_t n, int64_t dk, int64_t dt,
                                                                 uint64_t* bits, int num_threads);
+CROSSLAYER_API crosslayer_status crosslayer_finish_pooled_compact(const float* pooled, int64_t n, int64_t dk,
+                                                                  int64_t dt, uint64_t* bits, int num_threads);
 
 /* ---- similarity of codes ---------------------------------------------------------------------------------------- */
 /* Code layouts: 2-plane (above) or compact: per image live[ceil(dk/64)] (bit k: channel k has a nonzero value; bits

@@ -12,6 +12,11 @@
 //   output CODES: out_bits [n][Dk][2][ceil(Dt/64)] uint64 in the layout of codes.h; sign(P) needs neither the
 //       normalisation nor the square root (both preserve sign), and no float representation of the batch exists:
 //       each worker holds one image's P (Dk*Dt floats) at a time.
+//   output COMPACT: out_bits [n][compact_words_per_image(Dk, Dt)] uint64 in the layout of compact_codes.h, packed
+//       from P in the same pass as CODES: live bit k <=> P[b][k] has any nonzero value (NaN counts as nonzero, as
+//       in the nonzero plane), sign bit j of channel k <=> P[b][k][j] < 0, an exact zero inside a live channel coded
+//       +1 (sign bit clear: the lossy rule of two_plane_to_compact(lossy=True)), padding bits zero. The bits equal
+//       two_plane_to_compact(CODES output, Dt, lossy=True) exactly, whatever the number of threads.
 //   channel_mean [n][Dk] (optional, nullptr to skip): mean over the H*W positions of guidance[b][k][:].
 //
 //   n may be 0. H*W >= 1. Threads: `num_threads` <= 0 means the OpenMP default.
@@ -20,7 +25,7 @@
 
 namespace crosslayer {
 
-enum class PoolOutput : int { Float = 0, Codes = 1 };
+enum class PoolOutput : int { Float = 0, Codes = 1, Compact = 2 };
 
 // Element type of `local` and `guidance`. The CPU kernel takes Float32 only; the CUDA kernel also reads 16-bit
 // activations (the pointers then address __nv_bfloat16 / __half values) and computes in TF32 all the same.
@@ -59,7 +64,8 @@ const char* pool_cpu(const PoolArgs& args);
 
 // The epilogue alone, for P computed elsewhere (a runtime that ran the projection and the pooling in its own graph):
 //   pooled [n][Dk][Dt] -> out_float [n][Dk*Dt] (L2 + signed sqrt as above; out_float may be `pooled` itself: in
-//   place) or out_bits [n][Dk][2][ceil(Dt/64)] (sign packing). Errors as pool_cpu's, kPoolNotFinite included.
+//   place), out_bits [n][Dk][2][ceil(Dt/64)] (CODES) or out_bits [n][compact_words_per_image(Dk, Dt)] (COMPACT), as
+//   pool_cpu finishes its own P. Errors as pool_cpu's, kPoolNotFinite included.
 struct PoolFinishArgs {
   std::int64_t n = 0, dk = 0, dt = 0;
   const float* pooled = nullptr;
@@ -71,7 +77,8 @@ struct PoolFinishArgs {
 const char* pool_finish_cpu(const PoolFinishArgs& args);
 
 #ifdef CROSSLAYER_WITH_CUDA
-// Same contract with device pointers, enqueued on `stream` (a cudaStream_t); nothing is synchronised. Products run
+// Same contract with device pointers, enqueued on `stream` (a cudaStream_t); nothing is synchronised. Outputs FLOAT
+// and CODES only: COMPACT is refused (an error message). Products run
 // on the tensor cores in TF32 (10-bit mantissa operands, float32 accumulation), so float outputs and code bits of
 // values within TF32 rounding of zero may differ from pool_cpu. `num_threads` is ignored. Overflow is not
 // reported (that would need a host synchronisation): outputs are then unspecified, as with non-finite inputs.

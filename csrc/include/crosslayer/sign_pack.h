@@ -1,57 +1,40 @@
-// crosslayer/sign_pack.h — sign quantisation of one channel into the two bit-planes of codes.h.
+// crosslayer/sign_pack.h — sign quantisation of one pooled channel into bit words, with its finiteness check.
+//
+// Contract
+//   pack_channel(values, dt, nonzero, negative) reads values[dt] once and writes, words_per_plane(dt) uint64 words
+//   each (value j in word j / 64, bit j % 64, as codes.h lays them out; bits >= dt zero):
+//     negative[w]   bit j set <=> values[j] < 0            (NaN: no; -0.0: no)
+//     nonzero[w]    bit j set <=> values[j] != 0           (NaN: yes; -0.0: no); skipped when nonzero == nullptr
+//   and returns live = any value nonzero (the compact layout's live bit) and finite = no value is NaN or infinite.
+//   These are the two planes of codes.h and the sign row + live bit of compact_codes.h (the lossy rule: a zero
+//   inside a live channel has its sign bit clear, +1), so both layouts come from the same single pass.
+//
+//   Paths: "avx512" (16 values a comparison into a mask register; AVX-512 F/BW/VL) and "portable" (SSE2 on every
+//   x86-64 CPU, 4 values a comparison, and plain C++ for partial words). Every path writes the same bits and returns
+//   the same flags. The library is compiled for baseline x86-64; the fastest path this CPU supports is chosen once
+//   at load time, and tests and benchmarks can force another (set_sign_pack_path). A pooling call reads the path once
+//   at its start, so switching between calls is safe; a call already running keeps the path it started with.
 #pragma once
 #include <cstdint>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
-#include "crosslayer/codes.h"
-
 namespace crosslayer {
 
-namespace detail {
+struct ChannelSigns {
+  bool live;
+  bool finite;
+};
 
-// Bits j < count of one word: bit j of nonzero <=> values[j] != 0, of negative <=> values[j] < 0 (NaN: nonzero, not
-// negative; -0.0: neither).
-inline void pack_word_scalar(const float* values, std::int64_t count, std::uint64_t& nonzero, std::uint64_t& negative) {
-  std::uint64_t nz = 0, neg = 0;
-  for (std::int64_t j = 0; j < count; ++j) {
-    const float v = values[j];
-    nz |= static_cast<std::uint64_t>(v != 0.0f) << j;
-    neg |= static_cast<std::uint64_t>(v < 0.0f) << j;
-  }
-  nonzero = nz;
-  negative = neg;
-}
+using PackChannelFn = ChannelSigns (*)(const float* values, std::int64_t dt, std::uint64_t* nonzero,
+                                       std::uint64_t* negative);
 
-}  // namespace detail
-
-// values[dt] -> nonzero[words_per_plane(dt)], negative[words_per_plane(dt)]; padding bits are written as zero.
-// Full words take four values per comparison (SSE2, part of every x86-64 CPU): the scalar loop cost ~3 ns a value,
-// a third of the epilogue when the pooling itself runs elsewhere (OpenVINO's graph at bf16).
-inline void pack_signs(const float* values, std::int64_t dt, std::uint64_t* nonzero, std::uint64_t* negative) {
-  const std::int64_t words = words_per_plane(dt);
-  for (std::int64_t w = 0; w < words; ++w) {
-    const std::int64_t begin = w * kBitsPerWord;
-    const std::int64_t count = (dt - begin) < kBitsPerWord ? (dt - begin) : kBitsPerWord;
-#if defined(__SSE2__)
-    if (count == kBitsPerWord) {
-      const __m128 zero = _mm_setzero_ps();
-      std::uint64_t nz = 0, neg = 0;
-      for (int j = 0; j < kBitsPerWord; j += 4) {
-        const __m128 v = _mm_loadu_ps(values + begin + j);
-        // cmpeq is false for NaN, so NaN counts as nonzero, as `v != 0` does; cmplt is false for NaN and -0.0
-        nz |= static_cast<std::uint64_t>(~_mm_movemask_ps(_mm_cmpeq_ps(v, zero)) & 0xF) << j;
-        neg |= static_cast<std::uint64_t>(_mm_movemask_ps(_mm_cmplt_ps(v, zero))) << j;
-      }
-      nonzero[w] = nz;
-      negative[w] = neg;
-      continue;
-    }
-#endif
-    detail::pack_word_scalar(values + begin, count, nonzero[w], negative[w]);
-  }
-}
+// The kernel of the path in use.
+PackChannelFn sign_pack_kernel();
+// Name of the path in use.
+const char* sign_pack_path();
+// Selects a path by name; returns an empty string on success, otherwise why not (unknown name, CPU lacks it).
+const char* set_sign_pack_path(const char* name);
+// Number of paths this CPU supports and the name of the i-th (fastest first; "" out of range).
+int sign_pack_path_count();
+const char* sign_pack_path_name(int index);
 
 }  // namespace crosslayer
