@@ -124,6 +124,76 @@ def test_buffers_are_kept_between_calls_sized_to_the_sources_and_never_shared_by
     assert store._arrays == []
 
 
+class _Running:
+    """A backbone run in the background (as OpenVINO's requests run): it checks that no worker writes the batch it
+    reads until it is done, then returns a copy."""
+
+    def __init__(self, batch, delay):
+        self.batch, self.before = batch, batch.copy()
+        self.thread = threading.Thread(target=self._run, args=(delay,))
+        self.outputs = None
+        self.thread.start()
+
+    def _run(self, delay):
+        for _ in range(4):
+            time.sleep(delay / 4)
+            assert np.array_equal(self.batch, self.before), "a worker wrote into a batch the backbone still reads"
+        self.outputs = {"x": self.batch.copy()}
+
+    def result(self):
+        self.thread.join()
+        if self.outputs is None:
+            raise AssertionError("the run failed (see the thread's exception)")
+        return self.outputs
+
+
+@pytest.mark.parametrize("batch_size, count", [(3, 20), (4, 4), (1, 6), (5, 2), (4, 30)])
+def test_started_batches_overlap_and_equal_the_batches_run_one_by_one(batch_size, count):
+    started = []
+
+    def start(batch):
+        started.append(_Running(batch, 0.004))
+        return started[-1]
+
+    def run(batch):
+        return {"x": batch.copy()}
+
+    one_by_one = list(stream_batches(range(count), prepare_into, run, batch_size, 3, on_error="skip",
+                                     input_shape=SHAPE))
+    times = StageTimes()
+    overlapped = []
+    for batch in stream_batches(range(count), prepare_into, run, batch_size, 3, on_error="skip", stage_times=times,
+                                input_shape=SHAPE, start=start):
+        # the next batch (if any) was started before this one was handed over (batches of skipped images only: never)
+        assert len(started) == sum(1 for old in one_by_one[: len(overlapped) + 2] if old.positions)
+        overlapped.append(batch)
+        time.sleep(0.003)  # the workers run ahead meanwhile
+    assert len(overlapped) == len(one_by_one) and times.images == count
+    for old, new in zip(one_by_one, overlapped):
+        assert new.positions == old.positions and [p for p, _ in new.errors] == [p for p, _ in old.errors]
+        if old.positions:
+            np.testing.assert_array_equal(new.outputs["x"], old.outputs["x"])
+
+
+def test_a_stream_that_stops_waits_for_the_batch_still_running():
+    started = []
+
+    def start(batch):
+        started.append(_Running(batch, 0.02))
+        return started[-1]
+
+    store = BatchBuffers()
+    batches = stream_batches(range(5), prepare_into, lambda b: {}, 2, 2, input_shape=SHAPE, buffers=store, start=start)
+    next(batches)  # batch 0 handed over, batch 1 running
+    batches.close()
+    assert all(not run.thread.is_alive() for run in started)  # nothing reads the buffers once they are given back
+    assert store.acquire()
+    store.release()
+    with pytest.raises(ImageError, match="img5"):  # an error while a batch runs: raised once that batch is done
+        list(stream_batches(range(20), prepare_into, lambda b: {}, 3, 2, input_shape=SHAPE, start=start))
+    assert all(not run.thread.is_alive() for run in started)
+
+
 def test_raise_stops_at_the_first_bad_image():
     with pytest.raises(ImageError, match="img5"):
         list(stream_batches(range(20), prepare_into, lambda b: {}, 3, 2, input_shape=SHAPE))
@@ -160,7 +230,7 @@ def test_encoder_codes_equal_the_old_pipelines(backbone_cache, tmp_path, monkeyp
         codes = encoder.encode(paths)
 
         def old_pipeline(sources, prepare, run, batch_size, decode_workers=2, on_error="raise", stage_times=None,
-                         input_shape=None, buffers=None):
+                         input_shape=None, buffers=None, start=None):
             def old_prepare(source):  # as images.prepare was: Pillow resize, numpy normalise, one array an image
                 return reference.prepared_image(load_image(source), 64, policy, encoder.spec.mean, encoder.spec.std)
             return batches.stream_batches(sources, old_prepare, run, batch_size, decode_workers, on_error, stage_times)

@@ -256,6 +256,13 @@ def test_openvino_requests_of_any_size_fill_the_rows_in_order_and_finish_each_re
     assert {name: array.shape[1:] for name, array in runner.run(images[:0]).items()} == \
         {name: array.shape[1:] for name, array in whole.items()}
 
+    monkeypatch.setattr(runtime, "IMAGES_PER_REQUEST", 1)
+    first, second = runner.start(images), runner.start(images[::-1].copy())  # two runs in flight at once
+    for name in whole:
+        scale = 1e-4 * np.abs(whole[name]).max()
+        np.testing.assert_allclose(second.result()[name], whole[name][::-1], rtol=1e-4, atol=scale)
+        np.testing.assert_allclose(first.result()[name], whole[name], rtol=1e-4, atol=scale)
+
     def broken(outputs):
         raise ValueError("finish failed")
 

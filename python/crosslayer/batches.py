@@ -87,7 +87,7 @@ class BatchBuffers:
 
 
 def stream_batches(sources, prepare, run, batch_size: int, decode_workers: int = 2, on_error: str = "raise",
-                   stage_times=None, input_shape=None, buffers: BatchBuffers | None = None):
+                   stage_times=None, input_shape=None, buffers: BatchBuffers | None = None, start=None):
     """prepare(source) -> (3, H, W) float32; run(images (n, 3, H, W)) -> {name: array}. A generator of batches.
 
     input_shape: when given, prepare(source, out) writes the network input into `out`, a float32 array of that shape
@@ -97,21 +97,26 @@ def stream_batches(sources, prepare, run, batch_size: int, decode_workers: int =
     thread waited for decoded images (decode_wait), assembled them into a batch (batch: stacking, or with input_shape
     only moving rows up over skipped images) and ran the network (inference), and the images done. buffers: where
     the batch buffers come from when free (`BatchBuffers`, kept by the caller between calls); each holds at most
-    as many rows as there are sources (one query image: one row, not a batch)."""
+    as many rows as there are sources (one query image: one row, not a batch). start: optional, start(images) ->
+    an object whose result() waits for run(images)'s outputs (`OpenVinoBackbone.start`); the next batch is then
+    started before the last one is waited for and yielded, so the backbone never waits at a batch's end (one
+    buffer more is used)."""
     if on_error not in ON_ERROR:
         raise UsageError(f"on_error: expected one of {ON_ERROR}, got {on_error!r}")
     batch_size = check_batch_size(batch_size)
     owned = buffers is not None and buffers.acquire()
     try:
         yield from _stream(sources, prepare, run, batch_size, decode_workers, on_error, stage_times, input_shape,
-                           buffers if owned else BatchBuffers())
+                           buffers if owned else BatchBuffers(), start)
     finally:
         if owned:
             buffers.release()
 
 
-def _stream(sources, prepare, run, batch_size, decode_workers, on_error, stage_times, input_shape, store):
+def _stream(sources, prepare, run, batch_size, decode_workers, on_error, stage_times, input_shape, store, start):
     clock = time.perf_counter
+    # with `start` one batch more is held: the one the backbone still runs while the next is started
+    count = BATCH_BUFFERS + (start is not None)
     buffers = None
     if input_shape is not None:
         try:
@@ -119,9 +124,21 @@ def _stream(sources, prepare, run, batch_size, decode_workers, on_error, stage_t
         except TypeError:  # an iterator: its length is unknown
             rows = batch_size
         shape = (rows, *(int(d) for d in input_shape))
-        buffers = [store.get(i, shape) for i in range(BATCH_BUFFERS)]
+        buffers = [store.get(i, shape) for i in range(count)]
     items = iter(enumerate(sources))
     submitted = 0  # items handed to the workers: item j goes to row j % batch_size of batch j // batch_size
+    running = None  # with `start`: the batch the backbone runs, yielded once the next one is started
+
+    def finished(batch) -> ActivationBatch:
+        positions, kept, errors, begin, stacked_at, handle = batch
+        outputs = handle.result() if handle is not None else {}
+        done = clock()
+        if stage_times is not None:
+            stage_times.add("batch", stacked_at - begin)
+            stage_times.add("inference", done - stacked_at)
+            stage_times.count(len(positions) + len(errors))
+        return ActivationBatch(positions, kept, outputs, errors, done - begin)
+
     with ThreadPoolExecutor(max_workers=max(1, decode_workers), thread_name_prefix="crosslayer-decode") as pool:
         pending: deque = deque()
 
@@ -135,53 +152,72 @@ def _stream(sources, prepare, run, batch_size, decode_workers, on_error, stage_t
                 if buffers is None:
                     future = pool.submit(prepare, source)
                 else:
-                    row = buffers[(submitted // batch_size) % BATCH_BUFFERS][submitted % batch_size]
+                    row = buffers[(submitted // batch_size) % len(buffers)][submitted % batch_size]
                     future = pool.submit(prepare, source, row)
                 pending.append((position, source, future))
                 submitted += 1
 
-        # two batches in flight: one being gathered, the next decoding while the backbone runs
-        submit(2 * batch_size)
-        gathered = 0  # batches gathered so far
-        while pending:
-            positions, kept, arrays, rows, errors = [], [], [], [], []
-            while pending and len(positions) + len(errors) < batch_size:
-                position, source, future = pending.popleft()
-                waited = clock()
-                try:
-                    result = future.result()
-                except ImageError as error:
-                    if on_error == "raise":
-                        for _, _, other in pending:
-                            other.cancel()
-                        raise
-                    errors.append((position, error))
+        try:
+            # two batches in flight: one being gathered, the next decoding while the backbone runs
+            submit(2 * batch_size)
+            gathered = 0  # batches gathered so far
+            while pending:
+                positions, kept, arrays, rows, errors = [], [], [], [], []
+                while pending and len(positions) + len(errors) < batch_size:
+                    position, source, future = pending.popleft()
+                    waited = clock()
+                    try:
+                        result = future.result()
+                    except ImageError as error:
+                        if on_error == "raise":
+                            for _, _, other in pending:
+                                other.cancel()
+                            raise
+                        errors.append((position, error))
+                        continue
+                    finally:
+                        if stage_times is not None:
+                            stage_times.add("decode_wait", clock() - waited)
+                    rows.append(len(positions) + len(errors))
+                    if buffers is None:
+                        arrays.append(result)
+                    positions.append(position)
+                    kept.append(source)
+                # the buffer this submission fills held a batch that has been yielded and released by now
+                submit(batch_size)
+                begin = clock()
+                if not positions:
+                    stacked = None
+                elif buffers is None:
+                    stacked = np.stack(arrays)
+                else:
+                    buffer = buffers[gathered % len(buffers)]
+                    # rows of skipped images are left out (a copy, only then)
+                    stacked = buffer[: len(rows)] if not errors else buffer[rows]
+                gathered += 1
+                stacked_at = clock()
+                if start is not None:
+                    handle = start(stacked) if positions else None
+                    # held as running before the last batch is handed over: a consumer that stops there still has
+                    # this one waited for
+                    previous, running = running, (positions, kept, errors, begin, stacked_at, handle)
+                    if previous is not None:
+                        yield finished(previous)
                     continue
-                finally:
-                    if stage_times is not None:
-                        stage_times.add("decode_wait", clock() - waited)
-                rows.append(len(positions) + len(errors))
-                if buffers is None:
-                    arrays.append(result)
-                positions.append(position)
-                kept.append(source)
-            # the buffer this submission fills held the batch before the last one, yielded and released by now
-            submit(batch_size)
-            begin = clock()
-            if not positions:
-                stacked = None
-            elif buffers is None:
-                stacked = np.stack(arrays)
-            else:
-                buffer = buffers[gathered % BATCH_BUFFERS]
-                # rows of skipped images are left out (a copy, only then)
-                stacked = buffer[: len(rows)] if not errors else buffer[rows]
-            gathered += 1
-            stacked_at = clock()
-            outputs = run(stacked) if positions else {}
-            done = clock()
-            if stage_times is not None:
-                stage_times.add("batch", stacked_at - begin)
-                stage_times.add("inference", done - stacked_at)
-                stage_times.count(len(positions) + len(errors))
-            yield ActivationBatch(positions, kept, outputs, errors, done - begin)
+                outputs = run(stacked) if positions else {}
+                done = clock()
+                if stage_times is not None:
+                    stage_times.add("batch", stacked_at - begin)
+                    stage_times.add("inference", done - stacked_at)
+                    stage_times.count(len(positions) + len(errors))
+                yield ActivationBatch(positions, kept, outputs, errors, done - begin)
+            if running is not None:
+                previous, running = running, None
+                yield finished(previous)
+        finally:
+            # a batch still running reads its buffer: waited for before the buffers can go to another call
+            if running is not None and running[-1] is not None:
+                try:
+                    running[-1].result()
+                except Exception:  # noqa: BLE001 - the error that ended the stream is the one to report
+                    pass

@@ -400,10 +400,15 @@ class CrossLayerEncoder:
             return step.reduce(outputs) if step.reduce is not None else outputs
 
         # the encoder's own inputs are prepared straight into their batch rows; a pass's own prepare returns arrays
+        start = None
+        if pass_ is None and hasattr(runner, "start"):  # OpenVINO: the next batch starts before this one is waited for
+            def start(stacked):
+                return runner.start(stacked, finish=finish)
+
         batches = stream_batches(images, step.prepare or self._prepare, run, batch_size, self.decode_workers, on_error,
                                  stage_times=self.stage_times_,
                                  input_shape=None if step.prepare else (3, self.side, self.side),
-                                 buffers=self._batch_buffers)
+                                 buffers=self._batch_buffers, start=start)
         if not progress:
             return batches
         return _with_progress(batches, images, desc)

@@ -133,6 +133,9 @@ OPENVINO_STREAMS = 2
 IMAGES_PER_REQUEST = 1
 # Request shapes an OpenVinoBackbone keeps compiled models for (each holds its own weights and buffers).
 COMPILED_SHAPES = 4
+# Inference requests queued a stream (OpenVinoBackbone.start): beyond them start() waits for one to free; each holds
+# its own output tensors (~1.7 MB an image with the pooling in the graph).
+REQUESTS_PER_STREAM = 4
 # OpenVINO's names for the arithmetic it runs an fp32 model in (INFERENCE_PRECISION_HINT)
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
@@ -192,7 +195,11 @@ class OpenVinoBackbone:
             except RuntimeError:  # a graph that cannot take this shape statically runs as it is (still correct)
                 model = self._model
             compiled = self._core.compile_model(model, "CPU", self._config)
-            queue = self._queues[shape] = self._ov.AsyncInferQueue(compiled, self.streams)
+            # a few requests queued behind each stream's running one, so the next batch's first images are waiting
+            # when this one's last completes (the plugin runs them `streams` at a time, in order)
+            queue = self._ov.AsyncInferQueue(compiled, self.streams * REQUESTS_PER_STREAM)
+            queue.set_callback(_request_completed)
+            self._queues[shape] = queue
         return queue
 
     def run(self, images: np.ndarray, finish=None) -> dict:
@@ -201,57 +208,92 @@ class OpenVinoBackbone:
         finish: optional; called with each request's outputs ({name: array of its images}, views valid only during
         the call, on one of OpenVINO's threads) and returning {name: array with as many rows} to keep instead: work
         on an image's outputs while they are still in the core's cache, and no copy of what is finished away."""
+        return self.start(images, finish).result()
+
+    def start(self, images: np.ndarray, finish=None) -> "PendingRun":
+        """`run` without waiting: its `PendingRun.result()` waits and returns the outputs. Runs started one after
+        the other overlap (the next batch's first images queue behind this one's last, so no stream idles at the end
+        of a batch). The requests read `images` in place (the run keeps a reference): do not write into it until
+        the result is in."""
         images = _check_images(images)
         n = len(images)
         if n == 0:
-            return self._empty_outputs(images, finish)
+            return PendingRun.done(self._empty_outputs(images, finish))
         # One image a request, the requests spread over the streams as they free up: an image's activations stay in
         # the core's cache from layer to layer, where a request of 8 images streams them through memory (measured
         # on 2 cores with AMX, MobileNetV2 at side 448: 9.8 core-ms an image at 1 image a request, 11.6 at 8, 13.0
         # at 16; benchmarks/results/extract.md). Each image is read in place; its outputs are copied straight into
         # rows of the returned arrays, since a request's output tensors are overwritten by its next run.
-        outputs: dict = {}
-        failures: list = []
-        lock = threading.Lock()
-
-        def finished(request, row):
-            try:
-                kept = {name: tensor.data for name, tensor in zip(self.output_names, request.output_tensors)}
-                if finish is not None:
-                    kept = finish(kept)
-                for name, data in kept.items():
-                    if name not in outputs:
-                        with lock:
-                            if name not in outputs:
-                                outputs[name] = np.empty((n,) + data.shape[1:], data.dtype)
-                    outputs[name][row : row + len(data)] = data
-            except BaseException as error:  # re-raised by run(): an exception must not die in OpenVINO's thread
-                failures.append(error)
-
+        starts = range(0, n, IMAGES_PER_REQUEST)
+        # the requests read `images` in place: the run holds it until its last request has completed
+        pending = PendingRun(n, len(starts), self.output_names, finish, inputs=images)
         with self._running:
-            # requests of IMAGES_PER_REQUEST images, and one of the rest: at most two compiled shapes a side
-            starts = list(range(0, n, IMAGES_PER_REQUEST))
-            queues = {}
             for row in starts:
-                rows = min(IMAGES_PER_REQUEST, n - row)
-                if rows not in queues:
-                    queues[rows] = self._queue_for((rows,) + images.shape[1:])
-                    queues[rows].set_callback(finished)
-                queues[rows].start_async({0: images[row : row + rows]}, row, share_inputs=True)
-            for queue in queues.values():
-                queue.wait_all()
-        if failures:
-            raise failures[0]
-        return outputs
+                rows = min(IMAGES_PER_REQUEST, n - row)  # requests of IMAGES_PER_REQUEST images, and one of the rest
+                self._queue_for((rows,) + images.shape[1:]).start_async({0: images[row : row + rows]}, (pending, row),
+                                                                         share_inputs=True)
+        return pending
 
     def _empty_outputs(self, images, finish):
-        """The outputs of no image: the shapes one image gives, with 0 rows."""
-        with self._running:
-            request = self._queue_for((1,) + images.shape[1:])[0]
-            request.infer({0: np.zeros((1,) + images.shape[1:], np.float32)}, share_inputs=False)
-            one = {name: tensor.data for name, tensor in zip(self.output_names, request.output_tensors)}
-            one = finish(one) if finish is not None else one
-            return {name: np.empty((0,) + data.shape[1:], data.dtype) for name, data in one.items()}
+        """The outputs of no image: the shapes one image gives, with 0 rows (one image of zeros is run to learn them;
+        through `start`, since a request of the queues must not be run outside them: its completion would be
+        reported as that of the run it last served)."""
+        one = self.start(np.zeros((1,) + images.shape[1:], np.float32), finish).result()
+        return {name: np.empty((0,) + data.shape[1:], data.dtype) for name, data in one.items()}
+
+
+def _request_completed(request, userdata) -> None:
+    pending, row = userdata
+    pending.completed(request, row)
+
+
+class PendingRun:
+    """The outputs of a run `OpenVinoBackbone.start` started, filled in as its requests complete; `result()` waits."""
+
+    def __init__(self, n: int, requests: int, output_names, finish=None, inputs=None):
+        self._n, self._left, self._names, self._finish = n, requests, output_names, finish
+        self._inputs = inputs  # kept alive while requests read it (OpenVINO's tensors do not hold the array)
+        self._outputs: dict = {}
+        self._failures: list = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        if requests == 0:
+            self._done.set()
+
+    @classmethod
+    def done(cls, outputs: dict) -> "PendingRun":
+        pending = cls(0, 0, list(outputs))
+        pending._outputs = outputs
+        return pending
+
+    def completed(self, request, row: int) -> None:
+        """Called on OpenVINO's thread when the request holding rows row.. of this run has completed."""
+        try:
+            kept = {name: tensor.data for name, tensor in zip(self._names, request.output_tensors)}
+            if self._finish is not None:
+                kept = self._finish(kept)
+            for name, data in kept.items():
+                target = self._outputs.get(name)
+                if target is None:
+                    with self._lock:
+                        target = self._outputs.get(name)
+                        if target is None:
+                            target = self._outputs[name] = np.empty((self._n,) + data.shape[1:], data.dtype)
+                target[row : row + len(data)] = data
+        except BaseException as error:  # raised by result(): an exception must not die in OpenVINO's thread
+            self._failures.append(error)
+        finally:
+            with self._lock:
+                self._left -= 1
+                if self._left == 0:
+                    self._inputs = None
+                    self._done.set()
+
+    def result(self) -> dict:
+        self._done.wait()
+        if self._failures:
+            raise self._failures[0]
+        return self._outputs
 
 
 def _import_openvino(precision):
