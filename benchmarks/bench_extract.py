@@ -156,6 +156,7 @@ def _set_runtime_options(options) -> None:
 def _dynamic_shapes() -> None:
     """This child process only: OpenVINO runners compile the model as exported (dynamic batch and sides), once, instead
     of once per request shape (the runtime's default since run P)."""
+    from crosslayer.backbones import runtime
     from crosslayer.backbones.runtime import OpenVinoBackbone
 
     def as_exported(self, shape):
@@ -163,6 +164,7 @@ def _dynamic_shapes() -> None:
         if queue is None:
             compiled = self._core.compile_model(self._model, "CPU", self._config)
             queue = self._queues["as exported"] = self._ov.AsyncInferQueue(compiled, self.streams)
+            queue.set_callback(runtime._request_completed)
         return queue
 
     OpenVinoBackbone._queue_for = as_exported
@@ -620,6 +622,63 @@ def quality_graph_pooling(args) -> int:
     return 0
 
 
+def quality_requests(args) -> int:
+    """bf16 codes as the pipeline makes them since run P (one image a request, the model compiled for that static
+    shape) against bf16 codes made as before (requests of 8 images, the model as exported) and against fp32 codes,
+    all with one PCA (fitted on 100 cub100 + 100 scene15 train images): sign agreement on every SMVS query and
+    reference and --quality-images test images of cub100 and scene15 each; SMVS mAP (queries vs references, all
+    and 50 channels) with paired bootstrap intervals."""
+    import types
+
+    from crosslayer.backbones import runtime
+    from crosslayer.encoder import CrossLayerEncoder
+    from crosslayer.eval.stats import paired_bootstrap
+    from crosslayer.retrieval.datasets import read_retrieval_set
+    from crosslayer.retrieval.metrics import relevance_matrix
+
+    train = _split(args.data, "cub100", "train", 100, 29) + _split(args.data, "scene15", "train", 100, 15)
+    settings = dict(side=args.side, threads=args.threads, batch_size=args.batch_size, fit_images=len(train),
+                    decode_workers=args.decode_workers)
+    fp32 = CrossLayerEncoder(**settings).fit(train)
+    now, before = fp32.with_precision("bf16"), fp32.with_precision("bf16")
+
+    def as_exported(self, shape):  # the model compiled once as exported, as before run P
+        queue = self._queues.get("as exported")
+        if queue is None:
+            compiled = self._core.compile_model(self._model, "CPU", self._config)
+            queue = self._queues["as exported"] = self._ov.AsyncInferQueue(compiled, self.streams)
+            queue.set_callback(runtime._request_completed)
+        return queue
+
+    before._pooling_backbone()._queue_for = types.MethodType(as_exported, before._pooling_backbone())
+    smvs = read_retrieval_set(data_set(args.data, "smvs"))
+    sets = {"smvs-queries": list(smvs.queries.paths), "smvs-database": list(smvs.database.paths),
+            "cub100": _split(args.data, "cub100", "test", args.quality_images, 9),
+            "scene15": _split(args.data, "scene15", "test", args.quality_images, 9)}
+    print(f"load average {os.getloadavg()[0]:.1f}; side {args.side}; PCA on {len(train)} train images")
+    codes = {}
+    for name, paths in sets.items():
+        runtime.IMAGES_PER_REQUEST = 8
+        old = before.encode(paths)
+        runtime.IMAGES_PER_REQUEST = 1
+        codes[name] = {"fp32": fp32.encode(paths), "before": old, "now": now.encode(paths)}
+        for a, b in (("now", "before"), ("now", "fp32"), ("before", "fp32")):
+            agreement = (codes[name][a].signs() == codes[name][b].signs()).mean(axis=(1, 2))
+            print(f"| sign agreement, {name} ({len(paths)} images), bf16 {a} vs {b} | median {np.median(agreement):.4f}, "
+                  f"mean {agreement.mean():.4f}, min {agreement.min():.4f} |", flush=True)
+    relevant = relevance_matrix(smvs.queries.items, smvs.database.items)
+    for channels in (None, 50):
+        precisions = {which: _average_precisions(codes["smvs-queries"][which], codes["smvs-database"][which],
+                                                 relevant, channels) for which in ("fp32", "before", "now")}
+        print(f"SMVS mAP, {channels or 'all'} channels ({relevant.shape[0]} queries vs {relevant.shape[1]} "
+              f"references): " + ", ".join(f"{which} {ap.mean():.4f}" for which, ap in precisions.items()))
+        for a, b in (("now", "before"), ("now", "fp32")):
+            result = paired_bootstrap(precisions[a], precisions[b])
+            print(f"| SMVS mAP, {channels or 'all'} channels, {a} - {b} | {result['difference']:+.4f} (paired "
+                  f"bootstrap 95% {result['low']:+.4f} .. {result['high']:+.4f}) |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_argument(parser)
@@ -644,11 +703,15 @@ def main() -> int:
     parser.add_argument("--quality-graph-pooling", action="store_true",
                         help="bf16 pooled in OpenVINO's graph vs the fp32 kernel and fp32 codes (--reference, --encoder-file)")
     parser.add_argument("--encoder-file", default=None, help="the encoder the --reference indexes were made with")
+    parser.add_argument("--quality-requests", action="store_true",
+                        help="bf16 codes one image a request (static shapes) against requests of 8 and fp32")
     parser.add_argument("--pooling-cost", action="store_true",
                         help="cost of the bf16 pooling in OpenVINO's graph vs the fp32 kernel, in one process")
     args = parser.parse_args()
     if args.pooling_cost:
         return pooling_cost(args)
+    if args.quality_requests:
+        return quality_requests(args)
     if args.quality_graph_pooling:
         if not (args.reference and args.encoder_file):
             parser.error("--quality-graph-pooling needs --reference and --encoder-file")

@@ -137,7 +137,7 @@ def pipeline(args):
     new_stream = encoder_module.stream_batches
 
     def old_stream(sources, prepare, run, batch_size, decode_workers=2, on_error="raise", stage_times=None,
-                   input_shape=None):
+                   input_shape=None, buffers=None, start=None):
         def prepare_old(source):  # with the stages images.prepare recorded then
             begin = time.perf_counter()
             rgb = load_image(source)
