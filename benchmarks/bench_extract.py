@@ -150,24 +150,7 @@ def _set_runtime_options(options) -> None:
     if options.get("per_request"):
         runtime.IMAGES_PER_REQUEST = options["per_request"]
     if options.get("dynamic"):
-        _dynamic_shapes()
-
-
-def _dynamic_shapes() -> None:
-    """This child process only: OpenVINO runners compile the model as exported (dynamic batch and sides), once, instead
-    of once per request shape (the runtime's default since run P)."""
-    from crosslayer.backbones import runtime
-    from crosslayer.backbones.runtime import OpenVinoBackbone
-
-    def as_exported(self, shape):
-        queue = self._queues.get("as exported")
-        if queue is None:
-            compiled = self._core.compile_model(self._model, "CPU", self._config)
-            queue = self._queues["as exported"] = self._ov.AsyncInferQueue(compiled, self.streams)
-            queue.set_callback(runtime._request_completed)
-        return queue
-
-    OpenVinoBackbone._queue_for = as_exported
+        runtime.STATIC_SHAPES = False
 
 
 def run_bare(args, precision, options=None) -> dict:
@@ -628,8 +611,6 @@ def quality_requests(args) -> int:
     all with one PCA (fitted on 100 cub100 + 100 scene15 train images): sign agreement on every SMVS query and
     reference and --quality-images test images of cub100 and scene15 each; SMVS mAP (queries vs references, all
     and 50 channels) with paired bootstrap intervals."""
-    import types
-
     from crosslayer.backbones import runtime
     from crosslayer.encoder import CrossLayerEncoder
     from crosslayer.eval.stats import paired_bootstrap
@@ -642,15 +623,7 @@ def quality_requests(args) -> int:
     fp32 = CrossLayerEncoder(**settings).fit(train)
     now, before = fp32.with_precision("bf16"), fp32.with_precision("bf16")
 
-    def as_exported(self, shape):  # the model compiled once as exported, as before run P
-        queue = self._queues.get("as exported")
-        if queue is None:
-            compiled = self._core.compile_model(self._model, "CPU", self._config)
-            queue = self._queues["as exported"] = self._ov.AsyncInferQueue(compiled, self.streams)
-            queue.set_callback(runtime._request_completed)
-        return queue
-
-    before._pooling_backbone()._queue_for = types.MethodType(as_exported, before._pooling_backbone())
+    before._pooling_backbone().static_shapes = False  # the model compiled once as exported, as before run P
     smvs = read_retrieval_set(data_set(args.data, "smvs"))
     sets = {"smvs-queries": list(smvs.queries.paths), "smvs-database": list(smvs.database.paths),
             "cub100": _split(args.data, "cub100", "test", args.quality_images, 9),

@@ -113,6 +113,16 @@ def stream_batches(sources, prepare, run, batch_size: int, decode_workers: int =
             buffers.release()
 
 
+class _Ran:
+    """The outputs of a run already done, in the shape of a started one's (`result()`)."""
+
+    def __init__(self, outputs: dict):
+        self.outputs = outputs
+
+    def result(self) -> dict:
+        return self.outputs
+
+
 def _stream(sources, prepare, run, batch_size, decode_workers, on_error, stage_times, input_shape, store, start):
     clock = time.perf_counter
     # with `start` one batch more is held: the one the backbone still runs while the next is started
@@ -204,13 +214,7 @@ def _stream(sources, prepare, run, batch_size, decode_workers, on_error, stage_t
                     if previous is not None:
                         yield finished(previous)
                     continue
-                outputs = run(stacked) if positions else {}
-                done = clock()
-                if stage_times is not None:
-                    stage_times.add("batch", stacked_at - begin)
-                    stage_times.add("inference", done - stacked_at)
-                    stage_times.count(len(positions) + len(errors))
-                yield ActivationBatch(positions, kept, outputs, errors, done - begin)
+                yield finished((positions, kept, errors, begin, stacked_at, _Ran(run(stacked)) if positions else None))
             if running is not None:
                 previous, running = running, None
                 yield finished(previous)

@@ -131,6 +131,9 @@ class GraphPooling:
 OPENVINO_STREAMS = 2
 # Images in one OpenVINO request (see OpenVinoBackbone.run): one keeps an image's activations in the core's cache.
 IMAGES_PER_REQUEST = 1
+# Whether an OpenVinoBackbone compiles the model for each request shape (True) or once as exported, with dynamic
+# batch and sides (False: ~8% more time an image, benchmarks/results/extract.md run Q); its `static_shapes`.
+STATIC_SHAPES = True
 # Request shapes an OpenVinoBackbone keeps compiled models for (each holds its own weights and buffers).
 COMPILED_SHAPES = 4
 # Inference requests queued a stream (OpenVinoBackbone.start): beyond them start() waits for one to free; each holds
@@ -177,7 +180,8 @@ class OpenVinoBackbone:
         self.output_names = [output.get_any_name() for output in model.outputs]
         self.input_name = model.input(0).get_any_name()
         self._ov, self._core, self._model, self._config = ov, core, model, config
-        self._queues: dict = {}  # request shape -> AsyncInferQueue (one request a stream) of the model compiled for it
+        self._queues: dict = {}  # request shape (None: any) -> AsyncInferQueue of the model compiled for it
+        self.static_shapes = STATIC_SHAPES
         self._running = threading.Lock()  # one run at a time: the queues' callbacks are per run
 
     def _queue_for(self, shape: tuple):
@@ -185,21 +189,24 @@ class OpenVinoBackbone:
         lets the plugin plan every layer's memory and kernels once (measured on 2 cores with AMX, MobileNetV2 at
         side 448, one image a request: 9.9 core-ms an image against 10.7 for the model as exported, with dynamic
         batch and sides)."""
-        queue = self._queues.get(shape)
+        key = shape if self.static_shapes else None
+        queue = self._queues.get(key)
         if queue is None:
             if len(self._queues) >= COMPILED_SHAPES:  # other sides come and go (crops, passes): keep the newest
                 self._queues.pop(next(iter(self._queues)))
-            model = self._model.clone()
-            try:
-                model.reshape(list(shape))
-            except RuntimeError:  # a graph that cannot take this shape statically runs as it is (still correct)
-                model = self._model
+            model = self._model
+            if key is not None:
+                model = self._model.clone()
+                try:
+                    model.reshape(list(shape))
+                except RuntimeError:  # a graph that cannot take this shape statically runs as it is (still correct)
+                    model = self._model
             compiled = self._core.compile_model(model, "CPU", self._config)
             # a few requests queued behind each stream's running one, so the next batch's first images are waiting
             # when this one's last completes (the plugin runs them `streams` at a time, in order)
             queue = self._ov.AsyncInferQueue(compiled, self.streams * REQUESTS_PER_STREAM)
             queue.set_callback(_request_completed)
-            self._queues[shape] = queue
+            self._queues[key] = queue
         return queue
 
     def run(self, images: np.ndarray, finish=None) -> dict:
@@ -225,13 +232,15 @@ class OpenVinoBackbone:
         # at 16; benchmarks/results/extract.md). Each image is read in place; its outputs are copied straight into
         # rows of the returned arrays, since a request's output tensors are overwritten by its next run.
         starts = range(0, n, IMAGES_PER_REQUEST)
-        # the requests read `images` in place: the run holds it until its last request has completed
-        pending = PendingRun(n, len(starts), self.output_names, finish, inputs=images)
+        pending = PendingRun(n, len(starts), self.output_names, finish)
         with self._running:
             for row in starts:
                 rows = min(IMAGES_PER_REQUEST, n - row)  # requests of IMAGES_PER_REQUEST images, and one of the rest
-                self._queue_for((rows,) + images.shape[1:]).start_async({0: images[row : row + rows]}, (pending, row),
-                                                                         share_inputs=True)
+                queue = self._queue_for((rows,) + images.shape[1:])
+                # the requests read `images` in place, and a queue evicted from the cache must outlive its requests:
+                # the run holds both until its last request has completed
+                pending.keep(images, queue)
+                queue.start_async({0: images[row : row + rows]}, (pending, row), share_inputs=True)
         return pending
 
     def _empty_outputs(self, images, finish):
@@ -250,15 +259,19 @@ def _request_completed(request, userdata) -> None:
 class PendingRun:
     """The outputs of a run `OpenVinoBackbone.start` started, filled in as its requests complete; `result()` waits."""
 
-    def __init__(self, n: int, requests: int, output_names, finish=None, inputs=None):
+    def __init__(self, n: int, requests: int, output_names, finish=None):
         self._n, self._left, self._names, self._finish = n, requests, output_names, finish
-        self._inputs = inputs  # kept alive while requests read it (OpenVINO's tensors do not hold the array)
+        self._kept: dict = {}  # alive while requests use them (OpenVINO's tensors do not hold their numpy arrays)
         self._outputs: dict = {}
         self._failures: list = []
         self._lock = threading.Lock()
         self._done = threading.Event()
         if requests == 0:
             self._done.set()
+
+    def keep(self, *objects) -> None:
+        for item in objects:
+            self._kept[id(item)] = item
 
     @classmethod
     def done(cls, outputs: dict) -> "PendingRun":
@@ -286,7 +299,7 @@ class PendingRun:
             with self._lock:
                 self._left -= 1
                 if self._left == 0:
-                    self._inputs = None
+                    self._kept = {}
                     self._done.set()
 
     def result(self) -> dict:
